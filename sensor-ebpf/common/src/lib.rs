@@ -1,0 +1,141 @@
+//! The kernel/userspace ABI: plain `#[repr(C)]` integers and arrays, nothing else.
+//!
+//! Every record in the ring buffer starts with a `u32` kind so later record types
+//! (exec, fork, exit) can share the buffer without breaking old readers.
+#![no_std]
+
+/// Record kind of [`ConnectEvent`].
+pub const EVENT_CONNECT: u32 = 1;
+
+/// Which kernel hook produced an event (`ConnectEvent::probe`).
+pub const PROBE_FENTRY: u8 = 1;
+pub const PROBE_KPROBE: u8 = 2;
+pub const PROBE_TRACEPOINT: u8 = 3;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Name of the ring buffer map carrying [`ConnectEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
+pub const LOSSES_MAP: &str = "LOSSES";
+pub const LOST_RESERVE: u32 = 0;
+/// Number of slots in the losses map.
+pub const LOSS_SLOTS: u32 = 1;
+/// Name of the read-only global holding [`KernelLayout`].
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
+/// One outbound TCP connect attempt, seen in the connecting task's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// Always [`EVENT_CONNECT`].
+    pub kind: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent's tgid (`real_parent`), 0 when the layout did not allow reading it.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// CLOCK_BOOTTIME of the connect, nanoseconds.
+    pub ktime_ns: u64,
+    /// The task's start (`start_boottime`), nanoseconds since boot; 0 when unknown.
+    /// With `tgid` this keys a process across pid reuse.
+    pub start_time_ns: u64,
+    /// cgroup v2 id of the task (container attribution).
+    pub cgroup_id: u64,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// Local port, host byte order (0 when not yet bound).
+    pub sport: u16,
+    /// One of the `PROBE_*` values.
+    pub probe: u8,
+    pub _pad: u8,
+    /// Destination address: the first 4 bytes for AF_INET, all 16 for AF_INET6. Network order.
+    pub daddr: [u8; 16],
+    /// Source address, same encoding as `daddr`.
+    pub saddr: [u8; 16],
+    /// `comm` of the task, NUL padded. Any process can rename it: informational only.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+pub const CONNECT_EVENT_SIZE: usize = core::mem::size_of::<ConnectEvent>();
+const _: () = assert!(CONNECT_EVENT_SIZE == 104);
+
+/// Where the kernel program finds the fields it reads, computed by userspace at start-up
+/// from the tracepoint format file and the kernel's BTF, so nothing is hard-coded for one
+/// kernel build. An offset of [`OFFSET_UNKNOWN`] means "not available: leave the field zero".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    // sock:inet_sock_set_state tracepoint record.
+    pub tp_oldstate: u32,
+    pub tp_newstate: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_protocol: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
+    // struct sock (struct sock_common at its start), for fentry/kprobe on tcp_connect.
+    pub sk_family: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    // struct task_struct, for parent and start time.
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_start_boottime: u32,
+}
+
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+impl KernelLayout {
+    /// Everything unknown: the kernel program emits nothing it cannot locate.
+    pub const UNKNOWN: Self = Self {
+        tp_oldstate: OFFSET_UNKNOWN,
+        tp_newstate: OFFSET_UNKNOWN,
+        tp_sport: OFFSET_UNKNOWN,
+        tp_dport: OFFSET_UNKNOWN,
+        tp_family: OFFSET_UNKNOWN,
+        tp_protocol: OFFSET_UNKNOWN,
+        tp_saddr: OFFSET_UNKNOWN,
+        tp_daddr: OFFSET_UNKNOWN,
+        tp_saddr_v6: OFFSET_UNKNOWN,
+        tp_daddr_v6: OFFSET_UNKNOWN,
+        sk_family: OFFSET_UNKNOWN,
+        sk_dport: OFFSET_UNKNOWN,
+        sk_num: OFFSET_UNKNOWN,
+        sk_daddr: OFFSET_UNKNOWN,
+        sk_rcv_saddr: OFFSET_UNKNOWN,
+        sk_v6_daddr: OFFSET_UNKNOWN,
+        sk_v6_rcv_saddr: OFFSET_UNKNOWN,
+        task_real_parent: OFFSET_UNKNOWN,
+        task_tgid: OFFSET_UNKNOWN,
+        task_start_boottime: OFFSET_UNKNOWN,
+    };
+}
+
+/// TCP states as in include/net/tcp_states.h.
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_CLOSE: i32 = 7;
+pub const IPPROTO_TCP: u16 = 6;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are repr(C) structs of plain integers and byte arrays with no padding
+    // holes that could leak uninitialised memory (sizes asserted above and in tests).
+    unsafe impl aya::Pod for super::ConnectEvent {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+}

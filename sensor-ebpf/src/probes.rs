@@ -1,0 +1,196 @@
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    },
+    macros::{fentry, kprobe, map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::{FEntryContext, ProbeContext, TracePointContext},
+};
+use aya_log_ebpf::debug;
+use sensor_common::{
+    AF_INET, AF_INET6, ConnectEvent, EVENT_CONNECT, IPPROTO_TCP, KernelLayout, LOSS_SLOTS,
+    LOST_RESERVE, OFFSET_UNKNOWN, PROBE_FENTRY, PROBE_KPROBE, PROBE_TRACEPOINT, TCP_CLOSE,
+    TCP_SYN_SENT,
+};
+
+/// Resized by userspace at load time (`--ring-buffer-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per-CPU loss counters; userspace sums and reports them.
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// Field offsets, filled in by userspace before load.
+#[unsafe(no_mangle)]
+static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNOWN);
+
+#[fentry(function = "tcp_connect")]
+pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    from_sock(&ctx, sk, PROBE_FENTRY);
+    0
+}
+
+#[kprobe]
+pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        from_sock(&ctx, sk, PROBE_KPROBE);
+    }
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let l = LAYOUT.load();
+    // SAFETY: offsets come from this kernel's format file; reads go through probe_read.
+    let fields = unsafe {
+        (
+            ctx.read_at::<i32>(l.tp_oldstate as usize),
+            ctx.read_at::<i32>(l.tp_newstate as usize),
+            ctx.read_at::<u16>(l.tp_protocol as usize),
+        )
+    };
+    let (Ok(old), Ok(new), Ok(proto)) = fields else {
+        return 0;
+    };
+    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
+    if old != TCP_CLOSE || new != TCP_SYN_SENT || proto != IPPROTO_TCP {
+        return 0;
+    }
+    let Some(mut ev) = event_header(PROBE_TRACEPOINT, &l) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    unsafe {
+        ev.family = ctx.read_at::<u16>(l.tp_family as usize).unwrap_or(0);
+        ev.dport = ctx.read_at::<u16>(l.tp_dport as usize).unwrap_or(0);
+        ev.sport = ctx.read_at::<u16>(l.tp_sport as usize).unwrap_or(0);
+        if ev.family == AF_INET {
+            let d = ctx
+                .read_at::<[u8; 4]>(l.tp_daddr as usize)
+                .unwrap_or([0; 4]);
+            let s = ctx
+                .read_at::<[u8; 4]>(l.tp_saddr as usize)
+                .unwrap_or([0; 4]);
+            ev.daddr[..4].copy_from_slice(&d);
+            ev.saddr[..4].copy_from_slice(&s);
+        } else if ev.family == AF_INET6 {
+            ev.daddr = ctx
+                .read_at::<[u8; 16]>(l.tp_daddr_v6 as usize)
+                .unwrap_or([0; 16]);
+            ev.saddr = ctx
+                .read_at::<[u8; 16]>(l.tp_saddr_v6 as usize)
+                .unwrap_or([0; 16]);
+        } else {
+            return 0;
+        }
+    }
+    submit(&ctx, &ev);
+    0
+}
+
+/// fentry and kprobe both see `struct sock *` as tcp_connect's first argument.
+#[inline(always)]
+fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8) {
+    let l = LAYOUT.load();
+    if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
+        return;
+    }
+    let Some(mut ev) = event_header(probe, &l) else {
+        return;
+    };
+    // SAFETY: `sk` is the kernel's socket pointer; every read is a checked probe_read.
+    unsafe {
+        ev.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
+        // skc_dport is network order; skc_num (local port) is host order.
+        ev.dport = u16::from_be(read::<u16>(sk, l.sk_dport).unwrap_or(0));
+        ev.sport = read::<u16>(sk, l.sk_num).unwrap_or(0);
+        if ev.family == AF_INET {
+            let d = read::<[u8; 4]>(sk, l.sk_daddr).unwrap_or([0; 4]);
+            let s = read::<[u8; 4]>(sk, l.sk_rcv_saddr).unwrap_or([0; 4]);
+            ev.daddr[..4].copy_from_slice(&d);
+            ev.saddr[..4].copy_from_slice(&s);
+        } else if ev.family == AF_INET6 {
+            ev.daddr = read::<[u8; 16]>(sk, l.sk_v6_daddr).unwrap_or([0; 16]);
+            ev.saddr = read::<[u8; 16]>(sk, l.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        } else {
+            return;
+        }
+    }
+    submit(ctx, &ev);
+}
+
+/// The task-side fields every connect event carries.
+#[inline(always)]
+fn event_header(probe: u8, l: &KernelLayout) -> Option<ConnectEvent> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut ev = ConnectEvent {
+        kind: EVENT_CONNECT,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ppid: 0,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        // SAFETY: helpers without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+        start_time_ns: 0,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        family: 0,
+        dport: 0,
+        sport: 0,
+        probe,
+        _pad: 0,
+        daddr: [0; 16],
+        saddr: [0; 16],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // SAFETY: helper without arguments; the pointer is only dereferenced via probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if !task.is_null() {
+        unsafe {
+            ev.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
+            if let Some(parent) = read::<*const u8>(task, l.task_real_parent) {
+                if !parent.is_null() {
+                    ev.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
+                }
+            }
+        }
+    }
+    Some(ev)
+}
+
+/// probe_read of a `T` at `base + off`, or None when the offset is unknown or the read faults.
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
+    if off == OFFSET_UNKNOWN {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
+}
+
+#[inline(always)]
+fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
+    match EVENTS.reserve::<ConnectEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(0);
+            debug!(ctx, "connect tgid={} dport={}", ev.tgid, ev.dport);
+        }
+        None => {
+            if let Some(n) = LOSSES.get_ptr_mut(LOST_RESERVE) {
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe { *n += 1 };
+            }
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

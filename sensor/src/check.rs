@@ -1,0 +1,118 @@
+//! `sensor check`: can the sensor run here, and with which hook? Tries every hook for
+//! real (load + attach + detach) so the answer is the kernel's, not a guess.
+
+use anyhow::Result;
+
+use crate::{
+    attach::{self, AUTO_ORDER, Probe},
+    loader::{self, Environment},
+};
+
+/// Effective capabilities from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Returns whether the sensor can run; prints one line per check.
+pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
+    let mut ok = true;
+    let line = |what: &str, status: &str| println!("{what:<38} {status}");
+
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    line("kernel", release.trim());
+
+    let caps = effective_caps().unwrap_or(0);
+    let has = |c: u32| caps & (1 << c) != 0;
+    let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    line(
+        "privileges",
+        &format!(
+            "{} (euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {})",
+            if privileged {
+                "ok"
+            } else {
+                "MISSING: run as root or grant CAP_BPF+CAP_PERFMON"
+            },
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            has(CAP_BPF),
+            has(CAP_PERFMON),
+            has(CAP_SYS_ADMIN)
+        ),
+    );
+    ok &= privileged;
+
+    let env = Environment::probe();
+    line(
+        "kernel BTF (/sys/kernel/btf/vmlinux)",
+        &match &env.btf_error {
+            None if crate::layout::has_sock_layout(&env.layout) => {
+                "ok: struct sock_common and task_struct offsets found".into()
+            }
+            None => "present, but struct sock_common offsets not found".into(),
+            Some(e) => format!("unavailable: {e} (fentry and kprobe need it)"),
+        },
+    );
+    line(
+        "tracepoint sock:inet_sock_set_state",
+        &match &env.tracepoint_error {
+            None => "ok: field offsets read from its format file".into(),
+            Some(e) => format!("unavailable: {e}"),
+        },
+    );
+    if let Err(e) = loader::validate_ring_buffer_size(ring_buffer_bytes) {
+        line("ring buffer", &format!("FAILED: {e:#}"));
+        return Ok(false);
+    }
+
+    let opts = loader::Options {
+        ring_buffer_bytes,
+        probes: AUTO_ORDER.to_vec(),
+        kernel_log_level: 0,
+    };
+    match loader::load_object(&opts, &env) {
+        Ok(_) => line(
+            "ring buffer",
+            &format!("ok: {ring_buffer_bytes} bytes created"),
+        ),
+        Err(e) => {
+            line("ring buffer", &format!("FAILED: {e:#}"));
+            return Ok(false);
+        }
+    }
+    let mut chosen: Option<Probe> = None;
+    for probe in AUTO_ORDER {
+        // A fresh object per hook, dropped (detached) right after.
+        let attached = loader::load_object(&opts, &env)
+            .and_then(|mut ebpf| attach::attach(&mut ebpf, probe, &env.layout, env.btf.as_ref()));
+        match attached {
+            Ok(()) => {
+                line(probe.hook(), "ok: loads and attaches");
+                chosen.get_or_insert(probe);
+            }
+            Err(e) => line(probe.hook(), &format!("unavailable: {e:#}")),
+        }
+    }
+    match chosen {
+        Some(p) if ok => {
+            line(
+                "verdict",
+                &format!("the sensor can run here, using {}", p.hook()),
+            );
+            Ok(true)
+        }
+        _ => {
+            line("verdict", "the sensor CANNOT run here");
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Loading the embedded eBPF object: this kernel's field layout patched in, the ring
+//! buffer sized, one connect hook attached.
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use log::{debug, info};
+use sensor_common::{EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE};
+
+use crate::{
+    attach::{self, Probe, Selection},
+    btf, layout,
+};
+
+/// The kernel program, built by build.rs and embedded so the binary alone is deployable.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf.o"));
+
+pub struct Options {
+    pub ring_buffer_bytes: u32,
+    /// Hooks to try, in order.
+    pub probes: Vec<Probe>,
+    /// aya-log level for kernel-side messages; 0 keeps them off the hot path.
+    pub kernel_log_level: u8,
+}
+
+/// What the kernel and its metadata offer, found before anything is loaded.
+pub struct Environment {
+    pub layout: KernelLayout,
+    /// Why the tracepoint layout is missing, if it is.
+    pub tracepoint_error: Option<String>,
+    pub btf: Option<Btf>,
+    pub btf_error: Option<String>,
+}
+
+impl Environment {
+    pub fn probe() -> Self {
+        let mut layout = KernelLayout::UNKNOWN;
+        let tracepoint_error = layout::format_path()
+            .and_then(|p| {
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+            })
+            .and_then(|text| layout::apply_format(&mut layout, &layout::parse_format(&text)))
+            .err()
+            .map(|e| format!("{e:#}"));
+        let (btf, btf_error) = match std::fs::read("/sys/kernel/btf/vmlinux")
+            .context("reading /sys/kernel/btf/vmlinux")
+            .and_then(|data| {
+                let ours = btf::Btf::parse(&data).context("parsing kernel BTF")?;
+                layout::apply_btf(&mut layout, &ours);
+                Btf::parse(&data, aya::Endianness::default()).context("parsing kernel BTF (aya)")
+            }) {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        Self {
+            layout,
+            tracepoint_error,
+            btf,
+            btf_error,
+        }
+    }
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub selection: Selection,
+}
+
+pub fn validate_ring_buffer_size(bytes: u32) -> Result<()> {
+    // SAFETY: sysconf has no preconditions.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if bytes < page || !bytes.is_power_of_two() {
+        bail!("ring buffer size {bytes} must be a power of two of at least the page size ({page})");
+    }
+    Ok(())
+}
+
+/// Creates the maps (ring buffer included) and parses the programs; attaches nothing.
+pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
+    validate_ring_buffer_size(opts.ring_buffer_bytes)?;
+    raise_memlock();
+    EbpfLoader::new()
+        .override_global(LAYOUT_GLOBAL, &env.layout, true)
+        .override_global(aya_log::LEVEL, &opts.kernel_log_level, false)
+        .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (maps, ring buffer)")
+}
+
+/// Loads the object and attaches the first hook of `opts.probes` that works.
+pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
+    let mut ebpf = load_object(opts, env)?;
+    let selection = attach::select(&opts.probes, |p| {
+        let r = attach::attach(&mut ebpf, p, &env.layout, env.btf.as_ref());
+        if let Err(e) = &r {
+            debug!("{}: {e:#}", p.hook());
+        }
+        r
+    })?;
+    for a in &selection.failed {
+        info!("{} unavailable: {}", a.probe.hook(), a.error);
+    }
+    info!("attached {}", selection.chosen.hook());
+    Ok(Loaded { ebpf, selection })
+}
+
+impl Loaded {
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .context("ring buffer map missing")?;
+        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+    }
+
+    pub fn take_losses(&mut self) -> Result<LossCounter> {
+        let map = self
+            .ebpf
+            .take_map(LOSSES_MAP)
+            .context("losses map missing")?;
+        Ok(LossCounter {
+            map: PerCpuArray::try_from(map).context("LOSSES is not a per-CPU array")?,
+        })
+    }
+}
+
+/// The kernel's per-CPU count of failed ring-buffer reserves.
+pub struct LossCounter {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl LossCounter {
+    pub fn total(&self) -> Result<u64> {
+        let per_cpu = self
+            .map
+            .get(&LOST_RESERVE, 0)
+            .context("reading the losses map")?;
+        Ok(per_cpu.iter().copied().fold(0u64, u64::saturating_add))
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let rl = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+        // Newer kernels account BPF memory to the cgroup instead; only old ones care.
+        debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_sizes() {
+        validate_ring_buffer_size(1 << 20).unwrap();
+        validate_ring_buffer_size(4096).unwrap();
+        assert!(validate_ring_buffer_size(3000).is_err());
+        assert!(validate_ring_buffer_size(4097).is_err());
+        assert!(validate_ring_buffer_size(0).is_err());
+    }
+}

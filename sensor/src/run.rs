@@ -1,0 +1,170 @@
+//! `sensor run`: kernel -> ring buffer -> enrich -> score -> output, until SIGINT/SIGTERM.
+
+use std::{
+    io::{BufWriter, Write},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use serde_json::json;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    clock::BootClock,
+    events,
+    loader::{self, Environment},
+    output,
+    pipeline::{Counters, Pipeline},
+};
+
+pub struct Options {
+    pub load: loader::Options,
+    pub pipeline: Pipeline,
+    pub stats_interval: Duration,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let Options {
+        load,
+        mut pipeline,
+        stats_interval,
+    } = opts;
+    let env = Environment::probe();
+    let mut loaded = loader::load(&load, &env)?;
+    let mut ring =
+        watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
+    let losses = loaded.take_losses()?;
+    let mut kernel_log = if load.kernel_log_level > 0 {
+        let logger =
+            aya_log::EbpfLogger::init(&mut loaded.ebpf).context("kernel log ring buffer")?;
+        Some(watch(logger).context("registering the kernel log with tokio")?)
+    } else {
+        None
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut tick = tokio::time::interval(stats_interval);
+    let mut out = BufWriter::new(std::io::stdout().lock());
+
+    let unavailable: Vec<_> = loaded
+        .selection
+        .failed
+        .iter()
+        .map(|a| json!({"hook": a.probe.hook(), "error": a.error}))
+        .collect();
+    let started = json!({
+        "probe": loaded.selection.chosen.hook(),
+        "unavailable_probes": unavailable,
+        "ring_buffer_bytes": load.ring_buffer_bytes,
+        "all_connections": pipeline.all,
+    });
+    output::write_line(
+        &mut out,
+        &output::status("state", "sensor-started", &pipeline.host_name, started),
+    )?;
+    out.flush().context("writing to stdout")?;
+    info!(
+        "running; {} (SIGINT or SIGTERM to stop)",
+        loaded.selection.chosen.hook()
+    );
+
+    let mut lost_reported = 0u64;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let decoded = events::decode(&item);
+                    drop(item); // give the slot back to the kernel before slow procfs work
+                    match decoded {
+                        Ok(conn) => pipeline.handle(&conn, &mut out)?,
+                        Err(e) => {
+                            pipeline.counters.malformed += 1;
+                            warn!("dropped a malformed ring buffer record: {e:#}");
+                        }
+                    }
+                }
+                guard.clear_ready();
+                out.flush().context("writing to stdout")?;
+            }
+            guard = async { match kernel_log.as_mut() {
+                Some(fd) => fd.readable_mut().await,
+                None => std::future::pending().await,
+            } } => {
+                let mut guard = guard.context("waiting on the kernel log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                pipeline.clock = BootClock::sync();
+                report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+            }
+            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+        }
+    }
+    report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+    let Counters {
+        connections,
+        alerts,
+        malformed,
+    } = pipeline.counters;
+    let stopped = json!({
+        "connections": connections,
+        "alerts": alerts,
+        "malformed_records": malformed,
+        "lost_events_total": lost_reported,
+    });
+    output::write_line(
+        &mut out,
+        &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
+    )?;
+    out.flush().context("writing to stdout")?;
+    info!(
+        "stopped: {connections} connections, {alerts} alerts, {lost_reported} lost, {malformed} malformed"
+    );
+    // Dropping `loaded` detaches and unloads every program.
+    drop(loaded);
+    Ok(())
+}
+
+/// Registers an fd-owning aya object with tokio's reactor for readability.
+fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: aya's RingBuf and EbpfLogger own their map fd; it stays open and unchanged
+    // until the object, and with it this AsyncFd, is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// Emits a `pipeline_error` event whenever the kernel's loss counter has grown.
+fn report_losses(
+    losses: &loader::LossCounter,
+    reported: &mut u64,
+    pipeline: &Pipeline,
+    out: &mut impl Write,
+) -> Result<()> {
+    let total = losses.total()?;
+    if total > *reported {
+        let delta = total - *reported;
+        warn!(
+            "ring buffer full: {delta} connect events lost ({total} in total); raise --ring-buffer-size"
+        );
+        let doc = output::status(
+            "pipeline_error",
+            "events-lost",
+            &pipeline.host_name,
+            json!({"lost_events": delta, "lost_events_total": total, "cause": "ring buffer full"}),
+        );
+        output::write_line(out, &doc)?;
+        out.flush().context("writing to stdout")?;
+        *reported = total;
+    }
+    Ok(())
+}
