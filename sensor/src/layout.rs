@@ -184,11 +184,11 @@ print fmt: \"family=%s\"";
     fn missing_or_resized_field_is_an_error() {
         let mut f = parse_format(FORMAT_6_18);
         f.get_mut("dport").unwrap().size = 4;
-        let err = apply_format(&mut KernelLayout::UNKNOWN, &f).unwrap_err();
+        let err = apply_format(&mut { KernelLayout::UNKNOWN }, &f).unwrap_err();
         assert!(err.to_string().contains("`dport` is 4 bytes"), "{err}");
         f.remove("daddr");
         f.get_mut("dport").unwrap().size = 2;
-        let err = apply_format(&mut KernelLayout::UNKNOWN, &f).unwrap_err();
+        let err = apply_format(&mut { KernelLayout::UNKNOWN }, &f).unwrap_err();
         assert!(err.to_string().contains("no field `daddr`"), "{err}");
     }
 
@@ -199,6 +199,6 @@ print fmt: \"family=%s\"";
             return;
         };
         let text = std::fs::read_to_string(path).unwrap();
-        apply_format(&mut KernelLayout::UNKNOWN, &parse_format(&text)).unwrap();
+        apply_format(&mut { KernelLayout::UNKNOWN }, &parse_format(&text)).unwrap();
     }
 }

@@ -1,1 +1,329 @@
+//! Harness for the real-kernel tests: network namespaces the test creates and deletes,
+//! programs started inside them, and the real `sensor` binary whose JSON lines are
+//! collected and checked.
+//!
+//! Network rule: every address lives inside a namespace pair made here, the client side
+//! has no default route, and destinations are documentation or private ranges assigned
+//! to the server side. A connect to a closed port there is answered with a RST.
 
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex, RwLock, RwLockReadGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Real-kernel tests need root. Outside CI they skip with a reason; under CI=true they fail.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: real-kernel tests must run as root under CI");
+    }
+    eprintln!("SKIPPED {test}: needs root to load eBPF programs and create network namespaces");
+    false
+}
+
+/// The sensor binary: $SENSOR_BIN (set by `cargo xtask test`) or the workspace's debug build.
+pub fn sensor_bin() -> PathBuf {
+    std::env::var_os("SENSOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sensor"))
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A client namespace and a server namespace joined by one veth pair.
+pub struct Net {
+    client: String,
+    server: String,
+    client_fd: File,
+}
+
+impl Net {
+    pub fn new() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let client = format!("t1571c-{tag}");
+        let server = format!("t1571s-{tag}");
+        ip(&["netns", "add", &client])?;
+        // From here on, Drop deletes whatever was created if a later step fails.
+        let mut net = Self {
+            client_fd: File::open("/dev/null")?,
+            client: client.clone(),
+            server: server.clone(),
+        };
+        ip(&["netns", "add", &server])?;
+        ip(&[
+            "link", "add", "v0", "netns", &client, "type", "veth", "peer", "name", "v1", "netns",
+            &server,
+        ])?;
+        for (ns, dev) in [(&client, "v0"), (&server, "v1")] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        net.client_fd =
+            File::open(format!("/run/netns/{client}")).context("opening the client netns")?;
+        Ok(net)
+    }
+
+    /// Puts `client_ip/prefix` on the client side and `server_ip/prefix` on the server side.
+    /// Only the connected route exists: nothing is routed anywhere else.
+    pub fn subnet(&self, client_ip: &str, server_ip: &str, prefix: u8) -> Result<()> {
+        let v6 = server_ip.contains(':');
+        for (ns, dev, addr) in [
+            (&self.client, "v0", client_ip),
+            (&self.server, "v1", server_ip),
+        ] {
+            let cidr = format!("{addr}/{prefix}");
+            let mut args = vec!["-n", ns.as_str(), "addr", "add", cidr.as_str(), "dev", dev];
+            if v6 {
+                args.push("nodad");
+            }
+            ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// A command that runs in the client namespace: its pid is the program's own (setns
+    /// happens between fork and exec, no wrapper process).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let fd = self.client_fd.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open while `self` lives.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Runs `program args` in the client namespace to completion; returns its pid.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<u32> {
+        let mut child = self
+            .command(program)
+            .args(args)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let pid = child.id();
+        child.wait()?;
+        Ok(pid)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting the namespaces deletes the veth pair with them.
+        let _ = ip(&["netns", "del", &self.client]);
+        let _ = ip(&["netns", "del", &self.server]);
+    }
+}
+
+/// Tests that count attached programs take this exclusively; every sensor holds it shared.
+pub static ATTACH_LOCK: RwLock<()> = RwLock::new(());
+
+/// A running `sensor run`, its stdout parsed line by line.
+pub struct Sensor {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    bad_lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+}
+
+impl Sensor {
+    /// Starts `sensor run ARGS` and waits for its `sensor-started` line.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let mut s = Self::start_unlocked(args)?;
+        s._shared = Some(shared);
+        Ok(s)
+    }
+
+    pub fn start_unlocked(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(sensor_bin())
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", sensor_bin().display()))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().context("sensor stdout")?;
+        let (l, b) = (lines.clone(), bad_lines.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v.is_object() => l.lock().unwrap().push(v),
+                    _ => b.lock().unwrap().push(line),
+                }
+            }
+        });
+        let mut err = child.stderr.take().context("sensor stderr")?;
+        let e = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut s = Self {
+            child,
+            lines,
+            bad_lines,
+            stderr,
+            _shared: None,
+        };
+        s.wait_for(Duration::from_secs(60), |v| {
+            v["event"]["action"] == "sensor-started"
+        })
+        .context("sensor did not start")?;
+        Ok(s)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every line so far; panics if any stdout line was not one JSON object.
+    pub fn lines(&self) -> Vec<Value> {
+        let bad = self.bad_lines.lock().unwrap();
+        assert!(
+            bad.is_empty(),
+            "sensor printed lines that are not JSON objects: {bad:?}"
+        );
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for the first line matching `pred`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.lines().into_iter().find(&pred) {
+                return Ok(v);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "sensor exited ({status}) while waited on; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out; lines: {:#?}\nstderr:\n{}",
+                    self.lines(),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The connection line (alert or event) for process `pid`, waiting for it.
+    pub fn connection(&mut self, pid: u32, port: u16) -> Result<Value> {
+        self.wait_for(Duration::from_secs(10), |v| is_connection(v, pid, port))
+            .with_context(|| format!("no connection line for pid {pid} port {port}"))
+    }
+
+    /// Every connection line of process `pid`.
+    pub fn connections_of(&self, pid: u32) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["process"]["pid"] == pid && v["event"]["action"] == "network-connect")
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Sends `sig` and waits (up to 10 s) for exit.
+    pub fn stop_with(mut self, sig: i32) -> Result<(ExitStatus, Vec<Value>)> {
+        self.signal(sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // Let the reader thread see EOF.
+                thread::sleep(Duration::from_millis(100));
+                return Ok((status, self.lines()));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("sensor did not exit within 10 s of signal {sig}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn is_connection(v: &Value, pid: u32, port: u16) -> bool {
+    v["event"]["action"] == "network-connect"
+        && v["process"]["pid"] == pid
+        && v["destination"]["port"] == port
+}
+
+/// Number of loaded BPF programs whose (kernel-truncated) name starts with `prefix`.
+pub fn loaded_programs_named(prefix: &str) -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| prefix.starts_with(n) && !n.is_empty())
+        })
+        .count()
+}

@@ -1,1 +1,117 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test`.
+//!
+//! Everything a fresh machine lacks beyond the Rust toolchains is installed here:
+//! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
+//! integration tests drive (netcat, curl, python3, iproute2).
+
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (nightly rust-src, bpf-linker).
+    Setup {
+        /// Rebuild bpf-linker even if one is installed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the sensor (release), with its eBPF object embedded.
+    Build,
+    /// Build and run `sensor run` as root; arguments after `--` go to `sensor run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build and run every test: unit tests and the real-kernel integration tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup { force } => toolchain::ensure(force),
+        Task::Build => {
+            toolchain::ensure(false)?;
+            cargo(&root, &["build", "--release", "-p", "sensor"])
+        }
+        Task::Run { args } => {
+            toolchain::ensure(false)?;
+            cargo(&root, &["build", "--release", "-p", "sensor"])?;
+            let bin = root.join("target/release/sensor");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!(
+                    "the sensor loads eBPF programs and must run as root: sudo {} run {}",
+                    bin.display(),
+                    args.join(" ")
+                );
+            }
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("sensor exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            toolchain::ensure(false)?;
+            toolchain::ensure_test_programs()?;
+            cargo(&root, &["build", "-p", "sensor"])?;
+            let mut test = vec!["test", "--workspace", "--exclude", "sensor-ebpf", "--"];
+            test.extend(args.iter().map(String::as_str));
+            cargo_env(
+                &root,
+                &test,
+                &[("SENSOR_BIN", root.join("target/debug/sensor"))],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    cargo_env(root, args, &[])
+}
+
+fn cargo_env(root: &Path, args: &[&str], env: &[(&str, PathBuf)]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(root);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

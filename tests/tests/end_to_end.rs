@@ -1,0 +1,476 @@
+//! The sensor end to end on the running kernel: real programs connect inside test-made
+//! namespaces, the real `sensor` binary reports them, and the JSON lines are checked.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::Result;
+use sensor_tests::{
+    ATTACH_LOCK, Net, Sensor, is_connection, loaded_programs_named, root_or_skip, sensor_bin,
+};
+use serde_json::Value;
+
+const PUBLIC: &str = "203.0.113.7";
+const PUBLIC6: &str = "2001:db8::7";
+
+/// A namespace pair with the documentation ranges on its link.
+fn public_net() -> Result<Net> {
+    let net = Net::new()?;
+    net.subnet("203.0.113.1", PUBLIC, 24)?;
+    net.subnet("2001:db8::1", PUBLIC6, 64)?;
+    Ok(net)
+}
+
+/// Resolves a command the way the kernel will report it: the executable behind all links.
+fn real_exe(cmd: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(out.stdout).unwrap();
+    std::fs::canonicalize(path.trim()).unwrap()
+}
+
+fn python_connect(net: &Net, addr: &str, port: u16) -> Result<u32> {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let code = format!(
+        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))"
+    );
+    net.run("python3", &["-c", &code])
+}
+
+fn assert_alert(v: &Value, risk: u64, severity: &str) {
+    assert_eq!(v["event"]["kind"], "alert", "{v:#}");
+    assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
+    assert_eq!(v["sensor"]["severity"], severity, "{v:#}");
+    assert_eq!(v["threat"]["technique"]["id"][0], "T1571", "{v:#}");
+    assert_eq!(v["threat"]["tactic"]["id"][0], "TA0011", "{v:#}");
+    assert_eq!(v["network"]["transport"], "tcp");
+    assert!(v["rule"]["name"].is_string());
+    assert!(v["host"]["name"].is_string());
+    assert!(v["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
+
+fn assert_unscored(v: &Value) {
+    assert_eq!(v["event"]["kind"], "event", "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 0, "{v:#}");
+    assert!(
+        v.get("rule").is_none() && v.get("threat").is_none(),
+        "{v:#}"
+    );
+}
+
+/// Waits for a later marker connection so every earlier event has been processed
+/// (the ring buffer delivers in reservation order and the sensor handles it in order).
+fn barrier(sensor: &mut Sensor, net: &Net) -> Result<()> {
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.connection(pid, 4444)?;
+    Ok(())
+}
+
+#[test]
+fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
+    if !root_or_skip("atomic_1") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_alert(&v, 3, "High");
+    assert_eq!(v["process"]["executable"], real_exe("nc").to_str().unwrap());
+    assert_eq!(v["destination"]["ip"], PUBLIC);
+    assert_eq!(v["network"]["type"], "ipv4");
+    assert_eq!(
+        v["process"]["command_line"],
+        format!("nc -z -w2 {PUBLIC} 4444")
+    );
+    assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    assert_eq!(v["user"]["id"], "0");
+    assert_eq!(v["user"]["name"], "root");
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
+    assert_eq!(v["sensor"]["probe"], "tracepoint/sock/inet_sock_set_state");
+    barrier(&mut sensor, &net)?;
+    assert_eq!(
+        sensor.connections_of(pid).len(),
+        1,
+        "exactly one alert for one connect"
+    );
+    Ok(())
+}
+
+#[test]
+fn atomic_2_curl_and_python3_to_8088_are_risk_3() -> Result<()> {
+    if !root_or_skip("atomic_2") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let curl = net.run(
+        "curl",
+        &["-s", "-m", "2", &format!("http://{PUBLIC}:8088/beacon")],
+    )?;
+    let v = sensor.connection(curl, 8088)?;
+    assert_alert(&v, 3, "High");
+    assert_eq!(
+        v["process"]["executable"],
+        real_exe("curl").to_str().unwrap()
+    );
+    assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "curl");
+
+    let py = python_connect(&net, PUBLIC6, 8088)?;
+    let v = sensor.connection(py, 8088)?;
+    assert_alert(&v, 3, "High");
+    let exe = v["process"]["executable"].as_str().unwrap();
+    assert!(
+        exe.rsplit('/').next().unwrap().starts_with("python3"),
+        "{exe}"
+    );
+    assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "python3");
+    assert_eq!(v["destination"]["ip"], PUBLIC6);
+    assert_eq!(v["network"]["type"], "ipv6");
+    Ok(())
+}
+
+#[test]
+fn tiers_and_standard_ports() -> Result<()> {
+    if !root_or_skip("tiers") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+
+    // Tier 1: a program on no list, to a known C2 port.
+    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "4444"])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_alert(&v, 1, "Low");
+    assert_eq!(v["process"]["name"], "connector");
+    assert!(v["sensor"]["matched"].get("high_risk_executable").is_none());
+
+    // Tier 2: high-risk process, non-standard port above 1024.
+    let pid = python_connect(&net, PUBLIC, 5555)?;
+    let v = sensor.connection(pid, 5555)?;
+    assert_alert(&v, 2, "Medium");
+    assert!(
+        v["event"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("non-standard port")
+    );
+
+    // Not scored: a standard port, and a port that is not above 1024.
+    for port in [8080, 1024] {
+        let pid = python_connect(&net, PUBLIC, port)?;
+        assert_unscored(&sensor.connection(pid, port)?);
+    }
+    // An ordinary program on an ordinary port.
+    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "5555"])?;
+    assert_unscored(&sensor.connection(pid, 5555)?);
+    Ok(())
+}
+
+#[test]
+fn private_destinations_are_excluded_public_ones_are_not() -> Result<()> {
+    if !root_or_skip("exclusions") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    for (client, server, prefix) in [
+        ("10.0.0.1", "10.0.0.7", 24),
+        ("172.16.0.1", "172.16.0.7", 24),
+        ("172.31.0.1", "172.31.0.7", 24),
+        ("192.168.0.1", "192.168.0.7", 24),
+        ("172.32.0.1", "172.32.0.7", 24),
+        ("fd00::1", "fd00::7", 64),
+    ] {
+        net.subnet(client, server, prefix)?;
+    }
+    let mut sensor = Sensor::start(&["--all"])?;
+    for (dst, excluded_by) in [
+        ("10.0.0.7", "10.0.0.0/8"),
+        ("172.16.0.7", "172.16.0.0/12"),
+        ("172.31.0.7", "172.16.0.0/12"),
+        ("192.168.0.7", "192.168.0.0/16"),
+        ("127.0.0.1", "127.0.0.0/8"),
+        ("::1", "::1/128"),
+        ("fd00::7", "fc00::/7"),
+        ("::ffff:10.0.0.7", "10.0.0.0/8"),
+    ] {
+        let pid = python_connect(&net, dst, 4444)?;
+        let v = sensor.connection(pid, 4444)?;
+        assert_unscored(&v);
+        assert_eq!(
+            v["sensor"]["matched"]["excluded_network"], excluded_by,
+            "{dst}: {v:#}"
+        );
+    }
+    for dst in ["172.32.0.7", PUBLIC6, "::ffff:203.0.113.7"] {
+        let pid = python_connect(&net, dst, 4444)?;
+        let v = sensor.connection(pid, 4444)?;
+        assert_alert(&v, 3, "High");
+        assert_eq!(v["destination"]["ip"], dst, "{v:#}");
+    }
+    // An IPv4-mapped address is judged, and typed, as IPv4.
+    let pid = python_connect(&net, "::ffff:203.0.113.7", 9001)?;
+    assert_eq!(sensor.connection(pid, 9001)?["network"]["type"], "ipv4");
+    Ok(())
+}
+
+#[test]
+fn without_all_only_alerts_are_printed() -> Result<()> {
+    if !root_or_skip("without_all") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let quiet = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "80"])?;
+    let excluded = net.run("nc", &["-z", "-w2", "127.0.0.1", "4444"])?;
+    barrier(&mut sensor, &net)?;
+    assert!(sensor.connections_of(quiet).is_empty());
+    assert!(sensor.connections_of(excluded).is_empty());
+    assert!(sensor.lines().iter().all(|v| v["event"]["kind"] != "event"));
+    Ok(())
+}
+
+#[test]
+fn hostile_command_line_stays_one_json_line() -> Result<()> {
+    if !root_or_skip("hostile_command_line") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let evil = "x\n{\"event\":{\"kind\":\"alert\"}}\r\u{1b}[2J\"\\";
+    let code = format!(
+        "import socket,sys\ns=socket.socket()\ns.settimeout(2)\ns.connect_ex(({PUBLIC:?}, 9001))"
+    );
+    let pid = net.run("python3", &["-c", &code, evil])?;
+    let v = sensor.connection(pid, 9001)?;
+    assert_alert(&v, 3, "High");
+    assert_eq!(v["process"]["args"][3], evil);
+    assert!(
+        v["process"]["command_line"]
+            .as_str()
+            .unwrap()
+            .ends_with(evil)
+    );
+    // Sensor::lines() fails the test if any stdout line was not a whole JSON object.
+    assert_eq!(
+        sensor
+            .lines()
+            .iter()
+            .filter(|l| is_connection(l, pid, 9001))
+            .count(),
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn vanished_process_is_still_reported() -> Result<()> {
+    if !root_or_skip("vanished_process") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&[])?;
+    // Freeze the sensor so the process connects, exits and is reaped before enrichment.
+    sensor.signal(libc::SIGSTOP);
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.signal(libc::SIGCONT);
+    let v = sensor.connection(pid, 4444)?;
+    assert_alert(&v, 3, "High");
+    assert!(v["process"].get("executable").is_none(), "{v:#}");
+    assert_eq!(v["process"]["thread"]["name"], "nc");
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "comm");
+    let unknown = v["sensor"]["unknown_fields"].as_array().unwrap();
+    assert!(
+        unknown.contains(&Value::from("process.executable")),
+        "{v:#}"
+    );
+    // The kernel still gave the parent.
+    assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    Ok(())
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() -> Result<()> {
+    if !root_or_skip("losses") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    // One page holds about 36 events; freeze the reader and send many more.
+    let mut sensor = Sensor::start(&[
+        "--all",
+        "--ring-buffer-size",
+        "4096",
+        "--stats-interval",
+        "0.1",
+    ])?;
+    sensor.signal(libc::SIGSTOP);
+    const N: usize = 300;
+    let pid = net.run(
+        env!("CARGO_BIN_EXE_connector"),
+        &[PUBLIC, "5555", &N.to_string()],
+    )?;
+    sensor.signal(libc::SIGCONT);
+    let lost = sensor.wait_for(Duration::from_secs(10), |v| {
+        v["event"]["kind"] == "pipeline_error"
+    })?;
+    assert_eq!(lost["event"]["action"], "events-lost");
+    let lost_total = lost["sensor"]["lost_events_total"].as_u64().unwrap();
+    let seen = sensor.connections_of(pid).len();
+    assert!(seen < N, "a 4 KiB ring cannot have held {N} events");
+    assert!(
+        lost_total as usize >= N - seen,
+        "seen {seen} + lost {lost_total} < {N}"
+    );
+    let (status, lines) = sensor.stop_with(libc::SIGTERM)?;
+    assert!(status.success());
+    let stopped = lines
+        .iter()
+        .find(|v| v["event"]["action"] == "sensor-stopped")
+        .unwrap();
+    assert!(stopped["sensor"]["lost_events_total"].as_u64().unwrap() >= lost_total);
+    Ok(())
+}
+
+#[test]
+fn sigterm_and_sigint_detach_and_exit_zero() -> Result<()> {
+    if !root_or_skip("detach") {
+        return Ok(());
+    }
+    // Exclusive: no other test's sensor may attach or detach while programs are counted.
+    let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    let name = "inet_sock_set_state";
+    let before = loaded_programs_named(name);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let sensor = Sensor::start_unlocked(&[])?;
+        assert_eq!(
+            loaded_programs_named(name),
+            before + 1,
+            "one program while running"
+        );
+        let (status, lines) = sensor.stop_with(sig)?;
+        assert_eq!(status.code(), Some(0), "exit status after signal {sig}");
+        assert!(
+            lines
+                .iter()
+                .any(|v| v["event"]["action"] == "sensor-stopped")
+        );
+        assert_eq!(
+            loaded_programs_named(name),
+            before,
+            "nothing left attached after signal {sig}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn check_reports_the_hook_and_exits_zero() -> Result<()> {
+    if !root_or_skip("check") {
+        return Ok(());
+    }
+    let _shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(sensor_bin()).arg("check").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for hook in [
+        "fentry/tcp_connect",
+        "kprobe/tcp_connect",
+        "tracepoint/sock/inet_sock_set_state",
+    ] {
+        assert!(text.contains(hook), "{hook} missing from:\n{text}");
+    }
+    let verdict = text.lines().find(|l| l.starts_with("verdict")).unwrap();
+    assert!(
+        verdict.contains("can run") && verdict.contains("tracepoint"),
+        "{verdict}"
+    );
+    // An impossible ring buffer size is a failed check, not a crash.
+    let out = Command::new(sensor_bin())
+        .args(["check", "--ring-buffer-size", "1000"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    Ok(())
+}
+
+/// Bad input fails before anything is loaded, so these need no root.
+fn sensor_fails(args: &[&str]) -> String {
+    let out = Command::new(sensor_bin()).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_and_flags_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("sensor-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let err = sensor_fails(&["run", "--config", "/nonexistent/policy.toml"]);
+    assert!(
+        err.contains("/nonexistent/policy.toml") && err.contains("No such file"),
+        "{err}"
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "c2_ports = [4444]\nstandard_ports = [80, 99999]\n").unwrap();
+    let err = sensor_fails(&["run", "--config", bad.to_str().unwrap()]);
+    assert!(
+        err.contains(bad.to_str().unwrap()) && err.contains("line 2"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "c2_prots = [4444]\n").unwrap();
+    let err = sensor_fails(&["run", "--config", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("unknown field `c2_prots`") && err.contains("line 1"),
+        "{err}"
+    );
+
+    let err = sensor_fails(&["run", "--ring-buffer-size", "5000"]);
+    assert!(
+        err.contains("--ring-buffer-size") && err.contains("power of two"),
+        "{err}"
+    );
+    let err = sensor_fails(&["run", "--probe", "uprobe"]);
+    assert!(err.contains("uprobe"), "{err}");
+    let err = sensor_fails(&["run", "--stats-interval", "0"]);
+    assert!(err.contains("--stats-interval"), "{err}");
+
+    // A valid file is accepted and shown back.
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "c2_ports = [4444, 9001]\n").unwrap();
+    let out = Command::new(sensor_bin())
+        .args(["policy", "show", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("c2_ports = [\n    4444,\n    9001,\n]"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn custom_policy_changes_the_verdict() -> Result<()> {
+    if !root_or_skip("custom_policy") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let dir = std::env::temp_dir().join(format!("sensor-pol-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("policy.toml");
+    // connector becomes high-risk; 4444 is no longer a C2 port but 12345 is.
+    std::fs::write(
+        &path,
+        "c2_ports = [12345]\nhigh_risk_executables = [\"connector\"]\n",
+    )?;
+    let mut sensor = Sensor::start(&["--all", "--config", path.to_str().unwrap()])?;
+    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "12345"])?;
+    assert_alert(&sensor.connection(pid, 12345)?, 3, "High");
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    assert_unscored(&sensor.connection(pid, 4444)?);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

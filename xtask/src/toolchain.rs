@@ -1,0 +1,155 @@
+//! Installing the eBPF toolchain pieces and the test programs when they are missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// The LLVM major version nightly rustc was built with, from `rustc +nightly -vV`.
+fn nightly_llvm_major() -> Result<u32> {
+    let v = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+        .context("a nightly toolchain is required to build the eBPF programs (rustup toolchain install nightly)")?;
+    let line = v
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc -vV printed no LLVM version")?;
+    line.split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("odd LLVM version {line:?}"))
+}
+
+/// nightly's `lib/libLLVM.so.*-rust-*`, which bpf-linker must link against.
+fn nightly_libllvm() -> Result<PathBuf> {
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libLLVM") && name.contains("-rust-") {
+            return Ok(e.path());
+        }
+    }
+    bail!("no libLLVM*-rust-* in {}", lib.display())
+}
+
+/// rust-src for nightly, and bpf-linker built for nightly's LLVM major version.
+pub fn ensure(force: bool) -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("listing nightly components (is the nightly toolchain installed?)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    let major = nightly_llvm_major()?;
+    let prefix = cargo_home().join("bpf-linker-llvm");
+    let stamp = prefix.join("llvm-major");
+    let linker = cargo_home().join("bin/bpf-linker");
+    let current = std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if !force && linker.exists() && current == Some(major) {
+        return Ok(());
+    }
+    // bpf-linker's llvm-sys looks for `$LLVM_PREFIX/lib/libLLVM.so`: point it at nightly's.
+    let libllvm = nightly_libllvm()?;
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let link = lib.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    std::fs::write(&stamp, format!("{major}\n"))
+        .with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+/// Programs the integration tests run: (command, Debian package).
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nc", "netcat-openbsd"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+];
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn ensure_test_programs() -> Result<()> {
+    let missing: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|&(_, p)| p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!(
+            "the integration tests need {} and this is not a Debian-family system: install them first",
+            missing.join(", ")
+        );
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
