@@ -4,10 +4,14 @@
 //!
 //! Three hooks, of which userspace attaches exactly one (the first that loads):
 //! `fentry/tcp_connect`, `kprobe/tcp_connect`, and the `sock:inet_sock_set_state`
-//! tracepoint filtered to the CLOSE -> SYN_SENT transition.
+//! tracepoint filtered to the CLOSE -> SYN_SENT transition. Beside them, exec, fork and
+//! exit records (`lifecycle`) feed userspace's process table through the same ring buffer,
+//! so a process's exec record always precedes its connects.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod probes;
 

@@ -18,15 +18,15 @@ use sensor_common::{
 
 /// Resized by userspace at load time (`--ring-buffer-size`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU loss counters; userspace sums and reports them.
 #[map]
-static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 
 /// Field offsets, filled in by userspace before load.
 #[unsafe(no_mangle)]
-static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNOWN);
+pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNOWN);
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
@@ -166,7 +166,7 @@ fn event_header(probe: u8, l: &KernelLayout) -> Option<ConnectEvent> {
 
 /// probe_read of a `T` at `base + off`, or None when the offset is unknown or the read faults.
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
+pub(crate) unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
     if off == OFFSET_UNKNOWN {
         return None;
     }
@@ -181,12 +181,16 @@ fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
             slot.submit(0);
             debug!(ctx, "connect tgid={} dport={}", ev.tgid, ev.dport);
         }
-        None => {
-            if let Some(n) = LOSSES.get_ptr_mut(LOST_RESERVE) {
-                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-                unsafe { *n += 1 };
-            }
-        }
+        None => count_loss(),
+    }
+}
+
+/// A record that could not be reserved: counted, never silently dropped.
+#[inline(always)]
+pub(crate) fn count_loss() {
+    if let Some(n) = LOSSES.get_ptr_mut(LOST_RESERVE) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
     }
 }
 

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, KProbe, TracePoint},
+    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
 };
 use sensor_common::{KernelLayout, OFFSET_UNKNOWN, PROBE_FENTRY, PROBE_KPROBE, PROBE_TRACEPOINT};
 
@@ -100,9 +100,7 @@ pub fn attach(
     layout: &KernelLayout,
     btf: Option<&Btf>,
 ) -> Result<()> {
-    let prog = ebpf
-        .program_mut(probe.program())
-        .with_context(|| format!("program {} missing from the eBPF object", probe.program()))?;
+    let prog = program(ebpf, probe.program())?;
     match probe {
         Probe::Fentry => {
             let btf = btf.ok_or_else(|| anyhow!("kernel BTF unavailable"))?;
@@ -140,6 +138,51 @@ pub fn attach(
         }
     }
     Ok(())
+}
+
+/// Attaches the process lifecycle hooks feeding the process table. Each is independent:
+/// a failure leaves the table to /proc for that part, and is reported.
+pub fn attach_lifecycle(
+    ebpf: &mut Ebpf,
+    layout: &KernelLayout,
+) -> Vec<(&'static str, Result<(), String>)> {
+    let mut out = Vec::new();
+    let mut one = |hook: &'static str, f: &mut dyn FnMut(&mut Ebpf) -> Result<()>| {
+        out.push((hook, f(ebpf).map_err(|e| format!("{e:#}"))));
+    };
+    let need_task = || -> Result<()> {
+        if !layout::has_task_layout(layout) {
+            bail!("task_struct layout unknown (needs kernel BTF)");
+        }
+        Ok(())
+    };
+    one("tracepoint/sched/sched_process_exec", &mut |ebpf| {
+        need_task()?;
+        let p: &mut TracePoint = program(ebpf, "sched_process_exec")?.try_into()?;
+        p.load().context("load")?;
+        p.attach("sched", "sched_process_exec").context("attach")?;
+        Ok(())
+    });
+    one("raw_tracepoint/sched_process_fork", &mut |ebpf| {
+        need_task()?;
+        let p: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
+        p.load().context("load")?;
+        p.attach("sched_process_fork").context("attach")?;
+        Ok(())
+    });
+    one("tracepoint/sched/sched_process_exit", &mut |ebpf| {
+        need_task()?;
+        let p: &mut TracePoint = program(ebpf, "sched_process_exit")?.try_into()?;
+        p.load().context("load")?;
+        p.attach("sched", "sched_process_exit").context("attach")?;
+        Ok(())
+    });
+    out
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
 #[cfg(test)]

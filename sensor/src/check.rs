@@ -102,6 +102,34 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
             Err(e) => line(probe.hook(), &format!("unavailable: {e:#}")),
         }
     }
+    // The process table's feed: optional (the sensor runs without it), but reported.
+    match loader::load(
+        &loader::Options {
+            probes: vec![chosen.unwrap_or(Probe::Tracepoint)],
+            ..opts
+        },
+        &env,
+    ) {
+        Ok(loaded) => {
+            for (hook, r) in &loaded.lifecycle {
+                match r {
+                    Ok(()) => line(hook, "ok: feeds the process table"),
+                    Err(e) => line(
+                        hook,
+                        &format!("unavailable: {e} (attribution falls back to /proc)"),
+                    ),
+                }
+            }
+        }
+        Err(e) => line("process lifecycle hooks", &format!("not tried: {e:#}")),
+    }
+    line(
+        "exec records: executed path",
+        &match &env.exec_format_error {
+            None => "ok: read from sched_process_exec's format file".into(),
+            Some(e) => format!("unavailable: {e}"),
+        },
+    );
     match chosen {
         Some(p) if ok => {
             line(

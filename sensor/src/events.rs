@@ -4,7 +4,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, bail};
-use sensor_common::{AF_INET, AF_INET6, CONNECT_EVENT_SIZE, ConnectEvent, EVENT_CONNECT};
+use sensor_common::{
+    AF_INET, AF_INET6, CONNECT_EVENT_SIZE, ConnectEvent, EVENT_CONNECT, EVENT_EXEC, EVENT_EXIT,
+    EVENT_FORK, EXEC_EVENT_SIZE, ExecEvent, TASK_EVENT_SIZE, TaskEvent,
+};
 
 use crate::attach::Probe;
 
@@ -31,19 +34,131 @@ pub struct Connection {
     pub comm: String,
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Connection> {
-    if bytes.len() < CONNECT_EVENT_SIZE {
+/// A process-lifecycle record's common part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub boot_ns: u64,
+    pub start_time_ns: u64,
+    pub parent_start_time_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+/// An execve as the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub task: Task,
+    /// The path given to execve (not resolved; may be relative or `/dev/fd/N`).
+    pub filename: String,
+    /// argv, when the kernel could read it; the last one may be cut at `ARGS_LEN`.
+    pub args: Option<Vec<String>>,
+    /// The mapped executable's inode and device (userspace `st_dev` encoding); 0 if unknown.
+    pub exe_ino: u64,
+    pub exe_dev: u64,
+    /// The executable's link count: 0 for memfd and deleted files; None if unknown.
+    pub exe_nlink: Option<u32>,
+    /// The mapped file's own name (`nc.openbsd` behind `nc`, `memfd:x` for a memfd).
+    pub exe_name: String,
+}
+
+/// Every record kind the kernel sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Connect(Connection),
+    Exec(Exec),
+    Fork(Task),
+    Exit(Task),
+}
+
+/// Reads a `T` from the start of `bytes` after checking the length.
+fn read_record<T: Copy>(bytes: &[u8], size: usize, what: &str) -> Result<T> {
+    if bytes.len() < size {
         bail!(
-            "record of {} bytes, shorter than a connect event ({CONNECT_EVENT_SIZE})",
+            "record of {} bytes, shorter than a {what} ({size})",
             bytes.len()
         );
     }
-    // SAFETY: length checked above; ConnectEvent is plain integers and arrays, valid for any
-    // bit pattern; read_unaligned because the ring buffer only guarantees 8-byte alignment.
-    let ev: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if ev.kind != EVENT_CONNECT {
-        bail!("unknown record kind {}", ev.kind);
+    // SAFETY: length checked; T is one of the ABI's plain-data structs, valid for any bit
+    // pattern; read_unaligned because the ring buffer only guarantees 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+/// Kernel dev_t (MAJOR << 20 | MINOR) to the userspace encoding `stat` reports.
+fn user_dev(kernel_dev: u32) -> u64 {
+    libc::makedev(kernel_dev >> 20, kernel_dev & 0xf_ffff)
+}
+
+fn task(t: &TaskEvent) -> Task {
+    Task {
+        tgid: t.tgid,
+        ppid: t.ppid,
+        uid: t.uid,
+        gid: t.gid,
+        boot_ns: t.ktime_ns,
+        start_time_ns: t.start_time_ns,
+        parent_start_time_ns: t.parent_start_time_ns,
+        cgroup_id: t.cgroup_id,
+        comm: c_string(&t.comm),
     }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record> {
+    let kind = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes);
+    match kind {
+        EVENT_CONNECT => decode_connect(bytes).map(Record::Connect),
+        EVENT_FORK => Ok(Record::Fork(task(&read_record(
+            bytes,
+            TASK_EVENT_SIZE,
+            "fork record",
+        )?))),
+        EVENT_EXIT => Ok(Record::Exit(task(&read_record(
+            bytes,
+            TASK_EVENT_SIZE,
+            "exit record",
+        )?))),
+        EVENT_EXEC => {
+            let ev: ExecEvent = read_record(bytes, EXEC_EVENT_SIZE, "exec record")?;
+            let flen = (ev.filename_len as usize).min(ev.filename.len());
+            let alen = (ev.args_len as usize).min(ev.args.len());
+            let args = (alen > 0).then(|| {
+                let raw = &ev.args[..alen];
+                let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+                raw.split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            });
+            Ok(Record::Exec(Exec {
+                task: task(&ev.task),
+                filename: c_string(&ev.filename[..flen]),
+                args,
+                exe_ino: ev.exe_ino,
+                exe_dev: if ev.exe_ino == 0 {
+                    0
+                } else {
+                    user_dev(ev.exe_dev)
+                },
+                exe_nlink: (ev.exe_nlink != u32::MAX).then_some(ev.exe_nlink),
+                exe_name: c_string(&ev.exe_name),
+            }))
+        }
+        other => bail!("unknown record kind {other} ({} bytes)", bytes.len()),
+    }
+}
+
+fn decode_connect(bytes: &[u8]) -> Result<Connection> {
+    let ev: ConnectEvent = read_record(bytes, CONNECT_EVENT_SIZE, "connect event")?;
     let (dst, src) = match ev.family {
         AF_INET => {
             let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
@@ -55,11 +170,6 @@ pub fn decode(bytes: &[u8]) -> Result<Connection> {
         ),
         other => bail!("unknown address family {other}"),
     };
-    let comm_len = ev
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(ev.comm.len());
     Ok(Connection {
         tgid: ev.tgid,
         tid: ev.tid,
@@ -74,7 +184,7 @@ pub fn decode(bytes: &[u8]) -> Result<Connection> {
         src,
         sport: ev.sport,
         probe: Probe::from_abi(ev.probe),
-        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        comm: c_string(&ev.comm),
     })
 }
 
@@ -119,14 +229,14 @@ pub(crate) mod tests {
     fn decodes_v4_and_v6() {
         let mut d = [0u8; 16];
         d[..4].copy_from_slice(&[203, 0, 113, 7]);
-        let c = decode(&bytes(&raw(AF_INET, d, 4444))).unwrap();
+        let c = connect(&bytes(&raw(AF_INET, d, 4444)));
         assert_eq!(c.dst, "203.0.113.7".parse::<IpAddr>().unwrap());
         assert_eq!(
             (c.dport, c.comm.as_str(), c.probe),
             (4444, "curl", Some(Probe::Tracepoint))
         );
         let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
-        let c = decode(&bytes(&raw(AF_INET6, v6.octets(), 8088))).unwrap();
+        let c = connect(&bytes(&raw(AF_INET6, v6.octets(), 8088)));
         assert_eq!(c.dst, IpAddr::V6(v6));
     }
 
@@ -147,6 +257,81 @@ pub(crate) mod tests {
         // comm without a NUL terminator and with invalid UTF-8 is still decoded.
         let mut odd = raw(AF_INET, [0; 16], 1);
         odd.comm = [0xff; 16];
-        assert_eq!(decode(&bytes(&odd)).unwrap().comm.chars().count(), 16);
+        assert_eq!(connect(&bytes(&odd)).comm.chars().count(), 16);
+    }
+
+    pub fn connect(b: &[u8]) -> Connection {
+        match decode(b).unwrap() {
+            Record::Connect(c) => c,
+            other => panic!("not a connect: {other:?}"),
+        }
+    }
+
+    fn as_bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain-data ABI struct.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    fn task_event(kind: u32) -> TaskEvent {
+        TaskEvent {
+            kind,
+            tgid: 42,
+            ppid: 7,
+            uid: 0,
+            gid: 0,
+            _pad: 0,
+            ktime_ns: 1,
+            start_time_ns: 2,
+            parent_start_time_ns: 3,
+            cgroup_id: 4,
+            comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn decodes_lifecycle_records() {
+        let fork = task_event(EVENT_FORK);
+        let Record::Fork(t) = decode(&as_bytes(&fork)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (t.tgid, t.ppid, t.parent_start_time_ns, t.comm.as_str()),
+            (42, 7, 3, "bash")
+        );
+        assert!(matches!(
+            decode(&as_bytes(&task_event(EVENT_EXIT))).unwrap(),
+            Record::Exit(_)
+        ));
+
+        let mut exec = ExecEvent {
+            task: task_event(EVENT_EXEC),
+            exe_ino: 1234,
+            exe_dev: (8 << 20) | 1,
+            exe_nlink: 0,
+            filename_len: 9,
+            args_len: 13,
+            filename: [0; 256],
+            args: [0; 512],
+            exe_name: [0; 64],
+        };
+        exec.filename[..9].copy_from_slice(b"/bin/curl");
+        exec.args[..13].copy_from_slice(b"curl\0-s\0x\xffy\0\0");
+        let Record::Exec(e) = decode(&as_bytes(&exec)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.filename, "/bin/curl");
+        assert_eq!(e.args.unwrap(), ["curl", "-s", "x\u{fffd}y", ""]);
+        assert_eq!(e.exe_dev, libc::makedev(8, 1));
+        assert_eq!(e.exe_nlink, Some(0));
+        // Lengths larger than the arrays are clamped, not trusted.
+        exec.filename_len = 5000;
+        exec.args_len = 5000;
+        assert!(decode(&as_bytes(&exec)).is_ok());
+        // A truncated exec record is rejected.
+        assert!(decode(&as_bytes(&exec)[..100]).is_err());
+        assert!(decode(&as_bytes(&task_event(EVENT_FORK))[..40]).is_err());
     }
 }

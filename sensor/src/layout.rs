@@ -57,20 +57,24 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
     fields
 }
 
-/// Finds the tracepoint's format file under a mounted tracefs.
+/// Finds the connect tracepoint's format file under a mounted tracefs.
 pub fn format_path() -> Result<std::path::PathBuf> {
+    format_path_of(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
+}
+
+pub fn format_path_of(category: &str, name: &str) -> Result<std::path::PathBuf> {
     for root in TRACEFS_ROOTS {
         let p = Path::new(root)
             .join("events")
-            .join(TRACEPOINT_CATEGORY)
-            .join(TRACEPOINT_NAME)
+            .join(category)
+            .join(name)
             .join("format");
         if p.exists() {
             return Ok(p);
         }
     }
     bail!(
-        "tracepoint {TRACEPOINT_CATEGORY}:{TRACEPOINT_NAME} not found under {} (is tracefs mounted? try `mount -t tracefs nodev /sys/kernel/tracing`)",
+        "tracepoint {category}:{name} not found under {} (is tracefs mounted? try `mount -t tracefs nodev /sys/kernel/tracing`)",
         TRACEFS_ROOTS.join(" or ")
     )
 }
@@ -126,6 +130,52 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
         OFFSET_UNKNOWN => task("real_start_time"),
         off => off,
     };
+    layout.task_pid = task("pid");
+    layout.task_mm = task("mm");
+    let member = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(OFFSET_UNKNOWN);
+    layout.mm_arg_start = member("mm_struct", "arg_start");
+    layout.mm_arg_end = member("mm_struct", "arg_end");
+    layout.mm_exe_file = member("mm_struct", "exe_file");
+    layout.file_f_inode = member("file", "f_inode");
+    layout.inode_i_ino = member("inode", "i_ino");
+    layout.inode_i_nlink = member("inode", "__i_nlink");
+    layout.inode_i_sb = member("inode", "i_sb");
+    layout.sb_s_dev = member("super_block", "s_dev");
+    layout.file_f_path = member("file", "f_path");
+    layout.path_dentry = member("path", "dentry");
+    layout.dentry_d_name = member("dentry", "d_name");
+    layout.qstr_name = member("qstr", "name");
+}
+
+pub const EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
+
+/// Reads sched_process_exec's format file for the `filename` field.
+pub fn apply_exec_format(layout: &mut KernelLayout) -> Result<()> {
+    let text = std::fs::read_to_string(format_path_of(EXEC_TRACEPOINT.0, EXEC_TRACEPOINT.1)?)?;
+    let fields = parse_format(&text);
+    let f = fields
+        .get("filename")
+        .context("sched_process_exec format has no `filename`")?;
+    if f.size != 4 {
+        bail!(
+            "sched_process_exec `filename` is {} bytes, expected a 4-byte __data_loc",
+            f.size
+        );
+    }
+    layout.tp_exec_filename = f.offset;
+    Ok(())
+}
+
+/// True when the process table can be fed from the kernel (tasks' identity readable).
+pub fn has_task_layout(l: &KernelLayout) -> bool {
+    [
+        l.task_tgid,
+        l.task_pid,
+        l.task_start_boottime,
+        l.task_real_parent,
+    ]
+    .iter()
+    .all(|&o| o != OFFSET_UNKNOWN)
 }
 
 /// True when the struct sock offsets needed by fentry/kprobe are all known.

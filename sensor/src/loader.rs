@@ -6,7 +6,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use log::{debug, info};
+use log::{debug, info, warn};
 use sensor_common::{EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE};
 
 use crate::{
@@ -32,6 +32,8 @@ pub struct Environment {
     pub tracepoint_error: Option<String>,
     pub btf: Option<Btf>,
     pub btf_error: Option<String>,
+    /// Why exec records cannot carry the exec'd path, if they cannot.
+    pub exec_format_error: Option<String>,
 }
 
 impl Environment {
@@ -54,11 +56,15 @@ impl Environment {
             Ok(b) => (Some(b), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
+        let exec_format_error = layout::apply_exec_format(&mut layout)
+            .err()
+            .map(|e| format!("{e:#}"));
         Self {
             layout,
             tracepoint_error,
             btf,
             btf_error,
+            exec_format_error,
         }
     }
 }
@@ -66,6 +72,8 @@ impl Environment {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub selection: Selection,
+    /// Lifecycle hooks attached (exec, fork, exit), and those that failed with why.
+    pub lifecycle: Vec<(&'static str, Result<(), String>)>,
 }
 
 pub fn validate_ring_buffer_size(bytes: u32) -> Result<()> {
@@ -103,7 +111,17 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
         info!("{} unavailable: {}", a.probe.hook(), a.error);
     }
     info!("attached {}", selection.chosen.hook());
-    Ok(Loaded { ebpf, selection })
+    let lifecycle = attach::attach_lifecycle(&mut ebpf, &env.layout);
+    for (hook, r) in &lifecycle {
+        if let Err(e) = r {
+            warn!("{hook} unavailable ({e}); short-lived processes may go unattributed");
+        }
+    }
+    Ok(Loaded {
+        ebpf,
+        selection,
+        lifecycle,
+    })
 }
 
 impl Loaded {

@@ -10,12 +10,14 @@ mod check;
 mod clock;
 mod container;
 mod events;
+mod identity;
 mod layout;
 mod loader;
 mod output;
 mod pipeline;
 mod policy;
 mod procs;
+mod proctable;
 mod run;
 mod score;
 mod users;
@@ -89,9 +91,17 @@ struct RunArgs {
     /// procfs mount to enrich from (the host's /proc when run in a container).
     #[arg(long, default_value = "/proc", value_name = "PATH")]
     proc_root: PathBuf,
-    /// Account database for user names.
-    #[arg(long, default_value = "/etc/passwd", value_name = "PATH")]
-    passwd: PathBuf,
+    /// The host's root directory, for its account database and its binaries' fingerprints.
+    /// Default: `/proc/1/root` (the host's `/` on the host and in a hostPID container) when
+    /// readable, else `/`.
+    #[arg(long, value_name = "PATH")]
+    host_root: Option<PathBuf>,
+    /// Most processes the process table holds (exited ones are evicted first).
+    #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_processes: u32,
+    /// How long exited processes stay in the table for late events, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_interval)]
+    exit_grace: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,6 +160,24 @@ fn load_policy(path: Option<&std::path::Path>) -> Result<Policy> {
     path.map_or_else(|| Ok(Policy::default()), Policy::load)
 }
 
+/// The host's `/`: as given (and then it must be readable), else the first readable default.
+fn host_root(given: Option<PathBuf>) -> Result<PathBuf> {
+    let readable = |p: &std::path::Path| std::fs::read_dir(p.join("etc")).is_ok();
+    match given {
+        Some(p) if readable(&p) => Ok(p),
+        Some(p) => anyhow::bail!(
+            "--host-root {}: cannot read {}/etc",
+            p.display(),
+            p.display()
+        ),
+        None => Ok(["/proc/1/root", "/"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| readable(p))
+            .unwrap_or_else(|| PathBuf::from("/"))),
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let policy = load_policy(args.config.as_deref())?;
     loader::validate_ring_buffer_size(args.ring_buffer_size).context("--ring-buffer-size")?;
@@ -168,6 +196,8 @@ fn run(args: RunArgs) -> Result<()> {
         KernelLog::Debug => 4,
         KernelLog::Trace => 5,
     };
+    let host_root = host_root(args.host_root)?;
+    let identities = identity::Identities::scan(&policy, &host_root);
     let opts = run::Options {
         load: loader::Options {
             ring_buffer_bytes: args.ring_buffer_size,
@@ -176,8 +206,13 @@ fn run(args: RunArgs) -> Result<()> {
         },
         pipeline: pipeline::Pipeline {
             policy,
-            procfs: procs::Procfs::new(args.proc_root),
-            users: users::Users::new(args.passwd),
+            table: proctable::ProcTable::new(
+                procs::Procfs::new(args.proc_root),
+                identities,
+                args.max_processes as usize,
+                Duration::from_secs_f64(args.exit_grace),
+            ),
+            users: users::Users::new(host_root.join("etc/passwd")),
             host_name: pipeline::host_name(),
             clock: clock::BootClock::sync(),
             all: args.all,

@@ -20,6 +20,8 @@ pub struct Record<'a> {
     pub user_name: Option<&'a str>,
     pub verdict: &'a Verdict,
     pub host_name: &'a str,
+    /// Where the attribution came from (kernel-exec, kernel-fork, procfs), None if nowhere.
+    pub attribution: Option<&'static str>,
     /// Wall-clock time of the connect, Unix nanoseconds.
     pub unix_ns: i128,
 }
@@ -91,6 +93,14 @@ impl Record<'_> {
             "container": {"id": p.container_id},
             "sensor": {
                 "severity": v.severity(),
+                "process": {
+                    "attribution": self.attribution.unwrap_or("none"),
+                    "lineage": crate::proctable::lineage(p),
+                    "ancestors": if p.ancestors.is_empty() { Value::Null } else { json!(p.ancestors) },
+                    "content_match": p.content_match,
+                    "location": p.location,
+                    "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+                },
                 "probe": c.probe.map(|p| p.hook()),
                 "cgroup_id": c.cgroup_id,
                 "matched": {
@@ -148,20 +158,26 @@ pub fn write_line(out: &mut impl Write, doc: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{events::decode, policy::Policy, score::score};
+    use crate::{policy::Policy, score::score};
 
     fn record_json(proc: &ProcessInfo, port: u16) -> Value {
         let mut raw = crate::events::tests::raw(sensor_common::AF_INET, [0; 16], port);
         raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
-        let conn = decode(&crate::events::tests::bytes(&raw)).unwrap();
+        let conn = crate::events::tests::connect(&crate::events::tests::bytes(&raw));
         let name = proc.executable.as_deref().map(crate::procs::exe_name);
-        let verdict = score(&Policy::default(), name, &conn.comm, conn.dst, conn.dport);
+        let verdict = score(
+            &Policy::default(),
+            &crate::score::Subject::named(name, &conn.comm),
+            conn.dst,
+            conn.dport,
+        );
         Record {
             conn: &conn,
             proc,
             user_name: Some("alice"),
             verdict: &verdict,
             host_name: "h",
+            attribution: None,
             unix_ns: 0,
         }
         .to_json()
@@ -174,7 +190,8 @@ mod tests {
             args: Some(vec!["nc".into(), "203.0.113.7".into(), "4444".into()]),
             ppid: Some(1),
             parent_executable: Some("/usr/bin/bash".into()),
-            container_id: None,
+            ancestors: vec!["/usr/bin/bash".into(), "/usr/sbin/sshd".into()],
+            ..Default::default()
         };
         let j = record_json(&proc, 4444);
         assert_eq!(j["event"]["kind"], "alert");
@@ -192,6 +209,10 @@ mod tests {
         assert_eq!(j["user"]["name"], "alice");
         assert_eq!(j["rule"]["name"], RULE_NAME);
         assert!(j.get("container").is_none());
+        assert_eq!(
+            j["sensor"]["process"]["lineage"],
+            "sshd > bash > nc.openbsd"
+        );
         assert_eq!(j["sensor"]["unknown_fields"], json!([]));
     }
 

@@ -1,4 +1,5 @@
-//! Per-connection work after the ring buffer: enrich from procfs, score, format.
+//! Per-record work after the ring buffer: lifecycle records update the process table;
+//! connects are attributed (table, then /proc), scored and formatted.
 
 use std::io::Write;
 
@@ -6,25 +7,31 @@ use anyhow::Result;
 
 use crate::{
     clock::BootClock,
-    events::Connection,
-    output::{self, Record},
+    events::{Connection, Record},
+    output::{self, Record as OutRecord},
     policy::Policy,
-    procs::{self, Procfs},
-    score,
+    procs::{self, ProcessInfo},
+    proctable::ProcTable,
+    score::{self, Subject},
     users::Users,
 };
 
-/// Counters reported at shutdown (and, later, as metrics).
+/// Counters reported in the status events (and, later, as metrics).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     pub connections: u64,
+    /// Connections whose executable was known.
+    pub attributed: u64,
     pub alerts: u64,
     pub malformed: u64,
+    pub execs: u64,
+    pub forks: u64,
+    pub exits: u64,
 }
 
 pub struct Pipeline {
     pub policy: Policy,
-    pub procfs: Procfs,
+    pub table: ProcTable,
     pub users: Users,
     pub host_name: String,
     pub clock: BootClock,
@@ -34,23 +41,61 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn handle(&mut self, conn: &Connection, out: &mut impl Write) -> Result<()> {
+    pub fn handle(&mut self, record: &Record, out: &mut impl Write) -> Result<()> {
+        match record {
+            Record::Connect(c) => self.connect(c, out)?,
+            Record::Exec(e) => {
+                self.counters.execs += 1;
+                self.table.on_exec(e);
+            }
+            Record::Fork(t) => {
+                self.counters.forks += 1;
+                self.table.on_fork(t);
+            }
+            Record::Exit(t) => {
+                self.counters.exits += 1;
+                self.table.on_exit(t);
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, conn: &Connection, out: &mut impl Write) -> Result<()> {
         self.counters.connections += 1;
-        let proc = self.procfs.lookup(conn.tgid, conn.start_time_ns, conn.ppid);
-        let exe_name = proc.executable.as_deref().map(procs::exe_name);
-        let verdict = score::score(&self.policy, exe_name, &conn.comm, conn.dst, conn.dport);
+        let (proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid) {
+            Some((info, src)) => (info, Some(src.as_str())),
+            // Nobody knows the process: keep what the kernel gave.
+            None => (
+                ProcessInfo {
+                    ppid: (conn.ppid != 0).then_some(conn.ppid),
+                    ..Default::default()
+                },
+                None,
+            ),
+        };
+        if proc.executable.is_some() {
+            self.counters.attributed += 1;
+        }
+        let subject = Subject {
+            exe_name: proc.executable.as_deref().map(procs::exe_name),
+            comm: &conn.comm,
+            content_match: proc.content_match.as_deref(),
+            location: proc.location,
+        };
+        let verdict = score::score(&self.policy, &subject, conn.dst, conn.dport);
         if verdict.risk == 0 && !self.all {
             return Ok(());
         }
         if verdict.risk > 0 {
             self.counters.alerts += 1;
         }
-        let record = Record {
+        let record = OutRecord {
             conn,
             proc: &proc,
             user_name: self.users.name(conn.uid),
             verdict: &verdict,
             host_name: &self.host_name,
+            attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
         output::write_line(out, &record.to_json())

@@ -9,7 +9,7 @@ use std::{
 
 use crate::container;
 
-/// What procfs told us about one process. `None` means unknown (gone, or unreadable).
+/// What is known about one process. `None` means unknown (gone, or unreadable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub executable: Option<String>,
@@ -17,6 +17,12 @@ pub struct ProcessInfo {
     pub ppid: Option<u32>,
     pub parent_executable: Option<String>,
     pub container_id: Option<String>,
+    /// The high-risk list entry this executable is a byte-for-byte (or build-id) copy of.
+    pub content_match: Option<String>,
+    /// Why the executable's location is suspicious (memfd, deleted, tmp, ...).
+    pub location: Option<&'static str>,
+    /// Ancestors' executables, parent first ("?" where unknown).
+    pub ancestors: Vec<String>,
 }
 
 impl ProcessInfo {
@@ -45,30 +51,70 @@ impl Procfs {
         self.root.join(pid.to_string())
     }
 
-    /// Looks up `pid`. When `start_time_ns` (boot-based, from the kernel) is non-zero and
-    /// /proc shows a different start time, the pid was reused: nothing is attributed.
-    pub fn lookup(&self, pid: u32, start_time_ns: u64, kernel_ppid: u32) -> ProcessInfo {
-        let dir = self.dir(pid);
-        let stat = read_stat(&dir);
-        if let (Some(stat), true) = (&stat, start_time_ns != 0) {
-            let want = start_time_ns / (1_000_000_000 / self.ticks_per_sec);
-            if stat.start_ticks != want {
-                return ProcessInfo::default();
-            }
+    pub fn ticks_per_sec(&self) -> u64 {
+        self.ticks_per_sec
+    }
+
+    /// Every numeric entry of the procfs root.
+    pub fn pids(&self) -> Vec<u32> {
+        fs::read_dir(&self.root)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The process's start time in clock ticks since boot, if it exists.
+    pub fn start_ticks(&self, pid: u32) -> Option<u64> {
+        read_stat(&self.dir(pid)).map(|s| s.start_ticks)
+    }
+
+    /// `/proc/PID/exe` itself: opening it reaches the mapped file, even a deleted one.
+    pub fn exe_link(&self, pid: u32) -> PathBuf {
+        self.dir(pid).join("exe")
+    }
+
+    pub fn exe(&self, pid: u32) -> Option<String> {
+        read_link(&self.exe_link(pid))
+    }
+
+    pub fn cmdline(&self, pid: u32) -> Option<Vec<String>> {
+        read_cmdline(&self.dir(pid).join("cmdline"))
+    }
+
+    pub fn container_id(&self, pid: u32) -> Option<String> {
+        fs::read_to_string(self.dir(pid).join("cgroup"))
+            .ok()
+            .and_then(|c| container::id_from_cgroup_file(&c))
+    }
+
+    /// Looks up `pid`. When `start_ticks` is given and /proc shows a different start
+    /// time, the pid was reused: None. A vanished process is None too.
+    pub fn lookup_ticks(
+        &self,
+        pid: u32,
+        start_ticks: Option<u64>,
+        kernel_ppid: u32,
+    ) -> Option<ProcessInfo> {
+        let stat = read_stat(&self.dir(pid))?;
+        if start_ticks.is_some_and(|t| t != stat.start_ticks) {
+            return None;
         }
-        let ppid = match kernel_ppid {
-            0 => stat.as_ref().map(|s| s.ppid),
-            p => Some(p),
+        let ppid = if kernel_ppid != 0 {
+            kernel_ppid
+        } else {
+            stat.ppid
         };
-        ProcessInfo {
-            executable: read_link(&dir.join("exe")),
-            args: read_cmdline(&dir.join("cmdline")),
-            ppid,
-            parent_executable: ppid.and_then(|p| read_link(&self.dir(p).join("exe"))),
-            container_id: fs::read_to_string(dir.join("cgroup"))
-                .ok()
-                .and_then(|c| container::id_from_cgroup_file(&c)),
-        }
+        Some(ProcessInfo {
+            executable: self.exe(pid),
+            args: self.cmdline(pid),
+            ppid: Some(ppid),
+            parent_executable: self.exe(ppid),
+            container_id: self.container_id(pid),
+            ..Default::default()
+        })
     }
 }
 
@@ -147,19 +193,16 @@ mod tests {
     fn looks_up_itself_and_detects_reuse() {
         let procfs = Procfs::new("/proc");
         let me = std::process::id();
-        let info = procfs.lookup(me, 0, 0);
-        assert_eq!(
-            info.executable.as_deref(),
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.to_str().map(String::from))
-                .as_deref()
-        );
+        let start = procfs.start_ticks(me).unwrap();
+        let info = procfs.lookup_ticks(me, Some(start), 0).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(info.executable.as_deref(), exe.to_str());
         assert!(info.args.unwrap()[0].contains("sensor"));
         assert_eq!(info.ppid, Some(std::os::unix::process::parent_id()));
-        // A start time that cannot be ours means "another process with this pid".
-        assert_eq!(procfs.lookup(me, 1, 0), ProcessInfo::default());
-        // A pid that does not exist: all unknown, no panic.
-        assert_eq!(procfs.lookup(u32::MAX, 0, 0).executable, None);
+        assert!(procfs.pids().contains(&me));
+        // A start time that is not ours means "another process with this pid".
+        assert_eq!(procfs.lookup_ticks(me, Some(start + 1), 0), None);
+        // A pid that does not exist: None, no panic.
+        assert_eq!(procfs.lookup_ticks(u32::MAX, None, 0), None);
     }
 }

@@ -39,6 +39,14 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
     let losses = loaded.take_losses()?;
+    // Seed after the lifecycle hooks are attached: every process is then either in /proc
+    // now or announced by a record later.
+    pipeline.table.seed();
+    info!(
+        "process table seeded with {} processes; {} high-risk executables fingerprinted",
+        pipeline.table.len(),
+        pipeline.table.identities.known_files
+    );
     let mut kernel_log = if load.kernel_log_level > 0 {
         let logger =
             aya_log::EbpfLogger::init(&mut loaded.ebpf).context("kernel log ring buffer")?;
@@ -58,9 +66,19 @@ pub async fn run(opts: Options) -> Result<()> {
         .iter()
         .map(|a| json!({"hook": a.probe.hook(), "error": a.error}))
         .collect();
+    let lifecycle: Vec<_> = loaded
+        .lifecycle
+        .iter()
+        .map(|(hook, r)| match r {
+            Ok(()) => json!({"hook": hook, "attached": true}),
+            Err(e) => json!({"hook": hook, "attached": false, "error": e}),
+        })
+        .collect();
     let started = json!({
         "probe": loaded.selection.chosen.hook(),
         "unavailable_probes": unavailable,
+        "process_hooks": lifecycle,
+        "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},
         "ring_buffer_bytes": load.ring_buffer_bytes,
         "all_connections": pipeline.all,
     });
@@ -84,7 +102,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     let decoded = events::decode(&item);
                     drop(item); // give the slot back to the kernel before slow procfs work
                     match decoded {
-                        Ok(conn) => pipeline.handle(&conn, &mut out)?,
+                        Ok(record) => pipeline.handle(&record, &mut out)?,
                         Err(e) => {
                             pipeline.counters.malformed += 1;
                             warn!("dropped a malformed ring buffer record: {e:#}");
@@ -104,6 +122,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
+                pipeline.table.expire(std::time::Instant::now());
                 report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
             }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
@@ -113,14 +132,22 @@ pub async fn run(opts: Options) -> Result<()> {
     report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
     let Counters {
         connections,
+        attributed,
         alerts,
         malformed,
+        execs,
+        forks,
+        exits,
     } = pipeline.counters;
+    let table = pipeline.table.stats();
     let stopped = json!({
         "connections": connections,
+        "connections_attributed": attributed,
         "alerts": alerts,
         "malformed_records": malformed,
         "lost_events_total": lost_reported,
+        "process_records": {"exec": execs, "fork": forks, "exit": exits},
+        "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
     });
     output::write_line(
         &mut out,
@@ -128,7 +155,7 @@ pub async fn run(opts: Options) -> Result<()> {
     )?;
     out.flush().context("writing to stdout")?;
     info!(
-        "stopped: {connections} connections, {alerts} alerts, {lost_reported} lost, {malformed} malformed"
+        "stopped: {connections} connections ({attributed} attributed), {alerts} alerts, {lost_reported} lost, {malformed} malformed"
     );
     // Dropping `loaded` detaches and unloads every program.
     drop(loaded);

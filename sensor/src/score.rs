@@ -15,6 +15,10 @@ use crate::policy::Policy;
 pub enum MatchedBy {
     /// The executable's basename (what an attacker cannot change without copying the file).
     Executable,
+    /// The executable's content: a renamed copy of a listed binary.
+    Content,
+    /// The executable runs from memory, a deleted file, or a world-writable temp directory.
+    Location,
     /// `comm`, used only when the executable could not be resolved.
     Comm,
 }
@@ -59,6 +63,8 @@ impl Verdict {
         if let Some(h) = &self.high_risk {
             let by = match h.matched_by {
                 MatchedBy::Executable => "executable",
+                MatchedBy::Content => "content (renamed copy)",
+                MatchedBy::Location => "location (fileless or temp directory)",
                 MatchedBy::Comm => "comm, executable unknown",
             };
             out.push(format!(
@@ -75,25 +81,50 @@ impl Verdict {
     }
 }
 
-/// Scores one connection. `exe_name` is the executable's basename when known; `comm`
-/// stands in only when it is not.
-pub fn score(
-    policy: &Policy,
-    exe_name: Option<&str>,
-    comm: &str,
-    dst: IpAddr,
-    port: u16,
-) -> Verdict {
-    let high_risk = match exe_name {
-        Some(name) => high_risk_entry(policy, name).map(|entry| HighRisk {
-            entry,
-            matched_by: MatchedBy::Executable,
-        }),
-        None => high_risk_entry(policy, comm).map(|entry| HighRisk {
-            entry,
-            matched_by: MatchedBy::Comm,
-        }),
-    };
+/// What is known of the connecting process's identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subject<'a> {
+    /// The executable's basename, when known.
+    pub exe_name: Option<&'a str>,
+    /// The task's comm: stands in only when the executable is unknown.
+    pub comm: &'a str,
+    /// The list entry the executable is a copy of, by content.
+    pub content_match: Option<&'a str>,
+    /// A suspicious location (memfd, deleted, tmp, ...).
+    pub location: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// A subject known by name only.
+    #[cfg(test)]
+    pub fn named(exe_name: Option<&'a str>, comm: &'a str) -> Self {
+        Self {
+            exe_name,
+            comm,
+            ..Default::default()
+        }
+    }
+}
+
+fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
+    let hit = |entry: String, matched_by| Some(HighRisk { entry, matched_by });
+    if let Some(name) = s.exe_name {
+        if let Some(e) = high_risk_entry(policy, name) {
+            return hit(e, MatchedBy::Executable);
+        }
+    } else if let Some(e) = high_risk_entry(policy, s.comm) {
+        return hit(e, MatchedBy::Comm);
+    }
+    if let Some(e) = s.content_match {
+        return hit(e.to_string(), MatchedBy::Content);
+    }
+    s.location
+        .and_then(|l| hit(format!("<{l}>"), MatchedBy::Location))
+}
+
+/// Scores one connection.
+pub fn score(policy: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
+    let high_risk = high_risk(policy, subject);
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
     let excluded_by = excluded_network(policy, dst);
@@ -172,8 +203,7 @@ mod tests {
     fn s(exe: Option<&str>, port: u16) -> Verdict {
         score(
             &Policy::default(),
-            exe,
-            "comm",
+            &Subject::named(exe, "comm"),
             PUBLIC.parse().unwrap(),
             port,
         )
@@ -245,12 +275,63 @@ mod tests {
         let p = Policy::default();
         let dst = PUBLIC.parse().unwrap();
         // A renamed comm does not make a benign executable high-risk...
-        assert_eq!(score(&p, Some("nginx"), "bash", dst, 5555).risk, 0);
+        assert_eq!(
+            score(&p, &Subject::named(Some("nginx"), "bash"), dst, 5555).risk,
+            0
+        );
         // ...nor a high-risk executable benign.
-        assert_eq!(score(&p, Some("curl"), "kworker/0:1", dst, 5555).risk, 2);
-        let v = score(&p, None, "curl", dst, 5555);
+        assert_eq!(
+            score(&p, &Subject::named(Some("curl"), "kworker/0:1"), dst, 5555).risk,
+            2
+        );
+        let v = score(&p, &Subject::named(None, "curl"), dst, 5555);
         assert_eq!(v.risk, 2);
         assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
+    }
+
+    #[test]
+    fn content_and_location_make_high_risk() {
+        let p = Policy::default();
+        let dst = PUBLIC.parse().unwrap();
+        let copy = Subject {
+            exe_name: Some("update-agent"),
+            comm: "update-agent",
+            content_match: Some("curl"),
+            location: None,
+        };
+        let v = score(&p, &copy, dst, 4444);
+        assert_eq!(
+            (v.risk, v.high_risk.as_ref().unwrap().matched_by),
+            (3, MatchedBy::Content)
+        );
+        assert!(v.reasons()[0].contains("content"));
+        let memfd = Subject {
+            exe_name: Some("x"),
+            comm: "x",
+            content_match: None,
+            location: Some("memfd"),
+        };
+        let v = score(&p, &memfd, dst, 5555);
+        assert_eq!(
+            (v.risk, v.high_risk.unwrap().matched_by),
+            (2, MatchedBy::Location)
+        );
+        // A listed name wins over the other signals; nothing flagged stays tier 1 at most.
+        let both = Subject {
+            exe_name: Some("curl"),
+            comm: "c",
+            content_match: Some("wget"),
+            location: Some("tmp"),
+        };
+        assert_eq!(
+            score(&p, &both, dst, 4444).high_risk.unwrap().matched_by,
+            MatchedBy::Executable
+        );
+        assert_eq!(
+            score(&p, &Subject::named(Some("x"), "curl"), dst, 4444).risk,
+            1,
+            "comm ignored when exe known"
+        );
     }
 
     #[test]
@@ -272,7 +353,12 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
         ] {
-            let v = score(&p, Some("nc"), "nc", ip.parse().unwrap(), 4444);
+            let v = score(
+                &p,
+                &Subject::named(Some("nc"), "nc"),
+                ip.parse().unwrap(),
+                4444,
+            );
             assert_eq!(v.risk, 0, "{ip} is excluded");
             assert!(v.excluded_by.is_some());
         }
@@ -289,7 +375,13 @@ mod tests {
             "100.64.0.1",
         ] {
             assert_eq!(
-                score(&p, Some("nc"), "nc", ip.parse().unwrap(), 4444).risk,
+                score(
+                    &p,
+                    &Subject::named(Some("nc"), "nc"),
+                    ip.parse().unwrap(),
+                    4444
+                )
+                .risk,
                 3,
                 "{ip} is public"
             );

@@ -269,28 +269,32 @@ fn hostile_command_line_stays_one_json_line() -> Result<()> {
 }
 
 #[test]
-fn vanished_process_is_still_reported() -> Result<()> {
+fn process_gone_before_userspace_looks_is_attributed_from_the_kernel() -> Result<()> {
     if !root_or_skip("vanished_process") {
         return Ok(());
     }
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
-    // Freeze the sensor so the process connects, exits and is reaped before enrichment.
+    // Freeze the sensor so the process execs, connects, exits and is reaped before any
+    // record is read: /proc cannot help, only the kernel's exec record can.
     sensor.signal(libc::SIGSTOP);
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
     sensor.signal(libc::SIGCONT);
     let v = sensor.connection(pid, 4444)?;
     assert_alert(&v, 3, "High");
-    assert!(v["process"].get("executable").is_none(), "{v:#}");
-    assert_eq!(v["process"]["thread"]["name"], "nc");
-    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "comm");
-    let unknown = v["sensor"]["unknown_fields"].as_array().unwrap();
-    assert!(
-        unknown.contains(&Value::from("process.executable")),
+    assert_eq!(
+        v["process"]["executable"],
+        real_exe("nc").to_str().unwrap(),
         "{v:#}"
     );
-    // The kernel still gave the parent.
+    assert_eq!(
+        v["process"]["command_line"],
+        format!("nc -z -w2 {PUBLIC} 4444")
+    );
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
+    assert_eq!(v["sensor"]["process"]["attribution"], "kernel-exec");
     assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    assert_eq!(v["sensor"]["unknown_fields"], serde_json::json!([]));
     Ok(())
 }
 

@@ -123,6 +123,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nc", "netcat-openbsd"),
     ("curl", "curl"),
     ("python3", "python3"),
+    ("gcc", "gcc"),
+    ("libc-dev", "libc6-dev"),
 ];
 
 fn have(cmd: &str) -> bool {

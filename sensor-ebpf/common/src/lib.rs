@@ -6,6 +6,20 @@
 
 /// Record kind of [`ConnectEvent`].
 pub const EVENT_CONNECT: u32 = 1;
+/// Record kind of [`ExecEvent`]: a process image replaced (execve).
+pub const EVENT_EXEC: u32 = 2;
+/// Record kind of [`TaskEvent`]: a new process (not thread) forked.
+pub const EVENT_FORK: u32 = 3;
+/// Record kind of [`TaskEvent`]: a process's leader thread exited.
+pub const EVENT_EXIT: u32 = 4;
+
+/// Bytes of the exec'd path kept (`bprm->filename`, NUL terminated).
+pub const FILENAME_LEN: usize = 256;
+/// Bytes of argv kept (NUL-separated, as in /proc/PID/cmdline); one less is read so the
+/// verifier can bound the size with a mask.
+pub const ARGS_LEN: usize = 512;
+/// Bytes of the mapped executable's own file name (its dentry) kept.
+pub const EXE_NAME_LEN: usize = 64;
 
 /// Which kernel hook produced an event (`ConnectEvent::probe`).
 pub const PROBE_FENTRY: u8 = 1;
@@ -97,7 +111,74 @@ pub struct KernelLayout {
     pub task_real_parent: u32,
     pub task_tgid: u32,
     pub task_start_boottime: u32,
+    pub task_pid: u32,
+    pub task_mm: u32,
+    // struct mm_struct / file / inode / super_block, for exec records.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_exe_file: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub file_f_path: u32,
+    pub path_dentry: u32,
+    pub dentry_d_name: u32,
+    pub qstr_name: u32,
+    /// sched:sched_process_exec's `__data_loc char[] filename` field.
+    pub tp_exec_filename: u32,
 }
+
+/// Process lifecycle record: fork (in the parent's context, describing the child) and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// [`EVENT_FORK`], [`EVENT_EXIT`], or [`EVENT_EXEC`] as the head of an [`ExecEvent`].
+    pub kind: u32,
+    pub tgid: u32,
+    /// Parent's tgid.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    /// CLOCK_BOOTTIME of the event, nanoseconds.
+    pub ktime_ns: u64,
+    /// The process's `start_boottime`, nanoseconds: with `tgid`, its identity.
+    pub start_time_ns: u64,
+    /// The parent's `start_boottime`, so the parent is found by identity, not by pid.
+    pub parent_start_time_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+pub const TASK_EVENT_SIZE: usize = core::mem::size_of::<TaskEvent>();
+const _: () = assert!(TASK_EVENT_SIZE == 72);
+
+/// A successful execve, read in the new image's context: what ran, from which file, with
+/// which arguments, even if the process exits before userspace looks at /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub task: TaskEvent,
+    /// Inode and device (kernel encoding, MAJOR<<20|MINOR) of `mm->exe_file`: the file
+    /// really mapped, whatever path was used to reach it.
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    /// Link count of the executable's inode: 0 for memfd and deleted files.
+    pub exe_nlink: u32,
+    /// Valid bytes in `filename` (without NUL) and in `args`.
+    pub filename_len: u32,
+    pub args_len: u32,
+    pub filename: [u8; FILENAME_LEN],
+    pub args: [u8; ARGS_LEN],
+    /// Name of the mapped file's dentry, NUL terminated: the real basename behind any
+    /// symlink, and `memfd:NAME` for a memfd.
+    pub exe_name: [u8; EXE_NAME_LEN],
+}
+
+pub const EXEC_EVENT_SIZE: usize = core::mem::size_of::<ExecEvent>();
+const _: () = assert!(EXEC_EVENT_SIZE == 928);
 
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
@@ -124,6 +205,21 @@ impl KernelLayout {
         task_real_parent: OFFSET_UNKNOWN,
         task_tgid: OFFSET_UNKNOWN,
         task_start_boottime: OFFSET_UNKNOWN,
+        task_pid: OFFSET_UNKNOWN,
+        task_mm: OFFSET_UNKNOWN,
+        mm_arg_start: OFFSET_UNKNOWN,
+        mm_arg_end: OFFSET_UNKNOWN,
+        mm_exe_file: OFFSET_UNKNOWN,
+        file_f_inode: OFFSET_UNKNOWN,
+        inode_i_ino: OFFSET_UNKNOWN,
+        inode_i_nlink: OFFSET_UNKNOWN,
+        inode_i_sb: OFFSET_UNKNOWN,
+        sb_s_dev: OFFSET_UNKNOWN,
+        file_f_path: OFFSET_UNKNOWN,
+        path_dentry: OFFSET_UNKNOWN,
+        dentry_d_name: OFFSET_UNKNOWN,
+        qstr_name: OFFSET_UNKNOWN,
+        tp_exec_filename: OFFSET_UNKNOWN,
     };
 }
 
@@ -138,4 +234,6 @@ mod user {
     // holes that could leak uninitialised memory (sizes asserted above and in tests).
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::TaskEvent {}
+    unsafe impl aya::Pod for super::ExecEvent {}
 }

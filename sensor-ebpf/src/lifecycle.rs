@@ -1,0 +1,174 @@
+//! Process lifecycle: exec, fork and exit records feeding userspace's process table, so a
+//! process that connects and exits in a millisecond is still attributed.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel_str_bytes,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+            bpf_probe_read_user,
+        },
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use sensor_common::{
+    ARGS_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, KernelLayout, OFFSET_UNKNOWN,
+    TaskEvent,
+};
+
+use crate::probes::{EVENTS, LAYOUT, count_loss, read};
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let l = LAYOUT.load();
+    let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_loss();
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points into the reserved ring-buffer slot, ours until submit; kernel
+    // memory is only read through probe_read helpers at BTF-derived offsets.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        fill_current(&mut (*ev).task, EVENT_EXEC, task, &l);
+        (*ev).exe_ino = 0;
+        (*ev).exe_dev = 0;
+        (*ev).exe_nlink = u32::MAX;
+        (*ev).filename_len = 0;
+        (*ev).args_len = 0;
+        (*ev).exe_name[0] = 0;
+
+        // __data_loc: low 16 bits offset into the record, high 16 bits length.
+        if l.tp_exec_filename != OFFSET_UNKNOWN {
+            if let Ok(loc) = ctx.read_at::<u32>(l.tp_exec_filename as usize) {
+                let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+                if let Ok(s) = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
+                    (*ev).filename_len = s.len() as u32;
+                }
+            }
+        }
+
+        let mm = read::<*const u8>(task, l.task_mm).unwrap_or(core::ptr::null());
+        if !mm.is_null() {
+            let start = read::<u64>(mm, l.mm_arg_start).unwrap_or(0);
+            let end = read::<u64>(mm, l.mm_arg_end).unwrap_or(0);
+            if start != 0 && end > start {
+                // Bounded by the mask so the verifier can prove the write stays in `args`.
+                let n = (end - start).min(ARGS_LEN as u64 - 1) & (ARGS_LEN as u64 - 1);
+                let dst = (*ev).args.as_mut_ptr();
+                if bpf_probe_read_user(dst.cast(), n as u32, start as *const _) == 0 {
+                    (*ev).args_len = n as u32;
+                }
+            }
+            let file = read::<*const u8>(mm, l.mm_exe_file).unwrap_or(core::ptr::null());
+            if !file.is_null() {
+                let inode = read::<*const u8>(file, l.file_f_inode).unwrap_or(core::ptr::null());
+                if !inode.is_null() {
+                    (*ev).exe_ino = read::<u64>(inode, l.inode_i_ino).unwrap_or(0);
+                    (*ev).exe_nlink = read::<u32>(inode, l.inode_i_nlink).unwrap_or(u32::MAX);
+                    let sb = read::<*const u8>(inode, l.inode_i_sb).unwrap_or(core::ptr::null());
+                    if !sb.is_null() {
+                        (*ev).exe_dev = read::<u32>(sb, l.sb_s_dev).unwrap_or(0);
+                    }
+                }
+                // file->f_path.dentry->d_name.name
+                if l.file_f_path != OFFSET_UNKNOWN && l.dentry_d_name != OFFSET_UNKNOWN {
+                    let dentry = read::<*const u8>(file, l.file_f_path + l.path_dentry)
+                        .unwrap_or(core::ptr::null());
+                    if !dentry.is_null() {
+                        let name = read::<*const u8>(dentry, l.dentry_d_name + l.qstr_name)
+                            .unwrap_or(core::ptr::null());
+                        if !name.is_null() {
+                            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).exe_name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    slot.submit(0);
+    0
+}
+
+/// Raw tracepoint: TP_PROTO(struct task_struct *parent, struct task_struct *child).
+/// Runs in the parent before the child can run, so the child's record always comes first.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let l = LAYOUT.load();
+    let parent: *const u8 = ctx.arg(0);
+    let child: *const u8 = ctx.arg(1);
+    if parent.is_null() || child.is_null() || l.task_tgid == OFFSET_UNKNOWN {
+        return 0;
+    }
+    // SAFETY: task pointers from the tracepoint, read only through probe_read.
+    unsafe {
+        let child_tgid = read::<u32>(child, l.task_tgid).unwrap_or(0);
+        let child_pid = read::<u32>(child, l.task_pid).unwrap_or(0);
+        if child_tgid == 0 || child_pid != child_tgid {
+            return 0; // a new thread, not a new process
+        }
+        let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
+            count_loss();
+            return 0;
+        };
+        let ev = slot.as_mut_ptr();
+        fill_current(&mut *ev, EVENT_FORK, child, &l);
+        (*ev).tgid = child_tgid;
+        (*ev).ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
+        (*ev).parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
+        slot.submit(0);
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Only the leader thread's exit ends the process.
+    if pid_tgid >> 32 != pid_tgid & 0xffff_ffff {
+        return 0;
+    }
+    let l = LAYOUT.load();
+    let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
+        count_loss();
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: as in sched_process_exec.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        fill_current(&mut *ev, EVENT_EXIT, task, &l);
+    }
+    slot.submit(0);
+    0
+}
+
+/// Header fields from the current task's credentials and `task`'s identity.
+#[inline(always)]
+unsafe fn fill_current(ev: &mut TaskEvent, kind: u32, task: *const u8, l: &KernelLayout) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.kind = kind;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev._pad = 0;
+    // SAFETY: helpers without arguments; `task` only read through probe_read.
+    unsafe {
+        ev.ktime_ns = bpf_ktime_get_boot_ns();
+        ev.cgroup_id = bpf_get_current_cgroup_id();
+        ev.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
+        ev.ppid = 0;
+        ev.parent_start_time_ns = 0;
+        if let Some(parent) = read::<*const u8>(task, l.task_real_parent) {
+            if !parent.is_null() {
+                ev.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
+                ev.parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
+            }
+        }
+    }
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}

@@ -1,0 +1,218 @@
+//! Attribution that never misses (issue: kernel-fed process table): short-lived, renamed,
+//! copied and fileless connectors, and a burst of processes, on the running kernel.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use sensor_tests::{Net, Sensor, root_or_skip};
+use serde_json::Value;
+
+const PUBLIC: &str = "198.51.100.7";
+
+fn net() -> Result<Net> {
+    let net = Net::new()?;
+    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    Ok(net)
+}
+
+/// A scratch directory outside /tmp (which is itself a suspicious location).
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles a C program with the host's gcc.
+fn compile(dir: &std::path::Path, name: &str, source: &str) -> Result<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source)?;
+    let bin = dir.join(name);
+    let out = Command::new("gcc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .context("running gcc")?;
+    if !out.status.success() {
+        bail!("gcc: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(bin)
+}
+
+const CONNECT_AND_EXIT: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    connect(s, (struct sockaddr *)&a, sizeof a);
+    _exit(0);
+}
+"#;
+
+#[test]
+fn connect_then_exit_at_once_keeps_path_command_line_and_parent() -> Result<()> {
+    if !root_or_skip("connect_then_exit") {
+        return Ok(());
+    }
+    let dir = scratch("cexit");
+    let bin = compile(&dir, "quick-exit", CONNECT_AND_EXIT)?;
+    let net = net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    sensor.signal(libc::SIGSTOP); // the process is long gone when its records are read
+    let pid = net.run(bin.to_str().unwrap(), &[PUBLIC, "4444", "extra-arg"])?;
+    sensor.signal(libc::SIGCONT);
+    let v = sensor.connection(pid, 4444)?;
+    assert_eq!(v["process"]["executable"], bin.to_str().unwrap(), "{v:#}");
+    assert_eq!(
+        v["process"]["command_line"],
+        format!("{} {PUBLIC} 4444 extra-arg", bin.display())
+    );
+    assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    assert_eq!(
+        v["process"]["parent"]["executable"],
+        std::env::current_exe()?.to_str().unwrap()
+    );
+    assert_eq!(v["sensor"]["process"]["attribution"], "kernel-exec");
+    assert_eq!(
+        v["event"]["risk_score"], 1,
+        "an unlisted program to a C2 port: {v:#}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn prctl_renamed_process_is_scored_by_executable() -> Result<()> {
+    if !root_or_skip("prctl_rename") {
+        return Ok(());
+    }
+    let net = net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let code = format!(
+        "import ctypes, socket\nctypes.CDLL(None).prctl(15, b'kworker/0:1', 0, 0, 0)\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(({PUBLIC:?}, 4444))"
+    );
+    let pid = net.run("python3", &["-c", &code])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_eq!(v["process"]["thread"]["name"], "kworker/0:1", "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 3);
+    assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "python3");
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
+    Ok(())
+}
+
+#[test]
+fn renamed_copy_of_curl_matches_by_content() -> Result<()> {
+    if !root_or_skip("renamed_curl") {
+        return Ok(());
+    }
+    let dir = scratch("renamed");
+    let copy = dir.join("update-agent");
+    std::fs::copy(std::fs::canonicalize("/usr/bin/curl")?, &copy)?;
+    let net = net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let pid = net.run(
+        copy.to_str().unwrap(),
+        &["-s", "-m", "2", &format!("http://{PUBLIC}:4444/")],
+    )?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_eq!(v["process"]["executable"], copy.to_str().unwrap(), "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "content");
+    assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "curl");
+    assert_eq!(v["sensor"]["process"]["content_match"], "curl");
+    assert!(v["event"]["reason"].as_str().unwrap().contains("content"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn memfd_executed_connector_is_fileless_and_high_risk() -> Result<()> {
+    if !root_or_skip("memfd") {
+        return Ok(());
+    }
+    let net = net()?;
+    let mut sensor = Sensor::start(&[])?;
+    // python3 loads the connector into a memfd and fexecve()s it: no file on disk.
+    let code = format!(
+        "import os\nfd = os.memfd_create('payload', 0)\nos.write(fd, open({:?}, 'rb').read())\nos.execve(fd, ['payload', {PUBLIC:?}, '5555'], {{}})",
+        env!("CARGO_BIN_EXE_connector")
+    );
+    // Frozen sensor: the payload has exited before its exec record is read, so the name
+    // must come from the kernel (the memfd's dentry), not from /proc.
+    sensor.signal(libc::SIGSTOP);
+    let pid = net.run("python3", &["-c", &code])?;
+    sensor.signal(libc::SIGCONT);
+    let v = sensor.connection(pid, 5555)?;
+    assert_eq!(v["sensor"]["process"]["fileless"], true, "{v:#}");
+    assert!(
+        v["process"]["executable"]
+            .as_str()
+            .unwrap()
+            .starts_with("/memfd:payload"),
+        "{v:#}"
+    );
+    assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "location");
+    assert_eq!(
+        v["event"]["risk_score"], 2,
+        "fileless = high-risk, on a non-standard port"
+    );
+    Ok(())
+}
+
+#[test]
+fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
+    if !root_or_skip("burst") {
+        return Ok(());
+    }
+    const N: usize = 2000;
+    let net = net()?;
+    let mut sensor = Sensor::start(&["--ring-buffer-size", "16777216"])?;
+    // One shell starts them all in the background, as fast as it can fork.
+    let script = format!(
+        "i=0; while [ $i -lt {N} ]; do {} {PUBLIC} 4444 & i=$((i+1)); done; wait",
+        env!("CARGO_BIN_EXE_connector")
+    );
+    let shell = net.run("sh", &["-c", &script])?;
+    // A marker after the burst: once it is out, every earlier record has been handled.
+    let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.wait_for(Duration::from_secs(120), |v| {
+        sensor_tests::is_connection(v, marker, 4444)
+    })?;
+    let (status, lines) = sensor.stop_with(libc::SIGTERM)?;
+    assert!(status.success());
+    let alerts: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["destination"]["port"] == 4444 && v["process"]["parent"]["pid"] == shell)
+        .collect();
+    let attributed = alerts
+        .iter()
+        .filter(|v| v["process"]["executable"].is_string())
+        .count();
+    let stopped = lines
+        .iter()
+        .find(|v| v["event"]["action"] == "sensor-stopped")
+        .unwrap();
+    eprintln!(
+        "burst: {} alerts for {N} connectors, {attributed} attributed, lost {}",
+        alerts.len(),
+        stopped["sensor"]["lost_events_total"]
+    );
+    assert_eq!(stopped["sensor"]["lost_events_total"], 0, "no records lost");
+    assert_eq!(alerts.len(), N, "one alert per connector");
+    assert_eq!(attributed, N, "every alert attributed");
+    assert!(
+        alerts
+            .iter()
+            .all(|v| v["process"]["executable"] == env!("CARGO_BIN_EXE_connector"))
+    );
+    Ok(())
+}
