@@ -88,6 +88,10 @@ struct RunArgs {
     /// How often kernel loss counters are checked, in seconds.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS", value_parser = parse_interval)]
     stats_interval: f64,
+    /// How often a `metric` event with the sensor's counters (connections, attribution,
+    /// losses, process table size) is printed, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_interval)]
+    metrics_interval: f64,
     /// procfs mount to enrich from (the host's /proc when run in a container).
     #[arg(long, default_value = "/proc", value_name = "PATH")]
     proc_root: PathBuf,
@@ -219,6 +223,7 @@ fn run(args: RunArgs) -> Result<()> {
             counters: Default::default(),
         },
         stats_interval: Duration::from_secs_f64(args.stats_interval),
+        metrics_interval: Duration::from_secs_f64(args.metrics_interval),
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

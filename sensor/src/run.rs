@@ -26,6 +26,8 @@ pub struct Options {
     pub load: loader::Options,
     pub pipeline: Pipeline,
     pub stats_interval: Duration,
+    /// How often a `metric` event with the sensor's counters is printed.
+    pub metrics_interval: Duration,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -33,6 +35,7 @@ pub async fn run(opts: Options) -> Result<()> {
         load,
         mut pipeline,
         stats_interval,
+        metrics_interval,
     } = opts;
     let env = Environment::probe();
     let mut loaded = loader::load(&load, &env)?;
@@ -58,6 +61,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut tick = tokio::time::interval(stats_interval);
+    let mut metrics_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + metrics_interval,
+        metrics_interval,
+    );
     let mut out = BufWriter::new(std::io::stdout().lock());
 
     let unavailable: Vec<_> = loaded
@@ -125,6 +132,11 @@ pub async fn run(opts: Options) -> Result<()> {
                 pipeline.table.expire(std::time::Instant::now());
                 report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
             }
+            _ = metrics_tick.tick() => {
+                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, lost_reported));
+                output::write_line(&mut out, &doc)?;
+                out.flush().context("writing to stdout")?;
+            }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
         }
@@ -135,20 +147,9 @@ pub async fn run(opts: Options) -> Result<()> {
         attributed,
         alerts,
         malformed,
-        execs,
-        forks,
-        exits,
+        ..
     } = pipeline.counters;
-    let table = pipeline.table.stats();
-    let stopped = json!({
-        "connections": connections,
-        "connections_attributed": attributed,
-        "alerts": alerts,
-        "malformed_records": malformed,
-        "lost_events_total": lost_reported,
-        "process_records": {"exec": execs, "fork": forks, "exit": exits},
-        "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
-    });
+    let stopped = counters_json(&pipeline, lost_reported);
     output::write_line(
         &mut out,
         &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
@@ -160,6 +161,21 @@ pub async fn run(opts: Options) -> Result<()> {
     // Dropping `loaded` detaches and unloads every program.
     drop(loaded);
     Ok(())
+}
+
+/// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.
+fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
+    let c = pipeline.counters;
+    let table = pipeline.table.stats();
+    json!({
+        "connections": c.connections,
+        "connections_attributed": c.attributed,
+        "alerts": c.alerts,
+        "malformed_records": c.malformed,
+        "lost_events_total": lost,
+        "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
+        "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
+    })
 }
 
 /// Registers an fd-owning aya object with tokio's reactor for readability.

@@ -175,7 +175,12 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
     }
     const N: usize = 2000;
     let net = net()?;
-    let mut sensor = Sensor::start(&["--ring-buffer-size", "16777216"])?;
+    let mut sensor = Sensor::start(&[
+        "--ring-buffer-size",
+        "16777216",
+        "--metrics-interval",
+        "0.5",
+    ])?;
     // One shell starts them all in the background, as fast as it can fork.
     let script = format!(
         "i=0; while [ $i -lt {N} ]; do {} {PUBLIC} 4444 & i=$((i+1)); done; wait",
@@ -207,6 +212,23 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
         stopped["sensor"]["lost_events_total"]
     );
     assert_eq!(stopped["sensor"]["lost_events_total"], 0, "no records lost");
+    // The process table's size and the record counts are reported as metrics.
+    let metric = lines
+        .iter()
+        .find(|v| v["event"]["kind"] == "metric")
+        .expect("a sensor-stats metric event");
+    assert!(
+        metric["sensor"]["process_table"]["entries"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        stopped["sensor"]["process_records"]["exec"]
+            .as_u64()
+            .unwrap()
+            >= N as u64
+    );
     assert_eq!(alerts.len(), N, "one alert per connector");
     assert_eq!(attributed, N, "every alert attributed");
     assert!(

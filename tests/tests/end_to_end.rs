@@ -323,20 +323,22 @@ fn ring_buffer_overflow_is_counted_and_reported() -> Result<()> {
         v["event"]["kind"] == "pipeline_error"
     })?;
     assert_eq!(lost["event"]["action"], "events-lost");
-    let lost_total = lost["sensor"]["lost_events_total"].as_u64().unwrap();
-    let seen = sensor.connections_of(pid).len();
-    assert!(seen < N, "a 4 KiB ring cannot have held {N} events");
-    assert!(
-        lost_total as usize >= N - seen,
-        "seen {seen} + lost {lost_total} < {N}"
-    );
+    assert!(lost["sensor"]["lost_events"].as_u64().unwrap() > 0);
+    // Stop, so every record still in the ring has been handled before counting.
     let (status, lines) = sensor.stop_with(libc::SIGTERM)?;
     assert!(status.success());
+    let seen = lines.iter().filter(|v| is_connection(v, pid, 5555)).count();
     let stopped = lines
         .iter()
         .find(|v| v["event"]["action"] == "sensor-stopped")
         .unwrap();
-    assert!(stopped["sensor"]["lost_events_total"].as_u64().unwrap() >= lost_total);
+    let lost_total = stopped["sensor"]["lost_events_total"].as_u64().unwrap();
+    assert!(seen < N, "a 4 KiB ring cannot have held {N} events");
+    // Other processes' records may be lost too, so at least the missing ones.
+    assert!(
+        lost_total as usize >= N - seen,
+        "seen {seen} + lost {lost_total} < {N}"
+    );
     Ok(())
 }
 
@@ -441,6 +443,10 @@ fn bad_config_and_flags_are_clear_errors() {
     );
     let err = sensor_fails(&["run", "--probe", "uprobe"]);
     assert!(err.contains("uprobe"), "{err}");
+    let err = sensor_fails(&["run", "--host-root", "/nonexistent-root"]);
+    assert!(err.contains("--host-root /nonexistent-root"), "{err}");
+    let err = sensor_fails(&["run", "--max-processes", "0"]);
+    assert!(err.contains("--max-processes"), "{err}");
     let err = sensor_fails(&["run", "--stats-interval", "0"]);
     assert!(err.contains("--stats-interval"), "{err}");
 
