@@ -136,10 +136,17 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Kernel-side messages (aya-log) arrive under the eBPF crate's target: let them through
+    // at the level asked for, whatever RUST_LOG says about the rest.
+    let kernel_filter = match &cli.command {
+        Command::Run(a) if !matches!(a.kernel_log, KernelLog::Off) => ",sensor_ebpf=trace",
+        _ => "",
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .parse_filters(kernel_filter)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| true),
         Command::Check { ring_buffer_size } => check::check(ring_buffer_size),

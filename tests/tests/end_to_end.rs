@@ -484,3 +484,25 @@ fn custom_policy_changes_the_verdict() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn kernel_log_is_relayed_when_asked() -> Result<()> {
+    if !root_or_skip("kernel_log") {
+        return Ok(());
+    }
+    let net = public_net()?;
+    let mut sensor = Sensor::start(&["--kernel-log", "debug"])?;
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.connection(pid, 4444)?;
+    let want = format!("connect tgid={pid} dport=4444");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sensor.stderr().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log line {want:?} in:\n{}",
+            sensor.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
