@@ -19,7 +19,7 @@ use sensor_common::{
     TaskEvent,
 };
 
-use crate::probes::{EVENTS, LAYOUT, count_loss, read};
+use crate::probes::{EVENTS, LAYOUT, count_loss, read, task_lineage};
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -42,12 +42,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*ev).exe_name[0] = 0;
 
         // __data_loc: low 16 bits offset into the record, high 16 bits length.
-        if l.tp_exec_filename != OFFSET_UNKNOWN {
-            if let Ok(loc) = ctx.read_at::<u32>(l.tp_exec_filename as usize) {
-                let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-                if let Ok(s) = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
-                    (*ev).filename_len = s.len() as u32;
-                }
+        if l.tp_exec_filename != OFFSET_UNKNOWN
+            && let Ok(loc) = ctx.read_at::<u32>(l.tp_exec_filename as usize)
+        {
+            let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+            if let Ok(s) = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
+                (*ev).filename_len = s.len() as u32;
             }
         }
 
@@ -160,15 +160,10 @@ unsafe fn fill_current(ev: &mut TaskEvent, kind: u32, task: *const u8, l: &Kerne
     unsafe {
         ev.ktime_ns = bpf_ktime_get_boot_ns();
         ev.cgroup_id = bpf_get_current_cgroup_id();
-        ev.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
-        ev.ppid = 0;
-        ev.parent_start_time_ns = 0;
-        if let Some(parent) = read::<*const u8>(task, l.task_real_parent) {
-            if !parent.is_null() {
-                ev.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
-                ev.parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
-            }
-        }
+        let lineage = task_lineage(task, l);
+        ev.start_time_ns = lineage.start_time_ns;
+        ev.ppid = lineage.ppid;
+        ev.parent_start_time_ns = lineage.parent_start_time_ns;
     }
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }

@@ -151,17 +151,42 @@ fn event_header(probe: u8, l: &KernelLayout) -> Option<ConnectEvent> {
     };
     // SAFETY: helper without arguments; the pointer is only dereferenced via probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    if !task.is_null() {
-        unsafe {
-            ev.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
-            if let Some(parent) = read::<*const u8>(task, l.task_real_parent) {
-                if !parent.is_null() {
-                    ev.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
-                }
-            }
+    // SAFETY: the current task, read only through probe_read.
+    let lineage = unsafe { task_lineage(task, l) };
+    ev.start_time_ns = lineage.start_time_ns;
+    ev.ppid = lineage.ppid;
+    Some(ev)
+}
+
+/// A task's start time and its parent's identity; zeros where unreadable.
+pub(crate) struct Lineage {
+    pub start_time_ns: u64,
+    pub ppid: u32,
+    pub parent_start_time_ns: u64,
+}
+
+/// # Safety
+/// `task` is a kernel `task_struct` pointer (or null); it is only read via probe_read.
+#[inline(always)]
+pub(crate) unsafe fn task_lineage(task: *const u8, l: &KernelLayout) -> Lineage {
+    let mut out = Lineage {
+        start_time_ns: 0,
+        ppid: 0,
+        parent_start_time_ns: 0,
+    };
+    if task.is_null() {
+        return out;
+    }
+    unsafe {
+        out.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
+        if let Some(parent) = read::<*const u8>(task, l.task_real_parent)
+            && !parent.is_null()
+        {
+            out.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
+            out.parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
         }
     }
-    Some(ev)
+    out
 }
 
 /// probe_read of a `T` at `base + off`, or None when the offset is unknown or the read faults.
