@@ -153,7 +153,8 @@ impl Drop for Net {
     }
 }
 
-/// Tests that count attached programs take this exclusively; every sensor holds it shared.
+/// Tests that flood the host with records (bursts) take this exclusively, so they cannot
+/// overflow the ring buffers of other tests' sensors; every sensor holds it shared.
 pub static ATTACH_LOCK: RwLock<()> = RwLock::new(());
 
 /// A running `sensor run`, its stdout parsed line by line.
@@ -317,13 +318,29 @@ pub fn is_connection(v: &Value, pid: u32, port: u16) -> bool {
         && v["destination"]["port"] == port
 }
 
-/// Number of loaded BPF programs whose (kernel-truncated) name starts with `prefix`.
-pub fn loaded_programs_named(prefix: &str) -> usize {
+/// Ids of the BPF programs process `pid` holds open (from /proc/PID/fdinfo).
+pub fn bpf_programs_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every BPF program loaded in the kernel.
+pub fn loaded_program_ids() -> Vec<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| prefix.starts_with(n) && !n.is_empty())
-        })
-        .count()
+        .map(|p| p.id())
+        .collect()
 }

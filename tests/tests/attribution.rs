@@ -4,10 +4,12 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Sensor, root_or_skip};
+use sensor_tests::{ATTACH_LOCK, Net, Sensor, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.7";
+/// Ring size for tests that freeze the sensor: room for the whole host's records meanwhile.
+const FROZEN_RING: &str = "16777216";
 
 fn net() -> Result<Net> {
     let net = Net::new()?;
@@ -66,7 +68,7 @@ fn connect_then_exit_at_once_keeps_path_command_line_and_parent() -> Result<()> 
     let dir = scratch("cexit");
     let bin = compile(&dir, "quick-exit", CONNECT_AND_EXIT)?;
     let net = net()?;
-    let mut sensor = Sensor::start(&["--all"])?;
+    let mut sensor = Sensor::start(&["--all", "--ring-buffer-size", FROZEN_RING])?;
     sensor.signal(libc::SIGSTOP); // the process is long gone when its records are read
     let pid = net.run(bin.to_str().unwrap(), &[PUBLIC, "4444", "extra-arg"])?;
     sensor.signal(libc::SIGCONT);
@@ -140,7 +142,7 @@ fn memfd_executed_connector_is_fileless_and_high_risk() -> Result<()> {
         return Ok(());
     }
     let net = net()?;
-    let mut sensor = Sensor::start(&[])?;
+    let mut sensor = Sensor::start(&["--ring-buffer-size", FROZEN_RING])?;
     // python3 loads the connector into a memfd and fexecve()s it: no file on disk.
     let code = format!(
         "import os\nfd = os.memfd_create('payload', 0)\nos.write(fd, open({:?}, 'rb').read())\nos.execve(fd, ['payload', {PUBLIC:?}, '5555'], {{}})",
@@ -174,8 +176,10 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
         return Ok(());
     }
     const N: usize = 2000;
+    // Exclusive: the burst would flood the ring buffers of other tests' sensors.
+    let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = net()?;
-    let mut sensor = Sensor::start(&[
+    let mut sensor = Sensor::start_unlocked(&[
         "--ring-buffer-size",
         "16777216",
         "--metrics-interval",
