@@ -140,44 +140,61 @@ pub fn attach(
     Ok(())
 }
 
+/// A lifecycle hook: its name for users, its program in the object, where it attaches.
+struct LifecycleHook {
+    hook: &'static str,
+    program: &'static str,
+    /// `Some(category)` for a tracepoint `category:program`, None for a raw tracepoint.
+    category: Option<&'static str>,
+}
+
+const LIFECYCLE: [LifecycleHook; 3] = [
+    LifecycleHook {
+        hook: "tracepoint/sched/sched_process_exec",
+        program: "sched_process_exec",
+        category: Some("sched"),
+    },
+    LifecycleHook {
+        hook: "raw_tracepoint/sched_process_fork",
+        program: "sched_process_fork",
+        category: None,
+    },
+    LifecycleHook {
+        hook: "tracepoint/sched/sched_process_exit",
+        program: "sched_process_exit",
+        category: Some("sched"),
+    },
+];
+
 /// Attaches the process lifecycle hooks feeding the process table. Each is independent:
 /// a failure leaves the table to /proc for that part, and is reported.
 pub fn attach_lifecycle(
     ebpf: &mut Ebpf,
     layout: &KernelLayout,
 ) -> Vec<(&'static str, Result<(), String>)> {
-    let mut out = Vec::new();
-    let mut one = |hook: &'static str, f: &mut dyn FnMut(&mut Ebpf) -> Result<()>| {
-        out.push((hook, f(ebpf).map_err(|e| format!("{e:#}"))));
-    };
-    let need_task = || -> Result<()> {
+    let attach_one = |ebpf: &mut Ebpf, h: &LifecycleHook| -> Result<()> {
         if !layout::has_task_layout(layout) {
             bail!("task_struct layout unknown (needs kernel BTF)");
         }
+        let prog = program(ebpf, h.program)?;
+        match h.category {
+            Some(category) => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load().context("load")?;
+                p.attach(category, h.program).context("attach")?;
+            }
+            None => {
+                let p: &mut RawTracePoint = prog.try_into()?;
+                p.load().context("load")?;
+                p.attach(h.program).context("attach")?;
+            }
+        }
         Ok(())
     };
-    one("tracepoint/sched/sched_process_exec", &mut |ebpf| {
-        need_task()?;
-        let p: &mut TracePoint = program(ebpf, "sched_process_exec")?.try_into()?;
-        p.load().context("load")?;
-        p.attach("sched", "sched_process_exec").context("attach")?;
-        Ok(())
-    });
-    one("raw_tracepoint/sched_process_fork", &mut |ebpf| {
-        need_task()?;
-        let p: &mut RawTracePoint = program(ebpf, "sched_process_fork")?.try_into()?;
-        p.load().context("load")?;
-        p.attach("sched_process_fork").context("attach")?;
-        Ok(())
-    });
-    one("tracepoint/sched/sched_process_exit", &mut |ebpf| {
-        need_task()?;
-        let p: &mut TracePoint = program(ebpf, "sched_process_exit")?.try_into()?;
-        p.load().context("load")?;
-        p.attach("sched", "sched_process_exit").context("attach")?;
-        Ok(())
-    });
-    out
+    LIFECYCLE
+        .iter()
+        .map(|h| (h.hook, attach_one(ebpf, h).map_err(|e| format!("{e:#}"))))
+        .collect()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
