@@ -159,6 +159,37 @@ impl LossCounter {
     }
 }
 
+/// The benchmark baseline: the empty program on the connect tracepoint, until a signal.
+pub fn baseline() -> Result<()> {
+    let env = Environment::probe();
+    let opts = Options {
+        ring_buffer_bytes: 4096,
+        probes: Vec::new(),
+        kernel_log_level: 0,
+    };
+    let mut ebpf = load_object(&opts, &env)?;
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut("baseline_empty")
+        .context("program baseline_empty missing from the eBPF object")?
+        .try_into()?;
+    p.load().context("load")?;
+    p.attach(layout::TRACEPOINT_CATEGORY, layout::TRACEPOINT_NAME)
+        .context("attach")?;
+    println!("{{\"event\":{{\"kind\":\"state\",\"action\":\"baseline-started\"}}}}");
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain signal-mask calls on a local sigset; the signals are blocked, then
+    // waited for synchronously, so no handler runs.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+    Ok(())
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock() {
     let rl = libc::rlimit {

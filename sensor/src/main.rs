@@ -50,6 +50,10 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_RING_BUFFER, value_name = "BYTES")]
         ring_buffer_size: u32,
     },
+    /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
+    /// SIGINT/SIGTERM (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchBaseline,
     /// Print the effective policy as TOML.
     Policy {
         #[command(subcommand)]
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| true),
         Command::Check { ring_buffer_size } => check::check(ring_buffer_size),
+        Command::BenchBaseline => loader::baseline().map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },
         } => load_policy(config.as_deref()).map(|p| {

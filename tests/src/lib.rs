@@ -94,6 +94,11 @@ impl Net {
         Ok(net)
     }
 
+    /// The client namespace's handle, for code that joins it itself (benchmarks).
+    pub fn client_path(&self) -> String {
+        format!("/run/netns/{}", self.client)
+    }
+
     /// Puts `client_ip/prefix` on the client side and `server_ip/prefix` on the server side.
     /// Only the connected route exists: nothing is routed anywhere else.
     pub fn subnet(&self, client_ip: &str, server_ip: &str, prefix: u8) -> Result<()> {

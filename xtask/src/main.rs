@@ -4,6 +4,7 @@
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
 //! integration tests drive (netcat, curl, python3, iproute2).
 
+mod bench;
 mod toolchain;
 
 use std::{
@@ -36,6 +37,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark the sensor's cost per connect against no hook and an empty BPF program
+    /// (criterion, as root), and print the ratios.
+    Bench,
     /// Build and run every test: unit tests and the real-kernel integration tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -73,6 +77,16 @@ fn main() -> Result<()> {
                 bail!("sensor exited with {status}");
             }
             Ok(())
+        }
+        Task::Bench => {
+            toolchain::ensure(false)?;
+            cargo(&root, &["build", "--release", "-p", "sensor"])?;
+            cargo_env(
+                &root,
+                &["bench", "-p", "sensor-tests", "--bench", "connect_cost"],
+                &[("SENSOR_BIN", root.join("target/release/sensor"))],
+            )?;
+            bench::report(&root.join("target/criterion/connect"))
         }
         Task::Test { args } => {
             toolchain::ensure(false)?;

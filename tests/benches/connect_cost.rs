@@ -1,0 +1,88 @@
+//! What the sensor costs the workload it watches: the time of one outbound TCP connect
+//! (socket, connect answered by a RST, close) inside a test namespace, measured side by side
+//! in one run with
+//! - no program on the hook (`none`),
+//! - an empty BPF program on the same tracepoint (`empty_program`): the floor any eBPF
+//!   sensor on this hook pays,
+//! - the sensor running, on ordinary traffic (`sensor`, port 443: seen, scored, not
+//!   printed) and on traffic that alerts on every connect (`sensor_alerting`, port 4444).
+//!
+//! `cargo xtask bench` runs it (as root) and prints the ratios.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sensor_tests::{Net, sensor_bin};
+
+const SERVER: &str = "203.0.113.7";
+
+/// Starts `sensor ARGS` and waits for its first stdout line (its "started" event).
+fn start(args: &[&str]) -> Child {
+    let mut child = Command::new(sensor_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the sensor");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("sensor start-up line");
+    assert!(line.contains("started"), "unexpected first line: {line}");
+    // Keep draining stdout so the sensor never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    child
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+fn connect_cost(c: &mut Criterion) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED connect_cost: needs root (BPF programs, network namespaces)");
+        return;
+    }
+    let net = Net::new().expect("test namespaces");
+    net.subnet("203.0.113.1", SERVER, 24)
+        .expect("documentation subnet");
+    // This thread moves into the client namespace: every connect below stays in the pair.
+    let ns = std::fs::File::open(net.client_path()).expect("client netns");
+    // SAFETY: setns on this thread with a namespace fd we hold.
+    assert_eq!(
+        unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+    let quiet: SocketAddr = format!("{SERVER}:443").parse().expect("address");
+    let alerting: SocketAddr = format!("{SERVER}:4444").parse().expect("address");
+    let connect = |dst: SocketAddr| {
+        let _ = TcpStream::connect_timeout(&dst, Duration::from_secs(1));
+    };
+    let one = || connect(quiet);
+
+    let mut g = c.benchmark_group("connect");
+    g.bench_function("none", |b| b.iter(one));
+    let baseline = start(&["bench-baseline"]);
+    g.bench_function("empty_program", |b| b.iter(one));
+    stop(baseline);
+    let sensor = start(&["run", "--ring-buffer-size", "16777216"]);
+    g.bench_function("sensor", |b| b.iter(one));
+    g.bench_function("sensor_alerting", |b| b.iter(|| connect(alerting)));
+    stop(sensor);
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).sample_size(50);
+    targets = connect_cost
+}
+criterion_main!(benches);
