@@ -19,7 +19,7 @@ use sensor_common::{
     TaskEvent,
 };
 
-use crate::probes::{EVENTS, LAYOUT, count_loss, read, task_lineage};
+use crate::probes::{EVENTS, LAYOUT, count_loss, read, submit_flags, task_lineage};
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -89,7 +89,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    slot.submit(0);
+    slot.submit(submit_flags());
     0
 }
 
@@ -119,7 +119,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         (*ev).tgid = child_tgid;
         (*ev).ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
         (*ev).parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
-        slot.submit(0);
+        slot.submit(submit_flags());
     }
     0
 }
@@ -142,7 +142,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         let task = bpf_get_current_task() as *const u8;
         fill_current(&mut *ev, EVENT_EXIT, task, &l);
     }
-    slot.submit(0);
+    slot.submit(submit_flags());
     0
 }
 

@@ -1,5 +1,6 @@
 use aya_ebpf::{
     Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
@@ -23,6 +24,24 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Per-CPU loss counters; userspace sums and reports them.
 #[map]
 pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// Batching threshold, set by userspace before load (see sensor_common::WAKEUP_GLOBAL).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// Submit flags: no wakeup while little is pending, so a busy host costs one reader wakeup
+/// per batch rather than per connect; userspace's timer bounds the delay.
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    let threshold = WAKEUP_BYTES.load();
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 /// Field offsets, filled in by userspace before load.
 #[unsafe(no_mangle)]
@@ -203,7 +222,7 @@ fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     match EVENTS.reserve::<ConnectEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);
-            slot.submit(0);
+            slot.submit(submit_flags());
             debug!(ctx, "connect tgid={} dport={}", ev.tgid, ev.dport);
         }
         None => count_loss(),

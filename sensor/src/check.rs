@@ -78,6 +78,7 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
         ring_buffer_bytes,
         probes: AUTO_ORDER.to_vec(),
         kernel_log_level: 0,
+        wakeup_bytes: 0,
     };
     match loader::load_object(&opts, &env) {
         Ok(_) => line(

@@ -7,7 +7,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use log::{debug, info, warn};
-use sensor_common::{EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE};
+use sensor_common::{
+    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE, WAKEUP_GLOBAL,
+};
 
 use crate::{
     attach::{self, Probe, Selection},
@@ -23,6 +25,8 @@ pub struct Options {
     pub probes: Vec<Probe>,
     /// aya-log level for kernel-side messages; 0 keeps them off the hot path.
     pub kernel_log_level: u8,
+    /// Pending bytes at which the kernel wakes the reader (0: every record).
+    pub wakeup_bytes: u64,
 }
 
 /// What the kernel and its metadata offer, found before anything is loaded.
@@ -92,6 +96,7 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, &env.layout, true)
         .override_global(aya_log::LEVEL, &opts.kernel_log_level, false)
+        .override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps, ring buffer)")
@@ -166,6 +171,7 @@ pub fn baseline() -> Result<()> {
         ring_buffer_bytes: 4096,
         probes: Vec::new(),
         kernel_log_level: 0,
+        wakeup_bytes: 0,
     };
     let mut ebpf = load_object(&opts, &env)?;
     let p: &mut aya::programs::TracePoint = ebpf

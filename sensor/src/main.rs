@@ -89,6 +89,11 @@ struct RunArgs {
     /// Kernel-side debug messages (aya-log), relayed to stderr. Off keeps them off the hot path.
     #[arg(long, value_enum, default_value = "off")]
     kernel_log: KernelLog,
+    /// Longest a record may wait before the sensor reads it, in milliseconds. The kernel
+    /// wakes the sensor per batch (a quarter of the ring buffer) and a timer drains the rest,
+    /// so a busy host is not charged one wakeup per connect. 0 wakes on every record.
+    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    max_delay: u64,
     /// How often kernel loss counters are checked, in seconds.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS", value_parser = parse_interval)]
     stats_interval: f64,
@@ -219,6 +224,12 @@ fn run(args: RunArgs) -> Result<()> {
             ring_buffer_bytes: args.ring_buffer_size,
             probes,
             kernel_log_level,
+            // Wake the reader per quarter ring; the drain timer handles the rest.
+            wakeup_bytes: if args.max_delay == 0 {
+                0
+            } else {
+                u64::from(args.ring_buffer_size / 4)
+            },
         },
         pipeline: pipeline::Pipeline {
             policy,
@@ -235,6 +246,7 @@ fn run(args: RunArgs) -> Result<()> {
             counters: Default::default(),
         },
         stats_interval: Duration::from_secs_f64(args.stats_interval),
+        max_delay: Duration::from_millis(args.max_delay),
         metrics_interval: Duration::from_secs_f64(args.metrics_interval),
     };
     tokio::runtime::Builder::new_current_thread()

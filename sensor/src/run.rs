@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use log::{info, warn};
 use serde_json::json;
 use tokio::{
@@ -26,6 +27,8 @@ pub struct Options {
     pub load: loader::Options,
     pub pipeline: Pipeline,
     pub stats_interval: Duration,
+    /// Longest a record waits in the ring buffer when the kernel batches wakeups.
+    pub max_delay: Duration,
     /// How often a `metric` event with the sensor's counters is printed.
     pub metrics_interval: Duration,
 }
@@ -35,6 +38,7 @@ pub async fn run(opts: Options) -> Result<()> {
         load,
         mut pipeline,
         stats_interval,
+        max_delay,
         metrics_interval,
     } = opts;
     let env = Environment::probe();
@@ -61,6 +65,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut tick = tokio::time::interval(stats_interval);
+    let batching = load.wakeup_bytes > 0;
+    let mut drain_tick = tokio::time::interval(max_delay.max(Duration::from_millis(1)));
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
@@ -104,20 +111,8 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    let decoded = events::decode(&item);
-                    drop(item); // give the slot back to the kernel before slow procfs work
-                    match decoded {
-                        Ok(record) => pipeline.handle(&record, &mut out)?,
-                        Err(e) => {
-                            pipeline.counters.malformed += 1;
-                            warn!("dropped a malformed ring buffer record: {e:#}");
-                        }
-                    }
-                }
+                drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
                 guard.clear_ready();
-                out.flush().context("writing to stdout")?;
             }
             guard = async { match kernel_log.as_mut() {
                 Some(fd) => fd.readable_mut().await,
@@ -126,6 +121,10 @@ pub async fn run(opts: Options) -> Result<()> {
                 let mut guard = guard.context("waiting on the kernel log")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            // The kernel wakes us only per batch; this bounds how long a record waits.
+            _ = drain_tick.tick(), if batching => {
+                drain(ring.get_mut(), &mut pipeline, &mut out)?;
             }
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
@@ -161,6 +160,22 @@ pub async fn run(opts: Options) -> Result<()> {
     // Dropping `loaded` detaches and unloads every program.
     drop(loaded);
     Ok(())
+}
+
+/// Handles every record in the ring buffer, then flushes the output.
+fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut impl Write) -> Result<()> {
+    while let Some(item) = rb.next() {
+        let decoded = events::decode(&item);
+        drop(item); // give the slot back to the kernel before slow procfs work
+        match decoded {
+            Ok(record) => pipeline.handle(&record, out)?,
+            Err(e) => {
+                pipeline.counters.malformed += 1;
+                warn!("dropped a malformed ring buffer record: {e:#}");
+            }
+        }
+    }
+    out.flush().context("writing to stdout")
 }
 
 /// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.

@@ -40,6 +40,9 @@ pub const LOST_RESERVE: u32 = 0;
 pub const LOSS_SLOTS: u32 = 1;
 /// Name of the read-only global holding [`KernelLayout`].
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+/// Name of the read-only `u64` global: wake the reader only once this many bytes are
+/// pending (0: wake on every record). Userspace drains on a timer meanwhile.
+pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// One outbound TCP connect attempt, seen in the connecting task's context.
 #[repr(C)]
