@@ -10,6 +10,7 @@ mod check;
 mod clock;
 mod container;
 mod events;
+mod glob;
 mod layout;
 mod loader;
 mod output;
@@ -18,6 +19,8 @@ mod policy;
 mod procs;
 mod run;
 mod score;
+#[cfg(test)]
+mod testrng;
 mod users;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
