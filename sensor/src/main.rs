@@ -5,6 +5,7 @@
 //! `procs`/`users`/`container` (enrich) -> `score` (policy) -> `output` (JSON), driven by `run`.
 
 mod attach;
+mod beacon;
 mod btf;
 mod check;
 mod clock;
