@@ -11,6 +11,7 @@ mod check;
 mod clock;
 mod container;
 mod events;
+mod fold;
 mod glob;
 mod layout;
 mod loader;
@@ -18,6 +19,7 @@ mod output;
 mod pipeline;
 mod policy;
 mod procs;
+mod rollup;
 mod run;
 mod score;
 #[cfg(test)]

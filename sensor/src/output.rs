@@ -122,7 +122,7 @@ pub fn status(kind: &str, action: &str, host_name: &str, sensor: Value) -> Value
 }
 
 /// Drops nulls and objects left empty, so absent means unknown.
-fn prune(v: &mut Value) {
+pub fn prune(v: &mut Value) {
     if let Value::Object(map) = v {
         prune_map(map);
     }
