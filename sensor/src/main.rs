@@ -10,6 +10,7 @@ mod btf;
 mod check;
 mod clock;
 mod container;
+mod engine;
 mod events;
 mod fold;
 mod glob;
