@@ -216,10 +216,6 @@ impl Engine {
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Swaps the policy (SIGHUP). Counters, rollups and beacon history carry over.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
@@ -355,6 +351,46 @@ impl Engine {
             "rollup_windows": self.rollup.windows_emitted,
             "rollup_connections_in_no_group": self.rollup.capped_total,
         })
+    }
+}
+
+/// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
+/// the old policy and says why (stderr and a state event); nothing stops the sensor.
+pub fn reload(path: Option<&std::path::Path>, pipeline: &mut crate::pipeline::Pipeline) -> Value {
+    let host = pipeline.host_name.clone();
+    let Some(path) = path else {
+        log::warn!("SIGHUP: no --config was given, nothing to reload");
+        return output::status(
+            "state",
+            "policy-reload-failed",
+            &host,
+            json!({"error": "no --config was given"}),
+        );
+    };
+    match Policy::load(path) {
+        Ok(policy) => {
+            let rules = policy.allow.len();
+            pipeline.set_policy(policy);
+            log::info!(
+                "SIGHUP: policy reloaded from {} ({rules} allow rules)",
+                path.display()
+            );
+            output::status(
+                "state",
+                "policy-reloaded",
+                &host,
+                json!({"config": path.display().to_string(), "allow_rules": rules}),
+            )
+        }
+        Err(e) => {
+            log::warn!("SIGHUP: keeping the old policy: {e:#}");
+            output::status(
+                "state",
+                "policy-reload-failed",
+                &host,
+                json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
+            )
+        }
     }
 }
 

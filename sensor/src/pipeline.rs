@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use crate::{
     clock::BootClock,
+    engine::Engine,
     events::Connection,
     output::{self, Record},
     policy::Policy,
@@ -31,6 +32,8 @@ pub struct Pipeline {
     /// Also emit unscored connections (`--all`).
     pub all: bool,
     pub counters: Counters,
+    /// Allow rules, beacons, rollups, flood control; decides what is printed.
+    pub engine: Engine,
 }
 
 impl Pipeline {
@@ -39,12 +42,6 @@ impl Pipeline {
         let proc = self.procfs.lookup(conn.tgid, conn.start_time_ns, conn.ppid);
         let exe_name = proc.executable.as_deref().map(procs::exe_name);
         let verdict = score::score(&self.policy, exe_name, &conn.comm, conn.dst, conn.dport);
-        if verdict.risk == 0 && !self.all {
-            return Ok(());
-        }
-        if verdict.risk > 0 {
-            self.counters.alerts += 1;
-        }
         let record = Record {
             conn,
             proc: &proc,
@@ -53,7 +50,23 @@ impl Pipeline {
             host_name: &self.host_name,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
-        output::write_line(out, &record.to_json())
+        // Every connection goes to the engine: beacons and allow counts need the unscored too.
+        let outcome = self.engine.connection(record.to_json())?;
+        if outcome.alert {
+            self.counters.alerts += 1;
+        }
+        outcome
+            .lines
+            .iter()
+            .try_for_each(|line| output::write_line(out, line))
+    }
+}
+
+impl Pipeline {
+    /// Installs a new policy (SIGHUP) in the scorer and the engine together.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.engine.set_policy(policy.clone());
+        self.policy = policy;
     }
 }
 

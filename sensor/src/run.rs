@@ -3,6 +3,7 @@
 use std::{
     io::{BufWriter, Write},
     os::fd::AsRawFd,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -26,6 +27,8 @@ pub struct Options {
     pub load: loader::Options,
     pub pipeline: Pipeline,
     pub stats_interval: Duration,
+    /// Re-read on SIGHUP.
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -33,6 +36,7 @@ pub async fn run(opts: Options) -> Result<()> {
         load,
         mut pipeline,
         stats_interval,
+        config,
     } = opts;
     let env = Environment::probe();
     let mut loaded = loader::load(&load, &env)?;
@@ -49,6 +53,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(stats_interval);
     let mut out = BufWriter::new(std::io::stdout().lock());
 
@@ -105,12 +110,24 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
                 report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+                for line in pipeline.engine.tick(BootClock::now_unix_ns()) {
+                    output::write_line(&mut out, &line)?;
+                }
+                out.flush().context("writing to stdout")?;
+            }
+            _ = sighup.recv() => {
+                let doc = crate::engine::reload(config.as_deref(), &mut pipeline);
+                output::write_line(&mut out, &doc)?;
+                out.flush().context("writing to stdout")?;
             }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
         }
     }
     report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+    for line in pipeline.engine.finish(BootClock::now_unix_ns()) {
+        output::write_line(&mut out, &line)?;
+    }
     let Counters {
         connections,
         alerts,
@@ -121,6 +138,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "alerts": alerts,
         "malformed_records": malformed,
         "lost_events_total": lost_reported,
+        "engine": pipeline.engine.stats_json(),
     });
     output::write_line(
         &mut out,
