@@ -9,6 +9,8 @@ mod beacon;
 mod btf;
 mod check;
 mod clock;
+#[cfg(test)]
+mod compare;
 mod container;
 mod engine;
 mod events;
