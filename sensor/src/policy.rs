@@ -1114,4 +1114,25 @@ container_ids = ["abc*"]
             }
         }
     }
+    #[test]
+    fn every_toml_block_in_the_readme_parses() {
+        let readme = include_str!("../../README.md");
+        let mut blocks = 0;
+        for part in readme.split("```toml\n").skip(1) {
+            let block = part.split("```").next().unwrap_or("");
+            if let Err(e) = Policy::parse(block) {
+                panic!("README policy block does not parse: {e:#}\n{block}");
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 2, "{blocks}");
+        // The false-positive examples: one rule per class, all distinct.
+        let all: String = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|p| p.split("```").next())
+            .filter(|b| b.contains("[[allow]]"))
+            .collect();
+        assert_eq!(Policy::parse(&all).unwrap().allow.len(), 8);
+    }
 }
