@@ -95,10 +95,7 @@ impl Obs {
             .pointer("/destination/port")
             .and_then(Value::as_u64)
             .context("no destination.port")?;
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|&p| p != 0)
-            .with_context(|| format!("bad destination.port {port}"))?;
+        let port = u16::try_from(port).with_context(|| format!("bad destination.port {port}"))?;
         // user.id is a string in ECS; a number is accepted too.
         let user_id = match doc.pointer("/user/id") {
             Some(Value::String(s)) => s.parse().ok(),
@@ -219,6 +216,20 @@ impl Engine {
     /// Swaps the policy (SIGHUP). Counters, rollups and beacon history carry over.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+    }
+
+    /// True (and counted) for a connection that cannot produce output or change any
+    /// state: not printed (no `--all`), risk 0, and either excluded or on a standard port,
+    /// so neither beacons nor allow counts look at it. Saves the live path the JSON work.
+    pub fn skip(&mut self, v: &Verdict, port: u16) -> bool {
+        let skip = !self.cfg.all
+            && v.risk == 0
+            && (v.excluded_by.is_some() || self.policy.standard_ports.contains(&port));
+        if skip {
+            self.stats.connections += 1;
+            self.window_connections += 1;
+        }
+        skip
     }
 
     /// Scores one connection document and returns what to print.
@@ -597,7 +608,6 @@ mod tests {
             json!({"@timestamp": "x", "destination": {"ip": "203.0.113.7", "port": 1}}),
             json!({"@timestamp": clock::rfc3339(T0), "destination": {"ip": "nope", "port": 1}, "process": {"name": "a"}}),
             json!({"@timestamp": clock::rfc3339(T0), "destination": {"ip": "203.0.113.7", "port": 70000}, "process": {"name": "a"}}),
-            json!({"@timestamp": clock::rfc3339(T0), "destination": {"ip": "203.0.113.7", "port": 0}, "process": {"name": "a"}}),
             json!({"@timestamp": clock::rfc3339(T0), "destination": {"ip": "203.0.113.7", "port": 1}}),
             json!([1, 2]),
             json!("string"),
@@ -605,5 +615,29 @@ mod tests {
             assert!(e.connection(bad.clone()).is_err(), "{bad}");
         }
         assert_eq!(e.stats.connections, 0);
+    }
+    #[test]
+    fn skip_only_what_cannot_matter() {
+        let p = Policy::default();
+        let v =
+            |port: u16, dst: &str| score::score(&p, Some("curl"), "", dst.parse().unwrap(), port);
+        let mut e = engine("", Config::default());
+        assert!(e.skip(&v(443, "203.0.113.7"), 443), "standard port, risk 0");
+        assert!(e.skip(&v(4444, "10.0.0.1"), 4444), "excluded");
+        assert!(!e.skip(&v(5555, "203.0.113.7"), 5555), "risk 2");
+        let ng = score::score(&p, Some("nginx"), "", "203.0.113.7".parse().unwrap(), 5555);
+        assert!(!e.skip(&ng, 5555), "risk 0 but a possible beacon");
+        assert_eq!(e.stats.connections, 2, "skipped connections still counted");
+        let mut all = engine(
+            "",
+            Config {
+                all: true,
+                ..Config::default()
+            },
+        );
+        assert!(
+            !all.skip(&v(443, "203.0.113.7"), 443),
+            "--all prints everything"
+        );
     }
 }

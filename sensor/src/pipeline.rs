@@ -42,6 +42,10 @@ impl Pipeline {
         let proc = self.procfs.lookup(conn.tgid, conn.start_time_ns, conn.ppid);
         let exe_name = proc.executable.as_deref().map(procs::exe_name);
         let verdict = score::score(&self.policy, exe_name, &conn.comm, conn.dst, conn.dport);
+        // Most traffic (standard ports, private space) cannot alert: skip building JSON.
+        if self.engine.skip(&verdict, conn.dport) {
+            return Ok(());
+        }
         let record = Record {
             conn,
             proc: &proc,
@@ -51,7 +55,15 @@ impl Pipeline {
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
         // Every connection goes to the engine: beacons and allow counts need the unscored too.
-        let outcome = self.engine.connection(record.to_json())?;
+        let outcome = match self.engine.connection(record.to_json()) {
+            Ok(o) => o,
+            Err(e) => {
+                // Never let one odd record stop the sensor.
+                self.counters.malformed += 1;
+                log::warn!("engine could not take a connection record: {e:#}");
+                return Ok(());
+            }
+        };
         if outcome.alert {
             self.counters.alerts += 1;
         }
