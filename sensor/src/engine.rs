@@ -345,6 +345,16 @@ impl Engine {
         doc
     }
 
+    /// The settings in force, for the `sensor-started` event.
+    pub fn config_json(&self) -> Value {
+        json!({
+            "rollup_window_seconds": self.cfg.rollup.window_ns as f64 / 1e9,
+            "fold_period_seconds": self.cfg.fold_ns as f64 / 1e9,
+            "beacon_min_connections": self.cfg.beacon.min_connections,
+            "allow_rules": self.policy.allow.len(),
+        })
+    }
+
     /// Cumulative counters: the `sensor-stopped` event and summaries carry them.
     pub fn stats_json(&self) -> Value {
         json!({

@@ -2,7 +2,9 @@
 //! over non-standard ports, as ECS JSON lines.
 //!
 //! Data path: `loader`/`attach` (kernel hooks) -> `events` (ring buffer records) ->
-//! `procs`/`users`/`container` (enrich) -> `score` (policy) -> `output` (JSON), driven by `run`.
+//! `procs`/`users`/`container` (enrich) -> `score` (policy) -> `engine` (allow rules, beacons,
+//! rollups, flood control) -> `output` (JSON), driven by `run`. `replay` feeds recorded lines
+//! to the same `engine`; `explain` prints one connection's reason chain.
 
 mod attach;
 mod beacon;

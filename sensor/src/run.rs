@@ -68,6 +68,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "unavailable_probes": unavailable,
         "ring_buffer_bytes": load.ring_buffer_bytes,
         "all_connections": pipeline.all,
+        "engine": pipeline.engine.config_json(),
     });
     output::write_line(
         &mut out,
