@@ -15,6 +15,10 @@ use crate::{
     output,
 };
 
+/// A recorded line is a few KiB at most (command lines included); anything far longer is
+/// not a record, and holding it whole would let one line exhaust memory.
+const MAX_LINE: usize = 1 << 20;
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub lines: u64,
@@ -27,19 +31,19 @@ pub struct Summary {
 /// Replays `input` into `out`; problems with single lines go to `err`.
 pub fn replay(
     engine: &mut Engine,
-    input: impl BufRead,
+    mut input: impl BufRead,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<Summary> {
     let mut s = Summary::default();
     let mut last_ts: Option<i128> = None;
     let mut buf = Vec::new();
-    let mut input = input;
     loop {
         buf.clear();
         // Bytes, not lines of String: one line of invalid UTF-8 is a malformed line, not
         // the end of the replay.
-        let n = input
+        // At most MAX_LINE bytes are held; the rest of a longer line is read and dropped.
+        let n = std::io::Read::take(&mut input, MAX_LINE as u64)
             .read_until(b'\n', &mut buf)
             .context("reading the replay input")?;
         if n == 0 {
@@ -47,6 +51,34 @@ pub fn replay(
         }
         s.lines += 1;
         let lineno = s.lines;
+        if buf.len() >= MAX_LINE && buf.last() != Some(&b'\n') {
+            let mut skipped = 0usize;
+            loop {
+                let chunk = input.fill_buf().context("reading the replay input")?;
+                if chunk.is_empty() {
+                    break;
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        input.consume(i + 1);
+                        skipped += i + 1;
+                        break;
+                    }
+                    None => {
+                        let len = chunk.len();
+                        input.consume(len);
+                        skipped += len;
+                    }
+                }
+            }
+            s.malformed += 1;
+            writeln!(
+                err,
+                "replay: line {lineno}: longer than {MAX_LINE} bytes ({} bytes), skipped",
+                buf.len() + skipped
+            )?;
+            continue;
+        }
         let text = match std::str::from_utf8(&buf) {
             Ok(t) => t.trim(),
             Err(e) => {
@@ -245,5 +277,19 @@ mod tests {
             .find(|v| v["event"]["action"] == "alert-rollup")
             .unwrap();
         assert_eq!(rollup["event"]["start"], clock::rfc3339(t0));
+    }
+    #[test]
+    fn an_enormous_line_is_skipped_not_held() {
+        let t0 = 1_800_000_000 * S;
+        let mut input = "x".repeat(3 * MAX_LINE).into_bytes();
+        input.push(b'\n');
+        input.extend_from_slice(line("/usr/bin/nc", 1, 4444, t0).as_bytes());
+        input.push(b'\n');
+        let mut e = Engine::new(Policy::default(), Config::default(), "r".into());
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = replay(&mut e, &input[..], &mut out, &mut err).unwrap();
+        assert_eq!((s.lines, s.malformed, s.connections), (2, 1, 1));
+        let err = String::from_utf8(err).unwrap();
+        assert!(err.contains("line 1: longer than"), "{err}");
     }
 }
