@@ -611,6 +611,20 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
         host_names: strings(src, "host_names", &f.host_names)?,
         schedule,
     };
+    let only_schedule = AllowRule {
+        schedule: None,
+        ..r.condition_key()
+    } == AllowRule::empty();
+    if r.schedule.is_some() && only_schedule {
+        // "Never by turning the rule off": a time window alone would do just that.
+        return Err(src.err(
+            rule.span(),
+            format!(
+                "allow rule {:?} has only a schedule and would suppress every alert in that window; add who or where",
+                r.name
+            ),
+        ));
+    }
     if r.condition_key() == AllowRule::empty() {
         // A rule without conditions would silence the detection: refused on purpose.
         return Err(src.err(
@@ -984,6 +998,10 @@ container_ids = ["abc*"]
                 "line 5, column 8: allow rule \"b\" has the same conditions as rule \"a\"",
             ),
             ("[[allow]]\nname = \"a\"\n", "has no conditions"),
+            (
+                "[[allow]]\nname = \"a\"\nschedule = { hours = \"00:00-06:00\" }",
+                "line 1, column 1: allow rule \"a\" has only a schedule",
+            ),
             (
                 "[[allow]]\nname = \"a\"\nusers = []",
                 "line 3, column 9: users is empty",
