@@ -46,7 +46,7 @@ impl Default for Config {
 }
 
 /// One connection as far as it is known, read back from its ECS document.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Obs {
     pub ts_ns: i128,
     pub executable: Option<String>,
@@ -122,6 +122,25 @@ impl Obs {
             container_id: text(doc, &["container", "id"]),
             kubernetes_namespace: text(doc, &["orchestrator", "namespace"]),
         })
+    }
+
+    /// The live path: straight from the enriched record, no JSON round trip. Must agree
+    /// with `from_doc(record.to_json())` (tested).
+    pub fn from_record(r: &output::Record) -> Self {
+        Self {
+            ts_ns: r.unix_ns,
+            executable: r.proc.executable.clone(),
+            comm: Some(r.conn.comm.clone()),
+            pid: Some(u64::from(r.conn.tgid)),
+            parent_executable: r.proc.parent_executable.clone(),
+            user_id: Some(r.conn.uid),
+            user_name: r.user_name.map(str::to_string),
+            dst: Some(r.conn.dst),
+            port: r.conn.dport,
+            host_name: Some(r.host_name.to_string()),
+            container_id: r.proc.container_id.clone(),
+            kubernetes_namespace: None,
+        }
     }
 
     pub fn subject(&self) -> Subject<'_> {
@@ -218,30 +237,22 @@ impl Engine {
         self.policy = policy;
     }
 
-    /// True (and counted) for a connection that cannot produce output or change any
-    /// state: not printed (no `--all`), risk 0, and either excluded or on a standard port,
-    /// so neither beacons nor allow counts look at it. Saves the live path the JSON work.
-    pub fn skip(&mut self, v: &Verdict, port: u16) -> bool {
-        let skip = !self.cfg.all
-            && v.risk == 0
-            && (v.excluded_by.is_some() || self.policy.standard_ports.contains(&port));
-        if skip {
-            self.stats.connections += 1;
-            self.window_connections += 1;
-        }
-        skip
+    /// Scores one connection document and returns what to print.
+    pub fn connection(&mut self, doc: Value) -> Result<Outcome> {
+        let obs = Obs::from_doc(&doc)?;
+        Ok(self.process(&obs, move || doc))
     }
 
-    /// Scores one connection document and returns what to print.
-    pub fn connection(&mut self, mut doc: Value) -> Result<Outcome> {
-        let obs = Obs::from_doc(&doc)?;
+    /// Decides one connection; `make_doc` (its ECS document) is only called when a line
+    /// will be printed, so the many connections that print nothing cost no JSON.
+    pub fn process(&mut self, obs: &Obs, make_doc: impl FnOnce() -> Value) -> Outcome {
         let mut lines = self.tick(obs.ts_ns);
         self.stats.connections += 1;
         self.window_connections += 1;
         if self.summary_start.is_none() {
             self.summary_start = Some(obs.ts_ns);
         }
-        let (verdict, allow) = evaluate(&self.policy, &obs);
+        let (verdict, allow) = evaluate(&self.policy, obs);
         let allow_name = allow.map(|r| r.name.clone());
         let dst = obs.dst.map(|d| d.to_string()).unwrap_or_default();
         // Beacons are looked for where T1571 lives: non-standard ports, destinations that
@@ -269,6 +280,11 @@ impl Engine {
             _ => false,
         };
         let final_risk = if suppressed { 0 } else { risk };
+        let alert = final_risk > 0;
+        if !alert && !self.cfg.all {
+            return Outcome { lines, alert };
+        }
+        let mut doc = make_doc();
         output::set_verdict(
             &mut doc,
             &verdict,
@@ -276,7 +292,6 @@ impl Engine {
             suppressed.then_some(allow_name.as_deref()).flatten(),
             beacon.as_ref().map(beacon_fields),
         );
-        let alert = final_risk > 0;
         if alert {
             self.stats.alerts += 1;
             let key = GroupKey {
@@ -299,10 +314,10 @@ impl Engine {
                     .offer((obs.pid, obs.who(), dst, obs.port), doc, obs.ts_ns),
             );
             lines.extend(beacon_doc);
-        } else if self.cfg.all {
+        } else {
             lines.push(doc);
         }
-        Ok(Outcome { lines, alert })
+        Outcome { lines, alert }
     }
 
     /// Lines due by `now_ns`: ended flood-control periods, ended rollup windows, and the
@@ -627,27 +642,63 @@ mod tests {
         assert_eq!(e.stats.connections, 0);
     }
     #[test]
-    fn skip_only_what_cannot_matter() {
-        let p = Policy::default();
-        let v =
-            |port: u16, dst: &str| score::score(&p, Some("curl"), "", dst.parse().unwrap(), port);
+    fn quiet_connections_build_no_json_and_are_counted() {
         let mut e = engine("", Config::default());
-        assert!(e.skip(&v(443, "203.0.113.7"), 443), "standard port, risk 0");
-        assert!(e.skip(&v(4444, "10.0.0.1"), 4444), "excluded");
-        assert!(!e.skip(&v(5555, "203.0.113.7"), 5555), "risk 2");
-        let ng = score::score(&p, Some("nginx"), "", "203.0.113.7".parse().unwrap(), 5555);
-        assert!(!e.skip(&ng, 5555), "risk 0 but a possible beacon");
-        assert_eq!(e.stats.connections, 2, "skipped connections still counted");
-        let mut all = engine(
-            "",
-            Config {
-                all: true,
-                ..Config::default()
-            },
+        let obs = |exe: &str, port: u16| Obs::from_doc(&conn(exe, 1, port, T0)).unwrap();
+        for (exe, port, prints) in [
+            ("/usr/bin/curl", 443, false),
+            ("/usr/sbin/nginx", 5555, false),
+            ("/usr/bin/curl", 5555, true),
+        ] {
+            let mut built = false;
+            let o = e.process(&obs(exe, port), || {
+                built = true;
+                conn(exe, 1, port, T0)
+            });
+            assert_eq!((built, o.alert), (prints, prints), "{exe} {port}");
+        }
+        assert_eq!(e.stats.connections, 3);
+        assert_eq!(
+            e.beacons.keys(),
+            2,
+            "nginx:5555 is tracked for beacons without JSON"
         );
-        assert!(
-            !all.skip(&v(443, "203.0.113.7"), 443),
-            "--all prints everything"
+    }
+
+    #[test]
+    fn live_record_and_its_document_read_the_same() {
+        let mut raw = crate::events::tests::raw(sensor_common::AF_INET, [0; 16], 4444);
+        raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        let c = crate::events::decode(&crate::events::tests::bytes(&raw)).unwrap();
+        let proc = crate::procs::ProcessInfo {
+            executable: Some("/usr/bin/nc.openbsd".into()),
+            args: Some(vec!["nc".into()]),
+            ppid: Some(1),
+            parent_executable: Some("/usr/bin/bash".into()),
+            container_id: Some("abc".into()),
+        };
+        let v = score::score(
+            &Policy::default(),
+            Some("nc.openbsd"),
+            &c.comm,
+            c.dst,
+            c.dport,
         );
+        let r = output::Record {
+            conn: &c,
+            proc: &proc,
+            user_name: Some("alice"),
+            verdict: &v,
+            host_name: "h",
+            unix_ns: T0 + 123,
+        };
+        assert_eq!(Obs::from_record(&r), Obs::from_doc(&r.to_json()).unwrap());
+        let gone = crate::procs::ProcessInfo::default();
+        let r = output::Record {
+            proc: &gone,
+            user_name: None,
+            ..r
+        };
+        assert_eq!(Obs::from_record(&r), Obs::from_doc(&r.to_json()).unwrap());
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     clock::BootClock,
-    engine::Engine,
+    engine::{self, Engine},
     events::Connection,
     output::{self, Record},
     policy::Policy,
@@ -42,10 +42,6 @@ impl Pipeline {
         let proc = self.procfs.lookup(conn.tgid, conn.start_time_ns, conn.ppid);
         let exe_name = proc.executable.as_deref().map(procs::exe_name);
         let verdict = score::score(&self.policy, exe_name, &conn.comm, conn.dst, conn.dport);
-        // Most traffic (standard ports, private space) cannot alert: skip building JSON.
-        if self.engine.skip(&verdict, conn.dport) {
-            return Ok(());
-        }
         let record = Record {
             conn,
             proc: &proc,
@@ -54,16 +50,10 @@ impl Pipeline {
             host_name: &self.host_name,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
-        // Every connection goes to the engine: beacons and allow counts need the unscored too.
-        let outcome = match self.engine.connection(record.to_json()) {
-            Ok(o) => o,
-            Err(e) => {
-                // Never let one odd record stop the sensor.
-                self.counters.malformed += 1;
-                log::warn!("engine could not take a connection record: {e:#}");
-                return Ok(());
-            }
-        };
+        // Every connection goes to the engine (beacons and allow counts need the unscored
+        // too); it builds the JSON only for what it prints.
+        let obs = engine::Obs::from_record(&record);
+        let outcome = self.engine.process(&obs, || record.to_json());
         if outcome.alert {
             self.counters.alerts += 1;
         }
