@@ -118,6 +118,26 @@ fn python3_beacon_every_second_to_9001_is_detected() -> Result<()> {
             .unwrap()
             >= 1
     );
+    // Rollups: python3's group holds the ten (other tests' python3 runs share host,
+    // executable, user and parent, hence >=); summed in case a window boundary fell
+    // inside the test. The window still open at exit is printed, marked partial.
+    let rollups: Vec<_> = action(&lines, "alert-rollup")
+        .into_iter()
+        .filter(|v| v["process"]["executable"].as_str() == Some(exe))
+        .collect();
+    let total: u64 = rollups
+        .iter()
+        .map(|v| v["sensor"]["rollup"]["connections"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(total >= 10, "{rollups:#?}");
+    let last = rollups.last().context("no rollup for python3")?;
+    assert_eq!(last["sensor"]["rollup"]["partial_window"], true);
+    assert!(rollups.iter().any(|v| {
+        v["sensor"]["rollup"]["ports"]
+            .as_array()
+            .is_some_and(|p| p.contains(&9001.into()))
+    }));
+    assert!(rollups.iter().all(|v| v["event"]["risk_score"] == 3));
     Ok(())
 }
 
