@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     beacon::{self, Beacon},
     clock, fold, output,
-    policy::{AllowRule, Policy, Subject},
+    policy::{Policy, Subject},
     procs::exe_name,
     rollup::{self, GroupKey},
     score::{self, Verdict},
@@ -42,6 +42,57 @@ impl Default for Config {
             fold_ns: 10 * 1_000_000_000,
             fold_max_keys: 4096,
         }
+    }
+}
+
+/// The engine's command-line settings, shared by `run` and `replay`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rollup window, seconds: one summary per (host, executable, user, parent) per window.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_window)]
+    pub rollup_window: f64,
+    /// Flood-control period, seconds: identical alerts within it are folded; 0 disables.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_fold)]
+    pub fold_period: f64,
+    /// Connections at a regular interval before a beacon is flagged.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=1000))]
+    pub beacon_min_connections: u32,
+}
+
+impl Args {
+    pub fn config(&self, all: bool) -> Config {
+        let d = Config::default();
+        Config {
+            all,
+            rollup: rollup::Config {
+                window_ns: (self.rollup_window * 1e9) as i128,
+                ..d.rollup
+            },
+            beacon: beacon::Config {
+                min_connections: self.beacon_min_connections as usize,
+                ..d.beacon
+            },
+            fold_ns: (self.fold_period * 1e9) as i128,
+            ..d
+        }
+    }
+}
+
+fn parse_window(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (1.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 1 and 86400"
+        )),
+    }
+}
+
+fn parse_fold(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
     }
 }
 
@@ -167,20 +218,20 @@ impl Obs {
     }
 }
 
-/// The list verdict and the first allow rule that matches (whatever the risk).
-pub fn evaluate<'p>(policy: &'p Policy, obs: &Obs) -> (Verdict, Option<&'p AllowRule>) {
+/// The list verdict for a connection known only from its document (replay, explain).
+/// Live connections come with the pipeline's verdict instead, which may know more.
+pub fn list_verdict(policy: &Policy, obs: &Obs) -> Verdict {
     let comm = obs.comm.as_deref().unwrap_or("");
     let dst = obs
         .dst
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let verdict = score::score(
+    score::score(
         policy,
         obs.executable.as_deref().map(exe_name),
         comm,
         dst,
         obs.port,
-    );
-    (verdict, policy.allow_rule(&obs.subject()))
+    )
 }
 
 /// A beacon raises risk by one, to at least Low and at most High.
@@ -240,20 +291,28 @@ impl Engine {
     /// Scores one connection document and returns what to print.
     pub fn connection(&mut self, doc: Value) -> Result<Outcome> {
         let obs = Obs::from_doc(&doc)?;
-        Ok(self.process(&obs, move || doc))
+        let verdict = list_verdict(&self.policy, &obs);
+        Ok(self.process(&obs, &verdict, move || doc))
     }
 
     /// Decides one connection; `make_doc` (its ECS document) is only called when a line
     /// will be printed, so the many connections that print nothing cost no JSON.
-    pub fn process(&mut self, obs: &Obs, make_doc: impl FnOnce() -> Value) -> Outcome {
+    pub fn process(
+        &mut self,
+        obs: &Obs,
+        verdict: &Verdict,
+        make_doc: impl FnOnce() -> Value,
+    ) -> Outcome {
         let mut lines = self.tick(obs.ts_ns);
         self.stats.connections += 1;
         self.window_connections += 1;
         if self.summary_start.is_none() {
             self.summary_start = Some(obs.ts_ns);
         }
-        let (verdict, allow) = evaluate(&self.policy, obs);
-        let allow_name = allow.map(|r| r.name.clone());
+        let allow_name = self
+            .policy
+            .allow_rule(&obs.subject())
+            .map(|r| r.name.clone());
         let dst = obs.dst.map(|d| d.to_string()).unwrap_or_default();
         // Beacons are looked for where T1571 lives: non-standard ports, destinations that
         // are not excluded, traffic no allow rule vouches for.
@@ -287,7 +346,7 @@ impl Engine {
         let mut doc = make_doc();
         output::set_verdict(
             &mut doc,
-            &verdict,
+            verdict,
             final_risk,
             suppressed.then_some(allow_name.as_deref()).flatten(),
             beacon.as_ref().map(beacon_fields),
@@ -473,7 +532,7 @@ fn beacon_event(conn: &Value, b: &Beacon, risk: u8) -> Value {
         "destination": pick("destination"),
         "network": pick("network"),
         "container": pick("container"),
-        "sensor": {"severity": score::severity(risk), "beacon": beacon_fields(b)},
+        "sensor": {"severity": output::severity(risk), "beacon": beacon_fields(b)},
     });
     output::prune(&mut doc);
     doc
@@ -651,7 +710,9 @@ mod tests {
             ("/usr/bin/curl", 5555, true),
         ] {
             let mut built = false;
-            let o = e.process(&obs(exe, port), || {
+            let ob = obs(exe, port);
+            let v = list_verdict(&Policy::default(), &ob);
+            let o = e.process(&ob, &v, || {
                 built = true;
                 conn(exe, 1, port, T0)
             });

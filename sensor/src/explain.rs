@@ -1,18 +1,94 @@
 //! `sensor score`: one hypothetical connection through the policy, with every step that
 //! decided it (which list matched, which allow rule), so an analyst can see why.
 
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    engine::{Obs, evaluate},
+    engine::{Obs, list_verdict},
+    output::severity,
     policy::Policy,
     procs::exe_name,
-    score::severity,
 };
+
+/// `sensor score` arguments.
+#[derive(clap::Parser)]
+pub struct Args {
+    /// Executable path (or bare name) of the connecting process.
+    #[arg(long)]
+    pub exe: String,
+    /// Destination address.
+    #[arg(long)]
+    pub dst: IpAddr,
+    /// Destination port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// User name, or a numeric uid.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Parent executable path.
+    #[arg(long)]
+    pub parent: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(long)]
+    pub k8s_namespace: Option<String>,
+    /// When (RFC 3339), for allow-rule schedules; default now.
+    #[arg(long)]
+    pub time: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sensor score`: prints the verdict and its reason chain for one connection.
+pub fn run(a: Args) -> Result<()> {
+    let policy = crate::load_policy(a.config.as_deref())?;
+    let ts_ns = match &a.time {
+        Some(t) => crate::clock::parse_rfc3339(t)
+            .with_context(|| format!("--time {t:?} is not an RFC 3339 time"))?,
+        None => crate::clock::BootClock::now_unix_ns(),
+    };
+    let (user_id, user_name) = match a.user {
+        Some(u) => match u.parse::<u32>() {
+            Ok(uid) => (Some(uid), None),
+            Err(_) => (None, Some(u)),
+        },
+        None => (None, None),
+    };
+    let obs = Obs {
+        ts_ns,
+        comm: Some(exe_name(&a.exe).to_string()),
+        executable: Some(a.exe),
+        pid: None,
+        parent_executable: a.parent,
+        user_id,
+        user_name,
+        dst: Some(a.dst),
+        port: a.port,
+        host_name: a.host,
+        container_id: a.container,
+        kubernetes_namespace: a.k8s_namespace,
+    };
+    let doc = explain(&policy, &obs);
+    if a.json {
+        println!("{doc}");
+    } else {
+        print!("{}", render(&doc));
+    }
+    Ok(())
+}
 
 /// The verdict and its reason chain, as JSON (`--json` prints it as is).
 pub fn explain(policy: &Policy, obs: &Obs) -> Value {
-    let (v, allow) = evaluate(policy, obs);
+    let v = list_verdict(policy, obs);
+    let allow = policy.allow_rule(&obs.subject());
     let mut steps = Vec::new();
     let mut step = |check: &str, matched: bool, detail: String| {
         steps.push(json!({"check": check, "matched": matched, "detail": detail}));

@@ -33,7 +33,7 @@ mod score;
 mod testrng;
 mod users;
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -67,105 +67,9 @@ enum Command {
         command: PolicyCommand,
     },
     /// Explain how one connection would be scored: verdict and the reason chain.
-    Score(ScoreArgs),
+    Score(explain::Args),
     /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
-    Replay(ReplayArgs),
-}
-
-#[derive(Parser)]
-struct ScoreArgs {
-    /// Executable path (or bare name) of the connecting process.
-    #[arg(long)]
-    exe: String,
-    /// Destination address.
-    #[arg(long)]
-    dst: IpAddr,
-    /// Destination port.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
-    /// User name, or a numeric uid.
-    #[arg(long)]
-    user: Option<String>,
-    /// Parent executable path.
-    #[arg(long)]
-    parent: Option<String>,
-    #[arg(long)]
-    host: Option<String>,
-    #[arg(long)]
-    container: Option<String>,
-    #[arg(long)]
-    k8s_namespace: Option<String>,
-    /// When (RFC 3339), for allow-rule schedules; default now.
-    #[arg(long)]
-    time: Option<String>,
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Parser)]
-struct ReplayArgs {
-    /// Recorded JSON lines; `-` or nothing reads stdin.
-    file: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Also print connections that do not alert.
-    #[arg(long)]
-    all: bool,
-    #[command(flatten)]
-    engine: EngineArgs,
-}
-
-#[derive(clap::Args)]
-struct EngineArgs {
-    /// Rollup window, seconds: one summary per (host, executable, user, parent) per window.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_window)]
-    rollup_window: f64,
-    /// Flood-control period, seconds: identical alerts within it are folded; 0 disables.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_fold)]
-    fold_period: f64,
-    /// Connections at a regular interval before a beacon is flagged.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=1000))]
-    beacon_min_connections: u32,
-}
-
-impl EngineArgs {
-    fn config(&self, all: bool) -> engine::Config {
-        let d = engine::Config::default();
-        engine::Config {
-            all,
-            rollup: rollup::Config {
-                window_ns: (self.rollup_window * 1e9) as i128,
-                ..d.rollup
-            },
-            beacon: beacon::Config {
-                min_connections: self.beacon_min_connections as usize,
-                ..d.beacon
-            },
-            fold_ns: (self.fold_period * 1e9) as i128,
-            ..d
-        }
-    }
-}
-
-fn parse_window(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (1.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a number of seconds between 1 and 86400"
-        )),
-    }
-}
-
-fn parse_fold(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a number of seconds between 0 and 3600"
-        )),
-    }
+    Replay(replay::Args),
 }
 
 #[derive(Subcommand)]
@@ -206,7 +110,7 @@ struct RunArgs {
     #[arg(long, default_value = "/etc/passwd", value_name = "PATH")]
     passwd: PathBuf,
     #[command(flatten)]
-    engine: EngineArgs,
+    engine: engine::Args,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -250,8 +154,8 @@ fn main() -> ExitCode {
             print!("{}", p.to_toml());
             true
         }),
-        Command::Score(args) => score_cmd(args).map(|()| true),
-        Command::Replay(args) => replay_cmd(args).map(|()| true),
+        Command::Score(args) => explain::run(args).map(|()| true),
+        Command::Replay(args) => replay::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -265,63 +169,6 @@ fn main() -> ExitCode {
 
 fn load_policy(path: Option<&std::path::Path>) -> Result<Policy> {
     path.map_or_else(|| Ok(Policy::default()), Policy::load)
-}
-
-fn score_cmd(a: ScoreArgs) -> Result<()> {
-    let policy = load_policy(a.config.as_deref())?;
-    let ts_ns = match &a.time {
-        Some(t) => clock::parse_rfc3339(t)
-            .with_context(|| format!("--time {t:?} is not an RFC 3339 time"))?,
-        None => clock::BootClock::now_unix_ns(),
-    };
-    let (user_id, user_name) = match a.user {
-        Some(u) => match u.parse::<u32>() {
-            Ok(uid) => (Some(uid), None),
-            Err(_) => (None, Some(u)),
-        },
-        None => (None, None),
-    };
-    let obs = engine::Obs {
-        ts_ns,
-        comm: Some(procs::exe_name(&a.exe).to_string()),
-        executable: Some(a.exe),
-        pid: None,
-        parent_executable: a.parent,
-        user_id,
-        user_name,
-        dst: Some(a.dst),
-        port: a.port,
-        host_name: a.host,
-        container_id: a.container,
-        kubernetes_namespace: a.k8s_namespace,
-    };
-    let doc = explain::explain(&policy, &obs);
-    if a.json {
-        println!("{doc}");
-    } else {
-        print!("{}", explain::render(&doc));
-    }
-    Ok(())
-}
-
-fn replay_cmd(a: ReplayArgs) -> Result<()> {
-    let policy = load_policy(a.config.as_deref())?;
-    let mut engine = engine::Engine::new(policy, a.engine.config(a.all), "replay".into());
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut err = std::io::stderr();
-    match a.file.as_deref() {
-        None => replay::replay(&mut engine, std::io::stdin().lock(), &mut out, &mut err),
-        Some(p) if p.as_os_str() == "-" => {
-            replay::replay(&mut engine, std::io::stdin().lock(), &mut out, &mut err)
-        }
-        Some(p) => {
-            let f =
-                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-            replay::replay(&mut engine, std::io::BufReader::new(f), &mut out, &mut err)
-        }
-    }
-    .map(|_| ())
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -342,7 +189,6 @@ fn run(args: RunArgs) -> Result<()> {
         KernelLog::Debug => 4,
         KernelLog::Trace => 5,
     };
-    let host_name = pipeline::host_name();
     let opts = run::Options {
         load: loader::Options {
             ring_buffer_bytes: args.ring_buffer_size,
@@ -350,14 +196,18 @@ fn run(args: RunArgs) -> Result<()> {
             kernel_log_level,
         },
         pipeline: pipeline::Pipeline {
-            policy: policy.clone(),
+            engine: engine::Engine::new(
+                policy.clone(),
+                args.engine.config(args.all),
+                pipeline::host_name(),
+            ),
+            policy,
             procfs: procs::Procfs::new(args.proc_root),
             users: users::Users::new(args.passwd),
-            host_name: host_name.clone(),
+            host_name: pipeline::host_name(),
             clock: clock::BootClock::sync(),
             all: args.all,
             counters: Default::default(),
-            engine: engine::Engine::new(policy, args.engine.config(args.all), host_name.clone()),
         },
         stats_interval: Duration::from_secs_f64(args.stats_interval),
         config: args.config,

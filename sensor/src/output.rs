@@ -98,6 +98,16 @@ impl Record<'_> {
     }
 }
 
+/// `High`, `Medium`, `Low` for risk 3, 2, 1.
+pub fn severity(risk: u8) -> Option<&'static str> {
+    match risk {
+        3 => Some("High"),
+        2 => Some("Medium"),
+        1 => Some("Low"),
+        _ => None,
+    }
+}
+
 /// MITRE ATT&CK T1571 under TA0011, as every alert carries it.
 pub fn threat() -> Value {
     json!({
@@ -166,7 +176,7 @@ pub fn set_verdict(
         *sensor = json!({});
     }
     if let Some(s) = sensor.as_object_mut() {
-        s.insert("severity".into(), json!(crate::score::severity(risk)));
+        s.insert("severity".into(), json!(severity(risk)));
         s.insert("matched".into(), matched(v));
         s.insert("allow_rule".into(), json!(allow_rule));
         s.insert("beacon".into(), beacon.unwrap_or(Value::Null));

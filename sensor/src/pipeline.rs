@@ -53,7 +53,7 @@ impl Pipeline {
         // Every connection goes to the engine (beacons and allow counts need the unscored
         // too); it builds the JSON only for what it prints.
         let obs = engine::Obs::from_record(&record);
-        let outcome = self.engine.process(&obs, || record.to_json());
+        let outcome = self.engine.process(&obs, &verdict, || record.to_json());
         if outcome.alert {
             self.counters.alerts += 1;
         }

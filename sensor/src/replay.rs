@@ -4,7 +4,10 @@
 //! malformed lines are reported on stderr with their line number and counted; lines that
 //! are not connections (state, rollup, beacon events) are skipped and counted.
 
-use std::io::{BufRead, Write};
+use std::{
+    io::{BufRead, Write},
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -14,6 +17,41 @@ use crate::{
     engine::{self, Engine},
     output,
 };
+
+/// `sensor replay` arguments.
+#[derive(clap::Parser)]
+pub struct Args {
+    /// Recorded JSON lines; `-` or nothing reads stdin.
+    pub file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Also print connections that do not alert.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub engine: engine::Args,
+}
+
+/// `sensor replay`: FILE, or stdin for `-` or no FILE.
+pub fn run(a: Args) -> Result<()> {
+    let policy = crate::load_policy(a.config.as_deref())?;
+    let mut engine = Engine::new(policy, a.engine.config(a.all), "replay".into());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut err = std::io::stderr();
+    match a.file.as_deref() {
+        None => replay(&mut engine, std::io::stdin().lock(), &mut out, &mut err),
+        Some(p) if p.as_os_str() == "-" => {
+            replay(&mut engine, std::io::stdin().lock(), &mut out, &mut err)
+        }
+        Some(p) => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            replay(&mut engine, std::io::BufReader::new(f), &mut out, &mut err)
+        }
+    }
+    .map(|_| ())
+}
 
 /// A recorded line is a few KiB at most (command lines included); anything far longer is
 /// not a record, and holding it whole would let one line exhaust memory.

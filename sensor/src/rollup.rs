@@ -165,15 +165,6 @@ impl Rollup {
     }
 }
 
-fn severity(risk: u8) -> Option<&'static str> {
-    match risk {
-        3 => Some("High"),
-        2 => Some("Medium"),
-        1 => Some("Low"),
-        _ => None,
-    }
-}
-
 fn summary(
     k: &GroupKey,
     g: &Group,
@@ -211,7 +202,7 @@ fn summary(
         },
         "user": {"name": opt(&k.user)},
         "sensor": {
-            "severity": severity(g.max_risk),
+            "severity": crate::output::severity(g.max_risk),
             "rollup": {
                 "window_start": clock::rfc3339(start),
                 "window_end": clock::rfc3339(end),

@@ -39,7 +39,12 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn severity(&self) -> Option<&'static str> {
-        severity(self.risk)
+        match self.risk {
+            3 => Some("High"),
+            2 => Some("Medium"),
+            1 => Some("Low"),
+            _ => None,
+        }
     }
 
     /// Which lists matched, in words, for `event.reason`.
@@ -67,16 +72,6 @@ impl Verdict {
             out.push("non-standard port above 1024 (not in standard_ports)".to_string());
         }
         out
-    }
-}
-
-/// `High`, `Medium`, `Low` for risk 3, 2, 1.
-pub fn severity(risk: u8) -> Option<&'static str> {
-    match risk {
-        3 => Some("High"),
-        2 => Some("Medium"),
-        1 => Some("Low"),
-        _ => None,
     }
 }
 
