@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::{policy::Policy, score};
+use crate::policy::Policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {
@@ -102,7 +102,7 @@ fn rule_score(rule: &Rule, p: &Policy, image: &str, dst: IpAddr, port: u16) -> u
 }
 
 fn engine_score(p: &Policy, image: &str, dst: IpAddr, port: u16) -> u8 {
-    score::score(p, Some(crate::procs::exe_name(image)), "", dst, port).risk
+    crate::engine::score_by_name(p, Some(crate::procs::exe_name(image)), "", dst, port).risk
 }
 
 /// (image, destination, port, [engine, splunk, chronicle, sumo, qradar, logscale], why)

@@ -225,13 +225,25 @@ pub fn list_verdict(policy: &Policy, obs: &Obs) -> Verdict {
     let dst = obs
         .dst
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    score::score(
+    score_by_name(
         policy,
         obs.executable.as_deref().map(exe_name),
         comm,
         dst,
         obs.port,
     )
+}
+
+/// The one call into `score` from what a document records (executable name, `comm`):
+/// the place to adapt if the scorer's inputs grow.
+pub fn score_by_name(
+    policy: &Policy,
+    exe_name: Option<&str>,
+    comm: &str,
+    dst: IpAddr,
+    port: u16,
+) -> Verdict {
+    score::score(policy, exe_name, comm, dst, port)
 }
 
 /// A beacon raises risk by one, to at least Low and at most High.
@@ -738,7 +750,7 @@ mod tests {
             parent_executable: Some("/usr/bin/bash".into()),
             container_id: Some("abc".into()),
         };
-        let v = score::score(
+        let v = score_by_name(
             &Policy::default(),
             Some("nc.openbsd"),
             &c.comm,
