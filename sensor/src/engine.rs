@@ -47,7 +47,7 @@ impl Default for Config {
 
 /// The engine's command-line settings, shared by `run` and `replay`.
 #[derive(clap::Args)]
-pub struct Args {
+pub struct EngineArgs {
     /// Rollup window, seconds: one summary per (host, executable, user, parent) per window.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_window)]
     pub rollup_window: f64,
@@ -59,7 +59,7 @@ pub struct Args {
     pub beacon_min_connections: u32,
 }
 
-impl Args {
+impl EngineArgs {
     pub fn config(&self, all: bool) -> Config {
         let d = Config::default();
         Config {

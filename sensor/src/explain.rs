@@ -15,7 +15,7 @@ use crate::{
 
 /// `sensor score` arguments.
 #[derive(clap::Parser)]
-pub struct Args {
+pub struct ScoreArgs {
     /// Executable path (or bare name) of the connecting process.
     #[arg(long)]
     pub exe: String,
@@ -48,7 +48,7 @@ pub struct Args {
 }
 
 /// `sensor score`: prints the verdict and its reason chain for one connection.
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: ScoreArgs) -> Result<()> {
     let policy = crate::load_policy(a.config.as_deref())?;
     let ts_ns = match &a.time {
         Some(t) => crate::clock::parse_rfc3339(t)

@@ -67,9 +67,9 @@ enum Command {
         command: PolicyCommand,
     },
     /// Explain how one connection would be scored: verdict and the reason chain.
-    Score(explain::Args),
+    Score(explain::ScoreArgs),
     /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
-    Replay(replay::Args),
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,7 +110,7 @@ struct RunArgs {
     #[arg(long, default_value = "/etc/passwd", value_name = "PATH")]
     passwd: PathBuf,
     #[command(flatten)]
-    engine: engine::Args,
+    engine: engine::EngineArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -217,4 +217,15 @@ fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?
         .block_on(run::run(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the whole command tree (unique names, groups, defaults) only when asked
+    /// or in a debug build's first parse of that subcommand: ask once, for all of them.
+    #[test]
+    fn command_line_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

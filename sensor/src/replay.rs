@@ -20,7 +20,7 @@ use crate::{
 
 /// `sensor replay` arguments.
 #[derive(clap::Parser)]
-pub struct Args {
+pub struct ReplayArgs {
     /// Recorded JSON lines; `-` or nothing reads stdin.
     pub file: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
@@ -29,11 +29,11 @@ pub struct Args {
     #[arg(long)]
     pub all: bool,
     #[command(flatten)]
-    pub engine: engine::Args,
+    pub engine: engine::EngineArgs,
 }
 
 /// `sensor replay`: FILE, or stdin for `-` or no FILE.
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: ReplayArgs) -> Result<()> {
     let policy = crate::load_policy(a.config.as_deref())?;
     let mut engine = Engine::new(policy, a.engine.config(a.all), "replay".into());
     let stdout = std::io::stdout();
