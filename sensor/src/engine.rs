@@ -1,9 +1,10 @@
 //! The detection engine between scoring and output, shared by `sensor run` and
-//! `sensor replay`: it takes one connection as its ECS document (live from `pipeline`, or a
-//! recorded line), re-scores it with the policy, applies allow rules (counted per rule),
-//! beacon detection (which raises risk), rollups and flood control, and returns the lines
-//! to print. Working from the document means live and replayed connections take exactly
-//! the same path. Time is the connection's `@timestamp`, so replays window by recorded time.
+//! `sensor replay`. Per connection it applies allow rules (counted per rule), beacon
+//! detection (which raises risk), rollups and flood control, and returns the lines to print.
+//! Live, `pipeline` hands it the enriched record and its verdict, and the ECS document is
+//! built only for lines that are printed; a replayed line is read back into the same `Obs`
+//! and re-scored by name with the current policy. Time is the connection's own timestamp,
+//! so replays window by recorded time.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
