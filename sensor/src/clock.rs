@@ -57,6 +57,71 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` to Unix nanoseconds; what
+/// `rfc3339` writes, and what other tools write. `None` for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i128> {
+        let part = s.get(r)?;
+        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0i128;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while b.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        let digits = s.get(start..end)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let mut padded: String = digits.chars().take(9).collect();
+        while padded.len() < 9 {
+            padded.push('0');
+        }
+        nanos = padded.parse().ok()?;
+        i = end;
+    }
+    let offset_s = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b.get(i + 3) == Some(&b':') => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let o = oh * 3600 + om * 60;
+            if *sign == b'-' { -o } else { o }
+        }
+        _ => return None,
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +146,36 @@ mod tests {
         let boot = now_ns(libc::CLOCK_BOOTTIME) as u64;
         let diff = (c.to_unix_ns(boot) - BootClock::now_unix_ns()).abs();
         assert!(diff < 1_000_000_000, "{diff}");
+    }
+    #[test]
+    fn parses_what_it_formats_and_rejects_junk() {
+        for ns in [
+            0i128,
+            951_782_400_000_000_001,
+            1_795_379_462_123_456_789,
+            -1,
+        ] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-22T20:31:02Z"),
+            Some(1_795_379_462_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-22T21:31:02.5+01:00"),
+            Some(1_795_379_462_500_000_000)
+        );
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-11-22T20:31:02",
+            "2026-13-22T20:31:02Z",
+            "2026-11-22T20:31:02.Z",
+            "2026-11-22T20:31:02Zjunk",
+            "２０２６-11-22T20:31:02Z",
+            "2026-11-22T20:31:02+0100",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 }

@@ -2,14 +2,23 @@
 //! over non-standard ports, as ECS JSON lines.
 //!
 //! Data path: `loader`/`attach` (kernel hooks) -> `events` (ring buffer records) ->
-//! `procs`/`users`/`container` (enrich) -> `score` (policy) -> `output` (JSON), driven by `run`.
+//! `procs`/`users`/`container` (enrich) -> `score` (policy) -> `engine` (allow rules, beacons,
+//! rollups, flood control) -> `output` (JSON), driven by `run`. `replay` feeds recorded lines
+//! to the same `engine`; `explain` prints one connection's reason chain.
 
 mod attach;
+mod beacon;
 mod btf;
 mod check;
 mod clock;
+#[cfg(test)]
+mod compare;
 mod container;
+mod engine;
 mod events;
+mod explain;
+mod fold;
+mod glob;
 mod identity;
 mod layout;
 mod loader;
@@ -18,8 +27,12 @@ mod pipeline;
 mod policy;
 mod procs;
 mod proctable;
+mod replay;
+mod rollup;
 mod run;
 mod score;
+#[cfg(test)]
+mod testrng;
 mod users;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -59,6 +72,10 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Explain how one connection would be scored: verdict and the reason chain.
+    Score(explain::ScoreArgs),
+    /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +132,8 @@ struct RunArgs {
     /// How long exited processes stay in the table for late events, in seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_interval)]
     exit_grace: f64,
+    #[command(flatten)]
+    engine: engine::EngineArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,6 +185,8 @@ fn main() -> ExitCode {
             print!("{}", p.to_toml());
             true
         }),
+        Command::Score(args) => explain::run(args).map(|()| true),
+        Command::Replay(args) => replay::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -232,6 +253,11 @@ fn run(args: RunArgs) -> Result<()> {
             },
         },
         pipeline: pipeline::Pipeline {
+            engine: engine::Engine::new(
+                policy.clone(),
+                args.engine.config(args.all),
+                pipeline::host_name(),
+            ),
             policy,
             table: proctable::ProcTable::new(
                 procs::Procfs::new(args.proc_root),
@@ -248,10 +274,22 @@ fn run(args: RunArgs) -> Result<()> {
         stats_interval: Duration::from_secs_f64(args.stats_interval),
         max_delay: Duration::from_millis(args.max_delay),
         metrics_interval: Duration::from_secs_f64(args.metrics_interval),
+        config: args.config,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(run::run(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the whole command tree (unique names, groups, defaults) only when asked
+    /// or in a debug build's first parse of that subcommand: ask once, for all of them.
+    #[test]
+    fn command_line_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -65,11 +65,7 @@ impl Record<'_> {
                 "reason": if reasons.is_empty() { Value::Null } else { Value::from(reasons.join("; ")) },
             },
             "rule": if alert { json!({"name": RULE_NAME, "id": RULE_ID}) } else { Value::Null },
-            "threat": if alert { json!({
-                "framework": "MITRE ATT&CK",
-                "tactic": {"id": ["TA0011"], "name": ["Command and Control"]},
-                "technique": {"id": ["T1571"], "name": ["Non-Standard Port"]},
-            }) } else { Value::Null },
+            "threat": if alert { threat() } else { Value::Null },
             "process": {
                 "pid": c.tgid,
                 "name": name,
@@ -103,19 +99,100 @@ impl Record<'_> {
                 },
                 "probe": c.probe.map(|p| p.hook()),
                 "cgroup_id": c.cgroup_id,
-                "matched": {
-                    "high_risk_executable": v.high_risk.as_ref().map(|h| &h.entry),
-                    "high_risk_matched_by": v.high_risk.as_ref().map(|h| h.matched_by),
-                    "known_c2_port": v.known_c2_port,
-                    "non_standard_port": v.non_standard_port,
-                    "excluded_network": v.excluded_by.map(|n| n.to_string()),
-                },
+                "matched": matched(v),
                 "unknown_fields": unknown,
             },
         });
         prune(&mut doc);
         doc
     }
+}
+
+/// `High`, `Medium`, `Low` for risk 3, 2, 1.
+pub fn severity(risk: u8) -> Option<&'static str> {
+    match risk {
+        3 => Some("High"),
+        2 => Some("Medium"),
+        1 => Some("Low"),
+        _ => None,
+    }
+}
+
+/// MITRE ATT&CK T1571 under TA0011, as every alert carries it.
+pub fn threat() -> Value {
+    json!({
+        "framework": "MITRE ATT&CK",
+        "tactic": {"id": ["TA0011"], "name": ["Command and Control"]},
+        "technique": {"id": ["T1571"], "name": ["Non-Standard Port"]},
+    })
+}
+
+fn matched(v: &Verdict) -> Value {
+    json!({
+        "high_risk_executable": v.high_risk.as_ref().map(|h| &h.entry),
+        "high_risk_matched_by": v.high_risk.as_ref().map(|h| h.matched_by),
+        "known_c2_port": v.known_c2_port,
+        "non_standard_port": v.non_standard_port,
+        "excluded_network": v.excluded_by.map(|n| n.to_string()),
+    })
+}
+
+/// Rewrites a connection document's scoring fields for the engine's final decision:
+/// `risk` after beacon raise and allow rules, the allow rule that suppressed it, and the
+/// beacon statistics when the connection is part of one.
+pub fn set_verdict(
+    doc: &mut Value,
+    v: &Verdict,
+    risk: u8,
+    allow_rule: Option<&str>,
+    beacon: Option<Value>,
+) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    let alert = risk > 0;
+    let mut reasons = v.reasons();
+    if let Some(b) = &beacon {
+        reasons.push(format!(
+            "regular-interval beacon every {} s (risk raised by one)",
+            b["interval_seconds"]
+        ));
+    }
+    if let Some(rule) = allow_rule {
+        reasons.push(format!("suppressed by allow rule {rule}"));
+    }
+    let event = obj.entry("event").or_insert_with(|| json!({}));
+    if !event.is_object() {
+        *event = json!({});
+    }
+    if let Some(e) = event.as_object_mut() {
+        e.insert("kind".into(), json!(if alert { "alert" } else { "event" }));
+        e.insert("risk_score".into(), json!(risk));
+        e.insert("severity".into(), json!(risk));
+        match reasons.is_empty() {
+            true => e.remove("reason"),
+            false => e.insert("reason".into(), json!(reasons.join("; "))),
+        };
+    }
+    if alert {
+        obj.insert("rule".into(), json!({"name": RULE_NAME, "id": RULE_ID}));
+        obj.insert("threat".into(), threat());
+    } else {
+        obj.remove("rule");
+        obj.remove("threat");
+    }
+    let sensor = obj.entry("sensor").or_insert_with(|| json!({}));
+    if !sensor.is_object() {
+        *sensor = json!({});
+    }
+    if let Some(s) = sensor.as_object_mut() {
+        s.insert("severity".into(), json!(severity(risk)));
+        s.insert("matched".into(), matched(v));
+        s.insert("allow_rule".into(), json!(allow_rule));
+        s.insert("beacon".into(), beacon.unwrap_or(Value::Null));
+        s.remove("folded_count");
+    }
+    prune(doc);
 }
 
 /// A sensor health event (`event.kind` "state" or "pipeline_error") with extra `sensor.*` fields.
@@ -132,7 +209,7 @@ pub fn status(kind: &str, action: &str, host_name: &str, sensor: Value) -> Value
 }
 
 /// Drops nulls and objects left empty, so absent means unknown.
-fn prune(v: &mut Value) {
+pub fn prune(v: &mut Value) {
     if let Value::Object(map) = v {
         prune_map(map);
     }

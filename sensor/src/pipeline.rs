@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use crate::{
     clock::BootClock,
+    engine::{self, Engine},
     events::{Connection, Record},
     output::{self, Record as OutRecord},
     policy::Policy,
@@ -38,6 +39,8 @@ pub struct Pipeline {
     /// Also emit unscored connections (`--all`).
     pub all: bool,
     pub counters: Counters,
+    /// Allow rules, beacons, rollups, flood control; decides what is printed.
+    pub engine: Engine,
 }
 
 impl Pipeline {
@@ -83,12 +86,6 @@ impl Pipeline {
             location: proc.location,
         };
         let verdict = score::score(&self.policy, &subject, conn.dst, conn.dport);
-        if verdict.risk == 0 && !self.all {
-            return Ok(());
-        }
-        if verdict.risk > 0 {
-            self.counters.alerts += 1;
-        }
         let record = OutRecord {
             conn,
             proc: &proc,
@@ -98,7 +95,25 @@ impl Pipeline {
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
-        output::write_line(out, &record.to_json())
+        // Every connection goes to the engine (beacons and allow counts need the unscored
+        // too); it builds the JSON only for what it prints.
+        let obs = engine::Obs::from_record(&record);
+        let outcome = self.engine.process(&obs, &verdict, || record.to_json());
+        if outcome.alert {
+            self.counters.alerts += 1;
+        }
+        outcome
+            .lines
+            .iter()
+            .try_for_each(|line| output::write_line(out, line))
+    }
+}
+
+impl Pipeline {
+    /// Installs a new policy (SIGHUP) in the scorer and the engine together.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.engine.set_policy(policy.clone());
+        self.policy = policy;
     }
 }
 

@@ -3,6 +3,7 @@
 use std::{
     io::{BufWriter, Write},
     os::fd::AsRawFd,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -31,6 +32,8 @@ pub struct Options {
     pub max_delay: Duration,
     /// How often a `metric` event with the sensor's counters is printed.
     pub metrics_interval: Duration,
+    /// Re-read on SIGHUP.
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -40,6 +43,7 @@ pub async fn run(opts: Options) -> Result<()> {
         stats_interval,
         max_delay,
         metrics_interval,
+        config,
     } = opts;
     let env = Environment::probe();
     let mut loaded = loader::load(&load, &env)?;
@@ -64,6 +68,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(stats_interval);
     let batching = load.wakeup_bytes > 0;
     let mut drain_tick = tokio::time::interval(max_delay.max(Duration::from_millis(1)));
@@ -95,6 +100,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},
         "ring_buffer_bytes": load.ring_buffer_bytes,
         "all_connections": pipeline.all,
+        "engine": pipeline.engine.config_json(),
     });
     output::write_line(
         &mut out,
@@ -130,6 +136,15 @@ pub async fn run(opts: Options) -> Result<()> {
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
                 report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+                for line in pipeline.engine.tick(BootClock::now_unix_ns()) {
+                    output::write_line(&mut out, &line)?;
+                }
+                out.flush().context("writing to stdout")?;
+            }
+            _ = sighup.recv() => {
+                let doc = crate::engine::reload(config.as_deref(), &mut pipeline);
+                output::write_line(&mut out, &doc)?;
+                out.flush().context("writing to stdout")?;
             }
             _ = metrics_tick.tick() => {
                 let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, lost_reported));
@@ -141,6 +156,9 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+    for line in pipeline.engine.finish(BootClock::now_unix_ns()) {
+        output::write_line(&mut out, &line)?;
+    }
     let Counters {
         connections,
         attributed,
@@ -190,6 +208,7 @@ fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
         "lost_events_total": lost,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
+        "engine": pipeline.engine.stats_json(),
     })
 }
 
