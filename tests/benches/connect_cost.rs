@@ -5,7 +5,8 @@
 //! - an empty BPF program on the same tracepoint (`empty_program`): the floor any eBPF
 //!   sensor on this hook pays,
 //! - the sensor running, on ordinary traffic (`sensor`, port 443: seen, scored, not
-//!   printed) and on traffic that alerts on every connect (`sensor_alerting`, port 4444).
+//!   printed) and on traffic that alerts on every connect (`sensor_alerting`, port 4444,
+//!   flood control off so each alert is formatted and written).
 //!
 //! `cargo xtask bench` runs it (as root) and prints the ratios.
 
@@ -75,6 +76,9 @@ fn connect_cost(c: &mut Criterion) {
     stop(baseline);
     let sensor = start(&["run", "--ring-buffer-size", "16777216"]);
     g.bench_function("sensor", |b| b.iter(one));
+    stop(sensor);
+    // Flood control would fold these identical alerts; switch it off so every one is printed.
+    let sensor = start(&["run", "--ring-buffer-size", "16777216", "--fold-period", "0"]);
     g.bench_function("sensor_alerting", |b| b.iter(|| connect(alerting)));
     stop(sensor);
     g.finish();
