@@ -78,7 +78,13 @@ fn connect_cost(c: &mut Criterion) {
     g.bench_function("sensor", |b| b.iter(one));
     stop(sensor);
     // Flood control would fold these identical alerts; switch it off so every one is printed.
-    let sensor = start(&["run", "--ring-buffer-size", "16777216", "--fold-period", "0"]);
+    let sensor = start(&[
+        "run",
+        "--ring-buffer-size",
+        "16777216",
+        "--fold-period",
+        "0",
+    ]);
     g.bench_function("sensor_alerting", |b| b.iter(|| connect(alerting)));
     stop(sensor);
     g.finish();

@@ -23,6 +23,39 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+/// A directory for test programs, outside every location the sensor treats as suspicious
+/// (`/tmp`, `/var/tmp`, `/dev/shm`), so verdicts do not depend on where the repository is
+/// checked out. Removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from("/var/lib/t1571-sensor-tests")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// A copy of the `connector` test program (pass `env!("CARGO_BIN_EXE_connector")`)
+    /// here: an ordinary program on no list.
+    pub fn connector(&self, built: &str) -> Result<String> {
+        let dst = self.dir.join("connector");
+        if !dst.exists() {
+            std::fs::copy(built, &dst).with_context(|| format!("copying {built}"))?;
+        }
+        Ok(dst.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Real-kernel tests need root. Outside CI they skip with a reason; under CI=true they fail.
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{ATTACH_LOCK, Net, Sensor, root_or_skip};
+use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.7";
@@ -15,14 +15,6 @@ fn net() -> Result<Net> {
     let net = Net::new()?;
     net.subnet("198.51.100.1", PUBLIC, 24)?;
     Ok(net)
-}
-
-/// A scratch directory outside /tmp (which is itself a suspicious location).
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Compiles a C program with the host's gcc.
@@ -65,7 +57,8 @@ fn connect_then_exit_at_once_keeps_path_command_line_and_parent() -> Result<()> 
     if !root_or_skip("connect_then_exit") {
         return Ok(());
     }
-    let dir = scratch("cexit");
+    let scratch = Scratch::new("cexit")?;
+    let dir = scratch.dir.clone();
     let bin = compile(&dir, "quick-exit", CONNECT_AND_EXIT)?;
     let net = net()?;
     let mut sensor = Sensor::start(&["--all", "--ring-buffer-size", FROZEN_RING])?;
@@ -88,7 +81,6 @@ fn connect_then_exit_at_once_keeps_path_command_line_and_parent() -> Result<()> 
         v["event"]["risk_score"], 1,
         "an unlisted program to a C2 port: {v:#}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -116,7 +108,8 @@ fn renamed_copy_of_curl_matches_by_content() -> Result<()> {
     if !root_or_skip("renamed_curl") {
         return Ok(());
     }
-    let dir = scratch("renamed");
+    let scratch = Scratch::new("renamed")?;
+    let dir = scratch.dir.clone();
     let copy = dir.join("update-agent");
     std::fs::copy(std::fs::canonicalize("/usr/bin/curl")?, &copy)?;
     let net = net()?;
@@ -132,7 +125,6 @@ fn renamed_copy_of_curl_matches_by_content() -> Result<()> {
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "curl");
     assert_eq!(v["sensor"]["process"]["content_match"], "curl");
     assert!(v["event"]["reason"].as_str().unwrap().contains("content"));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -179,6 +171,8 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = net()?;
+    let scratch = Scratch::new("burst")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let mut sensor = Sensor::start_unlocked(&[
         "--ring-buffer-size",
         "16777216",
@@ -186,10 +180,8 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
         "0.5",
     ])?;
     // One shell starts them all in the background, as fast as it can fork.
-    let script = format!(
-        "i=0; while [ $i -lt {N} ]; do {} {PUBLIC} 4444 & i=$((i+1)); done; wait",
-        env!("CARGO_BIN_EXE_connector")
-    );
+    let script =
+        format!("i=0; while [ $i -lt {N} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
     // A marker after the burst: once it is out, every earlier record has been handled.
     let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
@@ -238,7 +230,7 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
     assert!(
         alerts
             .iter()
-            .all(|v| v["process"]["executable"] == env!("CARGO_BIN_EXE_connector"))
+            .all(|v| v["process"]["executable"] == connector.as_str())
     );
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Result;
 use sensor_tests::{
-    ATTACH_LOCK, Net, Sensor, bpf_programs_of, is_connection, loaded_program_ids, root_or_skip,
-    sensor_bin,
+    ATTACH_LOCK, Net, Scratch, Sensor, bpf_programs_of, is_connection, loaded_program_ids,
+    root_or_skip, sensor_bin,
 };
 use serde_json::Value;
 
@@ -141,11 +141,13 @@ fn tiers_and_standard_ports() -> Result<()> {
     if !root_or_skip("tiers") {
         return Ok(());
     }
+    let scratch = Scratch::new("connector")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--all"])?;
 
     // Tier 1: a program on no list, to a known C2 port.
-    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "4444"])?;
+    let pid = net.run(&connector, &[PUBLIC, "4444"])?;
     let v = sensor.connection(pid, 4444)?;
     assert_alert(&v, 1, "Low");
     assert_eq!(v["process"]["name"], "connector");
@@ -168,7 +170,7 @@ fn tiers_and_standard_ports() -> Result<()> {
         assert_unscored(&sensor.connection(pid, port)?);
     }
     // An ordinary program on an ordinary port.
-    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "5555"])?;
+    let pid = net.run(&connector, &[PUBLIC, "5555"])?;
     assert_unscored(&sensor.connection(pid, 5555)?);
     Ok(())
 }
@@ -225,9 +227,11 @@ fn without_all_only_alerts_are_printed() -> Result<()> {
     if !root_or_skip("without_all") {
         return Ok(());
     }
+    let scratch = Scratch::new("connector")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
-    let quiet = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "80"])?;
+    let quiet = net.run(&connector, &[PUBLIC, "80"])?;
     let excluded = net.run("nc", &["-z", "-w2", "127.0.0.1", "4444"])?;
     barrier(&mut sensor, &net)?;
     assert!(sensor.connections_of(quiet).is_empty());
@@ -305,6 +309,8 @@ fn ring_buffer_overflow_is_counted_and_reported() -> Result<()> {
     if !root_or_skip("losses") {
         return Ok(());
     }
+    let scratch = Scratch::new("connector")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     // One page holds about 36 events; freeze the reader and send many more.
     let mut sensor = Sensor::start(&[
@@ -316,10 +322,7 @@ fn ring_buffer_overflow_is_counted_and_reported() -> Result<()> {
     ])?;
     sensor.signal(libc::SIGSTOP);
     const N: usize = 300;
-    let pid = net.run(
-        env!("CARGO_BIN_EXE_connector"),
-        &[PUBLIC, "5555", &N.to_string()],
-    )?;
+    let pid = net.run(&connector, &[PUBLIC, "5555", &N.to_string()])?;
     sensor.signal(libc::SIGCONT);
     let lost = sensor.wait_for(Duration::from_secs(10), |v| {
         v["event"]["kind"] == "pipeline_error"
@@ -467,6 +470,8 @@ fn custom_policy_changes_the_verdict() -> Result<()> {
     if !root_or_skip("custom_policy") {
         return Ok(());
     }
+    let scratch = Scratch::new("connector")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     let dir = std::env::temp_dir().join(format!("sensor-pol-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -477,7 +482,7 @@ fn custom_policy_changes_the_verdict() -> Result<()> {
         "c2_ports = [12345]\nhigh_risk_executables = [\"connector\"]\n",
     )?;
     let mut sensor = Sensor::start(&["--all", "--config", path.to_str().unwrap()])?;
-    let pid = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "12345"])?;
+    let pid = net.run(&connector, &[PUBLIC, "12345"])?;
     assert_alert(&sensor.connection(pid, 12345)?, 3, "High");
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
     assert_unscored(&sensor.connection(pid, 4444)?);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Sensor, root_or_skip, sensor_bin};
+use sensor_tests::{Net, Scratch, Sensor, root_or_skip, sensor_bin};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
@@ -146,6 +146,8 @@ fn recorded_run_replays_under_a_new_policy() -> Result<()> {
     if !root_or_skip("replay") {
         return Ok(());
     }
+    let scratch = Scratch::new("connector")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--all"])?;
     let nc = python_connect(&net, 4444)?;
@@ -153,7 +155,7 @@ fn recorded_run_replays_under_a_new_policy() -> Result<()> {
         "curl",
         &["-s", "-m", "2", &format!("http://{PUBLIC}:8088/")],
     )?;
-    let quiet = net.run(env!("CARGO_BIN_EXE_connector"), &[PUBLIC, "5555"])?;
+    let quiet = net.run(&connector, &[PUBLIC, "5555"])?;
     for (pid, port) in [(nc, 4444), (curl, 8088), (quiet, 5555)] {
         sensor.connection(pid, port)?;
     }

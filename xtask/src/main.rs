@@ -92,7 +92,14 @@ fn main() -> Result<()> {
             toolchain::ensure(false)?;
             toolchain::ensure_test_programs()?;
             cargo(&root, &["build", "-p", "sensor"])?;
-            let mut test = vec!["test", "--workspace", "--exclude", "sensor-ebpf", "--"];
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "sensor-ebpf",
+                "--no-fail-fast",
+                "--",
+            ];
             test.extend(args.iter().map(String::as_str));
             cargo_env(
                 &root,
