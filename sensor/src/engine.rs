@@ -452,6 +452,7 @@ impl Engine {
             "fold_period_seconds": self.cfg.fold_ns as f64 / 1e9,
             "beacon_min_connections": self.cfg.beacon.min_connections,
             "allow_rules": self.policy.allow.len(),
+            "all_connections": self.cfg.all,
         })
     }
 

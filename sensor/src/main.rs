@@ -268,7 +268,6 @@ fn run(args: RunArgs) -> Result<()> {
             users: users::Users::new(host_root.join("etc/passwd")),
             host_name: pipeline::host_name(),
             clock: clock::BootClock::sync(),
-            all: args.all,
             counters: Default::default(),
         },
         stats_interval: Duration::from_secs_f64(args.stats_interval),

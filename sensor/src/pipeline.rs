@@ -36,8 +36,6 @@ pub struct Pipeline {
     pub users: Users,
     pub host_name: String,
     pub clock: BootClock,
-    /// Also emit unscored connections (`--all`).
-    pub all: bool,
     pub counters: Counters,
     /// Allow rules, beacons, rollups, flood control; decides what is printed.
     pub engine: Engine,

@@ -99,7 +99,6 @@ pub async fn run(opts: Options) -> Result<()> {
         "process_hooks": lifecycle,
         "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},
         "ring_buffer_bytes": load.ring_buffer_bytes,
-        "all_connections": pipeline.all,
         "engine": pipeline.engine.config_json(),
     });
     output::write_line(
