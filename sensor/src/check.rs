@@ -22,6 +22,29 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+/// Whether this process may load and attach the sensor's programs.
+pub struct Privileges {
+    pub ok: bool,
+    /// `euid N, CAP_BPF b, CAP_PERFMON b, CAP_SYS_ADMIN b`, for messages.
+    pub detail: String,
+}
+
+pub fn privileges() -> Privileges {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |c: u32| caps & (1 << c) != 0;
+    Privileges {
+        ok: has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)),
+        detail: format!(
+            "euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}",
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            has(CAP_BPF),
+            has(CAP_PERFMON),
+            has(CAP_SYS_ADMIN)
+        ),
+    }
+}
+
 /// Returns whether the sensor can run; prints one line per check.
 pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
     let mut ok = true;
@@ -30,23 +53,18 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     line("kernel", release.trim());
 
-    let caps = effective_caps().unwrap_or(0);
-    let has = |c: u32| caps & (1 << c) != 0;
-    let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    let p = privileges();
+    let privileged = p.ok;
     line(
         "privileges",
         &format!(
-            "{} (euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {})",
+            "{} ({})",
             if privileged {
                 "ok"
             } else {
                 "MISSING: run as root or grant CAP_BPF+CAP_PERFMON"
             },
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() },
-            has(CAP_BPF),
-            has(CAP_PERFMON),
-            has(CAP_SYS_ADMIN)
+            p.detail
         ),
     );
     ok &= privileged;

@@ -69,8 +69,15 @@ pub fn format_path_of(category: &str, name: &str) -> Result<std::path::PathBuf> 
             .join(category)
             .join(name)
             .join("format");
-        if p.exists() {
-            return Ok(p);
+        match std::fs::metadata(&p) {
+            Ok(_) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                bail!(
+                    "cannot read {}: permission denied (tracefs needs root)",
+                    p.display()
+                )
+            }
+            Err(_) => {}
         }
     }
     bail!(

@@ -92,6 +92,13 @@ pub fn validate_ring_buffer_size(bytes: u32) -> Result<()> {
 /// Creates the maps (ring buffer included) and parses the programs; attaches nothing.
 pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
     validate_ring_buffer_size(opts.ring_buffer_bytes)?;
+    let p = crate::check::privileges();
+    if !p.ok {
+        bail!(
+            "loading eBPF programs needs root, or CAP_BPF and CAP_PERFMON ({}); `sensor check` lists what else is missing",
+            p.detail
+        );
+    }
     raise_memlock();
     EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, &env.layout, true)

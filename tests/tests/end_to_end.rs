@@ -466,6 +466,36 @@ fn bad_config_and_flags_are_clear_errors() {
 }
 
 #[test]
+fn unprivileged_run_names_the_missing_privileges() -> Result<()> {
+    if !root_or_skip("unprivileged") {
+        return Ok(());
+    }
+    // Drop to nobody with no capabilities, as a sysadmin forgetting sudo would be. A copy
+    // in the scratch dir, so nobody can reach it wherever the repository is checked out.
+    let scratch = Scratch::new("unprivileged")?;
+    let bin = scratch.dir.join("sensor");
+    std::fs::copy(sensor_bin(), &bin)?;
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin)
+        .arg("run")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs root, or CAP_BPF and CAP_PERFMON") && err.contains("euid 65534"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn custom_policy_changes_the_verdict() -> Result<()> {
     if !root_or_skip("custom_policy") {
         return Ok(());

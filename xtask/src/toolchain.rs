@@ -124,6 +124,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("python3", "python3"),
     ("gcc", "gcc"),
+    ("setpriv", "util-linux"),
     ("libc-dev", "libc6-dev"),
 ];
 
