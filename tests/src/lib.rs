@@ -36,6 +36,12 @@ impl Scratch {
         let dir = PathBuf::from("/var/lib/t1571-sensor-tests")
             .join(format!("{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Readable by every user whatever the umask: one test runs a program as nobody.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("chmod {}", d.display()))?;
+        }
         Ok(Self { dir })
     }
 
