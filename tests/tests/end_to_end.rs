@@ -475,6 +475,7 @@ fn unprivileged_run_names_the_missing_privileges() -> Result<()> {
     let scratch = Scratch::new("unprivileged")?;
     let bin = scratch.dir.join("sensor");
     std::fs::copy(sensor_bin(), &bin)?;
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
