@@ -9,6 +9,7 @@
 mod attach;
 mod beacon;
 mod btf;
+mod cgroups;
 mod check;
 mod clock;
 #[cfg(test)]

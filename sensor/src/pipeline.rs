@@ -77,6 +77,10 @@ impl Pipeline {
         if proc.executable.is_some() {
             self.counters.attributed += 1;
         }
+        let mut proc = proc;
+        if proc.container_id.is_none() {
+            proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
+        }
         let subject = Subject {
             exe_name: proc.executable.as_deref().map(procs::exe_name),
             comm: &conn.comm,

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    cgroups::CgroupMap,
     events::{Exec, Task},
     identity::{Identities, suspicious_location},
     procs::{self, ProcessInfo, Procfs},
@@ -75,6 +76,8 @@ pub struct ProcTable {
     by_pid: HashMap<u32, u64>,
     procfs: Procfs,
     pub identities: Identities,
+    /// cgroup id -> path, for the container of a process /proc no longer shows.
+    pub cgroups: CgroupMap,
     ns_per_tick: u64,
     grace: Duration,
     capacity: usize,
@@ -92,6 +95,7 @@ impl ProcTable {
             by_pid: HashMap::new(),
             procfs,
             identities,
+            cgroups: CgroupMap::new(Path::new("/proc/self/mountinfo")),
             ns_per_tick,
             grace,
             capacity: capacity.max(1),
@@ -220,9 +224,11 @@ impl ProcTable {
         } else {
             e.args.clone()
         };
+        // /proc while the process lives, else the kernel's cgroup id, else the parent's.
         let container_id = self
             .procfs
             .container_id(key.tgid)
+            .or_else(|| self.cgroups.container_id(e.task.cgroup_id))
             .map(Arc::from)
             .or_else(|| {
                 parent

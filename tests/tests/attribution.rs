@@ -234,3 +234,50 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
     );
     Ok(())
 }
+
+/// The cgroup2 mount point, from our mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2").then_some(())?;
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[test]
+fn container_id_comes_from_the_kernels_cgroup_id_when_the_process_is_gone() -> Result<()> {
+    if !root_or_skip("container_cgroup") {
+        return Ok(());
+    }
+    let root = cgroup2_root().context("no cgroup2 hierarchy mounted")?;
+    // A cgroup named the way Docker names a container's scope.
+    let id = format!(
+        "{:064x}",
+        u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15
+    );
+    let parent = root.join(format!("t1571-test-{}", std::process::id()));
+    let scope = parent.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).with_context(|| format!("creating {}", scope.display()))?;
+    let net = net()?;
+    let mut sensor = Sensor::start(&["--ring-buffer-size", FROZEN_RING])?;
+    // Frozen: the process joins the cgroup, connects and exits before /proc can be read.
+    sensor.signal(libc::SIGSTOP);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nc -z -w2 {PUBLIC} 4444",
+        scope.display()
+    );
+    let pid = net.run("sh", &["-c", &script])?;
+    sensor.signal(libc::SIGCONT);
+    let v = sensor.connection(pid, 4444);
+    // The cgroup can go once the process is reaped and the record handled.
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&parent);
+    let v = v?;
+    assert_eq!(v["container"]["id"], id, "{v:#}");
+    assert_eq!(
+        v["process"]["executable"],
+        std::fs::canonicalize("/usr/bin/nc")?.to_str().unwrap()
+    );
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! cgroup v2 id -> cgroup path. Every kernel record carries the task's cgroup v2 id, which
+//! is the inode number of its directory in the cgroup2 hierarchy; mapping it back gives
+//! the container id even when the process is gone before /proc can be read.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::container;
+
+/// Directories walked per rescan at most: a runaway tree cannot stall the sensor.
+const MAX_DIRS: usize = 100_000;
+/// A miss rescans at most this often (a new container's cgroup appears between scans).
+const RESCAN_EVERY: Duration = Duration::from_millis(200);
+
+pub struct CgroupMap {
+    /// The cgroup2 mount point, if there is one.
+    root: Option<PathBuf>,
+    by_id: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+/// The cgroup2 mount point from a mountinfo file (`... - cgroup2 ...`).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+impl CgroupMap {
+    pub fn new(mountinfo: &Path) -> Self {
+        let root = std::fs::read_to_string(mountinfo)
+            .ok()
+            .and_then(|m| cgroup2_mount(&m));
+        Self {
+            root,
+            by_id: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The cgroup path (relative to the hierarchy's root, starting with `/`) of `id`.
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        // Id 1 is the root cgroup: no container there.
+        if id <= 1 {
+            return None;
+        }
+        if !self.by_id.contains_key(&id)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
+            self.rescan();
+        }
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    pub fn container_id(&mut self, id: u64) -> Option<String> {
+        self.path(id).and_then(container::id_from_cgroup_path)
+    }
+
+    fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        self.by_id.clear();
+        let mut stack = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            seen += 1;
+            if seen > MAX_DIRS {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(&root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_default();
+            self.by_id.insert(meta.ino(), rel);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let mi = "24 30 0:22 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+                  25 30 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("25 30 0:23 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
+        assert_eq!(cgroup2_mount("garbage"), None);
+    }
+
+    #[test]
+    fn maps_this_process_cgroup() {
+        let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
+        let Some(root) = map.root.clone() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        // Our own cgroup's directory inode is our cgroup id; the map must name it.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .to_string();
+        let ino = std::fs::metadata(root.join(rel.trim_start_matches('/'))).map(|m| m.ino());
+        if let Ok(ino) = ino
+            && ino > 1
+        {
+            assert_eq!(map.path(ino), Some(rel.as_str()));
+        }
+        assert_eq!(map.path(1), None);
+        assert_eq!(map.path(u64::MAX), None);
+    }
+}
