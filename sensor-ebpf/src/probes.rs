@@ -4,10 +4,13 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+            bpf_ktime_get_ns,
+        },
     },
     macros::{fentry, kprobe, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
@@ -29,14 +32,33 @@ pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
-/// Submit flags: no wakeup while little is pending, so a busy host costs one reader wakeup
-/// per batch rather than per connect; userspace's timer bounds the delay.
+/// Longest a record may wait for a reader wakeup, nanoseconds (set with WAKEUP_BYTES).
+#[unsafe(no_mangle)]
+static MAX_DELAY_NS: Global<u64> = Global::new(0);
+
+/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns). Shared by all CPUs; a race
+/// only costs an extra wakeup.
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Submit flags. A wakeup is forced when a quarter ring is pending or none was sent for
+/// MAX_DELAY_NS (so the first record after a quiet spell wakes the reader at once);
+/// otherwise none, and the reader's timer, armed after every drain that found records,
+/// picks the batch up within MAX_DELAY_NS. Idle hosts cost no wakeups at all.
 #[inline(always)]
 pub(crate) fn submit_flags() -> u64 {
     let threshold = WAKEUP_BYTES.load();
     if threshold == 0 {
-        0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        return 0;
+    }
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: helper without arguments; `last` points into our own one-slot array.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stale = unsafe { now.wrapping_sub(*last) } >= MAX_DELAY_NS.load();
+    if stale || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        unsafe { *last = now };
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

@@ -97,6 +97,7 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
         probes: AUTO_ORDER.to_vec(),
         kernel_log_level: 0,
         wakeup_bytes: 0,
+        max_delay: std::time::Duration::ZERO,
     };
     match loader::load_object(&opts, &env) {
         Ok(_) => line(

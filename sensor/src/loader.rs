@@ -8,7 +8,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use sensor_common::{
-    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE, WAKEUP_GLOBAL,
+    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE, MAX_DELAY_GLOBAL,
+    WAKEUP_GLOBAL,
 };
 
 use crate::{
@@ -27,6 +28,8 @@ pub struct Options {
     pub kernel_log_level: u8,
     /// Pending bytes at which the kernel wakes the reader (0: every record).
     pub wakeup_bytes: u64,
+    /// With batching: force a wakeup when none was sent for this long.
+    pub max_delay: std::time::Duration,
 }
 
 /// What the kernel and its metadata offer, found before anything is loaded.
@@ -104,6 +107,11 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
         .override_global(LAYOUT_GLOBAL, &env.layout, true)
         .override_global(aya_log::LEVEL, &opts.kernel_log_level, false)
         .override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, true)
+        .override_global(
+            MAX_DELAY_GLOBAL,
+            &u64::try_from(opts.max_delay.as_nanos()).unwrap_or(u64::MAX),
+            true,
+        )
         .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps, ring buffer)")
@@ -179,6 +187,7 @@ pub fn baseline() -> Result<()> {
         probes: Vec::new(),
         kernel_log_level: 0,
         wakeup_bytes: 0,
+        max_delay: std::time::Duration::ZERO,
     };
     let mut ebpf = load_object(&opts, &env)?;
     let p: &mut aya::programs::TracePoint = ebpf

@@ -108,8 +108,9 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "off")]
     kernel_log: KernelLog,
     /// Longest a record may wait before the sensor reads it, in milliseconds. The kernel
-    /// wakes the sensor per batch (a quarter of the ring buffer) and a timer drains the rest,
-    /// so a busy host is not charged one wakeup per connect. 0 wakes on every record.
+    /// wakes the sensor when a quarter of the ring buffer is pending or no wakeup was sent
+    /// for this long, and a timer armed after busy drains picks up the rest: a busy host
+    /// is not charged one wakeup per connect, an idle one no timer. 0 wakes on every record.
     #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     max_delay: u64,
     /// How often kernel loss counters are checked, in seconds.
@@ -252,6 +253,7 @@ fn run(args: RunArgs) -> Result<()> {
             } else {
                 u64::from(args.ring_buffer_size / 4)
             },
+            max_delay: Duration::from_millis(args.max_delay),
         },
         pipeline: pipeline::Pipeline {
             engine: engine::Engine::new(

@@ -71,8 +71,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(stats_interval);
     let batching = load.wakeup_bytes > 0;
-    let mut drain_tick = tokio::time::interval(max_delay.max(Duration::from_millis(1)));
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // With batched wakeups, records submitted without one are picked up by a drain
+    // max_delay after any drain that found records; idle, no timer runs.
+    let mut recheck: Option<tokio::time::Instant> = None;
+    let arm =
+        |found: usize| (batching && found > 0).then(|| tokio::time::Instant::now() + max_delay);
     let mut metrics_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
@@ -116,8 +119,9 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
                 guard.clear_ready();
+                recheck = arm(found).or(recheck);
             }
             guard = async { match kernel_log.as_mut() {
                 Some(fd) => fd.readable_mut().await,
@@ -128,8 +132,12 @@ pub async fn run(opts: Options) -> Result<()> {
                 guard.clear_ready();
             }
             // The kernel wakes us only per batch; this bounds how long a record waits.
-            _ = drain_tick.tick(), if batching => {
-                drain(ring.get_mut(), &mut pipeline, &mut out)?;
+            _ = async { match recheck {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {
+                let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
+                recheck = arm(found);
             }
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
@@ -180,8 +188,15 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 /// Handles every record in the ring buffer, then flushes the output.
-fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut impl Write) -> Result<()> {
+/// Returns how many records there were.
+fn drain(
+    rb: &mut RingBuf<MapData>,
+    pipeline: &mut Pipeline,
+    out: &mut impl Write,
+) -> Result<usize> {
+    let mut found = 0;
     while let Some(item) = rb.next() {
+        found += 1;
         let decoded = events::decode(&item);
         drop(item); // give the slot back to the kernel before slow procfs work
         match decoded {
@@ -192,7 +207,8 @@ fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut impl Writ
             }
         }
     }
-    out.flush().context("writing to stdout")
+    out.flush().context("writing to stdout")?;
+    Ok(found)
 }
 
 /// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.

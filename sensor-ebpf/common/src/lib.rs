@@ -43,6 +43,8 @@ pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 /// Name of the read-only `u64` global: wake the reader only once this many bytes are
 /// pending (0: wake on every record). Userspace drains on a timer meanwhile.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
+/// Name of the read-only `u64` global: force a wakeup when none was sent for this long (ns).
+pub const MAX_DELAY_GLOBAL: &str = "MAX_DELAY_NS";
 
 /// One outbound TCP connect attempt, seen in the connecting task's context.
 #[repr(C)]
