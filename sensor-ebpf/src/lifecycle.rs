@@ -19,7 +19,7 @@ use sensor_common::{
     TaskEvent,
 };
 
-use crate::probes::{EVENTS, LAYOUT, count_loss, read, submit_flags, task_lineage};
+use crate::probes::{EVENTS, LAYOUT, count_loss, process_start, read, submit_flags, task_lineage};
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -75,7 +75,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
                     }
                 }
                 // file->f_path.dentry->d_name.name
-                if l.file_f_path != OFFSET_UNKNOWN && l.dentry_d_name != OFFSET_UNKNOWN {
+                if l.file_f_path != OFFSET_UNKNOWN
+                    && l.path_dentry != OFFSET_UNKNOWN
+                    && l.dentry_d_name != OFFSET_UNKNOWN
+                    && l.qstr_name != OFFSET_UNKNOWN
+                {
                     let dentry = read::<*const u8>(file, l.file_f_path + l.path_dentry)
                         .unwrap_or(core::ptr::null());
                     if !dentry.is_null() {
@@ -118,7 +122,8 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         fill_current(&mut *ev, EVENT_FORK, child, &l);
         (*ev).tgid = child_tgid;
         (*ev).ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
-        (*ev).parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
+        // `parent` is the forking thread: its process is identified by its leader.
+        (*ev).parent_start_time_ns = process_start(parent, &l);
         slot.submit(submit_flags());
     }
     0

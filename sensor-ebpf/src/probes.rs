@@ -219,15 +219,32 @@ pub(crate) unsafe fn task_lineage(task: *const u8, l: &KernelLayout) -> Lineage 
         return out;
     }
     unsafe {
-        out.start_time_ns = read::<u64>(task, l.task_start_boottime).unwrap_or(0);
+        // A process's identity is its leader's start time: any thread may be the one
+        // connecting or forking, and /proc/PID/stat shows the leader's.
+        out.start_time_ns = process_start(task, l);
         if let Some(parent) = read::<*const u8>(task, l.task_real_parent)
             && !parent.is_null()
         {
             out.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
-            out.parent_start_time_ns = read::<u64>(parent, l.task_start_boottime).unwrap_or(0);
+            out.parent_start_time_ns = process_start(parent, l);
         }
     }
     out
+}
+
+/// `task->group_leader->start_boottime`: the start time of the process `task` belongs to.
+///
+/// # Safety
+/// `task` is a kernel `task_struct` pointer; it is only read via probe_read.
+#[inline(always)]
+pub(crate) unsafe fn process_start(task: *const u8, l: &KernelLayout) -> u64 {
+    unsafe {
+        let leader = match read::<*const u8>(task, l.task_group_leader) {
+            Some(p) if !p.is_null() => p,
+            _ => task,
+        };
+        read::<u64>(leader, l.task_start_boottime).unwrap_or(0)
+    }
 }
 
 /// probe_read of a `T` at `base + off`, or None when the offset is unknown or the read faults.

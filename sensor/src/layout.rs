@@ -138,6 +138,7 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
         off => off,
     };
     layout.task_pid = task("pid");
+    layout.task_group_leader = task("group_leader");
     layout.task_mm = task("mm");
     let member = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(OFFSET_UNKNOWN);
     layout.mm_arg_start = member("mm_struct", "arg_start");

@@ -281,3 +281,35 @@ fn container_id_comes_from_the_kernels_cgroup_id_when_the_process_is_gone() -> R
     );
     Ok(())
 }
+
+#[test]
+fn connect_from_a_worker_thread_is_attributed_to_its_process() -> Result<()> {
+    if !root_or_skip("thread_connect") {
+        return Ok(());
+    }
+    let net = net()?;
+    let mut sensor = Sensor::start(&[])?;
+    // The connect comes from a thread started well after the process: its own start
+    // time differs from the process's, which is what the process table is keyed on.
+    let code = format!(
+        "import socket, threading, time\ntime.sleep(0.05)\ndef go():\n    s = socket.socket()\n    s.settimeout(2)\n    s.connect_ex(({PUBLIC:?}, 4444))\nt = threading.Thread(target=go)\nt.start()\nt.join()"
+    );
+    let pid = net.run("python3", &["-c", &code])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_ne!(
+        v["process"]["thread"]["id"], pid,
+        "the connect came from another thread"
+    );
+    assert!(
+        v["process"]["executable"]
+            .as_str()
+            .is_some_and(|e| e.contains("python3")),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["sensor"]["matched"]["high_risk_matched_by"], "executable",
+        "{v:#}"
+    );
+    assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    Ok(())
+}

@@ -117,6 +117,7 @@ pub struct KernelLayout {
     pub task_tgid: u32,
     pub task_start_boottime: u32,
     pub task_pid: u32,
+    pub task_group_leader: u32,
     pub task_mm: u32,
     // struct mm_struct / file / inode / super_block, for exec records.
     pub mm_arg_start: u32,
@@ -211,6 +212,7 @@ impl KernelLayout {
         task_tgid: OFFSET_UNKNOWN,
         task_start_boottime: OFFSET_UNKNOWN,
         task_pid: OFFSET_UNKNOWN,
+        task_group_leader: OFFSET_UNKNOWN,
         task_mm: OFFSET_UNKNOWN,
         mm_arg_start: OFFSET_UNKNOWN,
         mm_arg_end: OFFSET_UNKNOWN,
