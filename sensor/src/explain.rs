@@ -66,7 +66,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     // Same identity tests as the live sensor: is the file a copy of a listed binary (by
     // content, when it exists here), and is its location suspicious?
     let content_match = crate::identity::Identities::scan(&policy, std::path::Path::new("/"))
-        .content_match(std::path::Path::new(&a.exe));
+        .content_match(std::path::Path::new(&a.exe), None);
     let location = crate::identity::suspicious_location(&a.exe, None).map(str::to_string);
     let obs = Obs {
         ts_ns,

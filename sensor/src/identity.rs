@@ -1,20 +1,21 @@
 //! Executable identity by content, so `cp /usr/bin/curl /opt/update-agent` is still curl.
 //!
 //! At start-up the host's high-risk binaries (every file in the standard bin directories
-//! whose name is on the list) are fingerprinted: ELF build-id when present (it survives
-//! appended bytes) and SHA-256 of the whole file. A process's executable is fingerprinted
-//! once per (device, inode, mtime, size) and looked up; the hot path only stats.
+//! whose name is on the list) are fingerprinted: ELF build-id (it survives appended bytes)
+//! and SHA-256 of the whole file. A process's executable is identified once per (device,
+//! inode, mtime, size): its build-id costs a few small reads of the ELF headers and notes,
+//! and the whole file is hashed only when its size is that of a known binary (a hash can
+//! only match then), so no file can make the sensor read much.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::Read,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
+    path::Path,
 };
 
 use log::debug;
-use object::{Object, read::elf::ElfFile64};
 use sha2::{Digest, Sha256};
 
 use crate::{policy::Policy, score::high_risk_entry};
@@ -28,11 +29,13 @@ const BIN_DIRS: &[&str] = &[
     "sbin",
     "bin",
 ];
-/// Files larger than this are identified by build-id only (read from their first MiB).
-const MAX_HASHED: u64 = 64 << 20;
-const BUILD_ID_WINDOW: u64 = 1 << 20;
+/// Known binaries larger than this are identified by build-id only.
+const MAX_HASHED: u64 = 256 << 20;
 /// Bound on cached file identities.
 const CACHE_CAP: usize = 16_384;
+/// Bounds on what the ELF note walk reads.
+const MAX_PHDRS: u64 = 256;
+const MAX_NOTE_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileKey {
@@ -56,33 +59,95 @@ impl FileKey {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Fingerprint {
-    build_id: Option<Vec<u8>>,
-    sha256: Option<[u8; 32]>,
+/// Opens `path` without blocking (a FIFO swapped in cannot hang the sensor) and accepts
+/// only a regular file, and only the inode `expect_ino` when given.
+fn open_regular(path: &Path, expect_ino: Option<u64>) -> Option<(File, std::fs::Metadata)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || expect_ino.is_some_and(|ino| ino != meta.ino()) {
+        return None;
+    }
+    Some((f, meta))
 }
 
-fn fingerprint(path: &Path, size: u64) -> Option<Fingerprint> {
-    let mut f = File::open(path).ok()?;
-    let mut data = Vec::new();
-    let limit = if size > MAX_HASHED {
-        BUILD_ID_WINDOW
-    } else {
-        MAX_HASHED
+/// The GNU build-id from an ELF64 little-endian file's PT_NOTE segments.
+fn build_id(f: &File) -> Option<Vec<u8>> {
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0).ok()?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .and_then(|x| x.try_into().ok())
+            .map(u32::from_le_bytes)
     };
-    f.by_ref().take(limit).read_to_end(&mut data).ok()?;
-    let build_id = ElfFile64::<object::Endianness>::parse(data.as_slice())
-        .ok()
-        .and_then(|elf| elf.build_id().ok().flatten().map(<[u8]>::to_vec))
-        .filter(|id| !id.is_empty());
-    let sha256 = (size <= MAX_HASHED).then(|| Sha256::digest(&data).into());
-    Some(Fingerprint { build_id, sha256 })
+    let u64_at = |b: &[u8], o: usize| {
+        b.get(o..o + 8)
+            .and_then(|x| x.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let phoff = u64_at(&eh, 0x20)?;
+    let phentsize = u64::from(u16_at(&eh, 0x36)?);
+    let phnum = u64::from(u16_at(&eh, 0x38)?).min(MAX_PHDRS);
+    if phentsize < 56 {
+        return None;
+    }
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        f.read_exact_at(&mut ph, phoff.checked_add(i.checked_mul(phentsize)?)?)
+            .ok()?;
+        if u32_at(&ph, 0)? != 4 {
+            continue; // not PT_NOTE
+        }
+        let (off, size) = (u64_at(&ph, 8)?, u64_at(&ph, 32)?.min(MAX_NOTE_BYTES));
+        let mut notes = vec![0u8; usize::try_from(size).ok()?];
+        f.read_exact_at(&mut notes, off).ok()?;
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let namesz = usize::try_from(u32_at(&notes, at)?).ok()?;
+            let descsz = usize::try_from(u32_at(&notes, at + 4)?).ok()?;
+            let kind = u32_at(&notes, at + 8)?;
+            let name_at = at + 12;
+            let desc_at = name_at.checked_add(namesz.checked_add(3)? & !3)?;
+            let next = desc_at.checked_add(descsz.checked_add(3)? & !3)?;
+            if kind == 3 && notes.get(name_at..name_at + namesz)? == b"GNU\0" {
+                return notes
+                    .get(desc_at..desc_at + descsz)
+                    .map(<[u8]>::to_vec)
+                    .filter(|d| !d.is_empty());
+            }
+            at = next;
+        }
+    }
+    None
+}
+
+fn sha256(f: &File, size: u64) -> Option<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut r = f.take(size);
+    loop {
+        let n = r.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Some(hasher.finalize().into())
 }
 
 /// Known high-risk binaries by fingerprint, and a cache of identified files.
 pub struct Identities {
     by_build_id: HashMap<Vec<u8>, String>,
     by_sha256: HashMap<[u8; 32], String>,
+    /// Sizes of the fingerprinted binaries: only a file of one of these sizes is hashed.
+    sizes: HashSet<u64>,
     cache: HashMap<FileKey, Option<String>>,
     pub known_files: usize,
 }
@@ -93,60 +158,59 @@ impl Identities {
         let mut me = Self {
             by_build_id: HashMap::new(),
             by_sha256: HashMap::new(),
+            sizes: HashSet::new(),
             cache: HashMap::new(),
             known_files: 0,
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for dir in BIN_DIRS {
             let Ok(entries) = std::fs::read_dir(host_root.join(dir)) else {
                 continue;
             };
             for e in entries.flatten() {
-                let name = e.file_name();
-                let Some(entry) = high_risk_entry(policy, &name.to_string_lossy()) else {
+                let Some(entry) = high_risk_entry(policy, &e.file_name().to_string_lossy()) else {
                     continue;
                 };
-                let path: PathBuf = e.path();
-                let Ok(meta) = std::fs::metadata(&path) else {
+                let Some((f, meta)) = open_regular(&e.path(), None) else {
                     continue;
                 };
-                if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
+                if !seen.insert((meta.dev(), meta.ino())) {
                     continue;
                 }
-                if let Some(fp) = fingerprint(&path, meta.size()) {
-                    me.add(fp, &entry);
-                    me.known_files += 1;
+                if let Some(id) = build_id(&f) {
+                    me.by_build_id.entry(id).or_insert_with(|| entry.clone());
                 }
+                if meta.size() <= MAX_HASHED
+                    && let Some(h) = sha256(&f, meta.size())
+                {
+                    me.by_sha256.entry(h).or_insert_with(|| entry.clone());
+                    me.sizes.insert(meta.size());
+                }
+                me.known_files += 1;
             }
         }
         debug!("fingerprinted {} high-risk executables", me.known_files);
         me
     }
 
-    fn add(&mut self, fp: Fingerprint, entry: &str) {
-        if let Some(id) = fp.build_id {
-            self.by_build_id
-                .entry(id)
-                .or_insert_with(|| entry.to_string());
-        }
-        if let Some(h) = fp.sha256 {
-            self.by_sha256.entry(h).or_insert_with(|| entry.to_string());
-        }
-    }
-
-    /// The high-risk list entry whose binary `path` is a copy of, if any. `path` may be a
-    /// `/proc/PID/exe` link: opening it reaches the mapped file even if deleted.
-    pub fn content_match(&mut self, path: &Path) -> Option<String> {
-        let meta = std::fs::metadata(path).ok()?;
+    /// The high-risk list entry whose binary the file at `path` is a copy of, if any.
+    /// `path` may be a `/proc/PID/exe` link (it reaches the mapped file, even deleted);
+    /// `expect_ino` rejects a file swapped in at the path since the kernel mapped it.
+    pub fn content_match(&mut self, path: &Path, expect_ino: Option<u64>) -> Option<String> {
+        let (f, meta) = open_regular(path, expect_ino)?;
         let key = FileKey::of(&meta);
         if let Some(hit) = self.cache.get(&key) {
             return hit.clone();
         }
-        let found = fingerprint(path, meta.size()).and_then(|fp| {
-            fp.build_id
-                .and_then(|id| self.by_build_id.get(&id).cloned())
-                .or_else(|| fp.sha256.and_then(|h| self.by_sha256.get(&h).cloned()))
-        });
+        let found = build_id(&f)
+            .and_then(|id| self.by_build_id.get(&id).cloned())
+            .or_else(|| {
+                self.sizes
+                    .contains(&meta.size())
+                    .then(|| sha256(&f, meta.size()))
+                    .flatten()
+                    .and_then(|h| self.by_sha256.get(&h).cloned())
+            });
         if self.cache.len() >= CACHE_CAP {
             self.cache.clear(); // crude but bounded; refilled on demand
         }
@@ -196,6 +260,24 @@ mod tests {
     }
 
     #[test]
+    fn reads_build_ids_from_elf_notes() {
+        let sh = File::open(std::fs::canonicalize("/bin/sh").unwrap()).unwrap();
+        let id = build_id(&sh).expect("Debian's sh carries a GNU build-id");
+        assert_eq!(id.len(), 20, "SHA-1 build-id");
+        // Not ELF, or truncated: None, no panic.
+        let dir = std::env::temp_dir().join(format!("buildid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in [
+            ("text", b"#!/bin/sh\n".to_vec()),
+            ("short", b"\x7fELF\x02\x01".to_vec()),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            assert_eq!(build_id(&File::open(dir.join(name)).unwrap()), None);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn copies_match_by_content_and_others_do_not() {
         let mut ids = Identities::scan(&Policy::default(), Path::new("/"));
         assert!(
@@ -208,7 +290,7 @@ mod tests {
         let copy = dir.join("innocent-name");
         std::fs::copy(&sh, &copy).unwrap();
         let entry = ids
-            .content_match(&copy)
+            .content_match(&copy, None)
             .expect("a copy of sh is recognised");
         assert!(high_risk_entry(&Policy::default(), &entry).is_some());
         // Appending bytes changes the hash but not the build-id.
@@ -216,18 +298,24 @@ mod tests {
         data.extend_from_slice(b"padding");
         let padded = dir.join("padded");
         std::fs::write(&padded, &data).unwrap();
-        if ElfFile64::<object::Endianness>::parse(data.as_slice())
-            .ok()
-            .and_then(|e| e.build_id().ok().flatten())
-            .is_some()
-        {
-            assert!(ids.content_match(&padded).is_some());
+        if build_id(&File::open(&copy).unwrap()).is_some() {
+            assert!(ids.content_match(&padded, None).is_some());
         }
         // The test binary itself is nobody's copy; and a second look comes from the cache.
         let me = std::env::current_exe().unwrap();
-        assert_eq!(ids.content_match(&me), None);
-        assert_eq!(ids.content_match(&me), None);
-        assert!(ids.content_match(Path::new("/nonexistent")).is_none());
+        assert_eq!(ids.content_match(&me, None), None);
+        assert_eq!(ids.content_match(&me, None), None);
+        assert!(ids.content_match(Path::new("/nonexistent"), None).is_none());
+        // The inode the kernel mapped is required when given: a swapped-in file is refused.
+        let ino = std::fs::metadata(&copy).unwrap().ino();
+        assert!(ids.content_match(&copy, Some(ino)).is_some());
+        assert!(ids.content_match(&copy, Some(ino + 1)).is_none());
+        // A FIFO at the path neither blocks nor matches.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(ids.content_match(&fifo, None).is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -71,6 +71,11 @@ impl Procfs {
         read_stat(&self.dir(pid)).map(|s| s.start_ticks)
     }
 
+    /// `/proc/PID/root`: the process's view of `/` (its container's, if any).
+    pub fn root_of(&self, pid: u32) -> PathBuf {
+        self.dir(pid).join("root")
+    }
+
     /// `/proc/PID/exe` itself: opening it reaches the mapped file, even a deleted one.
     pub fn exe_link(&self, pid: u32) -> PathBuf {
         self.dir(pid).join("exe")

@@ -141,7 +141,10 @@ impl ProcTable {
             .ppid
             .and_then(|p| self.by_pid.get(&p).map(|&start| Key { tgid: p, start }));
         let proc_exe = self.procfs.exe_link(key.tgid);
-        let content_match = self.identities.content_match(&proc_exe).map(Arc::from);
+        let content_match = self
+            .identities
+            .content_match(&proc_exe, None)
+            .map(Arc::from);
         let entry = Entry {
             parent,
             ppid: info.ppid.unwrap_or(0),
@@ -200,8 +203,9 @@ impl ProcTable {
         let (executable, identity_path) = if alive && let Some(exe) = self.procfs.exe(key.tgid) {
             (Some(exe), Some(self.procfs.exe_link(key.tgid)))
         } else {
-            match resolve_on_disk(&e.filename, e.exe_dev, e.exe_ino) {
-                Some(p) => (Some(p.clone()), Some(p.into())),
+            let parent_root = self.procfs.root_of(e.task.ppid);
+            match resolve_on_disk(&e.filename, e.exe_dev, e.exe_ino, &parent_root) {
+                Some((shown, opened)) => (Some(shown), Some(opened)),
                 // A memfd has no path: name it as /proc/PID/exe would.
                 None if e.exe_nlink == Some(0) && e.exe_name.starts_with("memfd:") => {
                     (Some(format!("/{} (deleted)", e.exe_name)), None)
@@ -213,7 +217,10 @@ impl ProcTable {
             .as_deref()
             .and_then(|x| suspicious_location(x, e.exe_nlink));
         let content_match = identity_path
-            .and_then(|p| self.identities.content_match(&p))
+            .and_then(|p| {
+                self.identities
+                    .content_match(&p, (e.exe_ino != 0).then_some(e.exe_ino))
+            })
             .map(Arc::from);
         // Kernel argv is capped; /proc has the whole line while the process lives.
         let args = if alive
@@ -319,8 +326,13 @@ impl ProcTable {
                 start: *self.by_pid.get(&tgid)?,
             }
         };
-        if !self.entries.contains_key(&key) {
-            self.load_from_procfs(key)?;
+        // Unknown, or known only as a blank fork of an unknown parent: /proc may know more.
+        let blank = self
+            .entries
+            .get(&key)
+            .is_none_or(|e| e.executable.is_none());
+        if blank && self.load_from_procfs(key).is_none() && !self.entries.contains_key(&key) {
+            return None;
         }
         let e = self.entries.get(&key)?;
         let mut info = ProcessInfo {
@@ -358,15 +370,52 @@ impl ProcTable {
     }
 }
 
-/// `filename` as a path on disk, accepted only if it is the file the kernel mapped.
-fn resolve_on_disk(filename: &str, dev: u64, ino: u64) -> Option<String> {
+/// `filename` as a path on disk, accepted only if it is the inode the kernel mapped.
+/// Looked up in our root first (symlinks resolved: `nc` is shown as `nc.openbsd`), then
+/// through the parent's root (a container's files live in its mount namespace; shown as
+/// exec'd, since resolving through `/proc/PID/root` would give host-side paths). Returns
+/// the path to show and the path to open. The device must match too, except on btrfs,
+/// where `st_dev` is per subvolume and differs from the kernel's superblock device.
+fn resolve_on_disk(
+    filename: &str,
+    dev: u64,
+    ino: u64,
+    parent_root: &Path,
+) -> Option<(String, std::path::PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     if !filename.starts_with('/') || ino == 0 {
         return None;
     }
-    let real = std::fs::canonicalize(Path::new(filename)).ok()?;
-    let meta = std::fs::metadata(&real).ok()?;
-    (meta.ino() == ino && meta.dev() == dev).then(|| real.to_string_lossy().into_owned())
+    let inside = filename.trim_start_matches('/');
+    for (root, ours) in [(Path::new("/"), true), (parent_root, false)] {
+        let path = root.join(inside);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.ino() != ino || (meta.dev() != dev && !is_btrfs(&path)) {
+            continue;
+        }
+        let shown = if ours {
+            std::fs::canonicalize(&path)
+                .ok()?
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            filename.to_string()
+        };
+        return Some((shown, path));
+    }
+    None
+}
+
+fn is_btrfs(path: &Path) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated path and a zeroed statfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BTRFS_SUPER_MAGIC }
 }
 
 /// Basename chain, nearest ancestor last, for `sshd > bash > python3` at a glance.
