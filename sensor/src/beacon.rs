@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Gaps kept per key: enough for stable quartiles, small enough to bound memory.
+/// Connection times kept per key: WINDOW + 1 times, WINDOW gaps. `--beacon-min-connections`
+/// is capped at WINDOW + 1 so every accepted threshold can be reached.
 const WINDOW: usize = 32;
 const BURST_NS: i128 = 250_000_000;
 const MIN_INTERVAL_S: f64 = 0.75;
@@ -375,6 +377,23 @@ mod tests {
         }
         assert!(flagged);
         assert_eq!(d.detected, 1);
+    }
+
+    #[test]
+    fn the_largest_accepted_threshold_is_reachable() {
+        let mut d = Detector::new(Config {
+            min_connections: WINDOW + 1,
+            max_keys: 10,
+        });
+        let hits: Vec<bool> = (0..40i128)
+            .map(|i| d.observe(key(), i * 60 * S).is_some())
+            .collect();
+        assert_eq!(
+            hits.iter().position(|&h| h),
+            Some(WINDOW),
+            "flagged at connection {}",
+            WINDOW + 1
+        );
     }
 
     #[test]

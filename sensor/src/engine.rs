@@ -55,8 +55,9 @@ pub struct EngineArgs {
     /// Flood-control period, seconds: identical alerts within it are folded; 0 disables.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_fold)]
     pub fold_period: f64,
-    /// Connections at a regular interval before a beacon is flagged.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=1000))]
+    /// Connections at a regular interval before a beacon is flagged (3 to 33: the detector
+    /// keeps the last 33 connection times per destination).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=33))]
     pub beacon_min_connections: u32,
 }
 
