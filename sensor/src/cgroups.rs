@@ -15,12 +15,17 @@ use crate::container;
 const MAX_DIRS: usize = 100_000;
 /// A miss rescans at most this often (a new container's cgroup appears between scans).
 const RESCAN_EVERY: Duration = Duration::from_millis(200);
+/// An id a rescan did not find is not looked for again for this long (removed cgroups).
+const MISS_TTL: Duration = Duration::from_secs(10);
+/// Bound on remembered misses.
+const MAX_MISSES: usize = 4096;
 
 pub struct CgroupMap {
     /// The cgroup2 mount point, if there is one.
     root: Option<PathBuf>,
     by_id: HashMap<u64, String>,
     last_scan: Option<Instant>,
+    misses: HashMap<u64, Instant>,
 }
 
 /// The cgroup2 mount point from a mountinfo file (`... - cgroup2 ...`).
@@ -43,6 +48,7 @@ impl CgroupMap {
             root,
             by_id: HashMap::new(),
             last_scan: None,
+            misses: HashMap::new(),
         }
     }
 
@@ -52,10 +58,18 @@ impl CgroupMap {
         if id <= 1 {
             return None;
         }
+        let recent_miss = self.misses.get(&id).is_some_and(|t| t.elapsed() < MISS_TTL);
         if !self.by_id.contains_key(&id)
+            && !recent_miss
             && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
         {
             self.rescan();
+            if !self.by_id.contains_key(&id) {
+                if self.misses.len() >= MAX_MISSES {
+                    self.misses.clear();
+                }
+                self.misses.insert(id, Instant::now());
+            }
         }
         self.by_id.get(&id).map(String::as_str)
     }
@@ -70,9 +84,10 @@ impl CgroupMap {
             return;
         };
         self.by_id.clear();
-        let mut stack = vec![root.clone()];
+        // Breadth first: if the cap is reached, it is deep, unusual subtrees that are cut.
+        let mut queue = std::collections::VecDeque::from([root.clone()]);
         let mut seen = 0;
-        while let Some(dir) = stack.pop() {
+        while let Some(dir) = queue.pop_front() {
             seen += 1;
             if seen > MAX_DIRS {
                 break;
@@ -88,7 +103,7 @@ impl CgroupMap {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            stack.extend(
+            queue.extend(
                 entries
                     .flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -115,6 +130,32 @@ mod tests {
             None
         );
         assert_eq!(cgroup2_mount("garbage"), None);
+    }
+
+    #[test]
+    fn maps_a_new_cgroup_by_its_id() {
+        let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
+        let Some(root) = map.root.clone() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating a cgroup needs root");
+            return;
+        }
+        let name = format!("t1571-unit-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let ino = std::fs::metadata(&dir).unwrap().ino();
+        // Created after the first scan: found by the rescan a miss triggers.
+        let found = map.path(ino).map(str::to_string);
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(found.as_deref(), Some(format!("/{name}").as_str()));
+        // An unknown id, once a rescan is allowed, is remembered as a miss: no rescan storm.
+        std::thread::sleep(RESCAN_EVERY);
+        assert_eq!(map.path(ino + 1_000_000), None);
+        assert!(map.misses.contains_key(&(ino + 1_000_000)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! connects still resolve; the table is bounded and its size is reported.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -74,6 +74,8 @@ pub struct ProcTable {
     entries: HashMap<Key, Entry>,
     /// The most recent process seen with each pid, for records that carry no start time.
     by_pid: HashMap<u32, u64>,
+    /// Exited entries in exit order: expiry and eviction take from the front in O(1).
+    exit_order: VecDeque<(Instant, Key)>,
     procfs: Procfs,
     pub identities: Identities,
     /// cgroup id -> path, for the container of a process /proc no longer shows.
@@ -93,6 +95,7 @@ impl ProcTable {
         Self {
             entries: HashMap::new(),
             by_pid: HashMap::new(),
+            exit_order: VecDeque::new(),
             procfs,
             identities,
             cgroups: CgroupMap::new(Path::new("/proc/self/mountinfo")),
@@ -175,16 +178,29 @@ impl ProcTable {
     /// means the capacity is too small; the count says so).
     fn evict_one(&mut self) {
         let victim = self
-            .entries
-            .iter()
-            .filter_map(|(k, e)| e.exited.map(|t| (t, *k)))
-            .min()
-            .map(|(_, k)| k)
+            .pop_exited(|_| true)
             .or_else(|| self.entries.keys().next().copied());
         if let Some(k) = victim {
             self.remove(k);
             self.evicted += 1;
         }
+    }
+
+    /// The longest-exited entry still in the table, if `old_enough` accepts its exit time,
+    /// taken off the exit queue. Queue items whose entry went or changed are skipped.
+    fn pop_exited(&mut self, old_enough: impl Fn(Instant) -> bool) -> Option<Key> {
+        while let Some(&(t, k)) = self.exit_order.front() {
+            if self.entries.get(&k).is_none_or(|e| e.exited != Some(t)) {
+                self.exit_order.pop_front();
+                continue;
+            }
+            if !old_enough(t) {
+                return None;
+            }
+            self.exit_order.pop_front();
+            return Some(k);
+        }
+        None
     }
 
     fn remove(&mut self, k: Key) {
@@ -290,23 +306,21 @@ impl ProcTable {
 
     pub fn on_exit(&mut self, t: &Task) {
         let key = self.key(t.tgid, t.start_time_ns);
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.exited.get_or_insert_with(Instant::now);
+        if let Some(e) = self.entries.get_mut(&key)
+            && e.exited.is_none()
+        {
+            let now = Instant::now();
+            e.exited = Some(now);
+            self.exit_order.push_back((now, key));
         }
     }
 
     /// Drops entries exited longer than the grace period.
     pub fn expire(&mut self, now: Instant) {
         let grace = self.grace;
-        let old: Vec<Key> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.exited.is_some_and(|t| now.duration_since(t) > grace))
-            .map(|(k, _)| *k)
-            .collect();
-        self.expired += old.len() as u64;
-        for k in old {
+        while let Some(k) = self.pop_exited(|t| now.saturating_duration_since(t) > grace) {
             self.remove(k);
+            self.expired += 1;
         }
     }
 
