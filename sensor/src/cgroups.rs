@@ -23,7 +23,8 @@ const MAX_MISSES: usize = 4096;
 pub struct CgroupMap {
     /// The cgroup2 mount point, if there is one.
     root: Option<PathBuf>,
-    by_id: HashMap<u64, String>,
+    /// cgroup id -> (path, the container id parsed from it once, at scan time).
+    by_id: HashMap<u64, (String, Option<String>)>,
     last_scan: Option<Instant>,
     misses: HashMap<u64, Instant>,
 }
@@ -71,11 +72,14 @@ impl CgroupMap {
                 self.misses.insert(id, Instant::now());
             }
         }
-        self.by_id.get(&id).map(String::as_str)
+        self.by_id.get(&id).map(|(path, _)| path.as_str())
     }
 
+    /// Called for every connect of a process with no other container source: the id was
+    /// parsed when the cgroup was scanned, so this is a lookup.
     pub fn container_id(&mut self, id: u64) -> Option<String> {
-        self.path(id).and_then(container::id_from_cgroup_path)
+        self.path(id)?;
+        self.by_id.get(&id).and_then(|(_, c)| c.clone())
     }
 
     fn rescan(&mut self) {
@@ -99,7 +103,8 @@ impl CgroupMap {
                 .strip_prefix(&root)
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_default();
-            self.by_id.insert(meta.ino(), rel);
+            let container = container::id_from_cgroup_path(&rel);
+            self.by_id.insert(meta.ino(), (rel, container));
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };

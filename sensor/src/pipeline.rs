@@ -63,7 +63,8 @@ impl Pipeline {
 
     fn connect(&mut self, conn: &Connection, out: &mut impl Write) -> Result<()> {
         self.counters.connections += 1;
-        let (proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid) {
+        let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
+        {
             Some((info, src)) => (info, Some(src.as_str())),
             // Nobody knows the process: keep what the kernel gave.
             None => (
@@ -77,7 +78,7 @@ impl Pipeline {
         if proc.executable.is_some() {
             self.counters.attributed += 1;
         }
-        let mut proc = proc;
+        // The kernel's cgroup id names the container when nothing else did.
         if proc.container_id.is_none() {
             proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
         }

@@ -91,7 +91,7 @@ const ANCESTRY_DEPTH: usize = 8;
 
 impl ProcTable {
     pub fn new(procfs: Procfs, identities: Identities, capacity: usize, grace: Duration) -> Self {
-        let ns_per_tick = 1_000_000_000 / procfs.ticks_per_sec();
+        let ns_per_tick = (1_000_000_000 / procfs.ticks_per_sec()).max(1);
         Self {
             entries: HashMap::new(),
             by_pid: HashMap::new(),
