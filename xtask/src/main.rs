@@ -5,6 +5,7 @@
 //! integration tests drive (netcat, curl, python3, iproute2).
 
 mod bench;
+mod siem;
 mod toolchain;
 
 use std::{
@@ -40,6 +41,9 @@ enum Task {
     /// Benchmark the sensor's cost per connect against no hook and an empty BPF program
     /// (criterion, as root), and print the ratios.
     Bench,
+    /// Regenerate the converted SIEM queries in deploy/siem/ from the Sigma rules (pySigma in
+    /// a venv under target/).
+    Siem,
     /// Build and run every test: unit tests and the real-kernel integration tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -88,9 +92,11 @@ fn main() -> Result<()> {
             )?;
             bench::report(&root.join("target/criterion/connect"))
         }
+        Task::Siem => siem::convert(&root),
         Task::Test { args } => {
             toolchain::ensure(false)?;
             toolchain::ensure_test_programs()?;
+            let siem_python = siem::ensure_test_tools(&root)?;
             cargo(&root, &["build", "-p", "sensor"])?;
             let mut test = vec![
                 "test",
@@ -104,7 +110,10 @@ fn main() -> Result<()> {
             cargo_env(
                 &root,
                 &test,
-                &[("SENSOR_BIN", root.join("target/debug/sensor"))],
+                &[
+                    ("SENSOR_BIN", root.join("target/debug/sensor")),
+                    ("SIEM_PYTHON", siem_python),
+                ],
             )
         }
     }
