@@ -123,7 +123,10 @@ def stable(backend: str, text: str) -> str:
     if backend == "sumologic":
         doc = json.loads(text)
         for rule in doc.get("rules", [doc]):
-            rule.get("conversion_metadata", {}).pop("conversion_timestamp", None)
+            meta = rule.get("conversion_metadata", {})
+            # The time of conversion and the git commit of the rule file.
+            meta.pop("conversion_timestamp", None)
+            meta.pop("sigma_rule_commit", None)
         return json.dumps(doc, indent=2, sort_keys=True)
     return text.strip()
 
