@@ -378,7 +378,7 @@ fn check(
 }
 
 #[test]
-fn sigma_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
+fn siem_sigma_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
     if !root_or_skip("siem rules on a real run") {
         return Ok(());
     }
@@ -430,7 +430,7 @@ fn sigma_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
 /// exist yet. Ready to run once it does: the same cases, the Sysmon-style rules.
 #[test]
 #[ignore = "pending: sensor run --format sysmon-json is not implemented yet"]
-fn sysmon_style_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
+fn siem_sysmon_style_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
     if !root_or_skip("sysmon-style rules on a real run") {
         return Ok(());
     }
@@ -448,7 +448,7 @@ fn sysmon_style_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<(
 }
 
 #[test]
-fn converted_queries_are_what_the_rules_and_pinned_backends_produce() -> Result<()> {
+fn siem_converted_queries_are_what_the_rules_and_pinned_backends_produce() -> Result<()> {
     let Some(python) = siem_python("converted queries drift") else {
         return Ok(());
     };
