@@ -466,3 +466,53 @@ fn siem_converted_queries_are_what_the_rules_and_pinned_backends_produce() -> Re
     );
     Ok(())
 }
+
+/// The queries the README's SIEM section shows are the checked-in conversions.
+#[test]
+fn siem_readme_shows_the_converted_queries() -> Result<()> {
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let section = readme
+        .split("\n## SIEM\n")
+        .nth(1)
+        .context("README has no SIEM section")?;
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut converted = BTreeSet::new();
+    for backend in ["splunk", "sumologic", "crowdstrike", "secops", "qradar"] {
+        for entry in std::fs::read_dir(repo().join("deploy/siem").join(backend))? {
+            let path = entry?.path();
+            if !path.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            if backend == "sumologic" {
+                let rule: Value = serde_json::from_str(&text)?;
+                converted.insert(
+                    rule["expression"]
+                        .as_str()
+                        .context("expression")?
+                        .to_string(),
+                );
+            } else {
+                converted.insert(text.trim().to_string());
+            }
+        }
+    }
+    let blocks: Vec<&str> = section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| b.split_once('\n').map_or("", |(_, body)| body).trim())
+        .collect();
+    let queries: Vec<&str> = blocks
+        .into_iter()
+        .filter(|b| !b.starts_with("cargo xtask"))
+        .collect();
+    assert_eq!(queries.len(), 10, "five backends, two rules");
+    for q in queries {
+        assert!(
+            converted.contains(q),
+            "README shows a query that is not a current conversion:\n{q}"
+        );
+    }
+    Ok(())
+}
