@@ -165,6 +165,25 @@ def convert_all(out_root: Path) -> list[str]:
     return problems
 
 
+# pySigma's validators that download MITRE ATT&CK / D3FEND data: they cannot run offline.
+ONLINE_VALIDATORS = {"attacktag", "d3_fendtag"}
+
+
+def validate() -> list[str]:
+    """Every offline pySigma validator over every rule (what `sigma check` does, less the
+    ATT&CK and D3FEND tag lists, which it downloads)."""
+    from sigma.plugins import InstalledSigmaPlugins
+    from sigma.validation import SigmaValidator
+
+    validators = InstalledSigmaPlugins.autodiscover().validators
+    rules = SigmaCollection.load_ruleset([HERE / d for d in RULE_SETS])
+    checks = [v for name, v in sorted(validators.items()) if name not in ONLINE_VALIDATORS]
+    return [
+        f"{type(issue).__name__}: {', '.join(str(r.source or r.title) for r in issue.rules)}: {issue.description}"
+        for issue in SigmaValidator(checks).validate_rules(rules)
+    ]
+
+
 def tree(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): p.read_text()
@@ -178,6 +197,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="fail when the checked-in queries drift")
     args = ap.parse_args()
+    issues = validate()
+    for i in issues:
+        print(f"rule issue: {i}", file=sys.stderr)
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             problems = convert_all(Path(tmp))
@@ -199,8 +221,11 @@ def main() -> int:
         if drift:
             print("the converted queries drifted from the rules: run `cargo xtask siem`", file=sys.stderr)
         n = len(fresh)
-        print(f"checked {n} converted queries: {len(drift)} drifted, {len(problems)} conversions failed")
-        return 1 if drift or problems else 0
+        print(
+            f"checked {n} converted queries: {len(drift)} drifted, {len(problems)} conversions failed, "
+            f"{len(issues)} rule issues"
+        )
+        return 1 if drift or problems or issues else 0
     for d in {b[0] for b in BACKENDS.values()}:
         for p in sorted((HERE / d).rglob("*"), reverse=True):
             if p.is_file():
@@ -209,7 +234,7 @@ def main() -> int:
     for p in problems:
         print(f"conversion failed: {p}", file=sys.stderr)
     print(f"wrote {len(tree(HERE))} converted queries under {HERE}")
-    return 1 if problems else 0
+    return 1 if problems or issues else 0
 
 
 if __name__ == "__main__":
