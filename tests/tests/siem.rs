@@ -20,7 +20,9 @@ use anyhow::{Context, Result, bail};
 use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
 use serde_json::Value;
 
-const PUBLIC: &str = "203.0.113.7";
+// Not the 203.0.113.7 other tests use: a beacon is keyed by executable and destination, and
+// another test's bash to the same place must not share (or break) this one's.
+const PUBLIC: &str = "198.51.100.71";
 const PRIVATE_10: &str = "10.71.0.7";
 const PRIVATE_192: &str = "192.168.71.7";
 
@@ -113,7 +115,7 @@ fn nc(net: &Net, ip: &str, port: u16) -> Result<u32> {
 /// the cases. `sysmon` picks the expectations of the Sysmon-style rules.
 fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)> {
     let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
+    net.subnet("198.51.100.1", PUBLIC, 24)?;
     net.subnet("10.71.0.1", PRIVATE_10, 24)?;
     net.subnet("192.168.71.1", PRIVATE_192, 24)?;
     let scratch = Scratch::new("siem")?;
