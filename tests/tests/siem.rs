@@ -84,7 +84,7 @@ struct Case {
     name: &'static str,
     pid: u32,
     port: u16,
-    expected: &'static [&'static str],
+    expected: Rules,
 }
 
 /// python3 connects once to `ip:port` and lingers 0.3 s (allow rules read the executable).
@@ -136,28 +136,12 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         .spawn()
         .context("starting the bash beacon")?;
 
-    let high: &'static [&'static str] = if sysmon {
-        &[SYSMON_TIER3]
-    } else {
-        &[TIER3, ALERT_HIGH]
-    };
-    let medium: &'static [&'static str] = if sysmon {
-        &[SYSMON_TIER2]
-    } else {
-        &[TIER2, ALERT_MEDIUM]
-    };
-    let low: &'static [&'static str] = if sysmon {
-        &[SYSMON_TIER1]
-    } else {
-        &[TIER1, ALERT_LOW]
-    };
-    let fileless: &'static [&'static str] = if sysmon {
-        &[SYSMON_FILELESS]
-    } else {
-        &[FILELESS, ALERT_MEDIUM]
-    };
+    let high = pick(sysmon, &[TIER3, ALERT_HIGH], &[SYSMON_TIER3]);
+    let medium = pick(sysmon, &[TIER2, ALERT_MEDIUM], &[SYSMON_TIER2]);
+    let low = pick(sysmon, &[TIER1, ALERT_LOW], &[SYSMON_TIER1]);
+    let fileless = pick(sysmon, &[FILELESS, ALERT_MEDIUM], &[SYSMON_FILELESS]);
     // Sysmon-field rules cannot see the host's allow rules: python3 to 6667 is tier 3 there.
-    let allowed: &'static [&'static str] = if sysmon { &[SYSMON_TIER3] } else { &[] };
+    let allowed = pick(sysmon, &[], &[SYSMON_TIER3]);
 
     let memfd = format!(
         "import os\nfd = os.memfd_create('payload', 0)\nos.write(fd, open({connector:?}, 'rb').read())\nos.execve(fd, ['payload', {PUBLIC:?}, '5555'], {{}})"
@@ -275,9 +259,19 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
     Ok((lines, cases))
 }
 
+type Rules = &'static [&'static str];
+
+fn pick(sysmon: bool, ecs: Rules, sysmon_rules: Rules) -> Rules {
+    if sysmon { sysmon_rules } else { ecs }
+}
+
 fn connection_of(v: &Value, pid: u32, port: u16, sysmon: bool) -> bool {
     if sysmon {
-        v["ProcessId"] == pid && v["DestinationPort"] == port
+        // Sysmon's numbers may arrive as JSON numbers or strings.
+        let is = |field: &str, n: u64| {
+            v[field].as_u64() == Some(n) || v[field].as_str() == Some(n.to_string().as_str())
+        };
+        is("ProcessId", pid.into()) && is("DestinationPort", port.into())
     } else {
         sensor_tests::is_connection(v, pid, port)
     }
