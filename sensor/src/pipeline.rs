@@ -4,17 +4,18 @@
 use std::io::Write;
 
 use anyhow::Result;
+use serde_json::{Value, json};
 
 use crate::{
-    clock::BootClock,
-    engine::{self, Engine},
-    events::{Connection, Record},
+    detect::engine::{self, Engine},
+    detect::policy::Policy,
+    detect::score::{self, Subject},
+    enrich::procfs::{self, ProcessInfo},
+    enrich::proctable::ProcTable,
+    enrich::users::Users,
+    kernel::records::{Connection, Record},
+    output::clock::BootClock,
     output::{self, Record as OutRecord},
-    policy::Policy,
-    procs::{self, ProcessInfo},
-    proctable::ProcTable,
-    score::{self, Subject},
-    users::Users,
 };
 
 /// Counters reported in the status events (and, later, as metrics).
@@ -83,7 +84,7 @@ impl Pipeline {
             proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
         }
         let subject = Subject {
-            exe_name: proc.executable.as_deref().map(procs::exe_name),
+            exe_name: proc.executable.as_deref().map(procfs::exe_name),
             comm: &conn.comm,
             content_match: proc.content_match.as_deref(),
             location: proc.location,
@@ -117,6 +118,46 @@ impl Pipeline {
     pub fn set_policy(&mut self, policy: Policy) {
         self.engine.set_policy(policy.clone());
         self.policy = policy;
+    }
+}
+
+/// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
+/// the old policy and says why (stderr and a state event); nothing stops the sensor.
+pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> Value {
+    let host = pipeline.host_name.clone();
+    let Some(path) = path else {
+        log::warn!("SIGHUP: no --config was given, nothing to reload");
+        return output::status(
+            "state",
+            "policy-reload-failed",
+            &host,
+            json!({"error": "no --config was given"}),
+        );
+    };
+    match Policy::load(path) {
+        Ok(policy) => {
+            let rules = policy.allow.len();
+            pipeline.set_policy(policy);
+            log::info!(
+                "SIGHUP: policy reloaded from {} ({rules} allow rules)",
+                path.display()
+            );
+            output::status(
+                "state",
+                "policy-reloaded",
+                &host,
+                json!({"config": path.display().to_string(), "allow_rules": rules}),
+            )
+        }
+        Err(e) => {
+            log::warn!("SIGHUP: keeping the old policy: {e:#}");
+            output::status(
+                "state",
+                "policy-reload-failed",
+                &host,
+                json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
+            )
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
 use log::debug;
 use sha2::{Digest, Sha256};
 
-use crate::{policy::Policy, score::high_risk_entry};
+use crate::{detect::policy::Policy, detect::score::high_risk_entry};
 
 /// Directories the host's own tools live in.
 const BIN_DIRS: &[&str] = &[

@@ -18,7 +18,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::policy::Policy;
+use sensor::{
+    detect::{
+        policy::{DEFAULT_STANDARD_PORTS, Policy},
+        score::{Subject, score},
+    },
+    enrich::procfs::exe_name,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Match {
@@ -102,7 +108,7 @@ fn rule_score(rule: &Rule, p: &Policy, image: &str, dst: IpAddr, port: u16) -> u
 }
 
 fn engine_score(p: &Policy, image: &str, dst: IpAddr, port: u16) -> u8 {
-    crate::engine::score_by_name(p, Some(crate::procs::exe_name(image)), "", dst, port).risk
+    score(p, &Subject::named(Some(exe_name(image)), ""), dst, port).risk
 }
 
 /// (image, destination, port, [engine, splunk, chronicle, sumo, qradar, logscale], why)
@@ -245,10 +251,7 @@ fn the_rules_really_differ_where_the_reference_says() {
     assert_eq!(rule_score(splunk, &p, "/opt/x/notbash", ip, 4444), 3);
     assert_eq!(rule_score(sumo, &p, "/opt/x/notbash", ip, 4444), 1);
     // Chronicle's tier 2 ignores the standard list, for every standard port above 1024.
-    for &port in crate::policy::DEFAULT_STANDARD_PORTS
-        .iter()
-        .filter(|&&p| p > 1024)
-    {
+    for &port in DEFAULT_STANDARD_PORTS.iter().filter(|&&p| p > 1024) {
         assert_eq!(rule_score(chronicle, &p, "/bin/sh", ip, port), 2, "{port}");
         assert_eq!(rule_score(sumo, &p, "/bin/sh", ip, port), 0, "{port}");
         assert_eq!(engine_score(&p, "/bin/sh", ip, port), 0, "{port}");

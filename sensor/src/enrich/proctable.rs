@@ -12,10 +12,10 @@ use std::{
 };
 
 use crate::{
-    cgroups::CgroupMap,
-    events::{Exec, Task},
-    identity::{Identities, suspicious_location},
-    procs::{self, ProcessInfo, Procfs},
+    enrich::cgroups::CgroupMap,
+    enrich::identity::{Identities, suspicious_location},
+    enrich::procfs::{self, ProcessInfo, Procfs},
+    kernel::records::{Exec, Task},
 };
 
 /// Process identity: tgid and start time in clock ticks (the granularity /proc shows, so
@@ -116,6 +116,10 @@ impl ProcTable {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn stats(&self) -> Stats {
@@ -434,12 +438,12 @@ fn is_btrfs(path: &Path) -> bool {
 
 /// Basename chain, nearest ancestor last, for `sshd > bash > python3` at a glance.
 pub fn lineage(info: &ProcessInfo) -> Option<String> {
-    let me = info.executable.as_deref().map(procs::exe_name)?;
+    let me = info.executable.as_deref().map(procfs::exe_name)?;
     let mut names: Vec<&str> = info
         .ancestors
         .iter()
         .rev()
-        .map(|a| procs::exe_name(a))
+        .map(|a| procfs::exe_name(a))
         .collect();
     names.push(me);
     Some(names.join(" > "))
@@ -448,7 +452,7 @@ pub fn lineage(info: &ProcessInfo) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Policy;
+    use crate::detect::policy::Policy;
 
     fn table(cap: usize) -> ProcTable {
         ProcTable::new(

@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::Path};
 use anyhow::{Context, Result, bail};
 use sensor_common::{KernelLayout, OFFSET_UNKNOWN, TracepointLayout};
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 pub const TRACEPOINT_CATEGORY: &str = "sock";
 pub const TRACEPOINT_NAME: &str = "inet_sock_set_state";
@@ -251,7 +251,7 @@ print fmt: \"family=%s\"";
     #[test]
     fn running_kernel_format_matches_reader() {
         // tracefs is found or mounted (in a private mount namespace) as the sensor does.
-        let tracefs = match crate::tracefs::ensure() {
+        let tracefs = match crate::kernel::tracefs::ensure() {
             Ok(t) => t,
             Err(e) => {
                 crate::testing::skip("running_kernel_format_matches_reader", &format!("{e:#}"));

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::policy::Policy;
+use crate::detect::policy::Policy;
 
 /// How the process was found on the high-risk list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,7 +96,6 @@ pub struct Subject<'a> {
 
 impl<'a> Subject<'a> {
     /// A subject known by name only.
-    #[cfg(test)]
     pub fn named(exe_name: Option<&'a str>, comm: &'a str) -> Self {
         Self {
             exe_name,
@@ -196,7 +195,7 @@ pub fn high_risk_entry(policy: &Policy, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{DEFAULT_C2_PORTS, DEFAULT_HIGH_RISK, DEFAULT_STANDARD_PORTS};
+    use crate::detect::policy::{DEFAULT_C2_PORTS, DEFAULT_HIGH_RISK, DEFAULT_STANDARD_PORTS};
 
     const PUBLIC: &str = "203.0.113.7";
 

@@ -16,16 +16,73 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
-    clock::BootClock,
-    events,
-    loader::{self, Environment},
-    output,
-    pipeline::{Counters, Pipeline},
+    cmd::args::host_root,
+    detect::{engine::Engine, policy::Policy},
+    enrich::{identity, procfs::Procfs, proctable::ProcTable, users::Users},
+    kernel::{
+        load::{self, Environment},
+        records,
+    },
+    output::{self, clock::BootClock},
+    pipeline::{self, Counters, Pipeline},
 };
 
+pub use crate::cmd::args::DEFAULT_RING_BUFFER;
+
+/// `sensor run`: everything set up from the command line, then the capture loop.
+pub fn main(args: RunArgs) -> Result<()> {
+    let policy = Policy::load_or_default(args.config.as_deref())?;
+    load::validate_ring_buffer_size(args.ring_buffer_size).context("--ring-buffer-size")?;
+    let host_root = host_root(args.host_root)?;
+    let identities = identity::Identities::scan(&policy, &host_root);
+    let max_delay = Duration::from_millis(args.max_delay);
+    let opts = Options {
+        load: load::Options {
+            ring_buffer_bytes: args.ring_buffer_size,
+            probes: args.probe.order(),
+            kernel_log_level: args.kernel_log.level(),
+            // Wake the reader per quarter ring; the drain timer handles the rest.
+            wakeup_bytes: if args.max_delay == 0 {
+                0
+            } else {
+                u64::from(args.ring_buffer_size / 4)
+            },
+            max_delay,
+        },
+        pipeline: Pipeline {
+            engine: Engine::new(
+                policy.clone(),
+                args.engine.config(args.all),
+                pipeline::host_name(),
+            ),
+            policy,
+            table: ProcTable::new(
+                Procfs::new(args.proc_root),
+                identities,
+                args.max_processes as usize,
+                args.exit_grace,
+            ),
+            users: Users::new(host_root.join("etc/passwd")),
+            host_name: pipeline::host_name(),
+            clock: BootClock::sync(),
+            counters: Default::default(),
+        },
+        stats_interval: args.stats_interval,
+        max_delay,
+        metrics_interval: args.metrics_interval,
+        config: args.config,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(opts))
+}
+
 pub struct Options {
-    pub load: loader::Options,
+    pub load: load::Options,
     pub pipeline: Pipeline,
     pub stats_interval: Duration,
     /// Longest a record waits in the ring buffer when the kernel batches wakeups.
@@ -46,7 +103,7 @@ pub async fn run(opts: Options) -> Result<()> {
         config,
     } = opts;
     let env = Environment::probe();
-    let mut loaded = loader::load(&load, &env)?;
+    let mut loaded = load::load(&load, &env)?;
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
     let losses = loaded.take_losses()?;
@@ -159,7 +216,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 out.flush().context("writing to stdout")?;
             }
             _ = sighup.recv() => {
-                let doc = crate::engine::reload(config.as_deref(), &mut pipeline);
+                let doc = pipeline::reload(config.as_deref(), &mut pipeline);
                 output::write_line(&mut out, &doc)?;
                 out.flush().context("writing to stdout")?;
             }
@@ -212,7 +269,7 @@ fn drain(
         && let Some(item) = rb.next()
     {
         found += 1;
-        let decoded = events::decode(&item);
+        let decoded = records::decode(&item);
         drop(item); // give the slot back to the kernel before slow procfs work
         match decoded {
             Ok(record) => pipeline.handle(&record, out)?,
@@ -252,7 +309,7 @@ fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 
 /// Emits a `pipeline_error` event whenever the kernel's loss counter has grown.
 fn report_losses(
-    losses: &loader::LossCounter,
+    losses: &load::LossCounter,
     reported: &mut u64,
     pipeline: &Pipeline,
     out: &mut impl Write,

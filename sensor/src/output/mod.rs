@@ -3,12 +3,14 @@
 //! UTF-8 (lossy conversion happens in `procs`), so a line can never be split or broken.
 //! Unknown values are left out rather than faked, and listed in `sensor.unknown_fields`.
 
+pub mod clock;
+
 use std::io::Write;
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 
-use crate::{clock, events::Connection, procs::ProcessInfo, score::Verdict};
+use crate::{detect::score::Verdict, enrich::procfs::ProcessInfo, kernel::records::Connection};
 
 pub const RULE_NAME: &str = "Command and control over a non-standard port";
 pub const RULE_ID: &str = "t1571-non-standard-port";
@@ -35,7 +37,7 @@ impl Record<'_> {
         let name = p
             .executable
             .as_deref()
-            .map(crate::procs::exe_name)
+            .map(crate::enrich::procfs::exe_name)
             .unwrap_or(&c.comm);
         let mut unknown = Vec::new();
         for (field, known) in [
@@ -82,7 +84,7 @@ impl Record<'_> {
             "destination": {"ip": c.dst.to_string(), "port": c.dport},
             "network": {
                 "transport": "tcp",
-                "type": if crate::score::canonical(c.dst).is_ipv4() { "ipv4" } else { "ipv6" },
+                "type": if crate::detect::score::canonical(c.dst).is_ipv4() { "ipv4" } else { "ipv6" },
                 "direction": "egress",
             },
             "host": {"name": self.host_name},
@@ -91,7 +93,7 @@ impl Record<'_> {
                 "severity": v.severity(),
                 "process": {
                     "attribution": self.attribution.unwrap_or("none"),
-                    "lineage": crate::proctable::lineage(p),
+                    "lineage": crate::enrich::proctable::lineage(p),
                     "ancestors": if p.ancestors.is_empty() { Value::Null } else { json!(p.ancestors) },
                     "content_match": p.content_match,
                     "location": p.location,
@@ -235,16 +237,20 @@ pub fn write_line(out: &mut impl Write, doc: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{policy::Policy, score::score};
+    use crate::{detect::policy::Policy, detect::score::score};
 
     fn record_json(proc: &ProcessInfo, port: u16) -> Value {
-        let mut raw = crate::events::tests::raw(sensor_common::AF_INET, [0; 16], port);
+        let mut raw = crate::kernel::records::tests::raw(sensor_common::AF_INET, [0; 16], port);
         raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
-        let conn = crate::events::tests::connect(&crate::events::tests::bytes(&raw));
-        let name = proc.executable.as_deref().map(crate::procs::exe_name);
+        let conn =
+            crate::kernel::records::tests::connect(&crate::kernel::records::tests::bytes(&raw));
+        let name = proc
+            .executable
+            .as_deref()
+            .map(crate::enrich::procfs::exe_name);
         let verdict = score(
             &Policy::default(),
-            &crate::score::Subject::named(name, &conn.comm),
+            &crate::detect::score::Subject::named(name, &conn.comm),
             conn.dst,
             conn.dport,
         );

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::glob;
+pub mod glob;
 
 /// Ports seen with known C2 families (WIRTE, PingPull, Contagious Interview, ...).
 pub const DEFAULT_C2_PORTS: &[u16] = &[
@@ -22,7 +22,7 @@ pub const DEFAULT_C2_PORTS: &[u16] = &[
 pub const DEFAULT_STANDARD_PORTS: &[u16] = &[80, 443, 8080, 8443, 53, 25, 3000, 5000, 9000];
 
 /// Shells, interpreters and network tools, by executable basename. Versioned names
-/// (python3.11, ruby3.1) match their base through [`crate::score`]'s normalisation;
+/// (python3.11, ruby3.1) match their base through [`crate::detect::score`]'s normalisation;
 /// the distribution-specific names are listed as installed (`nc.openbsd`).
 pub const DEFAULT_HIGH_RISK: &[&str] = &[
     // shells
@@ -218,7 +218,7 @@ fn exe_matches(patterns: &[String], exe: Option<&str>) -> bool {
         if p.contains('/') {
             glob::matches(p, exe)
         } else {
-            glob::matches(p, crate::procs::exe_name(exe))
+            glob::matches(p, crate::enrich::procfs::exe_name(exe))
         }
     })
 }
@@ -239,7 +239,7 @@ impl AllowRule {
                 }))
             && (self.destination_networks.is_empty()
                 || s.dst.is_some_and(|d| {
-                    let d = crate::score::canonical(d);
+                    let d = crate::detect::score::canonical(d);
                     self.destination_networks.iter().any(|n| n.contains(&d))
                 }))
             && (self.destination_ports.is_empty()
@@ -530,8 +530,13 @@ impl Policy {
         self.allow.iter().find(|r| r.matches(s))
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("writing the policy as TOML")
+    }
+
+    /// The file at `path`, or the built-in defaults when there is none.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
     }
 }
 
@@ -774,7 +779,7 @@ mod tests {
     #[test]
     fn round_trips_through_toml() {
         let p = Policy::default();
-        assert_eq!(Policy::parse(&p.to_toml()).unwrap(), p);
+        assert_eq!(Policy::parse(&p.to_toml().unwrap()).unwrap(), p);
     }
 
     #[test]
@@ -1042,7 +1047,7 @@ container_ids = ["abc*"]
     #[test]
     fn rules_round_trip_through_show() {
         let p = Policy::parse(RULES).unwrap();
-        let shown = p.to_toml();
+        let shown = p.to_toml().unwrap();
         assert!(
             shown.contains("[[allow]]") && shown.contains("1337-1338"),
             "{shown}"
@@ -1134,7 +1139,7 @@ container_ids = ["abc*"]
     }
     #[test]
     fn every_toml_block_in_the_readme_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../../README.md");
         let mut blocks = 0;
         for part in readme.split("```toml\n").skip(1) {
             let block = part.split("```").next().unwrap_or("");

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::container;
+use crate::enrich::container;
 
 /// Directories walked per rescan at most: a runaway tree cannot stall the sensor.
 const MAX_DIRS: usize = 100_000;

@@ -4,7 +4,7 @@
 //! the tp_btf form of each sched tracepoint first, the classic (or raw) one as fallback.
 //! The first that loads and attaches wins; every failure is kept so `sensor check`,
 //! `sensor-started` and the start-up log can say why the others were passed over.
-//! Only the classic tracepoints need tracefs ([`crate::tracefs`]).
+//! Only the classic tracepoints need tracefs ([`crate::kernel::tracefs`]).
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -12,64 +12,23 @@ use aya::{
     maps::Array,
     programs::{BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint},
 };
-use sensor_common::{
-    KernelLayout, PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT, TP_LAYOUT_MAP,
-    TracepointLayout,
-};
+use sensor_common::{KernelLayout, TP_LAYOUT_MAP, TracepointLayout};
 
-use crate::{
+pub use crate::kernel::probe::{AUTO_ORDER, Probe};
+use crate::kernel::{
     layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME},
     tracefs::{self, Tracefs},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    Fentry,
-    Kprobe,
-    TpBtf,
-    Tracepoint,
-}
-
-/// Preference order for `--probe auto`: cheapest and most precise first; the one hook
-/// that needs tracefs last.
-pub const AUTO_ORDER: [Probe; 4] = [
-    Probe::Fentry,
-    Probe::Kprobe,
-    Probe::TpBtf,
-    Probe::Tracepoint,
-];
-
 const TARGET_FN: &str = "tcp_connect";
 
-impl Probe {
-    /// The hook as users see it in logs and in `sensor.probe`.
-    pub fn hook(self) -> &'static str {
-        match self {
-            Probe::Fentry => "fentry/tcp_connect",
-            Probe::Kprobe => "kprobe/tcp_connect",
-            Probe::TpBtf => "tp_btf/inet_sock_set_state",
-            Probe::Tracepoint => "tracepoint/sock/inet_sock_set_state",
-        }
-    }
-
-    /// The program's name in the eBPF object.
-    fn program(self) -> &'static str {
-        match self {
-            Probe::Fentry => "tcp_connect_fentry",
-            Probe::Kprobe => "tcp_connect_kprobe",
-            Probe::TpBtf => "inet_sock_set_state_btf",
-            Probe::Tracepoint => "inet_sock_set_state",
-        }
-    }
-
-    pub fn from_abi(v: u8) -> Option<Self> {
-        match v {
-            PROBE_FENTRY => Some(Probe::Fentry),
-            PROBE_KPROBE => Some(Probe::Kprobe),
-            PROBE_TP_BTF => Some(Probe::TpBtf),
-            PROBE_TRACEPOINT => Some(Probe::Tracepoint),
-            _ => None,
-        }
+/// The program's name in the eBPF object.
+fn program_name(probe: Probe) -> &'static str {
+    match probe {
+        Probe::Fentry => "tcp_connect_fentry",
+        Probe::Kprobe => "tcp_connect_kprobe",
+        Probe::TpBtf => "inet_sock_set_state_btf",
+        Probe::Tracepoint => "inet_sock_set_state",
     }
 }
 
@@ -146,7 +105,7 @@ pub fn attach(
     if probe == Probe::Tracepoint {
         prepare_classic(ebpf)?;
     }
-    let prog = program(ebpf, probe.program())?;
+    let prog = program(ebpf, program_name(probe))?;
     match probe {
         Probe::Fentry => {
             let p: &mut FEntry = prog.try_into()?;
@@ -417,14 +376,5 @@ mod tests {
             (s.chosen, tried),
             (Probe::Tracepoint, vec![Probe::Tracepoint])
         );
-    }
-
-    #[test]
-    fn abi_values_round_trip() {
-        assert_eq!(Probe::from_abi(PROBE_FENTRY), Some(Probe::Fentry));
-        assert_eq!(Probe::from_abi(PROBE_KPROBE), Some(Probe::Kprobe));
-        assert_eq!(Probe::from_abi(PROBE_TP_BTF), Some(Probe::TpBtf));
-        assert_eq!(Probe::from_abi(PROBE_TRACEPOINT), Some(Probe::Tracepoint));
-        assert_eq!(Probe::from_abi(0), None);
     }
 }

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::container;
+use crate::enrich::container;
 
 /// What is known about one process. `None` means unknown (gone, or unreadable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use sensor_common::{
     EVENT_FORK, EXEC_EVENT_SIZE, ExecEvent, TASK_EVENT_SIZE, TaskEvent,
 };
 
-use crate::attach::Probe;
+use crate::kernel::attach::Probe;
 
 /// One outbound TCP connect, as the kernel saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,9 +13,10 @@ use sensor_common::{
 };
 
 use crate::{
-    attach::{self, LifecycleAttach, Probe, Selection},
-    btf, layout,
-    tracefs::{self, Tracefs},
+    kernel::attach::{self, LifecycleAttach, Probe, Selection},
+    kernel::btf,
+    kernel::layout,
+    kernel::tracefs::{self, Tracefs},
 };
 
 /// The kernel program, built by build.rs and embedded so the binary alone is deployable.
@@ -93,7 +94,7 @@ pub fn validate_ring_buffer_size(bytes: u32) -> Result<()> {
 /// Creates the maps (ring buffer included) and parses the programs; attaches nothing.
 pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
     validate_ring_buffer_size(opts.ring_buffer_bytes)?;
-    let p = crate::check::privileges();
+    let p = crate::kernel::privileges::privileges();
     if !p.ok {
         bail!(
             "loading eBPF programs needs root, or CAP_BPF and CAP_PERFMON ({}); `sensor check` lists what else is missing",

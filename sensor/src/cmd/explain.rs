@@ -6,12 +6,12 @@ use std::{net::IpAddr, path::PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::score::MatchedBy;
+use crate::detect::score::MatchedBy;
 use crate::{
-    engine::{Obs, list_verdict},
+    detect::engine::{Obs, list_verdict},
+    detect::policy::Policy,
+    enrich::procfs::exe_name,
     output::severity,
-    policy::Policy,
-    procs::exe_name,
 };
 
 /// `sensor score` arguments.
@@ -50,11 +50,11 @@ pub struct ScoreArgs {
 
 /// `sensor score`: prints the verdict and its reason chain for one connection.
 pub fn run(a: ScoreArgs) -> Result<()> {
-    let policy = crate::load_policy(a.config.as_deref())?;
+    let policy = crate::detect::policy::Policy::load_or_default(a.config.as_deref())?;
     let ts_ns = match &a.time {
-        Some(t) => crate::clock::parse_rfc3339(t)
+        Some(t) => crate::output::clock::parse_rfc3339(t)
             .with_context(|| format!("--time {t:?} is not an RFC 3339 time"))?,
-        None => crate::clock::BootClock::now_unix_ns(),
+        None => crate::output::clock::BootClock::now_unix_ns(),
     };
     let (user_id, user_name) = match a.user {
         Some(u) => match u.parse::<u32>() {
@@ -65,9 +65,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     };
     // Same identity tests as the live sensor: is the file a copy of a listed binary (by
     // content, when it exists here), and is its location suspicious?
-    let content_match = crate::identity::Identities::scan(&policy, std::path::Path::new("/"))
-        .content_match(std::path::Path::new(&a.exe), None);
-    let location = crate::identity::suspicious_location(&a.exe, None).map(str::to_string);
+    let content_match =
+        crate::enrich::identity::Identities::scan(&policy, std::path::Path::new("/"))
+            .content_match(std::path::Path::new(&a.exe), None);
+    let location = crate::enrich::identity::suspicious_location(&a.exe, None).map(str::to_string);
     let obs = Obs {
         ts_ns,
         comm: Some(exe_name(&a.exe).to_string()),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::clock;
+use crate::output::clock;
 
 /// pid, executable (or comm), destination ip, port.
 pub type Key = (Option<u64>, String, String, u16);

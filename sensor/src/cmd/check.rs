@@ -3,47 +3,13 @@
 
 use anyhow::Result;
 
-use crate::{
+use crate::kernel::{
     attach::{self, AUTO_ORDER, Probe},
-    loader::{self, Environment},
+    layout,
+    load::{self, Environment},
+    privileges::privileges,
+    tracefs,
 };
-
-/// Effective capabilities from /proc/self/status.
-fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Whether this process may load and attach the sensor's programs.
-pub struct Privileges {
-    pub ok: bool,
-    /// `euid N, CAP_BPF b, CAP_PERFMON b, CAP_SYS_ADMIN b`, for messages.
-    pub detail: String,
-}
-
-pub fn privileges() -> Privileges {
-    let caps = effective_caps().unwrap_or(0);
-    let has = |c: u32| caps & (1 << c) != 0;
-    Privileges {
-        ok: has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)),
-        detail: format!(
-            "euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}",
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() },
-            has(CAP_BPF),
-            has(CAP_PERFMON),
-            has(CAP_SYS_ADMIN)
-        ),
-    }
-}
 
 /// Returns whether the sensor can run; prints one line per check.
 pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
@@ -73,7 +39,7 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
     line(
         "kernel BTF (/sys/kernel/btf/vmlinux)",
         &match &env.btf_error {
-            None if crate::layout::has_sock_layout(&env.layout) => {
+            None if layout::has_sock_layout(&env.layout) => {
                 "ok: struct sock_common and task_struct offsets found".into()
             }
             None => "present, but struct sock_common offsets not found".into(),
@@ -82,19 +48,19 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
             ),
         },
     );
-    if let Err(e) = loader::validate_ring_buffer_size(ring_buffer_bytes) {
+    if let Err(e) = load::validate_ring_buffer_size(ring_buffer_bytes) {
         line("ring buffer", &format!("FAILED: {e:#}"));
         return Ok(false);
     }
 
-    let opts = loader::Options {
+    let opts = load::Options {
         ring_buffer_bytes,
         probes: AUTO_ORDER.to_vec(),
         kernel_log_level: 0,
         wakeup_bytes: 0,
         max_delay: std::time::Duration::ZERO,
     };
-    match loader::load_object(&opts, &env) {
+    match load::load_object(&opts, &env) {
         Ok(_) => line(
             "ring buffer",
             &format!("ok: {ring_buffer_bytes} bytes created"),
@@ -107,7 +73,7 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
     let mut chosen: Option<Probe> = None;
     for probe in AUTO_ORDER {
         // A fresh object per hook, dropped (detached) right after.
-        let attached = loader::load_object(&opts, &env)
+        let attached = load::load_object(&opts, &env)
             .and_then(|mut ebpf| attach::attach(&mut ebpf, probe, &env.layout, env.btf.as_ref()));
         match attached {
             Ok(()) => {
@@ -118,8 +84,8 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
         }
     }
     // The process table's feed: optional (the sensor runs without it), but reported.
-    match loader::load(
-        &loader::Options {
+    match load::load(
+        &load::Options {
             probes: vec![chosen.unwrap_or(Probe::Tracepoint)],
             ..opts
         },
@@ -144,7 +110,7 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
     // Only the classic tracepoint needs tracefs; say where it is, or that it was mounted.
     line(
         "tracefs (classic tracepoints only)",
-        &match crate::tracefs::ensure() {
+        &match tracefs::ensure() {
             Ok(t) => format!("ok: {}", t.describe()),
             Err(e) => format!("unavailable: {e:#}"),
         },

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Value, json};
 
-use crate::clock;
+use crate::output::clock;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -175,7 +175,7 @@ fn summary(
     capped: u64,
 ) -> Value {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let name = opt(&k.executable).map(|e| crate::procs::exe_name(&e).to_string());
+    let name = opt(&k.executable).map(|e| crate::enrich::procfs::exe_name(&e).to_string());
     let severities: BTreeMap<&str, u64> = [("Low", 0usize), ("Medium", 1), ("High", 2)]
         .into_iter()
         .filter_map(|(n, i)| g.by_risk.get(i).filter(|&&c| c > 0).map(|&c| (n, c)))

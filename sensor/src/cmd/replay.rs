@@ -13,9 +13,10 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::{
-    clock,
-    engine::{self, Engine},
+    cmd::args::EngineArgs,
+    detect::engine::{self, Engine},
     output,
+    output::clock,
 };
 
 /// `sensor replay` arguments.
@@ -29,12 +30,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub all: bool,
     #[command(flatten)]
-    pub engine: engine::EngineArgs,
+    pub engine: EngineArgs,
 }
 
 /// `sensor replay`: FILE, or stdin for `-` or no FILE.
 pub fn run(a: ReplayArgs) -> Result<()> {
-    let policy = crate::load_policy(a.config.as_deref())?;
+    let policy = crate::detect::policy::Policy::load_or_default(a.config.as_deref())?;
     let mut engine = Engine::new(policy, a.engine.config(a.all), "replay".into());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -207,7 +208,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::Config, policy::Policy};
+    use crate::{detect::engine::Config, detect::policy::Policy};
 
     const S: i128 = 1_000_000_000;
 

@@ -12,12 +12,14 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    beacon::{self, Beacon},
-    clock, fold, output,
-    policy::{Policy, Subject},
-    procs::exe_name,
-    rollup::{self, GroupKey},
-    score::{self, Verdict},
+    detect::beacon::{self, Beacon},
+    detect::fold,
+    detect::policy::{Policy, Subject},
+    detect::rollup::{self, GroupKey},
+    detect::score::{self, Verdict},
+    enrich::procfs::exe_name,
+    output,
+    output::clock,
 };
 
 pub const BEACON_RULE_NAME: &str = "Regular-interval beaconing on a non-standard port";
@@ -43,58 +45,6 @@ impl Default for Config {
             fold_ns: 10 * 1_000_000_000,
             fold_max_keys: 4096,
         }
-    }
-}
-
-/// The engine's command-line settings, shared by `run` and `replay`.
-#[derive(clap::Args)]
-pub struct EngineArgs {
-    /// Rollup window, seconds: one summary per (host, executable, user, parent) per window.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_window)]
-    pub rollup_window: f64,
-    /// Flood-control period, seconds: identical alerts within it are folded; 0 disables.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_fold)]
-    pub fold_period: f64,
-    /// Connections at a regular interval before a beacon is flagged (3 to 33: the detector
-    /// keeps the last 33 connection times per destination).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=33))]
-    pub beacon_min_connections: u32,
-}
-
-impl EngineArgs {
-    pub fn config(&self, all: bool) -> Config {
-        let d = Config::default();
-        Config {
-            all,
-            rollup: rollup::Config {
-                window_ns: (self.rollup_window * 1e9) as i128,
-                ..d.rollup
-            },
-            beacon: beacon::Config {
-                min_connections: self.beacon_min_connections as usize,
-                ..d.beacon
-            },
-            fold_ns: (self.fold_period * 1e9) as i128,
-            ..d
-        }
-    }
-}
-
-fn parse_window(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (1.0..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a number of seconds between 1 and 86400"
-        )),
-    }
-}
-
-fn parse_fold(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a number of seconds between 0 and 3600"
-        )),
     }
 }
 
@@ -242,23 +192,6 @@ pub fn list_verdict(policy: &Policy, obs: &Obs) -> Verdict {
         location: obs.location.as_deref(),
     };
     score::score(policy, &subject, dst, obs.port)
-}
-
-/// Scoring by executable name and `comm` alone (the five-rule comparison and tests).
-#[cfg(test)]
-pub fn score_by_name(
-    policy: &Policy,
-    exe_name: Option<&str>,
-    comm: &str,
-    dst: IpAddr,
-    port: u16,
-) -> Verdict {
-    let subject = score::Subject {
-        exe_name,
-        comm,
-        ..Default::default()
-    };
-    score::score(policy, &subject, dst, port)
 }
 
 /// A beacon raises risk by one, to at least Low and at most High.
@@ -474,46 +407,6 @@ impl Engine {
             "rollup_windows": self.rollup.windows_emitted,
             "rollup_connections_in_no_group": self.rollup.capped_total,
         })
-    }
-}
-
-/// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
-/// the old policy and says why (stderr and a state event); nothing stops the sensor.
-pub fn reload(path: Option<&std::path::Path>, pipeline: &mut crate::pipeline::Pipeline) -> Value {
-    let host = pipeline.host_name.clone();
-    let Some(path) = path else {
-        log::warn!("SIGHUP: no --config was given, nothing to reload");
-        return output::status(
-            "state",
-            "policy-reload-failed",
-            &host,
-            json!({"error": "no --config was given"}),
-        );
-    };
-    match Policy::load(path) {
-        Ok(policy) => {
-            let rules = policy.allow.len();
-            pipeline.set_policy(policy);
-            log::info!(
-                "SIGHUP: policy reloaded from {} ({rules} allow rules)",
-                path.display()
-            );
-            output::status(
-                "state",
-                "policy-reloaded",
-                &host,
-                json!({"config": path.display().to_string(), "allow_rules": rules}),
-            )
-        }
-        Err(e) => {
-            log::warn!("SIGHUP: keeping the old policy: {e:#}");
-            output::status(
-                "state",
-                "policy-reload-failed",
-                &host,
-                json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
-            )
-        }
     }
 }
 
@@ -756,10 +649,10 @@ mod tests {
 
     #[test]
     fn live_record_and_its_document_read_the_same() {
-        let mut raw = crate::events::tests::raw(sensor_common::AF_INET, [0; 16], 4444);
+        let mut raw = crate::kernel::records::tests::raw(sensor_common::AF_INET, [0; 16], 4444);
         raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
-        let c = crate::events::tests::connect(&crate::events::tests::bytes(&raw));
-        let proc = crate::procs::ProcessInfo {
+        let c = crate::kernel::records::tests::connect(&crate::kernel::records::tests::bytes(&raw));
+        let proc = crate::enrich::procfs::ProcessInfo {
             executable: Some("/usr/bin/nc.openbsd".into()),
             args: Some(vec!["nc".into()]),
             ppid: Some(1),
@@ -769,10 +662,9 @@ mod tests {
             location: Some("tmp"),
             ..Default::default()
         };
-        let v = score_by_name(
+        let v = score::score(
             &Policy::default(),
-            Some("nc.openbsd"),
-            &c.comm,
+            &score::Subject::named(Some("nc.openbsd"), &c.comm),
             c.dst,
             c.dport,
         );
@@ -792,7 +684,7 @@ mod tests {
             (obs.content_match.as_deref(), obs.location.as_deref()),
             (Some("nc"), Some("tmp"))
         );
-        let gone = crate::procs::ProcessInfo::default();
+        let gone = crate::enrich::procfs::ProcessInfo::default();
         let r = output::Record {
             proc: &gone,
             user_name: None,

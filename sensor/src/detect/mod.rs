@@ -1,0 +1,9 @@
+//! What a connection means: the policy, the T1571 score, and the engine (allow rules,
+//! beacons, rollups, flood control) that turns it into a typed decision.
+
+pub mod beacon;
+pub mod engine;
+pub mod fold;
+pub mod policy;
+pub mod rollup;
+pub mod score;
