@@ -18,12 +18,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use sensor::{
-    detect::{
-        policy::{DEFAULT_STANDARD_PORTS, Policy},
-        score::{Subject, score},
-    },
-    enrich::procfs::exe_name,
+use sensor::detect::{
+    policy::{DEFAULT_STANDARD_PORTS, Policy},
+    score::score,
+    subject::Subject,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +106,7 @@ fn rule_score(rule: &Rule, p: &Policy, image: &str, dst: IpAddr, port: u16) -> u
 }
 
 fn engine_score(p: &Policy, image: &str, dst: IpAddr, port: u16) -> u8 {
-    score(p, &Subject::named(Some(exe_name(image)), ""), dst, port).risk
+    score(p, &Subject::named(Some(image), "").to(dst, port)).risk
 }
 
 /// (image, destination, port, [engine, splunk, chronicle, sumo, qradar, logscale], why)

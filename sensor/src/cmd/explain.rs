@@ -4,14 +4,19 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::detect::score::MatchedBy;
 use crate::{
-    detect::engine::{Obs, list_verdict},
-    detect::policy::Policy,
-    enrich::procfs::exe_name,
-    output::severity,
+    detect::{
+        policy::Policy,
+        score::{MatchedBy, high_risk_entry, score, severity},
+        subject::{Subject, parse_time},
+    },
+    enrich::{
+        identity::{Identities, suspicious_location},
+        procfs::exe_name,
+    },
+    output::clock::BootClock,
 };
 
 /// `sensor score` arguments.
@@ -50,11 +55,12 @@ pub struct ScoreArgs {
 
 /// `sensor score`: prints the verdict and its reason chain for one connection.
 pub fn run(a: ScoreArgs) -> Result<()> {
-    let policy = crate::detect::policy::Policy::load_or_default(a.config.as_deref())?;
+    let policy = Policy::load_or_default(a.config.as_deref())?;
     let ts_ns = match &a.time {
-        Some(t) => crate::output::clock::parse_rfc3339(t)
-            .with_context(|| format!("--time {t:?} is not an RFC 3339 time"))?,
-        None => crate::output::clock::BootClock::now_unix_ns(),
+        Some(t) => {
+            parse_time(t).with_context(|| format!("--time {t:?} is not an RFC 3339 time"))?
+        }
+        None => BootClock::now_unix_ns(),
     };
     let (user_id, user_name) = match a.user {
         Some(u) => match u.parse::<u32>() {
@@ -66,10 +72,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     // Same identity tests as the live sensor: is the file a copy of a listed binary (by
     // content, when it exists here), and is its location suspicious?
     let content_match =
-        crate::enrich::identity::Identities::scan(&policy, std::path::Path::new("/"))
+        Identities::scan(|n| high_risk_entry(&policy, n), std::path::Path::new("/"))
             .content_match(std::path::Path::new(&a.exe), None);
-    let location = crate::enrich::identity::suspicious_location(&a.exe, None).map(str::to_string);
-    let obs = Obs {
+    let location = suspicious_location(&a.exe, None).map(str::to_string);
+    let subject = Subject {
         ts_ns,
         comm: Some(exe_name(&a.exe).to_string()),
         content_match,
@@ -79,30 +85,57 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         parent_executable: a.parent,
         user_id,
         user_name,
-        dst: Some(a.dst),
+        dst: a.dst,
         port: a.port,
         host_name: a.host,
         container_id: a.container,
         kubernetes_namespace: a.k8s_namespace,
     };
-    let doc = explain(&policy, &obs);
+    let e = explain(&policy, &subject);
     if a.json {
-        println!("{doc}");
+        println!(
+            "{}",
+            serde_json::to_value(&e).context("writing the explanation as JSON")?
+        );
     } else {
-        print!("{}", render(&doc));
+        print!("{}", render(&e));
     }
     Ok(())
 }
 
-/// The verdict and its reason chain, as JSON (`--json` prints it as is).
-pub fn explain(policy: &Policy, obs: &Obs) -> Value {
-    let v = list_verdict(policy, obs);
-    let allow = policy.allow_rule(&obs.subject());
+/// One check of the chain.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub check: &'static str,
+    pub matched: bool,
+    pub detail: String,
+}
+
+/// The verdict and its reason chain (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub verdict: &'static str,
+    pub risk_score: u8,
+    pub severity: Option<&'static str>,
+    pub list_risk_score: u8,
+    pub allow_rule: Option<String>,
+    pub steps: Vec<Step>,
+    pub note: &'static str,
+}
+
+/// Scores `obs` and says why, step by step.
+pub fn explain(policy: &Policy, obs: &Subject) -> Explanation {
+    let v = score(policy, obs);
+    let allow = policy.allow_rule(obs);
     let mut steps = Vec::new();
-    let mut step = |check: &str, matched: bool, detail: String| {
-        steps.push(json!({"check": check, "matched": matched, "detail": detail}));
+    let mut step = |check: &'static str, matched: bool, detail: String| {
+        steps.push(Step {
+            check,
+            matched,
+            detail,
+        });
     };
-    let dst = obs.dst.map(|d| d.to_string()).unwrap_or_default();
+    let dst = obs.dst.to_string();
     match v.excluded_by {
         Some(net) => step(
             "excluded_networks",
@@ -194,41 +227,44 @@ pub fn explain(policy: &Policy, obs: &Obs) -> Value {
         ),
     }
     let risk = if suppressed { 0 } else { v.risk };
-    json!({
-        "verdict": if suppressed { "suppressed" } else if risk > 0 { "alert" } else { "no alert" },
-        "risk_score": risk,
-        "severity": severity(risk),
-        "list_risk_score": v.risk,
-        "allow_rule": allow.filter(|_| suppressed).map(|r| r.name.clone()),
-        "steps": steps,
-        "note": "beacon detection needs a series of connections: see `sensor replay`",
-    })
+    Explanation {
+        verdict: if suppressed {
+            "suppressed"
+        } else if risk > 0 {
+            "alert"
+        } else {
+            "no alert"
+        },
+        risk_score: risk,
+        severity: severity(risk),
+        list_risk_score: v.risk,
+        allow_rule: allow.filter(|_| suppressed).map(|r| r.name.clone()),
+        steps,
+        note: "beacon detection needs a series of connections: see `sensor replay`",
+    }
 }
 
 /// The same, for people.
-pub fn render(doc: &Value) -> String {
+pub fn render(e: &Explanation) -> String {
     let mut out = format!(
         "verdict: {} (risk {}{})\n",
-        doc["verdict"].as_str().unwrap_or("?"),
-        doc["risk_score"],
-        doc["severity"]
-            .as_str()
-            .map(|s| format!(", {s}"))
-            .unwrap_or_default()
+        e.verdict,
+        e.risk_score,
+        e.severity.map(|s| format!(", {s}")).unwrap_or_default()
     );
-    if let Some(rule) = doc["allow_rule"].as_str() {
+    if let Some(rule) = &e.allow_rule {
         out.push_str(&format!(
             "suppressed by allow rule {rule:?}; without it: risk {}\n",
-            doc["list_risk_score"]
+            e.list_risk_score
         ));
     }
-    for (i, s) in doc["steps"].as_array().into_iter().flatten().enumerate() {
+    for (i, s) in e.steps.iter().enumerate() {
         out.push_str(&format!(
             "  {}. [{}] {}: {}\n",
             i + 1,
-            if s["matched"] == true { "x" } else { " " },
-            s["check"].as_str().unwrap_or(""),
-            s["detail"].as_str().unwrap_or("")
+            if s.matched { "x" } else { " " },
+            s.check,
+            s.detail
         ));
     }
     out
@@ -237,25 +273,31 @@ pub fn render(doc: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
-    fn obs(exe: &str, dst: &str, port: u16) -> Obs {
-        Obs {
-            executable: Some(exe.into()),
-            dst: dst.parse().ok(),
-            port,
+    fn obs(exe: &str, dst: &str, port: u16) -> Subject {
+        Subject {
             ts_ns: 1_800_000_000_000_000_000,
-            ..Default::default()
+            comm: None,
+            ..Subject::named(Some(exe), "").to(dst.parse().unwrap(), port)
         }
+    }
+
+    /// The explanation and its JSON form (`--json`).
+    fn explained(p: &Policy, s: &Subject) -> (Explanation, Value) {
+        let e = explain(p, s);
+        let j = json!(e);
+        (e, j)
     }
 
     #[test]
     fn chain_names_the_lists_and_the_rule() {
         let p = Policy::default();
-        let d = explain(&p, &obs("/usr/bin/curl", "203.0.113.7", 8088));
+        let (e, d) = explained(&p, &obs("/usr/bin/curl", "203.0.113.7", 8088));
         assert_eq!(d["verdict"], "alert");
         assert_eq!(d["risk_score"], 3);
         assert_eq!(d["severity"], "High");
-        let text = render(&d);
+        let text = render(&e);
         assert!(
             text.contains("[x] high_risk_executables") && text.contains("\"curl\""),
             "{text}"
@@ -270,22 +312,22 @@ mod tests {
             "[[allow]]\nname = \"dev\"\nreason = \"local dev server\"\nexecutables = [\"curl\"]\ndestination_ports = [8088]\n",
         )
         .unwrap();
-        let d = explain(&p, &obs("/usr/bin/curl", "203.0.113.7", 8088));
+        let (e, d) = explained(&p, &obs("/usr/bin/curl", "203.0.113.7", 8088));
         assert_eq!(d["verdict"], "suppressed");
         assert_eq!(d["risk_score"], 0);
         assert_eq!(d["list_risk_score"], 3);
         assert_eq!(d["allow_rule"], "dev");
-        let text = render(&d);
+        let text = render(&e);
         assert!(text.contains("allow rule \"dev\" matches (executable curl and port 8088), reason: local dev server"), "{text}");
 
-        let d = explain(&p, &obs("/usr/bin/curl", "10.1.1.1", 8088));
+        let (e, d) = explained(&p, &obs("/usr/bin/curl", "10.1.1.1", 8088));
         assert_eq!(d["verdict"], "no alert");
-        assert!(render(&d).contains("10.1.1.1 is in 10.0.0.0/8"));
+        assert!(render(&e).contains("10.1.1.1 is in 10.0.0.0/8"));
         assert!(
             d["allow_rule"].is_null(),
             "a rule on a non-alert suppresses nothing"
         );
-        let d = explain(&p, &obs("/usr/sbin/nginx", "203.0.113.7", 5555));
-        assert!(render(&d).contains("no tier applies"));
+        let (e, _) = explained(&p, &obs("/usr/sbin/nginx", "203.0.113.7", 5555));
+        assert!(render(&e).contains("no tier applies"));
     }
 }

@@ -7,6 +7,7 @@
 use std::{
     io::{BufRead, Write},
     path::PathBuf,
+    sync::Arc,
 };
 
 use anyhow::{Context, Result};
@@ -14,9 +15,8 @@ use serde_json::{Value, json};
 
 use crate::{
     cmd::args::EngineArgs,
-    detect::engine::{self, Engine},
-    output,
-    output::clock,
+    detect::{engine::Engine, policy::Policy, subject::is_connection},
+    output::{self, clock},
 };
 
 /// `sensor replay` arguments.
@@ -35,8 +35,8 @@ pub struct ReplayArgs {
 
 /// `sensor replay`: FILE, or stdin for `-` or no FILE.
 pub fn run(a: ReplayArgs) -> Result<()> {
-    let policy = crate::detect::policy::Policy::load_or_default(a.config.as_deref())?;
-    let mut engine = Engine::new(policy, a.engine.config(a.all), "replay".into());
+    let policy = Policy::load_or_default(a.config.as_deref())?;
+    let mut engine = Engine::new(Arc::new(policy), a.engine.config(a.all));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut err = std::io::stderr();
@@ -67,9 +67,12 @@ pub struct Summary {
     pub blank: u64,
 }
 
+/// The host name replayed engine events carry.
+const HOST: &str = "replay";
+
 /// Replays `input` into `out`; problems with single lines go to `err`.
 pub fn replay(
-    engine: &mut Engine,
+    engine: &mut Engine<Value>,
     mut input: impl BufRead,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -143,23 +146,18 @@ pub fn replay(
                 continue;
             }
         };
-        if !engine::is_connection(&doc) {
+        if !is_connection(&doc) {
             s.skipped += 1;
             continue;
         }
         match engine.connection(doc) {
             Ok(o) => {
                 s.connections += 1;
-                if let Some(t) = o
-                    .lines
-                    .iter()
-                    .filter_map(|l| l["@timestamp"].as_str().and_then(clock::parse_rfc3339))
-                    .max()
-                {
+                if let Some(t) = o.lines.iter().map(|l| l.ts_ns()).max() {
                     last_ts = Some(last_ts.map_or(t, |l: i128| l.max(t)));
                 }
                 for line in &o.lines {
-                    output::write_line(out, line)?;
+                    output::write_line(out, &output::render(line, HOST))?;
                 }
             }
             Err(e) => {
@@ -170,12 +168,12 @@ pub fn replay(
     }
     let end = last_ts.unwrap_or_else(clock::BootClock::now_unix_ns);
     for line in engine.finish(end) {
-        output::write_line(out, &line)?;
+        output::write_line(out, &output::render(&line, HOST))?;
     }
     let mut doc = output::status(
         "state",
         "replay-summary",
-        "replay",
+        HOST,
         json!({
             "replay": {
                 "lines": s.lines,
@@ -184,7 +182,7 @@ pub fn replay(
                 "skipped_lines": s.skipped,
                 "blank_lines": s.blank,
             },
-            "engine": engine.stats_json(),
+            "engine": engine.report(),
         }),
     );
     if let Some(o) = doc.as_object_mut() {
@@ -208,7 +206,7 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{detect::engine::Config, detect::policy::Policy};
+    use crate::detect::engine::Config;
 
     const S: i128 = 1_000_000_000;
 
@@ -225,11 +223,7 @@ mod tests {
     }
 
     fn run(policy: &str, input: &str) -> (Summary, Vec<Value>, String) {
-        let mut e = Engine::new(
-            Policy::parse(policy).unwrap(),
-            Config::default(),
-            "replay".into(),
-        );
+        let mut e = Engine::new(Arc::new(Policy::parse(policy).unwrap()), Config::default());
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let s = replay(&mut e, input.as_bytes(), &mut out, &mut err).unwrap();
         let lines = String::from_utf8(out)
@@ -256,7 +250,7 @@ mod tests {
         .join("\n");
         let mut bytes = input.into_bytes();
         bytes.extend_from_slice(b"\n\xff\xfe\n");
-        let mut e = Engine::new(Policy::default(), Config::default(), "r".into());
+        let mut e = Engine::new(Arc::new(Policy::default()), Config::default());
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let s = replay(&mut e, &bytes[..], &mut out, &mut err).unwrap();
         let err = String::from_utf8(err).unwrap();
@@ -324,7 +318,7 @@ mod tests {
         input.push(b'\n');
         input.extend_from_slice(line("/usr/bin/nc", 1, 4444, t0).as_bytes());
         input.push(b'\n');
-        let mut e = Engine::new(Policy::default(), Config::default(), "r".into());
+        let mut e = Engine::new(Arc::new(Policy::default()), Config::default());
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let s = replay(&mut e, &input[..], &mut out, &mut err).unwrap();
         assert_eq!((s.lines, s.malformed, s.connections), (2, 1, 1));

@@ -4,6 +4,7 @@ use std::{
     io::{BufWriter, Write},
     os::fd::AsRawFd,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,7 +20,7 @@ use tokio::{
 pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
     cmd::args::host_root,
-    detect::{engine::Engine, policy::Policy},
+    detect::{engine::Engine, policy::Policy, score::high_risk_entry},
     enrich::{identity, procfs::Procfs, proctable::ProcTable, users::Users},
     kernel::{
         load::{self, Environment},
@@ -36,7 +37,7 @@ pub fn main(args: RunArgs) -> Result<()> {
     let policy = Policy::load_or_default(args.config.as_deref())?;
     load::validate_ring_buffer_size(args.ring_buffer_size).context("--ring-buffer-size")?;
     let host_root = host_root(args.host_root)?;
-    let identities = identity::Identities::scan(&policy, &host_root);
+    let identities = identity::Identities::scan(|name| high_risk_entry(&policy, name), &host_root);
     let max_delay = Duration::from_millis(args.max_delay);
     let opts = Options {
         load: load::Options {
@@ -52,12 +53,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             max_delay,
         },
         pipeline: Pipeline {
-            engine: Engine::new(
-                policy.clone(),
-                args.engine.config(args.all),
-                pipeline::host_name(),
-            ),
-            policy,
+            engine: Engine::new(Arc::new(policy), args.engine.config(args.all)),
             table: ProcTable::new(
                 Procfs::new(args.proc_root),
                 identities,
@@ -164,7 +160,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "process_hooks": lifecycle,
         "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},
         "ring_buffer_bytes": load.ring_buffer_bytes,
-        "engine": pipeline.engine.config_json(),
+        "engine": pipeline.engine.config_report(),
     });
     output::write_line(
         &mut out,
@@ -210,9 +206,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
                 report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
-                for line in pipeline.engine.tick(BootClock::now_unix_ns()) {
-                    output::write_line(&mut out, &line)?;
-                }
+                pipeline.tick(BootClock::now_unix_ns(), &mut out)?;
                 out.flush().context("writing to stdout")?;
             }
             _ = sighup.recv() => {
@@ -230,9 +224,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
-    for line in pipeline.engine.finish(BootClock::now_unix_ns()) {
-        output::write_line(&mut out, &line)?;
-    }
+    pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
     let Counters {
         connections,
         attributed,
@@ -295,7 +287,7 @@ fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
         "lost_events_total": lost,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
-        "engine": pipeline.engine.stats_json(),
+        "engine": pipeline.engine.report(),
     })
 }
 

@@ -17,7 +17,10 @@
 //! total but not as a new gap (a client opening two sockets per beat is one beat).
 //! Memory is bounded: at most [`Config::max_keys`] keys, least recently seen evicted first.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
 
 /// Gaps kept per key: enough for stable quartiles, small enough to bound memory.
 /// Connection times kept per key: WINDOW + 1 times, WINDOW gaps. `--beacon-min-connections`
@@ -47,7 +50,7 @@ impl Default for Config {
 }
 
 /// (executable or comm, destination ip, port).
-pub type Key = (String, String, u16);
+pub type Key = (String, IpAddr, u16);
 
 /// What the statistics say about one key's gaps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +80,18 @@ pub struct Beacon {
     pub last_seen_ns: i128,
     /// True on the connection that made the key a beacon (emit the beacon event then).
     pub new: bool,
+}
+
+impl Beacon {
+    /// The interval in seconds as reported: to the millisecond.
+    pub fn interval_rounded(&self) -> f64 {
+        round_ms(self.stats.interval_s)
+    }
+}
+
+/// Seconds to the millisecond, as beacon statistics are reported.
+pub fn round_ms(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 struct Track {
@@ -238,7 +253,7 @@ mod tests {
     const S: i128 = 1_000_000_000;
 
     fn key() -> Key {
-        ("/usr/bin/bash".into(), "203.0.113.7".into(), 9001)
+        ("/usr/bin/bash".into(), [203, 0, 113, 7].into(), 9001)
     }
 
     /// Feeds `gaps` (seconds) and returns the first connection number flagged, if any.
@@ -403,7 +418,10 @@ mod tests {
             max_keys: 100,
         });
         for i in 0..10_000u32 {
-            d.observe(("x".into(), i.to_string(), 9001), i128::from(i) * S);
+            d.observe(
+                ("x".into(), IpAddr::from(i.to_be_bytes()), 9001),
+                i128::from(i) * S,
+            );
         }
         assert_eq!(d.keys(), 100);
         assert_eq!(d.evicted, 9_900);
@@ -414,7 +432,10 @@ mod tests {
         });
         for i in 0..10i128 {
             d.observe(key(), i * 10 * S);
-            d.observe(("y".into(), i.to_string(), 1), i * 10 * S + 1);
+            d.observe(
+                ("y".into(), IpAddr::from((i as u32).to_be_bytes()), 1),
+                i * 10 * S + 1,
+            );
         }
         assert!(
             d.observe(key(), 100 * S).is_some(),

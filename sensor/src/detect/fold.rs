@@ -1,29 +1,52 @@
 //! Flood control: identical alerts (same pid, executable, destination, port) within a
 //! period are folded. The first is printed at once (no added latency for a new alert);
 //! repeats within the period are held and printed as one line at the period's end, the
-//! last repeat carrying `sensor.folded_count` = how many connections it stands for. Every
-//! printed alert has `sensor.folded_count`, so summing it counts every connection.
+//! last repeat standing for all of them (`count`, and `first_ns` for the first repeat's
+//! time). Every printed alert carries its count, so summing them counts every connection.
 
-use std::collections::HashMap;
-
-use serde_json::{Value, json};
-
-use crate::output::clock;
+use std::{collections::HashMap, net::IpAddr};
 
 /// pid, executable (or comm), destination ip, port.
-pub type Key = (Option<u64>, String, String, u16);
+pub type Key = (Option<u64>, String, IpAddr, u16);
 
-struct Entry {
+/// An alert leaving flood control: the alert itself (the last of the repeats it stands
+/// for), how many connections it stands for, and when the first repeat was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded<T> {
+    pub item: T,
+    pub state: FoldState,
+}
+
+/// `sensor.folded_count`, and for held repeats, the first one's time (`event.start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoldState {
+    pub count: u64,
+    pub first_ns: Option<i128>,
+}
+
+impl<T> Folded<T> {
+    fn single(item: T) -> Self {
+        Self {
+            item,
+            state: FoldState {
+                count: 1,
+                first_ns: None,
+            },
+        }
+    }
+}
+
+struct Entry<T> {
     start_ns: i128,
     held: u64,
     first_held_ns: i128,
-    last: Option<Value>,
+    last: Option<T>,
 }
 
-pub struct Fold {
+pub struct Fold<T> {
     period_ns: i128,
     max_keys: usize,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, Entry<T>>,
     last_scan_ns: i128,
     /// Connections that were folded into a later line.
     pub folded: u64,
@@ -31,7 +54,7 @@ pub struct Fold {
     pub table_full: u64,
 }
 
-impl Fold {
+impl<T> Fold<T> {
     pub fn new(period_ns: i128, max_keys: usize) -> Self {
         Self {
             period_ns,
@@ -45,11 +68,10 @@ impl Fold {
 
     /// Offers one alert; returns what to print now (possibly nothing, possibly a folded
     /// line of an earlier period as well).
-    pub fn offer(&mut self, key: Key, mut doc: Value, ts: i128) -> Vec<Value> {
+    pub fn offer(&mut self, key: Key, item: T, ts: i128) -> Vec<Folded<T>> {
         let mut out = self.advance(ts);
         if self.period_ns <= 0 {
-            set_count(&mut doc, 1, None);
-            out.push(doc);
+            out.push(Folded::single(item));
             return out;
         }
         if let Some(e) = self.entries.get_mut(&key) {
@@ -59,7 +81,7 @@ impl Fold {
                 }
                 e.held += 1;
                 self.folded += 1;
-                e.last = Some(doc);
+                e.last = Some(item);
                 return out;
             }
             if let Some(line) = self.entries.remove(&key).and_then(finish) {
@@ -79,14 +101,13 @@ impl Fold {
                 },
             );
         }
-        set_count(&mut doc, 1, None);
-        out.push(doc);
+        out.push(Folded::single(item));
         out
     }
 
     /// Folded lines of every period that has ended by `now_ns`. Scans at most once per
     /// tenth of a period so a replay calling this per line stays linear.
-    pub fn advance(&mut self, now_ns: i128) -> Vec<Value> {
+    pub fn advance(&mut self, now_ns: i128) -> Vec<Folded<T>> {
         if now_ns < self.last_scan_ns.saturating_add(self.period_ns / 10) {
             return Vec::new();
         }
@@ -98,7 +119,7 @@ impl Fold {
             .filter(|(_, e)| now_ns >= e.start_ns + period)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut out: Vec<(i128, Value)> = done
+        let mut out: Vec<(i128, Folded<T>)> = done
             .into_iter()
             .filter_map(|k| self.entries.remove(&k))
             .filter_map(|e| {
@@ -111,40 +132,21 @@ impl Fold {
     }
 
     /// Everything held (at exit or the end of a replay).
-    pub fn flush(&mut self) -> Vec<Value> {
+    pub fn flush(&mut self) -> Vec<Folded<T>> {
         self.last_scan_ns = i128::MIN;
         self.advance(i128::MAX)
     }
 }
 
 /// The held repeats of one period as one line, or nothing if there were none.
-fn finish(e: Entry) -> Option<Value> {
-    let mut doc = e.last?;
-    let first = e.first_held_ns;
-    set_count(&mut doc, e.held, Some(first));
-    Some(doc)
-}
-
-fn set_count(doc: &mut Value, n: u64, first_ns: Option<i128>) {
-    let ts = doc.get("@timestamp").cloned();
-    let Some(obj) = doc.as_object_mut() else {
-        return;
-    };
-    let sensor = obj.entry("sensor").or_insert_with(|| json!({}));
-    if let Some(sensor) = sensor.as_object_mut() {
-        sensor.insert("folded_count".into(), json!(n));
-    }
-    // A folded line spans its connections: event.start is the first repeat, event.end
-    // (like @timestamp) the last.
-    if let (Some(first), Some(event)) = (
-        first_ns,
-        obj.get_mut("event").and_then(Value::as_object_mut),
-    ) {
-        event.insert("start".into(), json!(clock::rfc3339(first)));
-        if let Some(ts) = ts {
-            event.insert("end".into(), ts);
-        }
-    }
+fn finish<T>(e: Entry<T>) -> Option<Folded<T>> {
+    Some(Folded {
+        item: e.last?,
+        state: FoldState {
+            count: e.held,
+            first_ns: Some(e.first_held_ns),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -154,17 +156,21 @@ mod tests {
     const S: i128 = 1_000_000_000;
 
     fn key(pid: u64) -> Key {
-        (Some(pid), "/usr/bin/nc".into(), "203.0.113.7".into(), 4444)
+        (
+            Some(pid),
+            "/usr/bin/nc".into(),
+            [203, 0, 113, 7].into(),
+            4444,
+        )
     }
 
-    fn doc(i: i128) -> Value {
-        json!({"@timestamp": clock::rfc3339(i), "event": {"kind": "alert"}, "sensor": {}})
+    /// An alert is its timestamp here.
+    fn doc(i: i128) -> i128 {
+        i
     }
 
-    fn count(v: &[Value]) -> u64 {
-        v.iter()
-            .map(|d| d["sensor"]["folded_count"].as_u64().unwrap())
-            .sum()
+    fn count(v: &[Folded<i128>]) -> u64 {
+        v.iter().map(|d| d.state.count).sum()
     }
 
     #[test]
@@ -175,12 +181,13 @@ mod tests {
             out.extend(f.offer(key(1), doc(i * S / 10), i * S / 10));
         }
         assert_eq!(out.len(), 1, "only the first is printed at once");
-        assert_eq!(out[0]["sensor"]["folded_count"], 1);
+        assert_eq!(out[0].state.count, 1);
         let later = f.advance(11 * S);
         assert_eq!(later.len(), 1);
-        assert_eq!(later[0]["sensor"]["folded_count"], 49);
-        assert_eq!(later[0]["event"]["start"], clock::rfc3339(S / 10));
-        assert_eq!(later[0]["event"]["end"], clock::rfc3339(49 * S / 10));
+        assert_eq!(later[0].state.count, 49);
+        // event.start is the first repeat's time, event.end (the line itself) the last's.
+        assert_eq!(later[0].state.first_ns, Some(S / 10));
+        assert_eq!(later[0].item, 49 * S / 10);
         assert_eq!(f.folded, 49);
     }
 
@@ -216,7 +223,9 @@ mod tests {
     #[test]
     fn zero_period_disables_folding() {
         let mut f = Fold::new(0, 100);
-        let out: Vec<_> = (0..5).flat_map(|i| f.offer(key(1), doc(i), i)).collect();
+        let out: Vec<_> = (0..5i128)
+            .flat_map(|i| f.offer(key(1), doc(i), i))
+            .collect();
         assert_eq!(out.len(), 5);
     }
 }

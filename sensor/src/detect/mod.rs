@@ -2,8 +2,10 @@
 //! beacons, rollups, flood control) that turns it into a typed decision.
 
 pub mod beacon;
+pub mod decision;
 pub mod engine;
 pub mod fold;
 pub mod policy;
 pub mod rollup;
 pub mod score;
+pub mod subject;

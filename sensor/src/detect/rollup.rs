@@ -4,11 +4,7 @@
 //! at most `max_groups` groups and `max_distinct` destinations and ports per group; what did
 //! not fit is counted and reported in the summaries, never silently dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use serde_json::{Value, json};
-
-use crate::output::clock;
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -36,19 +32,19 @@ pub struct GroupKey {
     pub parent: String,
 }
 
-#[derive(Debug, Default)]
-struct Group {
-    connections: u64,
-    destinations: BTreeSet<String>,
+#[derive(Debug, Default, Clone)]
+pub struct Group {
+    pub connections: u64,
+    pub destinations: BTreeSet<String>,
     /// Connections whose destination was new but not stored (set full).
-    destinations_capped: u64,
-    ports: BTreeSet<u16>,
-    ports_capped: u64,
-    max_risk: u8,
+    pub destinations_capped: u64,
+    pub ports: BTreeSet<u16>,
+    pub ports_capped: u64,
+    pub max_risk: u8,
     /// Connections per risk 1..=3.
-    by_risk: [u64; 3],
-    first_ns: i128,
-    last_ns: i128,
+    pub by_risk: [u64; 3],
+    pub first_ns: i128,
+    pub last_ns: i128,
 }
 
 pub struct Rollup {
@@ -79,7 +75,7 @@ impl Rollup {
     }
 
     /// Summaries of every window that ended at or before `now_ns`.
-    pub fn advance(&mut self, now_ns: i128) -> Vec<Value> {
+    pub fn advance(&mut self, now_ns: i128) -> Vec<Summary> {
         match self.window_start {
             Some(start) if now_ns >= start + self.cfg.window_ns => {
                 let out = self.emit(start, start + self.cfg.window_ns, false);
@@ -91,7 +87,7 @@ impl Rollup {
     }
 
     /// Adds one alert; returns the summaries of a window this alert closed.
-    pub fn add(&mut self, key: GroupKey, dst: &str, port: u16, risk: u8, ts: i128) -> Vec<Value> {
+    pub fn add(&mut self, key: GroupKey, dst: &str, port: u16, risk: u8, ts: i128) -> Vec<Summary> {
         let out = self.advance(ts);
         if self.window_start.is_none() {
             self.window_start = Some(self.align(ts));
@@ -138,14 +134,14 @@ impl Rollup {
     }
 
     /// Everything still open (at exit, or the end of a replay), marked partial.
-    pub fn flush(&mut self, now_ns: i128) -> Vec<Value> {
+    pub fn flush(&mut self, now_ns: i128) -> Vec<Summary> {
         match self.window_start.take() {
             Some(start) => self.emit(start, now_ns.max(start), true),
             None => Vec::new(),
         }
     }
 
-    fn emit(&mut self, start: i128, end: i128, partial: bool) -> Vec<Value> {
+    fn emit(&mut self, start: i128, end: i128, partial: bool) -> Vec<Summary> {
         let capped = std::mem::take(&mut self.capped_connections);
         let mut groups: Vec<(GroupKey, Group)> = self.groups.drain().collect();
         groups.sort_by(|(ka, a), (kb, b)| {
@@ -160,68 +156,30 @@ impl Rollup {
         let n = groups.len();
         groups
             .into_iter()
-            .map(|(k, g)| summary(&k, &g, start, end, partial, n, capped))
+            .map(|(key, group)| Summary {
+                key,
+                group,
+                window_start_ns: start,
+                window_end_ns: end,
+                partial,
+                groups_in_window: n,
+                connections_in_no_group: capped,
+            })
             .collect()
     }
 }
 
-fn summary(
-    k: &GroupKey,
-    g: &Group,
-    start: i128,
-    end: i128,
-    partial: bool,
-    groups: usize,
-    capped: u64,
-) -> Value {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let name = opt(&k.executable).map(|e| crate::enrich::procfs::exe_name(&e).to_string());
-    let severities: BTreeMap<&str, u64> = [("Low", 0usize), ("Medium", 1), ("High", 2)]
-        .into_iter()
-        .filter_map(|(n, i)| g.by_risk.get(i).filter(|&&c| c > 0).map(|&c| (n, c)))
-        .collect();
-    let mut doc = json!({
-        "@timestamp": clock::rfc3339(end),
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["info"],
-            "action": "alert-rollup",
-            "module": "sensor",
-            "dataset": "sensor.rollup",
-            "risk_score": g.max_risk,
-            "severity": g.max_risk,
-            "start": clock::rfc3339(g.first_ns),
-            "end": clock::rfc3339(g.last_ns),
-        },
-        "host": {"name": opt(&k.host)},
-        "process": {
-            "executable": opt(&k.executable).filter(|e| e.contains('/')),
-            "name": name,
-            "parent": {"executable": opt(&k.parent)},
-        },
-        "user": {"name": opt(&k.user)},
-        "sensor": {
-            "severity": crate::output::severity(g.max_risk),
-            "rollup": {
-                "window_start": clock::rfc3339(start),
-                "window_end": clock::rfc3339(end),
-                "window_seconds": (end - start) as f64 / 1e9,
-                "partial_window": partial,
-                "connections": g.connections,
-                "distinct_destinations": g.destinations.len(),
-                "destinations": g.destinations,
-                "destinations_not_listed": g.destinations_capped,
-                "ports": g.ports,
-                "ports_not_listed": g.ports_capped,
-                "severities": severities,
-                "groups_in_window": groups,
-                "connections_in_no_group": capped,
-            },
-        },
-    });
-    crate::output::prune(&mut doc);
-    doc
+/// One group's summary of one window (`alert-rollup`).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub key: GroupKey,
+    pub group: Group,
+    pub window_start_ns: i128,
+    pub window_end_ns: i128,
+    /// The window was cut short (exit, end of a replay).
+    pub partial: bool,
+    pub groups_in_window: usize,
+    pub connections_in_no_group: u64,
 }
 
 #[cfg(test)]
@@ -237,59 +195,6 @@ mod tests {
             user: "root".into(),
             parent: "/usr/bin/bash".into(),
         }
-    }
-
-    #[test]
-    fn one_summary_per_group_sorted_by_risk_then_count() {
-        let mut r = Rollup::new(Config::default());
-        let t0 = 1_800_000_000 * S; // aligned to 300 s
-        for i in 0..5 {
-            assert!(
-                r.add(key("/usr/bin/systemd"), "203.0.113.1", 4444, 1, t0 + i * S)
-                    .is_empty()
-            );
-        }
-        r.add(key("/usr/bin/nc"), "203.0.113.7", 4444, 3, t0 + 10 * S);
-        r.add(key("/usr/bin/nc"), "203.0.113.8", 9001, 3, t0 + 20 * S);
-        r.add(key("/usr/bin/nc"), "203.0.113.8", 5555, 2, t0 + 30 * S);
-        for i in 0..2 {
-            r.add(key("/usr/bin/curl"), "203.0.113.9", 8088, 3, t0 + i * S);
-        }
-        assert!(r.advance(t0 + 299 * S).is_empty(), "window still open");
-        let out = r.advance(t0 + 300 * S);
-        let exes: Vec<_> = out
-            .iter()
-            .map(|v| v["process"]["executable"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(exes, ["/usr/bin/nc", "/usr/bin/curl", "/usr/bin/systemd"]);
-        let nc = &out[0];
-        assert_eq!(nc["event"]["action"], "alert-rollup");
-        assert_eq!(nc["event"]["risk_score"], 3);
-        assert_eq!(nc["sensor"]["severity"], "High");
-        let ru = &nc["sensor"]["rollup"];
-        assert_eq!(ru["connections"], 3);
-        assert_eq!(ru["distinct_destinations"], 2);
-        assert_eq!(ru["ports"], json!([4444, 5555, 9001]));
-        assert_eq!(ru["severities"], json!({"High": 2, "Medium": 1}));
-        assert_eq!(nc["event"]["start"], clock::rfc3339(t0 + 10 * S));
-        assert_eq!(nc["event"]["end"], clock::rfc3339(t0 + 30 * S));
-        assert_eq!(ru["window_seconds"], 300.0);
-        assert_eq!(nc["user"]["name"], "root");
-        assert_eq!(nc["process"]["parent"]["executable"], "/usr/bin/bash");
-        assert!(r.advance(t0 + 900 * S).is_empty(), "emitted once");
-    }
-
-    #[test]
-    fn an_alert_in_a_later_window_closes_the_earlier_one() {
-        let mut r = Rollup::new(Config::default());
-        let t0 = 1_800_000_000 * S;
-        r.add(key("/a"), "203.0.113.1", 4444, 1, t0);
-        let out = r.add(key("/a"), "203.0.113.1", 4444, 1, t0 + 301 * S);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0]["sensor"]["rollup"]["connections"], 1);
-        let rest = r.flush(t0 + 400 * S);
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0]["sensor"]["rollup"]["partial_window"], true);
     }
 
     #[test]
@@ -324,17 +229,12 @@ mod tests {
         );
         let out = r.flush(t0 + 300 * S);
         assert_eq!(out.len(), 50);
-        let in_groups: u64 = out
-            .iter()
-            .map(|v| v["sensor"]["rollup"]["connections"].as_u64().unwrap())
-            .sum();
-        let no_group = out[0]["sensor"]["rollup"]["connections_in_no_group"]
-            .as_u64()
-            .unwrap();
+        let in_groups: u64 = out.iter().map(|v| v.group.connections).sum();
+        let no_group = out[0].connections_in_no_group;
         assert!(no_group > 0);
         assert_eq!(in_groups + no_group, n);
-        let ru = &out[0]["sensor"]["rollup"];
-        assert_eq!(ru["distinct_destinations"], 16);
-        assert!(ru["destinations_not_listed"].as_u64().unwrap() > 0);
+        let g = &out[0].group;
+        assert_eq!(g.destinations.len(), 16);
+        assert!(g.destinations_capped > 0);
     }
 }

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::detect::policy::Policy;
+use crate::{
+    detect::{policy::Policy, subject::Subject},
+    kernel::records::canonical,
+};
 
 /// How the process was found on the high-risk list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,16 +44,17 @@ pub struct Verdict {
     pub excluded_by: Option<IpNet>,
 }
 
-impl Verdict {
-    pub fn severity(&self) -> Option<&'static str> {
-        match self.risk {
-            3 => Some("High"),
-            2 => Some("Medium"),
-            1 => Some("Low"),
-            _ => None,
-        }
+/// `High`, `Medium`, `Low` for risk 3, 2, 1: the one mapping, for every event kind.
+pub fn severity(risk: u8) -> Option<&'static str> {
+    match risk {
+        3 => Some("High"),
+        2 => Some("Medium"),
+        1 => Some("Low"),
+        _ => None,
     }
+}
 
+impl Verdict {
     /// Which lists matched, in words, for `event.reason`.
     pub fn reasons(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -81,48 +85,26 @@ impl Verdict {
     }
 }
 
-/// What is known of the connecting process's identity.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Subject<'a> {
-    /// The executable's basename, when known.
-    pub exe_name: Option<&'a str>,
-    /// The task's comm: stands in only when the executable is unknown.
-    pub comm: &'a str,
-    /// The list entry the executable is a copy of, by content.
-    pub content_match: Option<&'a str>,
-    /// A suspicious location (memfd, deleted, tmp, ...).
-    pub location: Option<&'a str>,
-}
-
-impl<'a> Subject<'a> {
-    /// A subject known by name only.
-    pub fn named(exe_name: Option<&'a str>, comm: &'a str) -> Self {
-        Self {
-            exe_name,
-            comm,
-            ..Default::default()
-        }
-    }
-}
-
 fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
     let hit = |entry: String, matched_by| Some(HighRisk { entry, matched_by });
-    if let Some(name) = s.exe_name {
+    if let Some(name) = s.exe_name() {
         if let Some(e) = high_risk_entry(policy, name) {
             return hit(e, MatchedBy::Executable);
         }
-    } else if let Some(e) = high_risk_entry(policy, s.comm) {
+    } else if let Some(e) = high_risk_entry(policy, s.comm.as_deref().unwrap_or("")) {
         return hit(e, MatchedBy::Comm);
     }
-    if let Some(e) = s.content_match {
-        return hit(e.to_string(), MatchedBy::Content);
+    if let Some(e) = &s.content_match {
+        return hit(e.clone(), MatchedBy::Content);
     }
     s.location
+        .as_deref()
         .and_then(|l| hit(format!("<{l}>"), MatchedBy::Location))
 }
 
 /// Scores one connection.
-pub fn score(policy: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
+pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
+    let (dst, port) = (subject.dst, subject.port);
     let high_risk = high_risk(policy, subject);
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
@@ -154,14 +136,6 @@ pub fn excluded_network(policy: &Policy, ip: IpAddr) -> Option<IpNet> {
         .iter()
         .find(|n| n.contains(&ip))
         .copied()
-}
-
-/// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The list entry `name` matches: exactly, or after removing a version suffix
@@ -199,8 +173,13 @@ mod tests {
 
     const PUBLIC: &str = "203.0.113.7";
 
+    /// Scores `subject` as a connection to `dst`:`port`.
+    fn sc(p: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
+        score(p, &subject.clone().to(dst, port))
+    }
+
     fn s(exe: Option<&str>, port: u16) -> Verdict {
-        score(
+        sc(
             &Policy::default(),
             &Subject::named(exe, "comm"),
             PUBLIC.parse().unwrap(),
@@ -275,15 +254,15 @@ mod tests {
         let dst = PUBLIC.parse().unwrap();
         // A renamed comm does not make a benign executable high-risk...
         assert_eq!(
-            score(&p, &Subject::named(Some("nginx"), "bash"), dst, 5555).risk,
+            sc(&p, &Subject::named(Some("nginx"), "bash"), dst, 5555).risk,
             0
         );
         // ...nor a high-risk executable benign.
         assert_eq!(
-            score(&p, &Subject::named(Some("curl"), "kworker/0:1"), dst, 5555).risk,
+            sc(&p, &Subject::named(Some("curl"), "kworker/0:1"), dst, 5555).risk,
             2
         );
-        let v = score(&p, &Subject::named(None, "curl"), dst, 5555);
+        let v = sc(&p, &Subject::named(None, "curl"), dst, 5555);
         assert_eq!(v.risk, 2);
         assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
     }
@@ -293,41 +272,38 @@ mod tests {
         let p = Policy::default();
         let dst = PUBLIC.parse().unwrap();
         let copy = Subject {
-            exe_name: Some("update-agent"),
-            comm: "update-agent",
-            content_match: Some("curl"),
+            content_match: Some("curl".into()),
             location: None,
+            ..Subject::named(Some("update-agent"), "update-agent")
         };
-        let v = score(&p, &copy, dst, 4444);
+        let v = sc(&p, &copy, dst, 4444);
         assert_eq!(
             (v.risk, v.high_risk.as_ref().unwrap().matched_by),
             (3, MatchedBy::Content)
         );
         assert!(v.reasons()[0].contains("content"));
         let memfd = Subject {
-            exe_name: Some("x"),
-            comm: "x",
             content_match: None,
-            location: Some("memfd"),
+            location: Some("memfd".into()),
+            ..Subject::named(Some("x"), "x")
         };
-        let v = score(&p, &memfd, dst, 5555);
+        let v = sc(&p, &memfd, dst, 5555);
         assert_eq!(
             (v.risk, v.high_risk.unwrap().matched_by),
             (2, MatchedBy::Location)
         );
         // A listed name wins over the other signals; nothing flagged stays tier 1 at most.
         let both = Subject {
-            exe_name: Some("curl"),
-            comm: "c",
-            content_match: Some("wget"),
-            location: Some("tmp"),
+            content_match: Some("wget".into()),
+            location: Some("tmp".into()),
+            ..Subject::named(Some("curl"), "c")
         };
         assert_eq!(
-            score(&p, &both, dst, 4444).high_risk.unwrap().matched_by,
+            sc(&p, &both, dst, 4444).high_risk.unwrap().matched_by,
             MatchedBy::Executable
         );
         assert_eq!(
-            score(&p, &Subject::named(Some("x"), "curl"), dst, 4444).risk,
+            sc(&p, &Subject::named(Some("x"), "curl"), dst, 4444).risk,
             1,
             "comm ignored when exe known"
         );
@@ -352,7 +328,7 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
         ] {
-            let v = score(
+            let v = sc(
                 &p,
                 &Subject::named(Some("nc"), "nc"),
                 ip.parse().unwrap(),
@@ -374,7 +350,7 @@ mod tests {
             "100.64.0.1",
         ] {
             assert_eq!(
-                score(
+                sc(
                     &p,
                     &Subject::named(Some("nc"), "nc"),
                     ip.parse().unwrap(),
@@ -390,17 +366,17 @@ mod tests {
     #[test]
     fn reasons_and_severity() {
         let v = s(Some("nc.openbsd"), 4444);
-        assert_eq!(v.severity(), Some("High"));
+        assert_eq!(severity(v.risk), Some("High"));
         let r = v.reasons().join("; ");
         assert!(r.contains("nc.openbsd") && r.contains("c2_ports"), "{r}");
-        assert_eq!(s(Some("python3"), 5555).severity(), Some("Medium"));
+        assert_eq!(severity(s(Some("python3"), 5555).risk), Some("Medium"));
         assert!(
             s(Some("python3"), 5555)
                 .reasons()
                 .join(" ")
                 .contains("standard_ports")
         );
-        assert_eq!(s(Some("nginx"), 4444).severity(), Some("Low"));
-        assert_eq!(s(Some("nginx"), 80).severity(), None);
+        assert_eq!(severity(s(Some("nginx"), 4444).risk), Some("Low"));
+        assert_eq!(severity(s(Some("nginx"), 80).risk), None);
     }
 }

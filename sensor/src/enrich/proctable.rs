@@ -452,12 +452,11 @@ pub fn lineage(info: &ProcessInfo) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::policy::Policy;
 
     fn table(cap: usize) -> ProcTable {
         ProcTable::new(
             Procfs::new("/nonexistent-proc"),
-            Identities::scan(&Policy::default(), Path::new("/nonexistent")),
+            Identities::scan(|_| None, Path::new("/nonexistent")),
             cap,
             Duration::from_millis(50),
         )

@@ -9,7 +9,15 @@ use sensor_common::{
     EVENT_FORK, EXEC_EVENT_SIZE, ExecEvent, TASK_EVENT_SIZE, TaskEvent,
 };
 
-use crate::kernel::attach::Probe;
+use crate::kernel::probe::Probe;
+
+/// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// One outbound TCP connect, as the kernel saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

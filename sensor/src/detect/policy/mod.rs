@@ -3,7 +3,7 @@
 //! translation; `--config PATH` replaces (top-level keys) or extends (`[extend]`) the lists
 //! and adds `[[allow]]` rules. Every error names the line and column it comes from.
 
-use std::{collections::BTreeSet, net::IpAddr, ops::Range, path::Path};
+use std::{collections::BTreeSet, ops::Range, path::Path};
 
 use anyhow::{Context, Result, anyhow};
 use ipnet::IpNet;
@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub mod glob;
+
+use crate::{detect::subject::Subject, enrich::procfs::exe_name, kernel::records::canonical};
 
 /// Ports seen with known C2 families (WIRTE, PingPull, Contagious Interview, ...).
 pub const DEFAULT_C2_PORTS: &[u16] = &[
@@ -195,21 +197,6 @@ impl Schedule {
     }
 }
 
-/// What an allow rule is matched against: one connection, as far as it is known.
-#[derive(Debug, Clone, Default)]
-pub struct Subject<'a> {
-    pub executable: Option<&'a str>,
-    pub parent_executable: Option<&'a str>,
-    pub user_id: Option<u32>,
-    pub user_name: Option<&'a str>,
-    pub dst: Option<IpAddr>,
-    pub port: u16,
-    pub container_id: Option<&'a str>,
-    pub kubernetes_namespace: Option<&'a str>,
-    pub host_name: Option<&'a str>,
-    pub unix_s: Option<i64>,
-}
-
 /// An executable pattern with a `/` is matched against the full path, otherwise against
 /// the basename; either way against the executable, never `comm`, which any process sets.
 fn exe_matches(patterns: &[String], exe: Option<&str>) -> bool {
@@ -218,7 +205,7 @@ fn exe_matches(patterns: &[String], exe: Option<&str>) -> bool {
         if p.contains('/') {
             glob::matches(p, exe)
         } else {
-            glob::matches(p, crate::enrich::procfs::exe_name(exe))
+            glob::matches(p, exe_name(exe))
         }
     })
 }
@@ -229,29 +216,32 @@ fn any_glob(patterns: &[String], value: Option<&str>) -> bool {
 
 impl AllowRule {
     pub fn matches(&self, s: &Subject) -> bool {
-        (self.executables.is_empty() || exe_matches(&self.executables, s.executable))
+        (self.executables.is_empty() || exe_matches(&self.executables, s.executable.as_deref()))
             && (self.parent_executables.is_empty()
-                || exe_matches(&self.parent_executables, s.parent_executable))
+                || exe_matches(&self.parent_executables, s.parent_executable.as_deref()))
             && (self.users.is_empty()
                 || self.users.iter().any(|u| match u.parse::<u32>() {
                     Ok(uid) => s.user_id == Some(uid),
-                    Err(_) => s.user_name.is_some_and(|n| glob::matches(u, n)),
+                    Err(_) => s.user_name.as_deref().is_some_and(|n| glob::matches(u, n)),
                 }))
-            && (self.destination_networks.is_empty()
-                || s.dst.is_some_and(|d| {
-                    let d = crate::detect::score::canonical(d);
-                    self.destination_networks.iter().any(|n| n.contains(&d))
-                }))
+            && (self.destination_networks.is_empty() || {
+                let d = canonical(s.dst);
+                self.destination_networks.iter().any(|n| n.contains(&d))
+            })
             && (self.destination_ports.is_empty()
                 || self.destination_ports.iter().any(|r| r.contains(s.port)))
-            && (self.container_ids.is_empty() || any_glob(&self.container_ids, s.container_id))
+            && (self.container_ids.is_empty()
+                || any_glob(&self.container_ids, s.container_id.as_deref()))
             && (self.kubernetes_namespaces.is_empty()
-                || any_glob(&self.kubernetes_namespaces, s.kubernetes_namespace))
-            && (self.host_names.is_empty() || any_glob(&self.host_names, s.host_name))
+                || any_glob(
+                    &self.kubernetes_namespaces,
+                    s.kubernetes_namespace.as_deref(),
+                ))
+            && (self.host_names.is_empty() || any_glob(&self.host_names, s.host_name.as_deref()))
             && self
                 .schedule
                 .as_ref()
-                .is_none_or(|w| s.unix_s.is_some_and(|t| w.contains(t)))
+                .is_none_or(|w| s.unix_s().is_some_and(|t| w.contains(t)))
     }
 
     /// The conditions in words, for `sensor score`'s reason chain.
@@ -849,13 +839,10 @@ parent_executables = ["make"]
 container_ids = ["abc*"]
 "#;
 
-    fn subject(exe: &str, port: u16) -> Subject<'_> {
+    fn subject(exe: &str, port: u16) -> Subject {
         Subject {
-            executable: Some(exe),
-            dst: "203.0.113.7".parse().ok(),
-            port,
-            host_name: Some("h"),
-            ..Default::default()
+            host_name: Some("h".into()),
+            ..Subject::named(Some(exe), exe_name(exe)).to("203.0.113.7".parse().unwrap(), port)
         }
     }
 
@@ -894,9 +881,9 @@ container_ids = ["abc*"]
             "anchored name"
         );
         let mut s = subject("/usr/bin/node", 8088);
-        s.dst = "198.51.100.1".parse().ok();
+        s.dst = "198.51.100.1".parse().unwrap();
         assert_eq!(hit(&s), None, "network not in rule");
-        s.dst = "::ffff:203.0.113.9".parse().ok();
+        s.dst = "::ffff:203.0.113.9".parse().unwrap();
         assert_eq!(
             hit(&s).as_deref(),
             Some("dev servers"),
@@ -910,39 +897,39 @@ container_ids = ["abc*"]
         // 2026-11-23 is a Monday; 08:00Z = 10:00 local.
         let monday_0800z = 1_795_392_000 + 8 * 3600;
         let mut s = subject("/usr/bin/nc", 4444);
-        s.user_name = Some("pentester");
-        s.unix_s = Some(monday_0800z);
+        s.user_name = Some("pentester".into());
+        s.ts_ns = i128::from(monday_0800z) * 1_000_000_000;
         assert_eq!(hit(&s).as_deref(), Some("pentest"));
-        s.unix_s = Some(monday_0800z + 8 * 3600); // 18:00 local
+        s.ts_ns = i128::from(monday_0800z + 8 * 3600) * 1_000_000_000; // 18:00 local
         assert_eq!(hit(&s), None, "after hours");
-        s.unix_s = Some(monday_0800z - 2 * 86_400); // Saturday
+        s.ts_ns = i128::from(monday_0800z - 2 * 86_400) * 1_000_000_000; // Saturday
         assert_eq!(hit(&s), None, "weekend");
-        s.unix_s = None;
+        s.ts_ns = i128::MAX; // beyond any calendar: no time known
         assert_eq!(hit(&s), None, "unknown time never suppresses");
-        s.unix_s = Some(monday_0800z);
+        s.ts_ns = i128::from(monday_0800z) * 1_000_000_000;
         s.port = 1338;
         assert_eq!(hit(&s).as_deref(), Some("pentest"), "range");
         s.port = 1339;
         assert_eq!(hit(&s), None);
         let mut s = subject("/usr/bin/nc", 1337);
         s.user_id = Some(1001);
-        s.unix_s = Some(monday_0800z);
+        s.ts_ns = i128::from(monday_0800z) * 1_000_000_000;
         assert_eq!(hit(&s).as_deref(), Some("pentest"), "numeric user is a uid");
         s.user_id = Some(1002);
         assert_eq!(hit(&s), None);
 
         let mut s = subject("/usr/bin/curl", 9001);
         assert_eq!(hit(&s), None, "namespace unknown: no match");
-        s.kubernetes_namespace = Some("monitoring");
+        s.kubernetes_namespace = Some("monitoring".into());
         assert_eq!(hit(&s).as_deref(), Some("k8s agent"));
 
         let mut s = subject("/usr/bin/curl", 9001);
-        s.host_name = Some("ci-7");
-        s.parent_executable = Some("/usr/bin/make");
+        s.host_name = Some("ci-7".into());
+        s.parent_executable = Some("/usr/bin/make".into());
         assert_eq!(hit(&s), None, "container unknown");
-        s.container_id = Some("abcdef");
+        s.container_id = Some("abcdef".into());
         assert_eq!(hit(&s).as_deref(), Some("ci hosts"));
-        s.host_name = Some("prod-1");
+        s.host_name = Some("prod-1".into());
         assert_eq!(hit(&s), None);
     }
 
@@ -1100,30 +1087,30 @@ container_ids = ["abc*"]
             );
             let user = rule.users.first().cloned().unwrap_or("nobody".into());
             let good = Subject {
-                executable: Some(&exe),
-                user_name: Some(&user),
-                dst: "198.51.100.9".parse().ok(),
+                executable: Some(exe.clone()),
+                user_name: Some(user.clone()),
+                dst: "198.51.100.9".parse().unwrap(),
                 port,
-                ..Default::default()
+                ..Subject::named(None, "")
             };
             assert!(rule.matches(&good), "{rule:?}");
             if use_exe {
                 let s = Subject {
-                    executable: Some("/usr/bin/zzz"),
+                    executable: Some("/usr/bin/zzz".into()),
                     ..good.clone()
                 };
                 assert!(!rule.matches(&s));
             }
             if use_user {
                 let s = Subject {
-                    user_name: Some("zzz"),
+                    user_name: Some("zzz".into()),
                     ..good.clone()
                 };
                 assert!(!rule.matches(&s));
             }
             if use_net {
                 let s = Subject {
-                    dst: "192.0.2.1".parse().ok(),
+                    dst: "192.0.2.1".parse().unwrap(),
                     ..good.clone()
                 };
                 assert!(!rule.matches(&s));
