@@ -21,6 +21,8 @@ pub struct Counters {
     pub attributed: u64,
     pub alerts: u64,
     pub malformed: u64,
+    /// Reads of the kernel's loss counter that failed (the sensor carries on).
+    pub loss_read_errors: u64,
     pub execs: u64,
     pub forks: u64,
     pub exits: u64,

@@ -205,7 +205,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
-                report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+                report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
                 pipeline.tick(BootClock::now_unix_ns(), &mut out)?;
                 out.flush().context("writing to stdout")?;
             }
@@ -223,7 +223,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
         }
     }
-    report_losses(&losses, &mut lost_reported, &pipeline, &mut out)?;
+    report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
     let Counters {
         connections,
@@ -285,6 +285,8 @@ fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
         "alerts": c.alerts,
         "malformed_records": c.malformed,
         "lost_events_total": lost,
+        "loss_counter_read_errors": c.loss_read_errors,
+        "passwd_read_errors": pipeline.users.read_errors,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
@@ -303,10 +305,19 @@ fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 fn report_losses(
     losses: &load::LossCounter,
     reported: &mut u64,
-    pipeline: &Pipeline,
+    pipeline: &mut Pipeline,
     out: &mut impl Write,
 ) -> Result<()> {
-    let total = losses.total()?;
+    // One failed read of the counter is no reason to stop capturing: counted, reported
+    // in the metrics, and read again at the next interval.
+    let total = match losses.total() {
+        Ok(total) => total,
+        Err(e) => {
+            pipeline.counters.loss_read_errors += 1;
+            warn!("{e:#}; read again at the next interval");
+            return Ok(());
+        }
+    };
     if total > *reported {
         let delta = total - *reported;
         warn!(

@@ -154,12 +154,18 @@ mod tests {
     fn maps_a_new_cgroup_by_its_id() {
         let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
         let Some(root) = map.root.clone() else {
-            eprintln!("skipped: no cgroup2 mount");
+            crate::testing::skip(
+                "maps_a_new_cgroup_by_its_id",
+                "no cgroup2 mount in /proc/self/mountinfo",
+            );
             return;
         };
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: creating a cgroup needs root");
+            crate::testing::skip(
+                "maps_a_new_cgroup_by_its_id",
+                "creating a cgroup needs root",
+            );
             return;
         }
         let name = format!("t1571-unit-{}", std::process::id());
@@ -180,7 +186,10 @@ mod tests {
     fn maps_this_process_cgroup() {
         let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
         let Some(root) = map.root.clone() else {
-            eprintln!("skipped: no cgroup2 mount");
+            crate::testing::skip(
+                "maps_this_process_cgroup",
+                "no cgroup2 mount in /proc/self/mountinfo",
+            );
             return;
         };
         // Our own cgroup's directory inode is our cgroup id; the map must name it.

@@ -10,12 +10,19 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::Read,
-    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt},
+    io::{Read, Seek},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::Path,
 };
 
 use log::debug;
+use object::{
+    Endianness, FileKind, elf,
+    read::{
+        ReadCache,
+        elf::{FileHeader, ProgramHeader},
+    },
+};
 use sha2::{Digest, Sha256};
 
 /// Directories the host's own tools live in.
@@ -32,7 +39,7 @@ const MAX_HASHED: u64 = 256 << 20;
 /// Bound on cached file identities.
 const CACHE_CAP: usize = 16_384;
 /// Bounds on what the ELF note walk reads.
-const MAX_PHDRS: u64 = 256;
+const MAX_PHDRS: usize = 256;
 const MAX_NOTE_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,61 +79,44 @@ fn open_regular(path: &Path, expect_ino: Option<u64>) -> Option<(File, std::fs::
     Some((f, meta))
 }
 
-/// The GNU build-id from an ELF64 little-endian file's PT_NOTE segments.
+/// The GNU build-id from an ELF file's PT_NOTE segments (32 or 64-bit, either byte
+/// order), parsed by `object` over a read cache: only the header, the program headers and
+/// note segments of at most [`MAX_NOTE_BYTES`] are read.
 pub fn build_id(f: &File) -> Option<Vec<u8>> {
-    let mut eh = [0u8; 64];
-    f.read_exact_at(&mut eh, 0).ok()?;
-    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return None;
+    let cache = ReadCache::new(f);
+    match FileKind::parse(&cache).ok()? {
+        FileKind::Elf32 => notes_build_id::<elf::FileHeader32<Endianness>>(&cache),
+        FileKind::Elf64 => notes_build_id::<elf::FileHeader64<Endianness>>(&cache),
+        _ => None,
     }
-    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
-    let u32_at = |b: &[u8], o: usize| {
-        b.get(o..o + 4)
-            .and_then(|x| x.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
-    let u64_at = |b: &[u8], o: usize| {
-        b.get(o..o + 8)
-            .and_then(|x| x.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    let phoff = u64_at(&eh, 0x20)?;
-    let phentsize = u64::from(u16_at(&eh, 0x36)?);
-    let phnum = u64::from(u16_at(&eh, 0x38)?).min(MAX_PHDRS);
-    if phentsize < 56 {
-        return None;
-    }
-    for i in 0..phnum {
-        let mut ph = [0u8; 56];
-        f.read_exact_at(&mut ph, phoff.checked_add(i.checked_mul(phentsize)?)?)
-            .ok()?;
-        if u32_at(&ph, 0)? != 4 {
-            continue; // not PT_NOTE
+}
+
+fn notes_build_id<Elf: FileHeader<Endian = Endianness>>(
+    data: &ReadCache<&File>,
+) -> Option<Vec<u8>> {
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let phdrs = header.program_headers(endian, data).ok()?;
+    for ph in phdrs.iter().take(MAX_PHDRS) {
+        if ph.p_filesz(endian).into() > MAX_NOTE_BYTES {
+            continue;
         }
-        let (off, size) = (u64_at(&ph, 8)?, u64_at(&ph, 32)?.min(MAX_NOTE_BYTES));
-        let mut notes = vec![0u8; usize::try_from(size).ok()?];
-        f.read_exact_at(&mut notes, off).ok()?;
-        let mut at = 0usize;
-        while at + 12 <= notes.len() {
-            let namesz = usize::try_from(u32_at(&notes, at)?).ok()?;
-            let descsz = usize::try_from(u32_at(&notes, at + 4)?).ok()?;
-            let kind = u32_at(&notes, at + 8)?;
-            let name_at = at + 12;
-            let desc_at = name_at.checked_add(namesz.checked_add(3)? & !3)?;
-            let next = desc_at.checked_add(descsz.checked_add(3)? & !3)?;
-            if kind == 3 && notes.get(name_at..name_at + namesz)? == b"GNU\0" {
-                return notes
-                    .get(desc_at..desc_at + descsz)
-                    .map(<[u8]>::to_vec)
-                    .filter(|d| !d.is_empty());
+        let Ok(Some(mut notes)) = ph.notes(endian, data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                let id = note.desc();
+                return (!id.is_empty()).then(|| id.to_vec());
             }
-            at = next;
         }
     }
     None
 }
 
-fn sha256(f: &File, size: u64) -> Option<[u8; 32]> {
+fn sha256(mut f: &File, size: u64) -> Option<[u8; 32]> {
+    // The build-id reader moved the file position.
+    f.rewind().ok()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut r = f.take(size);

@@ -1,5 +1,7 @@
 //! uid -> user name from the host's account database, cached. Re-read when a uid is not
 //! found and the file changed, so users added after start-up resolve.
+//! Hand-written rather than through libc's getpwuid: the file is the host's (under
+//! `--host-root`), not this process's NSS view, and a split on ':' is all it takes.
 
 use std::{collections::HashMap, path::PathBuf, time::SystemTime};
 
@@ -7,6 +9,8 @@ pub struct Users {
     path: PathBuf,
     names: HashMap<u32, String>,
     mtime: Option<SystemTime>,
+    /// Reads of the file that failed (names then stay unknown); reported in metrics.
+    pub read_errors: u64,
 }
 
 impl Users {
@@ -15,6 +19,7 @@ impl Users {
             path: path.into(),
             names: HashMap::new(),
             mtime: None,
+            read_errors: 0,
         };
         u.reload();
         u
@@ -28,9 +33,20 @@ impl Users {
             return;
         }
         self.mtime = mtime;
-        self.names = std::fs::read(&self.path)
-            .map(|b| parse_passwd(&String::from_utf8_lossy(&b)))
-            .unwrap_or_default();
+        match std::fs::read(&self.path) {
+            Ok(b) => self.names = parse_passwd(&String::from_utf8_lossy(&b)),
+            Err(e) => {
+                // Said once per failing streak, counted every time.
+                if self.read_errors == 0 || !self.names.is_empty() {
+                    log::warn!(
+                        "cannot read {}: {e}; user names stay unknown until it can be read",
+                        self.path.display()
+                    );
+                }
+                self.read_errors += 1;
+                self.names.clear();
+            }
+        }
     }
 
     pub fn name(&mut self, uid: u32) -> Option<&str> {
@@ -76,5 +92,13 @@ mod tests {
         let mut u = Users::new("/etc/passwd");
         assert_eq!(u.name(0), Some("root"));
         assert_eq!(u.name(4_000_000_000), None);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_counted_not_an_empty_database() {
+        let mut u = Users::new("/nonexistent/etc/passwd");
+        assert_eq!(u.read_errors, 1);
+        assert_eq!(u.name(0), None);
+        assert_eq!(u.read_errors, 2, "every failed read is counted");
     }
 }

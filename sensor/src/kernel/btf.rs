@@ -233,9 +233,15 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_the_running_kernel() {
-        let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else {
-            eprintln!("skipped: no /sys/kernel/btf/vmlinux");
-            return;
+        let data = match std::fs::read("/sys/kernel/btf/vmlinux") {
+            Ok(data) => data,
+            Err(e) => {
+                crate::testing::skip(
+                    "reads_the_running_kernel",
+                    &format!("/sys/kernel/btf/vmlinux: {e}"),
+                );
+                return;
+            }
         };
         let btf = Btf::parse(&data).unwrap();
         // skc_daddr is the first word of sock_common on every kernel since 2.6.

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     detect::{
-        policy::{glob, schedule::Schedule},
+        policy::{glob::Pattern, schedule::Schedule},
         subject::Subject,
     },
     enrich::procfs::exe_name,
@@ -21,21 +21,21 @@ pub struct AllowRule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub executables: Vec<String>,
+    pub executables: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub parent_executables: Vec<String>,
+    pub parent_executables: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<String>,
+    pub users: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_networks: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub destination_ports: Vec<PortRange>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub container_ids: Vec<String>,
+    pub container_ids: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub kubernetes_namespaces: Vec<String>,
+    pub kubernetes_namespaces: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub host_names: Vec<String>,
+    pub host_names: Vec<Pattern>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
 }
@@ -63,21 +63,26 @@ impl Serialize for PortRange {
     }
 }
 
+/// Patterns as written.
+fn names(patterns: &[Pattern]) -> Vec<String> {
+    patterns.iter().map(|p| p.as_str().to_string()).collect()
+}
+
 /// An executable pattern with a `/` is matched against the full path, otherwise against
 /// the basename; either way against the executable, never `comm`, which any process sets.
-fn exe_matches(patterns: &[String], exe: Option<&str>) -> bool {
+fn exe_matches(patterns: &[Pattern], exe: Option<&str>) -> bool {
     let Some(exe) = exe else { return false };
     patterns.iter().any(|p| {
-        if p.contains('/') {
-            glob::matches(p, exe)
+        if p.as_str().contains('/') {
+            p.is_match(exe)
         } else {
-            glob::matches(p, exe_name(exe))
+            p.is_match(exe_name(exe))
         }
     })
 }
 
-fn any_glob(patterns: &[String], value: Option<&str>) -> bool {
-    value.is_some_and(|v| patterns.iter().any(|p| glob::matches(p, v)))
+fn any_glob(patterns: &[Pattern], value: Option<&str>) -> bool {
+    value.is_some_and(|v| patterns.iter().any(|p| p.is_match(v)))
 }
 
 impl AllowRule {
@@ -86,9 +91,9 @@ impl AllowRule {
             && (self.parent_executables.is_empty()
                 || exe_matches(&self.parent_executables, s.parent_executable.as_deref()))
             && (self.users.is_empty()
-                || self.users.iter().any(|u| match u.parse::<u32>() {
+                || self.users.iter().any(|u| match u.as_str().parse::<u32>() {
                     Ok(uid) => s.user_id == Some(uid),
-                    Err(_) => s.user_name.as_deref().is_some_and(|n| glob::matches(u, n)),
+                    Err(_) => s.user_name.as_deref().is_some_and(|n| u.is_match(n)),
                 }))
             && (self.destination_networks.is_empty() || {
                 let d = canonical(s.dst);
@@ -118,9 +123,9 @@ impl AllowRule {
                 parts.push(format!("{key} {}", v.join("|")));
             }
         };
-        list("executable", self.executables.clone());
-        list("parent", self.parent_executables.clone());
-        list("user", self.users.clone());
+        list("executable", names(&self.executables));
+        list("parent", names(&self.parent_executables));
+        list("user", names(&self.users));
         list(
             "network",
             self.destination_networks
@@ -141,9 +146,9 @@ impl AllowRule {
                 })
                 .collect(),
         );
-        list("container", self.container_ids.clone());
-        list("k8s namespace", self.kubernetes_namespaces.clone());
-        list("host", self.host_names.clone());
+        list("container", names(&self.container_ids));
+        list("k8s namespace", names(&self.kubernetes_namespaces));
+        list("host", names(&self.host_names));
         if let Some(w) = &self.schedule {
             let json = serde_json::to_value(w).unwrap_or_default();
             parts.push(format!("schedule {json}"));
@@ -294,10 +299,10 @@ mod tests {
             let use_net = rng.chance(0.5);
             let use_port = rng.chance(0.5) || !(use_exe || use_user || use_net);
             if use_exe {
-                rule.executables = vec![format!("tool{}", rng.range(0, 9))];
+                rule.executables = vec![Pattern::new(&format!("tool{}", rng.range(0, 9))).unwrap()];
             }
             if use_user {
-                rule.users = vec![format!("u{}", rng.range(0, 9))];
+                rule.users = vec![Pattern::new(&format!("u{}", rng.range(0, 9))).unwrap()];
             }
             if use_net {
                 rule.destination_networks = vec!["198.51.100.0/24".parse().unwrap()];
@@ -307,9 +312,12 @@ mod tests {
             }
             let exe = format!(
                 "/usr/bin/{}",
-                rule.executables.first().map_or("other", |s| s)
+                rule.executables.first().map_or("other", |s| s.as_str())
             );
-            let user = rule.users.first().cloned().unwrap_or("nobody".into());
+            let user = rule
+                .users
+                .first()
+                .map_or("nobody".to_string(), |u| u.as_str().to_string());
             let good = Subject {
                 executable: Some(exe.clone()),
                 user_name: Some(user.clone()),

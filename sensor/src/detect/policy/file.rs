@@ -10,6 +10,7 @@ use toml::Spanned;
 use crate::detect::policy::{
     Policy,
     allow::{AllowRule, PortRange},
+    glob::Pattern,
     schedule::{ScheduleFile, parse_schedule},
 };
 
@@ -232,13 +233,14 @@ fn list<T>(
     Ok(())
 }
 
-fn strings(src: &Source, key: &str, v: &Option<SVec<String>>) -> Result<Vec<String>> {
+/// A list of patterns, each compiled here, once.
+fn patterns(src: &Source, key: &str, v: &Option<SVec<String>>) -> Result<Vec<Pattern>> {
     let mut out = Vec::new();
     list(src, key, v, |s| {
         if s.get_ref().is_empty() {
             return Err(src.err(s.span(), format!("empty pattern in {key}")));
         }
-        out.push(s.get_ref().clone());
+        out.push(Pattern::new(s.get_ref()).map_err(|e| src.err(s.span(), e))?);
         Ok(())
     })?;
     Ok(out)
@@ -267,14 +269,14 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
     let r = AllowRule {
         name,
         reason: f.reason.clone(),
-        executables: strings(src, "executables", &f.executables)?,
-        parent_executables: strings(src, "parent_executables", &f.parent_executables)?,
-        users: strings(src, "users", &f.users)?,
+        executables: patterns(src, "executables", &f.executables)?,
+        parent_executables: patterns(src, "parent_executables", &f.parent_executables)?,
+        users: patterns(src, "users", &f.users)?,
         destination_networks,
         destination_ports,
-        container_ids: strings(src, "container_ids", &f.container_ids)?,
-        kubernetes_namespaces: strings(src, "kubernetes_namespaces", &f.kubernetes_namespaces)?,
-        host_names: strings(src, "host_names", &f.host_names)?,
+        container_ids: patterns(src, "container_ids", &f.container_ids)?,
+        kubernetes_namespaces: patterns(src, "kubernetes_namespaces", &f.kubernetes_namespaces)?,
+        host_names: patterns(src, "host_names", &f.host_names)?,
         schedule,
     };
     let only_schedule = AllowRule {

@@ -1,42 +1,79 @@
 //! Shell-style patterns for allow rules: `*` is any run of characters (slashes included,
 //! so `/opt/*/bin/agent` spans directories), `?` is one character, everything else is
 //! literal. No character classes: a policy pattern should read as what it matches.
+//! Compiled once, when the policy loads (globset), so matching allocates nothing.
 
-/// Whether `text` matches `pattern` in full. Iterative with one backtrack point, so
-/// hostile input (long paths, many stars) is linear-ish, never exponential.
-pub fn matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    // Position after the last `*` and the text position it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || Some(&c) == t.get(ti) => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Serialize;
+
+/// One compiled pattern, compared and printed as written.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    text: String,
+    matcher: GlobMatcher,
+}
+
+impl Pattern {
+    pub fn new(text: &str) -> Result<Self, String> {
+        // globset's syntax is richer: escape what is literal here, and fold runs of `*`
+        // (a `**` means something else to globset; here it is one `*`).
+        let mut glob = String::with_capacity(text.len() + 8);
+        let mut star = false;
+        for c in text.chars() {
+            match c {
+                '*' if star => continue,
+                '*' | '?' => glob.push(c),
+                '[' | ']' | '{' | '}' | '\\' | ',' | '!' | '^' | '-' => {
+                    glob.push('\\');
+                    glob.push(c);
                 }
-                None => return false,
-            },
+                _ => glob.push(c),
+            }
+            star = c == '*';
         }
+        let matcher = GlobBuilder::new(&glob)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("pattern {text:?}: {e}"))?
+            .compile_matcher();
+        Ok(Self {
+            text: text.to_string(),
+            matcher,
+        })
     }
-    p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+
+    /// Whether `text` matches in full.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.matcher.is_match(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::Pattern;
+
+    fn matches(pattern: &str, text: &str) -> bool {
+        Pattern::new(pattern).unwrap().is_match(text)
+    }
 
     #[test]
     fn literal_star_question() {
@@ -69,5 +106,20 @@ mod tests {
     fn hostile_input_is_fast_enough_to_finish() {
         let text = "a".repeat(5000);
         assert!(!matches("*a*a*a*a*a*b", &text));
+    }
+
+    #[test]
+    fn everything_but_star_and_question_is_literal() {
+        for (p, t, want) in [
+            ("a[bc]d", "a[bc]d", true),
+            ("a[bc]d", "abd", false),
+            ("{a,b}", "{a,b}", true),
+            ("{a,b}", "a", false),
+            ("a\\b", "a\\b", true),
+            ("!x", "!x", true),
+        ] {
+            assert_eq!(matches(p, t), want, "{p:?} vs {t:?}");
+        }
+        assert_eq!(Pattern::new("ci-*").unwrap().as_str(), "ci-*");
     }
 }
