@@ -4,10 +4,11 @@
 
 use std::{
     fs,
+    io::Read,
     path::{Path, PathBuf},
 };
 
-use crate::enrich::container;
+use crate::{enrich::container, kernel::records::split_argv};
 
 /// What is known about one process. `None` means unknown (gone, or unreadable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,19 +153,23 @@ fn read_link(path: &Path) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// NUL-separated argv; invalid UTF-8 is replaced, not dropped.
+/// A command line is the process's to size (up to the kernel's argument limit): at most
+/// this much of it is read, and the last argument kept is cut there.
+const MAX_CMDLINE: u64 = 64 << 10;
+
+/// NUL-separated argv, read with a bound; invalid UTF-8 is replaced, not dropped.
 fn read_cmdline(path: &Path) -> Option<Vec<String>> {
-    let raw = fs::read(path).ok()?;
+    let mut raw = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_CMDLINE)
+        .read_to_end(&mut raw)
+        .ok()?;
     if raw.is_empty() {
         // Kernel threads and zombies have no command line.
         return None;
     }
-    let raw = raw.strip_suffix(&[0]).unwrap_or(&raw);
-    Some(
-        raw.split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
+    Some(split_argv(&raw))
 }
 
 /// Basename of an executable path, keeping a ` (deleted)` marker off the name.

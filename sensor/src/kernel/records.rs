@@ -1,13 +1,12 @@
-//! Decoding ring-buffer records into typed connections. The bytes come from the kernel,
-//! so length and kind are checked before anything is read.
+//! Decoding ring-buffer records into typed connections and process events. The bytes come
+//! from the kernel, so length and kind are checked before anything is read: the header
+//! first (zerocopy), then the record its kind names.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::{Result, bail};
-use sensor_common::{
-    AF_INET, AF_INET6, CONNECT_EVENT_SIZE, ConnectEvent, EVENT_CONNECT, EVENT_EXEC, EVENT_EXIT,
-    EVENT_FORK, EXEC_EVENT_SIZE, ExecEvent, TASK_EVENT_SIZE, TaskEvent,
-};
+use anyhow::{Result, anyhow, bail};
+use sensor_common::{AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, RecordKind, TaskEvent};
+use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::kernel::probe::Probe;
 
@@ -17,6 +16,15 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// NUL-separated argv (the kernel's copy or /proc/PID/cmdline) as strings; invalid UTF-8
+/// is replaced, not dropped; one trailing NUL ends the last argument.
+pub fn split_argv(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 /// One outbound TCP connect, as the kernel saw it.
@@ -82,17 +90,16 @@ pub enum Record {
     Exit(Task),
 }
 
-/// Reads a `T` from the start of `bytes` after checking the length.
-fn read_record<T: Copy>(bytes: &[u8], size: usize, what: &str) -> Result<T> {
-    if bytes.len() < size {
-        bail!(
-            "record of {} bytes, shorter than a {what} ({size})",
-            bytes.len()
-        );
-    }
-    // SAFETY: length checked; T is one of the ABI's plain-data structs, valid for any bit
-    // pattern; read_unaligned because the ring buffer only guarantees 8-byte alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+/// Reads a `T` from the start of `bytes` (any alignment: the ring buffer guarantees only
+/// 8 bytes), or says how short the record is.
+fn read_record<T: FromBytes + KnownLayout + Immutable>(bytes: &[u8], what: &str) -> Result<T> {
+    T::read_from_prefix(bytes).map(|(t, _)| t).map_err(|_| {
+        anyhow!(
+            "record of {} bytes, shorter than a {what} ({})",
+            bytes.len(),
+            std::mem::size_of::<T>()
+        )
+    })
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -105,7 +112,8 @@ fn user_dev(kernel_dev: u32) -> u64 {
     libc::makedev(kernel_dev >> 20, kernel_dev & 0xf_ffff)
 }
 
-fn task(t: &TaskEvent) -> Task {
+/// The one place a record header becomes the task it describes.
+fn task(t: &Header) -> Task {
     Task {
         tgid: t.tgid,
         ppid: t.ppid,
@@ -120,35 +128,31 @@ fn task(t: &TaskEvent) -> Task {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
-    let kind = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_ne_bytes);
+    let header: Header = read_record(bytes, "record header")?;
+    let Some(kind) = RecordKind::from_u32(header.kind) else {
+        bail!(
+            "unknown record kind {} ({} bytes)",
+            header.kind,
+            bytes.len()
+        );
+    };
     match kind {
-        EVENT_CONNECT => decode_connect(bytes).map(Record::Connect),
-        EVENT_FORK => Ok(Record::Fork(task(&read_record(
-            bytes,
-            TASK_EVENT_SIZE,
-            "fork record",
-        )?))),
-        EVENT_EXIT => Ok(Record::Exit(task(&read_record(
-            bytes,
-            TASK_EVENT_SIZE,
-            "exit record",
-        )?))),
-        EVENT_EXEC => {
-            let ev: ExecEvent = read_record(bytes, EXEC_EVENT_SIZE, "exec record")?;
+        RecordKind::Connect => decode_connect(bytes).map(Record::Connect),
+        RecordKind::Fork => {
+            let ev: TaskEvent = read_record(bytes, "fork record")?;
+            Ok(Record::Fork(task(&ev.header)))
+        }
+        RecordKind::Exit => {
+            let ev: TaskEvent = read_record(bytes, "exit record")?;
+            Ok(Record::Exit(task(&ev.header)))
+        }
+        RecordKind::Exec => {
+            let ExecEvent { header, data: ev } = read_record(bytes, "exec record")?;
             let flen = (ev.filename_len as usize).min(ev.filename.len());
             let alen = (ev.args_len as usize).min(ev.args.len());
-            let args = (alen > 0).then(|| {
-                let raw = &ev.args[..alen];
-                let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-                raw.split(|&b| b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            });
+            let args = (alen > 0).then(|| split_argv(&ev.args[..alen]));
             Ok(Record::Exec(Exec {
-                task: task(&ev.task),
+                task: task(&header),
                 filename: c_string(&ev.filename[..flen]),
                 args,
                 exe_ino: ev.exe_ino,
@@ -161,12 +165,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 exe_name: c_string(&ev.exe_name),
             }))
         }
-        other => bail!("unknown record kind {other} ({} bytes)", bytes.len()),
     }
 }
 
 fn decode_connect(bytes: &[u8]) -> Result<Connection> {
-    let ev: ConnectEvent = read_record(bytes, CONNECT_EVENT_SIZE, "connect event")?;
+    let ConnectEvent {
+        header: h,
+        data: ev,
+    } = read_record(bytes, "connect event")?;
     let (dst, src) = match ev.family {
         AF_INET => {
             let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
@@ -179,58 +185,60 @@ fn decode_connect(bytes: &[u8]) -> Result<Connection> {
         other => bail!("unknown address family {other}"),
     };
     Ok(Connection {
-        tgid: ev.tgid,
-        tid: ev.tid,
-        ppid: ev.ppid,
-        uid: ev.uid,
-        gid: ev.gid,
-        boot_ns: ev.ktime_ns,
-        start_time_ns: ev.start_time_ns,
-        cgroup_id: ev.cgroup_id,
+        tgid: h.tgid,
+        tid: h.tid,
+        ppid: h.ppid,
+        uid: h.uid,
+        gid: h.gid,
+        boot_ns: h.ktime_ns,
+        start_time_ns: h.start_time_ns,
+        cgroup_id: h.cgroup_id,
         dst,
         dport: ev.dport,
         src,
         sport: ev.sport,
         probe: Probe::from_abi(ev.probe),
-        comm: c_string(&ev.comm),
+        comm: c_string(&h.comm),
     })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use sensor_common::PROBE_TRACEPOINT;
+    use sensor_common::{Connect, Exec as ExecData, PROBE_TRACEPOINT, Task as TaskData};
 
+    /// A connect record as the kernel writes it (the header has the kind and the task).
     pub fn raw(family: u16, daddr: [u8; 16], dport: u16) -> ConnectEvent {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         ConnectEvent {
-            kind: EVENT_CONNECT,
-            tgid: 10,
-            tid: 11,
-            ppid: 1,
-            uid: 1000,
-            gid: 1000,
-            ktime_ns: 5,
-            start_time_ns: 4,
-            cgroup_id: 9,
-            family,
-            dport,
-            sport: 40000,
-            probe: PROBE_TRACEPOINT,
-            _pad: 0,
-            daddr,
-            saddr: [0; 16],
-            comm,
+            header: Header {
+                kind: RecordKind::Connect as u32,
+                tgid: 10,
+                tid: 11,
+                ppid: 1,
+                uid: 1000,
+                gid: 1000,
+                ktime_ns: 5,
+                start_time_ns: 4,
+                parent_start_time_ns: 0,
+                cgroup_id: 9,
+                comm,
+            },
+            data: Connect {
+                family,
+                dport,
+                sport: 40000,
+                probe: PROBE_TRACEPOINT,
+                _pad: 0,
+                daddr,
+                saddr: [0; 16],
+            },
         }
     }
 
     pub fn bytes(ev: &ConnectEvent) -> Vec<u8> {
-        // SAFETY: repr(C) plain data without padding (size asserted in sensor-common).
-        unsafe {
-            std::slice::from_raw_parts((ev as *const ConnectEvent).cast::<u8>(), CONNECT_EVENT_SIZE)
-        }
-        .to_vec()
+        as_bytes(ev)
     }
 
     #[test]
@@ -260,11 +268,11 @@ pub(crate) mod tests {
                 .contains("family 99")
         );
         let mut bad = raw(AF_INET, [0; 16], 1);
-        bad.kind = 7;
+        bad.header.kind = 7;
         assert!(decode(&bytes(&bad)).is_err());
         // comm without a NUL terminator and with invalid UTF-8 is still decoded.
         let mut odd = raw(AF_INET, [0; 16], 1);
-        odd.comm = [0xff; 16];
+        odd.header.comm = [0xff; 16];
         assert_eq!(connect(&bytes(&odd)).comm.chars().count(), 16);
     }
 
@@ -283,14 +291,14 @@ pub(crate) mod tests {
         .to_vec()
     }
 
-    fn task_event(kind: u32) -> TaskEvent {
-        TaskEvent {
-            kind,
+    fn header(kind: RecordKind) -> Header {
+        Header {
+            kind: kind as u32,
             tgid: 42,
+            tid: 42,
             ppid: 7,
             uid: 0,
             gid: 0,
-            _pad: 0,
             ktime_ns: 1,
             start_time_ns: 2,
             parent_start_time_ns: 3,
@@ -299,9 +307,16 @@ pub(crate) mod tests {
         }
     }
 
+    fn task_event(kind: RecordKind) -> TaskEvent {
+        TaskEvent {
+            header: header(kind),
+            data: TaskData {},
+        }
+    }
+
     #[test]
     fn decodes_lifecycle_records() {
-        let fork = task_event(EVENT_FORK);
+        let fork = task_event(RecordKind::Fork);
         let Record::Fork(t) = decode(&as_bytes(&fork)).unwrap() else {
             panic!()
         };
@@ -310,23 +325,25 @@ pub(crate) mod tests {
             (42, 7, 3, "bash")
         );
         assert!(matches!(
-            decode(&as_bytes(&task_event(EVENT_EXIT))).unwrap(),
+            decode(&as_bytes(&task_event(RecordKind::Exit))).unwrap(),
             Record::Exit(_)
         ));
 
         let mut exec = ExecEvent {
-            task: task_event(EVENT_EXEC),
-            exe_ino: 1234,
-            exe_dev: (8 << 20) | 1,
-            exe_nlink: 0,
-            filename_len: 9,
-            args_len: 13,
-            filename: [0; 256],
-            args: [0; 512],
-            exe_name: [0; 64],
+            header: header(RecordKind::Exec),
+            data: ExecData {
+                exe_ino: 1234,
+                exe_dev: (8 << 20) | 1,
+                exe_nlink: 0,
+                filename_len: 9,
+                args_len: 13,
+                filename: [0; 256],
+                args: [0; 512],
+                exe_name: [0; 64],
+            },
         };
-        exec.filename[..9].copy_from_slice(b"/bin/curl");
-        exec.args[..13].copy_from_slice(b"curl\0-s\0x\xffy\0\0");
+        exec.data.filename[..9].copy_from_slice(b"/bin/curl");
+        exec.data.args[..13].copy_from_slice(b"curl\0-s\0x\xffy\0\0");
         let Record::Exec(e) = decode(&as_bytes(&exec)).unwrap() else {
             panic!()
         };
@@ -335,11 +352,11 @@ pub(crate) mod tests {
         assert_eq!(e.exe_dev, libc::makedev(8, 1));
         assert_eq!(e.exe_nlink, Some(0));
         // Lengths larger than the arrays are clamped, not trusted.
-        exec.filename_len = 5000;
-        exec.args_len = 5000;
+        exec.data.filename_len = 5000;
+        exec.data.args_len = 5000;
         assert!(decode(&as_bytes(&exec)).is_ok());
         // A truncated exec record is rejected.
         assert!(decode(&as_bytes(&exec)[..100]).is_err());
-        assert!(decode(&as_bytes(&task_event(EVENT_FORK))[..40]).is_err());
+        assert!(decode(&as_bytes(&task_event(RecordKind::Fork))[..40]).is_err());
     }
 }

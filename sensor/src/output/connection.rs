@@ -134,7 +134,7 @@ mod tests {
     /// The line for a connection to 203.0.113.7:`port` by `proc`, scored by the lists.
     fn record_json(proc: &ProcessInfo, port: u16) -> Value {
         let mut raw = raw(sensor_common::AF_INET, [0; 16], port);
-        raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        raw.data.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
         let e = Enriched {
             conn: connect(&bytes(&raw)),
             proc: proc.clone(),
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn live_record_and_its_document_read_the_same() {
         let mut raw = raw(sensor_common::AF_INET, [0; 16], 4444);
-        raw.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        raw.data.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
         let c = connect(&bytes(&raw));
         let proc = ProcessInfo {
             executable: Some("/usr/bin/nc.openbsd".into()),
