@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use procfs::FromBufRead;
+
 use crate::enrich::container;
 
 /// Directories walked per rescan at most: a runaway tree cannot stall the sensor.
@@ -29,15 +31,14 @@ pub struct CgroupMap {
     misses: HashMap<u64, Instant>,
 }
 
-/// The cgroup2 mount point from a mountinfo file (`... - cgroup2 ...`).
+/// The cgroup2 mount point from a mountinfo file (parsed by the procfs crate).
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    let mounts = procfs::process::MountInfos::from_buf_read(mountinfo.as_bytes()).ok()?;
+    mounts
+        .0
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
 }
 
 impl CgroupMap {

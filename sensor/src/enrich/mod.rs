@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod exe;
 pub mod identity;
 pub mod procfs;
 pub mod proctable;

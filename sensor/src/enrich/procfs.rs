@@ -8,6 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use procfs::FromRead;
+
 use crate::{enrich::container, kernel::records::split_argv};
 
 /// What is known about one process. `None` means unknown (gone, or unreadable).
@@ -40,11 +42,12 @@ pub struct Procfs {
 
 impl Procfs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {
             root: root.into(),
-            ticks_per_sec: u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100),
+            // sysconf(_SC_CLK_TCK); 100 on every Linux, should it ever fail.
+            ticks_per_sec: Some(procfs::ticks_per_second())
+                .filter(|&t| t > 0)
+                .unwrap_or(100),
         }
     }
 
@@ -129,21 +132,22 @@ struct Stat {
     start_ticks: u64,
 }
 
-/// /proc/PID/stat: `pid (comm) state ppid ... starttime(22nd)`. comm may hold spaces and
-/// parentheses, so fields are counted from the last ')'.
+/// /proc/PID/stat, parsed by the procfs crate (comm may hold spaces and parentheses).
 fn read_stat(dir: &Path) -> Option<Stat> {
     let text = fs::read(dir.join("stat")).ok()?;
     parse_stat(&text)
 }
 
 fn parse_stat(text: &[u8]) -> Option<Stat> {
+    // procfs slices past the last ')' without checking: make sure fields follow it.
     let close = text.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // fields[0] is state (field 3); ppid is field 4, starttime field 22.
+    if text.len() < close + 3 {
+        return None;
+    }
+    let stat = procfs::process::Stat::from_read(text).ok()?;
     Some(Stat {
-        ppid: fields.get(1)?.parse().ok()?,
-        start_ticks: fields.get(19)?.parse().ok()?,
+        ppid: u32::try_from(stat.ppid).ok()?,
+        start_ticks: stat.starttime,
     })
 }
 
@@ -184,9 +188,12 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        let s =
-            parse_stat(b"42 (a) b (c) ) S 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0")
-                .unwrap();
+        // A whole line as the kernel writes it (52 fields), with a comm made to confuse.
+        let s = parse_stat(
+            b"42 (a) b (c) ) S 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0 \
+              18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        )
+        .unwrap();
         assert_eq!((s.ppid, s.start_ticks), (7, 12345));
         assert!(parse_stat(b"42 (x").is_none());
         assert!(parse_stat(b"").is_none());

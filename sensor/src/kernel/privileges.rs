@@ -1,18 +1,13 @@
 //! Whether this process may load and attach eBPF programs: effective capabilities.
 
 use anyhow::{Context, Result};
+use procfs::FromRead;
 
-/// Effective capabilities from /proc/self/status.
+/// Effective capabilities from /proc/self/status (parsed by the procfs crate).
 fn effective_caps() -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("/proc/self/status has no CapEff line")?
-        .trim();
-    u64::from_str_radix(hex, 16)
-        .with_context(|| format!("/proc/self/status: CapEff {hex:?} is not hexadecimal"))
+    let status = procfs::process::Status::from_file("/proc/self/status")
+        .context("reading /proc/self/status")?;
+    Ok(status.capeff)
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
