@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
     cmd::{self, run::KernelLog},
@@ -47,6 +47,11 @@ enum Command {
     Score(cmd::explain::ScoreArgs),
     /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
     Replay(cmd::replay::ReplayArgs),
+    /// Live view of the sensor's alerts in the terminal (journal, file, stdin, or --live).
+    Watch(cmd::watch::WatchArgs),
+    /// Print the man page (roff) on stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +60,11 @@ enum PolicyCommand {
     Show {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+    },
+    /// Validate a policy file and print what it changes from the defaults (before a reload).
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -67,10 +77,18 @@ pub fn main() -> ExitCode {
         Command::Run(a) if !matches!(a.kernel_log, KernelLog::Off) => ",sensor_ebpf=trace",
         _ => "",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .parse_filters(kernel_filter)
-        .format_target(false)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.parse_filters(kernel_filter).format_target(false);
+    match &cli.command {
+        // Log lines go to the journal too when alerts do, as entries of their own.
+        Command::Run(a) if a.output.journald() => {
+            let level = logger.build().filter();
+            let _ = log::set_boxed_logger(Box::new(crate::output::journald::Logger { level }));
+            log::set_max_level(level);
+        }
+        _ => logger.init(),
+    }
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args).map(|()| true),
         Command::Check { ring_buffer_size } => cmd::check::check(ring_buffer_size),
@@ -78,6 +96,11 @@ pub fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Show { config },
         } => cmd::policy::show(config.as_deref()).map(|()| true),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => cmd::policy::check(&file).map(|()| true),
+        Command::Watch(args) => cmd::watch::run(args).map(|()| true),
+        Command::Man => man().map(|()| true),
         Command::Score(args) => cmd::explain::run(args).map(|()| true),
         Command::Replay(args) => cmd::replay::run(args).map(|()| true),
     };
@@ -89,6 +112,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The man page, rendered from this command line (clap_mangen), as section 8.
+fn man() -> anyhow::Result<()> {
+    let cmd = Cli::command().name("t1571-sensor");
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(cmd)
+        .section("8")
+        .render(&mut out)
+        .map_err(|e| anyhow::anyhow!("writing the man page: {e}"))
 }
 
 #[cfg(test)]

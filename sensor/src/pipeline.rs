@@ -1,16 +1,22 @@
 //! Per-record work after the ring buffer: lifecycle records update the process table;
 //! connects are attributed (table, then /proc), scored and formatted.
 
-use std::{io::Write, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    detect::{engine::Engine, policy::Policy, subject::Subject},
-    enrich::{Enriched, procfs::ProcessInfo, proctable::ProcTable, users::Users},
+    detect::{decision::Line, engine::Engine, policy::Policy, subject::Subject},
+    enrich::{
+        Enriched,
+        kubelet::{self, Pods},
+        procfs::ProcessInfo,
+        proctable::ProcTable,
+        users::UserNames,
+    },
     kernel::records::{Connection, Record},
-    output::{self, clock::BootClock},
+    output::{self, clock::BootClock, journald::Summary, sink::Sink},
 };
 
 /// Counters reported in the status events (and, later, as metrics).
@@ -26,11 +32,20 @@ pub struct Counters {
     pub execs: u64,
     pub forks: u64,
     pub exits: u64,
+    /// Connection lines printed (alerts, and with --all every connection).
+    pub printed: u64,
+    /// Alert lines printed (connections and beacons) by severity: Low, Medium, High.
+    pub alerts_by_severity: [u64; 3],
+    pub reloads: u64,
+    pub reload_failures: u64,
 }
 
 pub struct Pipeline {
     pub table: ProcTable,
-    pub users: Users,
+    /// Container id -> Kubernetes pod, from the node's kubelet links.
+    pub pods: Pods,
+    /// The host's users, and each container's own.
+    pub users: UserNames,
     pub host_name: String,
     pub clock: BootClock,
     pub counters: Counters,
@@ -40,7 +55,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn handle(&mut self, record: &Record, out: &mut impl Write) -> Result<()> {
+    pub fn handle(&mut self, record: &Record, out: &mut Sink) -> Result<()> {
         match record {
             Record::Connect(c) => self.connect(c, out)?,
             Record::Exec(e) => {
@@ -59,7 +74,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn connect(&mut self, conn: &Connection, out: &mut impl Write) -> Result<()> {
+    fn connect(&mut self, conn: &Connection, out: &mut Sink) -> Result<()> {
         self.counters.connections += 1;
         let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
         {
@@ -80,10 +95,24 @@ impl Pipeline {
         if proc.container_id.is_none() {
             proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
         }
+        // A container's pod (the kubelet's links on the node) and runtime (its cgroup).
+        if let Some(id) = &proc.container_id {
+            proc.pod = self.pods.lookup(id).cloned();
+            let cgroup = self.table.cgroups.path(conn.cgroup_id);
+            proc.container_runtime = cgroup.and_then(kubelet::runtime_from_cgroup);
+            if let Some(pod) = &mut proc.pod
+                && pod.uid.is_none()
+            {
+                pod.uid = cgroup.and_then(kubelet::pod_uid_from_cgroup);
+            }
+        }
+        let user_name = self
+            .users
+            .name(conn.tgid, conn.uid, proc.container_id.is_some());
         let enriched = Enriched {
             conn: conn.clone(),
             proc,
-            user_name: self.users.name(conn.uid).map(str::to_string),
+            user_name,
             host_name: self.host_name.clone(),
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
@@ -95,26 +124,42 @@ impl Pipeline {
         if outcome.alert {
             self.counters.alerts += 1;
         }
-        outcome
-            .lines
-            .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+        self.emit(&outcome.lines, out)
+    }
+
+    /// Renders each engine line once and writes it where the sensor's output goes.
+    fn emit(&mut self, lines: &[Line<Enriched>], out: &mut Sink) -> Result<()> {
+        for line in lines {
+            let risk = match line {
+                Line::Connection(d) => {
+                    self.counters.printed += 1;
+                    d.decision.risk
+                }
+                Line::Beacon(b) => b.risk,
+                _ => 0,
+            };
+            if let Some(n) = self
+                .counters
+                .alerts_by_severity
+                .get_mut(usize::from(risk.min(3)).wrapping_sub(1))
+            {
+                *n += 1;
+            }
+            out.emit(&output::render(line, &self.host_name), &Summary::of(line))?;
+        }
+        Ok(())
     }
 
     /// Writes the lines due by `now_ns` (ended fold periods, rollup windows, summaries).
-    pub fn tick(&mut self, now_ns: i128, out: &mut impl Write) -> Result<()> {
+    pub fn tick(&mut self, now_ns: i128, out: &mut Sink) -> Result<()> {
         let lines = self.engine.tick(now_ns);
-        lines
-            .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+        self.emit(&lines, out)
     }
 
     /// Writes everything the engine holds, at exit.
-    pub fn finish(&mut self, now_ns: i128, out: &mut impl Write) -> Result<()> {
+    pub fn finish(&mut self, now_ns: i128, out: &mut Sink) -> Result<()> {
         let lines = self.engine.finish(now_ns);
-        lines
-            .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+        self.emit(&lines, out)
     }
 }
 
@@ -127,40 +172,45 @@ impl Pipeline {
 
 /// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
 /// the old policy and says why (stderr and a state event); nothing stops the sensor.
-pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> Value {
+/// Returns the state event and its action.
+pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> (Value, &'static str) {
     let host = pipeline.host_name.clone();
+    let failed = "policy-reload-failed";
     let Some(path) = path else {
         log::warn!("SIGHUP: no --config was given, nothing to reload");
-        return output::status(
+        let doc = output::status(
             "state",
-            "policy-reload-failed",
+            failed,
             &host,
             json!({"error": "no --config was given"}),
         );
+        return (doc, failed);
     };
     match Policy::load(path) {
         Ok(policy) => {
             let rules = policy.allow.len();
             pipeline.set_policy(policy);
             log::info!(
-                "SIGHUP: policy reloaded from {} ({rules} allow rules)",
+                "policy reloaded from {} ({rules} allow rules)",
                 path.display()
             );
-            output::status(
+            let doc = output::status(
                 "state",
                 "policy-reloaded",
                 &host,
                 json!({"config": path.display().to_string(), "allow_rules": rules}),
-            )
+            );
+            (doc, "policy-reloaded")
         }
         Err(e) => {
             log::warn!("SIGHUP: keeping the old policy: {e:#}");
-            output::status(
+            let doc = output::status(
                 "state",
-                "policy-reload-failed",
+                failed,
                 &host,
                 json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
-            )
+            );
+            (doc, failed)
         }
     }
 }

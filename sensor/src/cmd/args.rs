@@ -1,7 +1,7 @@
 //! Command-line arguments shared by the subcommands, and the one parser for every
 //! interval flag.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use crate::{
     detect::{beacon, engine::Config, rollup},
     kernel::probe::ProbeChoice,
+    output::sink::Output,
 };
 
 /// A number of seconds in `lo..=hi`, for every interval flag.
@@ -71,6 +72,25 @@ pub struct RunArgs {
     /// How long exited processes stay in the table for late events, in seconds.
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds(0.01, 3600.0))]
     pub exit_grace: Duration,
+    /// Where lines go: stdout (JSON lines), journald (one structured entry per line, over
+    /// the native protocol), or both.
+    #[arg(long, value_enum, default_value = "stdout")]
+    pub output: Output,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`) on this
+    /// address, e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// `host.name` in every line. In a pod, the node's name from the downward API
+    /// (NODE_NAME); default: the kernel's host name.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// Check the command line and the policy, then exit without loading anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Test hook: SIGUSR1 blocks the event loop for 10 s (a stalled reader, for /healthz
+    /// and watchdog tests).
+    #[arg(long, hide = true)]
+    pub test_stall_on_usr1: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

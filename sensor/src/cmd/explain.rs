@@ -43,6 +43,9 @@ pub struct ScoreArgs {
     pub container: Option<String>,
     #[arg(long)]
     pub k8s_namespace: Option<String>,
+    /// The pod's name, for `pod_names` allow rules.
+    #[arg(long)]
+    pub pod: Option<String>,
     /// When (RFC 3339), for allow-rule schedules; default now.
     #[arg(long)]
     pub time: Option<String>,
@@ -90,6 +93,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         host_name: a.host,
         container_id: a.container,
         kubernetes_namespace: a.k8s_namespace,
+        pod_name: a.pod,
     };
     let e = explain(&policy, &subject);
     if a.json {

@@ -1,9 +1,9 @@
 //! `sensor run`: kernel -> ring buffer -> enrich -> score -> output, until SIGINT/SIGTERM.
 
 use std::{
-    io::{BufWriter, Write},
-    os::fd::AsRawFd,
-    path::PathBuf,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -19,14 +19,19 @@ use tokio::{
 
 pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
-    cmd::args::host_root,
+    cmd::{args::host_root, notify::Notifier},
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
-    enrich::{identity, procfs::Procfs, proctable::ProcTable, users::Users},
+    enrich::{identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable, users::UserNames},
     kernel::{
         load::{self, Environment},
         records,
     },
-    output::{self, clock::BootClock},
+    output::{
+        self,
+        clock::BootClock,
+        metrics::{Metrics, Snapshot},
+        sink::{Output, Sink},
+    },
     pipeline::{self, Counters, Pipeline},
 };
 
@@ -37,6 +42,17 @@ pub fn main(args: RunArgs) -> Result<()> {
     let policy = Policy::load_or_default(args.config.as_deref())?;
     load::validate_ring_buffer_size(args.ring_buffer_size).context("--ring-buffer-size")?;
     let host_root = host_root(args.host_root)?;
+    if args.dry_run {
+        // Everything above parsed and validated; nothing is loaded.
+        println!(
+            "dry run: command line and policy ({}) are valid; host root {}",
+            args.config
+                .as_deref()
+                .map_or("built-in defaults".into(), |p| p.display().to_string()),
+            host_root.display()
+        );
+        return Ok(());
+    }
     let identities = identity::Identities::scan(|name| high_risk_entry(&policy, name), &host_root);
     let max_delay = Duration::from_millis(args.max_delay);
     let opts = Options {
@@ -55,13 +71,14 @@ pub fn main(args: RunArgs) -> Result<()> {
         pipeline: Pipeline {
             engine: Engine::new(Arc::new(policy), args.engine.config(args.all)),
             table: ProcTable::new(
-                Procfs::new(args.proc_root),
+                Procfs::new(args.proc_root.clone()),
                 identities,
                 args.max_processes as usize,
                 args.exit_grace,
             ),
-            users: Users::new(host_root.join("etc/passwd")),
-            host_name: pipeline::host_name(),
+            users: UserNames::new(host_root.join("etc/passwd"), &args.proc_root),
+            pods: Pods::new(&host_root),
+            host_name: args.host_name.unwrap_or_else(pipeline::host_name),
             clock: BootClock::sync(),
             counters: Default::default(),
         },
@@ -69,6 +86,9 @@ pub fn main(args: RunArgs) -> Result<()> {
         max_delay,
         metrics_interval: args.metrics_interval,
         config: args.config,
+        output: args.output,
+        metrics: args.metrics,
+        test_stall: args.test_stall_on_usr1,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,8 +105,20 @@ pub struct Options {
     pub max_delay: Duration,
     /// How often a `metric` event with the sensor's counters is printed.
     pub metrics_interval: Duration,
-    /// Re-read on SIGHUP.
+    /// Re-read on SIGHUP, and when the file changes (a kubelet ConfigMap swap).
     pub config: Option<PathBuf>,
+    pub output: Output,
+    /// Where to serve /metrics and /healthz.
+    pub metrics: Option<SocketAddr>,
+    /// SIGUSR1 stalls the loop (tests).
+    pub test_stall: bool,
+}
+
+/// What identifies a file's content for the reload watch: a kubelet ConfigMap update swaps
+/// a `..data` symlink, so the file reached through the path is another inode.
+fn file_identity(path: &Path) -> Option<(u64, u64, i64, i64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -97,7 +129,11 @@ pub async fn run(opts: Options) -> Result<()> {
         max_delay,
         metrics_interval,
         config,
+        output,
+        metrics,
+        test_stall,
     } = opts;
+    let notifier = Notifier::from_env();
     let env = Environment::probe();
     let mut loaded = load::load(&load, &env)?;
     let mut ring =
@@ -133,7 +169,19 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
     );
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out = Sink::new(output);
+    let metrics = match metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new(loaded.selection.chosen.hook()));
+            let bound = output::metrics::serve(addr, m.clone())?;
+            info!("metrics and health on http://{bound}/metrics and /healthz");
+            Some((m, bound))
+        }
+        None => None,
+    };
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut config_seen = config.as_deref().and_then(file_identity);
 
     let unavailable: Vec<_> = loaded
         .selection
@@ -161,23 +209,31 @@ pub async fn run(opts: Options) -> Result<()> {
         "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},
         "ring_buffer_bytes": load.ring_buffer_bytes,
         "engine": pipeline.engine.config_report(),
+        "metrics": metrics.as_ref().map(|(_, addr)| addr.to_string()),
+        "output": format!("{output:?}").to_lowercase(),
     });
-    output::write_line(
-        &mut out,
+    out.status(
         &output::status("state", "sensor-started", &pipeline.host_name, started),
+        "state",
+        "sensor-started",
     )?;
-    out.flush().context("writing to stdout")?;
-    info!(
-        "running; {} (SIGINT or SIGTERM to stop)",
-        loaded.selection.chosen.hook()
-    );
+    out.flush()?;
+    let running = format!("running; {}", loaded.selection.chosen.hook());
+    notifier.ready(&running);
+    info!("{running} (SIGINT or SIGTERM to stop)");
+    let publish = |pipeline: &Pipeline, out: &Sink, lost: u64| {
+        if let Some((m, _)) = &metrics {
+            m.publish(&snapshot(pipeline, out, lost));
+        }
+    };
 
     let mut lost_reported = 0u64;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                                let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                publish(&pipeline, &out, lost_reported);
                 if found == DRAIN_BATCH {
                     // More may be waiting: come back at once, after the other branches.
                     recheck = Some(tokio::time::Instant::now());
@@ -199,7 +255,8 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             } } => {
-                                let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
+                let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
+                publish(&pipeline, &out, lost_reported);
                 recheck = if found == DRAIN_BATCH { Some(tokio::time::Instant::now()) } else { arm(found) };
             }
             _ = tick.tick() => {
@@ -207,22 +264,44 @@ pub async fn run(opts: Options) -> Result<()> {
                 pipeline.table.expire(std::time::Instant::now());
                 report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
                 pipeline.tick(BootClock::now_unix_ns(), &mut out)?;
-                out.flush().context("writing to stdout")?;
+                // The policy file changed under us (a ConfigMap update): reload as SIGHUP does.
+                let now_seen = config.as_deref().and_then(file_identity);
+                if now_seen != config_seen {
+                    config_seen = now_seen;
+                    info!("policy file changed: reloading");
+                    reload(config.as_deref(), &mut pipeline, &mut out, &notifier)?;
+                }
+                out.flush()?;
+                publish(&pipeline, &out, lost_reported);
+            }
+            _ = async { match watchdog.as_mut() {
+                Some(i) => { i.tick().await; }
+                None => std::future::pending().await,
+            } } => {
+                // From the loop itself: a stalled loop stops feeding the watchdog.
+                notifier.watchdog();
             }
             _ = sighup.recv() => {
-                let doc = pipeline::reload(config.as_deref(), &mut pipeline);
-                output::write_line(&mut out, &doc)?;
-                out.flush().context("writing to stdout")?;
+                config_seen = config.as_deref().and_then(file_identity);
+                reload(config.as_deref(), &mut pipeline, &mut out, &notifier)?;
+                out.flush()?;
+            }
+            _ = usr1.recv() => {
+                if test_stall {
+                    warn!("SIGUSR1 (test hook): stalling the event loop for 10 s");
+                    std::thread::sleep(Duration::from_secs(10));
+                }
             }
             _ = metrics_tick.tick() => {
-                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, lost_reported));
-                output::write_line(&mut out, &doc)?;
-                out.flush().context("writing to stdout")?;
+                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported));
+                out.status(&doc, "metric", "sensor-stats")?;
+                out.flush()?;
             }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
         }
     }
+    notifier.stopping();
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
     let Counters {
@@ -232,12 +311,13 @@ pub async fn run(opts: Options) -> Result<()> {
         malformed,
         ..
     } = pipeline.counters;
-    let stopped = counters_json(&pipeline, lost_reported);
-    output::write_line(
-        &mut out,
+    let stopped = counters_json(&pipeline, &out, lost_reported);
+    out.status(
         &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
+        "state",
+        "sensor-stopped",
     )?;
-    out.flush().context("writing to stdout")?;
+    out.flush()?;
     info!(
         "stopped: {connections} connections ({attributed} attributed), {alerts} alerts, {lost_reported} lost, {malformed} malformed"
     );
@@ -251,11 +331,7 @@ pub async fn run(opts: Options) -> Result<()> {
 const DRAIN_BATCH: usize = 4096;
 
 /// Handles up to [`DRAIN_BATCH`] records, then flushes the output; returns how many.
-fn drain(
-    rb: &mut RingBuf<MapData>,
-    pipeline: &mut Pipeline,
-    out: &mut impl Write,
-) -> Result<usize> {
+fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> Result<usize> {
     let mut found = 0;
     while found < DRAIN_BATCH
         && let Some(item) = rb.next()
@@ -271,12 +347,49 @@ fn drain(
             }
         }
     }
-    out.flush().context("writing to stdout")?;
+    out.flush()?;
     Ok(found)
 }
 
+/// SIGHUP or a changed policy file: reload, tell systemd, print the outcome.
+fn reload(
+    config: Option<&Path>,
+    pipeline: &mut Pipeline,
+    out: &mut Sink,
+    notifier: &Notifier,
+) -> Result<()> {
+    notifier.reloading();
+    let (doc, action) = pipeline::reload(config, pipeline);
+    if action == "policy-reloaded" {
+        pipeline.counters.reloads += 1;
+    } else {
+        pipeline.counters.reload_failures += 1;
+    }
+    notifier.ready("policy reloaded");
+    out.status(&doc, "state", action)
+}
+
+/// The loop's totals for the metrics endpoint.
+fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
+    let c = pipeline.counters;
+    let engine = pipeline.engine.report();
+    Snapshot {
+        events_seen: c.connections,
+        events_filtered: c.connections.saturating_sub(c.printed),
+        events_emitted: out.emitted,
+        alerts: c.alerts_by_severity,
+        ring_lost: lost,
+        output_lost: out.lost(),
+        process_table_entries: pipeline.table.len() as u64,
+        policy_reloads: c.reloads,
+        policy_reload_failures: c.reload_failures,
+        beacons_detected: engine.beacons_detected,
+        folded_connections: engine.folded_connections,
+    }
+}
+
 /// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.
-fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
+fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Value {
     let c = pipeline.counters;
     let table = pipeline.table.stats();
     json!({
@@ -285,8 +398,12 @@ fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
         "alerts": c.alerts,
         "malformed_records": c.malformed,
         "lost_events_total": lost,
+        "output_lost": out.lost(),
+        "policy_reloads": c.reloads,
+        "policy_reload_failures": c.reload_failures,
         "loss_counter_read_errors": c.loss_read_errors,
-        "passwd_read_errors": pipeline.users.read_errors,
+        "passwd_read_errors": pipeline.users.host.read_errors,
+        "container_passwd_unreadable": pipeline.users.containers.unreadable,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
@@ -306,7 +423,7 @@ fn report_losses(
     losses: &load::LossCounter,
     reported: &mut u64,
     pipeline: &mut Pipeline,
-    out: &mut impl Write,
+    out: &mut Sink,
 ) -> Result<()> {
     // One failed read of the counter is no reason to stop capturing: counted, reported
     // in the metrics, and read again at the next interval.
@@ -329,8 +446,8 @@ fn report_losses(
             &pipeline.host_name,
             json!({"lost_events": delta, "lost_events_total": total, "cause": "ring buffer full"}),
         );
-        output::write_line(out, &doc)?;
-        out.flush().context("writing to stdout")?;
+        out.status(&doc, "pipeline_error", "events-lost")?;
+        out.flush()?;
         *reported = total;
     }
     Ok(())

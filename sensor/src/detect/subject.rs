@@ -25,6 +25,8 @@ pub struct Subject {
     pub host_name: Option<String>,
     pub container_id: Option<String>,
     pub kubernetes_namespace: Option<String>,
+    /// The pod's name (`orchestrator.resource.name`).
+    pub pod_name: Option<String>,
     /// The high-risk entry the executable is a copy of (`sensor.process.content_match`).
     pub content_match: Option<String>,
     /// A suspicious executable location (`sensor.process.location`).
@@ -73,6 +75,7 @@ impl Subject {
             host_name: None,
             container_id: None,
             kubernetes_namespace: None,
+            pod_name: None,
             content_match: None,
             location: None,
         }
@@ -97,7 +100,8 @@ impl Subject {
             port: e.conn.dport,
             host_name: Some(e.host_name.clone()),
             container_id: e.proc.container_id.clone(),
-            kubernetes_namespace: None,
+            kubernetes_namespace: e.proc.pod.as_ref().map(|p| p.namespace.clone()),
+            pod_name: e.proc.pod.as_ref().map(|p| p.name.clone()),
             content_match: e.proc.content_match.clone(),
             location: e.proc.location.map(str::to_string),
         }
@@ -148,6 +152,7 @@ impl Subject {
             location: text(doc, "/sensor/process/location"),
             container_id: text(doc, "/container/id"),
             kubernetes_namespace: text(doc, "/orchestrator/namespace"),
+            pod_name: text(doc, "/orchestrator/resource/name"),
         })
     }
 

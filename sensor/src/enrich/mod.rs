@@ -5,8 +5,10 @@ pub mod cgroups;
 pub mod container;
 pub mod exe;
 pub mod identity;
+pub mod kubelet;
 pub mod procfs;
 pub mod proctable;
+pub mod rootfs;
 pub mod users;
 
 use crate::{enrich::procfs::ProcessInfo, kernel::records::Connection};

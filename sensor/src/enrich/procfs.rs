@@ -26,6 +26,10 @@ pub struct ProcessInfo {
     pub location: Option<&'static str>,
     /// Ancestors' executables, parent first ("?" where unknown).
     pub ancestors: Vec<String>,
+    /// The Kubernetes pod of its container, from the kubelet's links on the node.
+    pub pod: Option<crate::enrich::kubelet::Pod>,
+    /// The container runtime its cgroup names (containerd, cri-o, docker, podman).
+    pub container_runtime: Option<&'static str>,
 }
 
 impl ProcessInfo {

@@ -367,6 +367,9 @@ impl ProcTable {
             content_match: e.content_match.as_deref().map(str::to_string),
             location: e.location,
             ancestors: Vec::new(),
+            // Filled by the pipeline from the container id.
+            pod: None,
+            container_runtime: None,
         };
         let mut next = e.parent;
         for _ in 0..ANCESTRY_DEPTH {

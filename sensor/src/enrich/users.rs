@@ -3,7 +3,14 @@
 //! Hand-written rather than through libc's getpwuid: the file is the host's (under
 //! `--host-root`), not this process's NSS view, and a split on ':' is all it takes.
 
-use std::{collections::HashMap, path::PathBuf, time::SystemTime};
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use crate::enrich::rootfs;
 
 pub struct Users {
     path: PathBuf,
@@ -58,7 +65,7 @@ impl Users {
 }
 
 /// `name:x:uid:gid:gecos:home:shell` lines; malformed lines are skipped.
-fn parse_passwd(text: &str) -> HashMap<u32, String> {
+pub fn parse_passwd(text: &str) -> HashMap<u32, String> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let mut f = line.split(':');
@@ -73,9 +80,114 @@ fn parse_passwd(text: &str) -> HashMap<u32, String> {
     out
 }
 
+// Users in containers: their names come from the container's own account database
+// (`/proc/PID/root/etc/passwd`, read inside that root with a bound), never the node's: a
+// container's uid 1000 is not the node's uid 1000. Cached per mount namespace; a name that
+// cannot be read is left out, and `user.id` stands alone.
+
+/// The largest passwd file read (a real one is a few KiB).
+const MAX_PASSWD: u64 = 1 << 20;
+/// Mount namespaces remembered at most; the cache is dropped whole past that.
+const MAX_NAMESPACES: usize = 1024;
+
+/// uid -> name maps, keyed by mount namespace inode.
+#[derive(Default)]
+pub struct ContainerUsers {
+    by_ns: HashMap<u64, Option<HashMap<u32, String>>>,
+    /// passwd files that could not be read (gone, not a regular file, too large).
+    pub unreadable: u64,
+}
+
+/// The mount namespace of `pid` under `proc_root`, as its inode number.
+pub fn mount_ns(proc_root: &Path, pid: u32) -> Option<u64> {
+    std::fs::metadata(proc_root.join(pid.to_string()).join("ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+impl ContainerUsers {
+    /// The name of `uid` as the container of `pid` (in mount namespace `ns`) knows it.
+    pub fn name(&mut self, proc_root: &Path, pid: u32, ns: u64, uid: u32) -> Option<&str> {
+        if !self.by_ns.contains_key(&ns) {
+            if self.by_ns.len() >= MAX_NAMESPACES {
+                self.by_ns.clear();
+            }
+            let root = proc_root.join(pid.to_string()).join("root");
+            let names = match rootfs::read_file(&root, "etc/passwd", MAX_PASSWD) {
+                Ok(b) => Some(parse_passwd(&String::from_utf8_lossy(&b))),
+                Err(_) => {
+                    self.unreadable += 1;
+                    None
+                }
+            };
+            self.by_ns.insert(ns, names);
+        }
+        self.by_ns.get(&ns)?.as_ref()?.get(&uid).map(String::as_str)
+    }
+}
+
+/// Whose account database names a process's users.
+pub struct UserNames {
+    pub host: Users,
+    pub containers: ContainerUsers,
+    proc_root: PathBuf,
+    /// The host's mount namespace (pid 1's), against which a process is "in a container".
+    host_ns: Option<u64>,
+}
+
+impl UserNames {
+    pub fn new(host_passwd: impl Into<PathBuf>, proc_root: impl Into<PathBuf>) -> Self {
+        let proc_root = proc_root.into();
+        Self {
+            host: Users::new(host_passwd),
+            containers: ContainerUsers::default(),
+            host_ns: mount_ns(&proc_root, 1),
+            proc_root,
+        }
+    }
+
+    /// `uid`'s name for process `pid`. `in_container` says what else is known (a container
+    /// id) for a process already gone: its container's users cannot be read, and the
+    /// host's are not its own.
+    pub fn name(&mut self, pid: u32, uid: u32, in_container: bool) -> Option<String> {
+        match mount_ns(&self.proc_root, pid) {
+            Some(ns) if Some(ns) != self.host_ns => self
+                .containers
+                .name(&self.proc_root, pid, ns, uid)
+                .map(str::to_string),
+            None if in_container => None,
+            _ => self.host.name(uid).map(str::to_string),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_reads_its_own_root() {
+        let proc_root = Path::new("/proc");
+        let pid = std::process::id();
+        let ns = mount_ns(proc_root, pid).unwrap();
+        let mut u = ContainerUsers::default();
+        assert_eq!(u.name(proc_root, pid, ns, 0), Some("root"));
+        assert_eq!(u.name(proc_root, pid, ns, 4_000_000_000), None);
+        // A process that is gone: no name, counted, not retried for that namespace.
+        assert_eq!(u.name(proc_root, u32::MAX, 1, 0), None);
+        assert_eq!(u.unreadable, 1);
+    }
+
+    #[test]
+    fn host_process_uses_the_host_database_gone_container_process_none() {
+        let mut names = UserNames::new("/etc/passwd", "/proc");
+        assert_eq!(
+            names.name(std::process::id(), 0, false).as_deref(),
+            Some("root")
+        );
+        assert_eq!(names.name(u32::MAX, 0, true), None);
+        assert_eq!(names.name(u32::MAX, 0, false).as_deref(), Some("root"));
+    }
 
     #[test]
     fn parses_and_skips_garbage() {

@@ -34,7 +34,16 @@ fn parts(e: &Enriched) -> Map<String, Value> {
             "direction": "egress",
         },
         "host": {"name": e.host_name},
-        "container": {"id": p.container_id},
+        "container": {
+            "id": p.container_id,
+            "name": p.pod.as_ref().map(|pod| &pod.container),
+            "runtime": p.container_runtime,
+        },
+        "orchestrator": p.pod.as_ref().map(|pod| json!({
+            "type": "kubernetes",
+            "namespace": pod.namespace,
+            "resource": {"type": "pod", "name": pod.name, "id": pod.uid},
+        })),
     });
     match doc {
         Value::Object(m) => m,

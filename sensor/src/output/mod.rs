@@ -6,8 +6,11 @@
 
 pub mod clock;
 mod connection;
+pub mod journald;
+pub mod metrics;
 mod recorded;
 mod rollup;
+pub mod sink;
 
 use std::io::Write;
 

@@ -35,6 +35,8 @@ pub struct AllowRule {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kubernetes_namespaces: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod_names: Vec<Pattern>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub host_names: Vec<Pattern>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
@@ -108,6 +110,7 @@ impl AllowRule {
                     &self.kubernetes_namespaces,
                     s.kubernetes_namespace.as_deref(),
                 ))
+            && (self.pod_names.is_empty() || any_glob(&self.pod_names, s.pod_name.as_deref()))
             && (self.host_names.is_empty() || any_glob(&self.host_names, s.host_name.as_deref()))
             && self
                 .schedule
@@ -148,6 +151,7 @@ impl AllowRule {
         );
         list("container", names(&self.container_ids));
         list("k8s namespace", names(&self.kubernetes_namespaces));
+        list("pod", names(&self.pod_names));
         list("host", names(&self.host_names));
         if let Some(w) = &self.schedule {
             let json = serde_json::to_value(w).unwrap_or_default();
@@ -178,6 +182,7 @@ impl AllowRule {
             destination_ports: vec![],
             container_ids: vec![],
             kubernetes_namespaces: vec![],
+            pod_names: vec![],
             host_names: vec![],
             schedule: None,
         }

@@ -50,6 +50,7 @@ struct AllowFile {
     destination_ports: Option<SVec<PortItem>>,
     container_ids: Option<SVec<String>>,
     kubernetes_namespaces: Option<SVec<String>>,
+    pod_names: Option<SVec<String>>,
     host_names: Option<SVec<String>>,
     schedule: Option<Spanned<ScheduleFile>>,
 }
@@ -276,6 +277,7 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
         destination_ports,
         container_ids: patterns(src, "container_ids", &f.container_ids)?,
         kubernetes_namespaces: patterns(src, "kubernetes_namespaces", &f.kubernetes_namespaces)?,
+        pod_names: patterns(src, "pod_names", &f.pod_names)?,
         host_names: patterns(src, "host_names", &f.host_names)?,
         schedule,
     };

@@ -1,0 +1,347 @@
+//! `--metrics ADDR`: a Prometheus text endpoint (prometheus-client) and `/healthz`, served
+//! on a thread of its own with its own small tokio runtime, so a stalled event loop cannot
+//! stall its own health check: `/healthz` answers 503 when the loop has not drained or
+//! ticked for [`STALL_AFTER`].
+//!
+//! The event loop publishes a [`Snapshot`] of its counters after every drain and tick:
+//! the hot path only bumps plain integers, and the registry is touched once a batch.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `/healthz` turns 503 when the event loop has been silent this long (it ticks every
+/// `--stats-interval`, 1 s by default, even on an idle host).
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// The loop's counters, totals since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Connect records read from the ring buffer.
+    pub events_seen: u64,
+    /// Connections scored and not printed (no alert, no `--all`) or suppressed by a rule.
+    pub events_filtered: u64,
+    /// Connection lines written.
+    pub events_emitted: u64,
+    /// Alerts by severity: Low, Medium, High.
+    pub alerts: [u64; 3],
+    /// Records the kernel could not reserve in the ring buffer.
+    pub ring_lost: u64,
+    /// Lines an output could not take (journald down, a full queue).
+    pub output_lost: u64,
+    pub process_table_entries: u64,
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
+    pub beacons_detected: u64,
+    pub folded_connections: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Severity {
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Hook {
+    hook: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events_seen: Counter,
+    events_filtered: Counter,
+    events_emitted: Counter,
+    alerts: Family<Severity, Counter>,
+    ring_lost: Counter,
+    output_lost: Counter,
+    table: Gauge,
+    reloads: Counter,
+    reload_failures: Counter,
+    beacons: Counter,
+    folded: Counter,
+    /// The last snapshot published: counters move by the difference.
+    last: Mutex<Snapshot>,
+    /// Milliseconds since `start` at the loop's last sign of life.
+    heartbeat_ms: AtomicU64,
+    start: Instant,
+}
+
+const SEVERITIES: [&str; 3] = ["low", "medium", "high"];
+
+impl Metrics {
+    pub fn new(hook: &str) -> Self {
+        let mut registry = Registry::with_prefix("t1571_sensor");
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let events_seen = counter(
+            &mut registry,
+            "events_seen",
+            "Connect records read from the kernel",
+        );
+        let events_filtered = counter(
+            &mut registry,
+            "events_filtered",
+            "Connections scored and not printed (no alert, or suppressed)",
+        );
+        let events_emitted = counter(&mut registry, "events_emitted", "Connection lines written");
+        let alerts = Family::<Severity, Counter>::default();
+        registry.register("alerts", "Alerts by severity", alerts.clone());
+        let ring_lost = counter(
+            &mut registry,
+            "ring_buffer_lost",
+            "Records the kernel could not reserve in the ring buffer",
+        );
+        let output_lost = counter(
+            &mut registry,
+            "output_lost",
+            "Lines an output could not take",
+        );
+        let table = Gauge::default();
+        registry.register(
+            "process_table_entries",
+            "Processes in the process table",
+            table.clone(),
+        );
+        let reloads = counter(&mut registry, "policy_reloads", "Policy reloads applied");
+        let reload_failures = counter(
+            &mut registry,
+            "policy_reload_failures",
+            "Policy reloads refused (the old policy kept)",
+        );
+        let beacons = counter(&mut registry, "beacons_detected", "Beacons detected");
+        let folded = counter(
+            &mut registry,
+            "folded_connections",
+            "Connections folded into an earlier alert by flood control",
+        );
+        let hooks = Family::<Hook, Gauge>::default();
+        registry.register("hook_info", "The connect hook in use", hooks.clone());
+        hooks
+            .get_or_create(&Hook {
+                hook: hook.to_string(),
+            })
+            .set(1);
+        for severity in SEVERITIES {
+            // Present at 0 from the start, so rate() works from the first alert.
+            let _ = alerts.get_or_create(&Severity { severity });
+        }
+        Self {
+            registry,
+            events_seen,
+            events_filtered,
+            events_emitted,
+            alerts,
+            ring_lost,
+            output_lost,
+            table,
+            reloads,
+            reload_failures,
+            beacons,
+            folded,
+            last: Mutex::new(Snapshot::default()),
+            heartbeat_ms: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
+    /// Publishes the loop's totals (and counts as its sign of life).
+    pub fn publish(&self, s: &Snapshot) {
+        self.alive();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let up = |c: &Counter, new: u64, old: u64| {
+            c.inc_by(new.saturating_sub(old));
+        };
+        up(&self.events_seen, s.events_seen, last.events_seen);
+        up(
+            &self.events_filtered,
+            s.events_filtered,
+            last.events_filtered,
+        );
+        up(&self.events_emitted, s.events_emitted, last.events_emitted);
+        for (i, severity) in SEVERITIES.into_iter().enumerate() {
+            up(
+                &self.alerts.get_or_create(&Severity { severity }),
+                s.alerts[i],
+                last.alerts[i],
+            );
+        }
+        up(&self.ring_lost, s.ring_lost, last.ring_lost);
+        up(&self.output_lost, s.output_lost, last.output_lost);
+        up(&self.reloads, s.policy_reloads, last.policy_reloads);
+        up(
+            &self.reload_failures,
+            s.policy_reload_failures,
+            last.policy_reload_failures,
+        );
+        up(&self.beacons, s.beacons_detected, last.beacons_detected);
+        up(&self.folded, s.folded_connections, last.folded_connections);
+        self.table
+            .set(i64::try_from(s.process_table_entries).unwrap_or(i64::MAX));
+        *last = s.clone();
+    }
+
+    /// The event loop is alive (called on every drain and tick).
+    pub fn alive(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        let now = self.start.elapsed();
+        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        now.saturating_sub(last) < STALL_AFTER
+    }
+
+    pub fn render(&self) -> Result<String> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).context("encoding metrics")?;
+        Ok(out)
+    }
+}
+
+/// Binds `addr` (so a bad address fails at start-up, naming it) and serves from a thread
+/// of its own until the process exits.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))?;
+    listener
+        .set_nonblocking(true)
+        .context("metrics listener: non-blocking")?;
+    let bound = listener.local_addr().context("metrics listener address")?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log::error!("metrics endpoint: starting its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(accept_loop(listener, metrics));
+        })
+        .context("starting the metrics thread")?;
+    Ok(bound)
+}
+
+async fn accept_loop(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("metrics endpoint: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            // A client that sends nothing is dropped after a second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), answer(stream, &m)).await;
+        });
+    }
+}
+
+/// One request, one response, connection closed. Hand-written because two fixed GET
+/// routes do not justify an HTTP framework in a node agent.
+async fn answer(mut stream: tokio::net::TcpStream, m: &Metrics) -> std::io::Result<()> {
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    // The request line and headers, bounded: only the first line matters.
+    while n < buf.len() {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, ctype, body) = match (line.starts_with("GET "), path) {
+        (true, "/metrics") => match m.render() {
+            Ok(b) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                b,
+            ),
+            Err(e) => (
+                "500 Internal Server Error",
+                "text/plain",
+                format!("{e:#}\n"),
+            ),
+        },
+        (true, "/healthz") if m.healthy() => ("200 OK", "text/plain", "ok\n".into()),
+        (true, "/healthz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "stalled: the ring buffer is not being drained\n".into(),
+        ),
+        (true, _) => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_move_by_what_the_loop_counted() {
+        let m = Metrics::new("tp_btf/inet_sock_set_state");
+        let mut s = Snapshot {
+            events_seen: 10,
+            alerts: [1, 0, 2],
+            ..Default::default()
+        };
+        m.publish(&s);
+        s.events_seen = 15;
+        s.alerts[2] = 5;
+        m.publish(&s);
+        let text = m.render().unwrap();
+        assert!(text.contains("t1571_sensor_events_seen_total 15"), "{text}");
+        assert!(
+            text.contains("t1571_sensor_alerts_total{severity=\"high\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_alerts_total{severity=\"medium\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1"),
+            "{text}"
+        );
+        assert!(m.healthy());
+    }
+}
