@@ -5,6 +5,9 @@
 //! integration tests drive (netcat, curl, python3, iproute2).
 
 mod bench;
+mod deb;
+mod image;
+mod python;
 mod siem;
 mod toolchain;
 
@@ -44,6 +47,18 @@ enum Task {
     /// Regenerate the converted SIEM queries in deploy/siem/ from the Sigma rules (pySigma in
     /// a venv under target/).
     Siem,
+    /// Build the static (musl) binary and the FROM scratch container image.
+    Image {
+        /// Build the binary with the dev profile (faster; what the tests use).
+        #[arg(long)]
+        dev: bool,
+        /// Also unpack the image's filesystem into this directory.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
+    /// Build the Debian package (release binary, unit, sample policy, man page) into
+    /// target/debian/.
+    Deb,
     /// Build and run every test: unit tests and the real-kernel integration tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -93,11 +108,36 @@ fn main() -> Result<()> {
             bench::report(&root.join("target/criterion/connect"))
         }
         Task::Siem => siem::convert(&root),
+        Task::Image { dev, export } => {
+            toolchain::ensure(false)?;
+            let bin = image::build_static(&root, !dev)?;
+            let reference = image::build_image(&root, &bin)?;
+            if let Some(dir) = export {
+                image::export(&reference, &dir)?;
+            }
+            println!("{reference}");
+            Ok(())
+        }
+        Task::Deb => {
+            toolchain::ensure(false)?;
+            cargo(&root, &["build", "--release", "-p", "sensor"])?;
+            let deb = deb::build(&root, &root.join("target/release/sensor"))?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Task::Test { args } => {
             toolchain::ensure(false)?;
             toolchain::ensure_test_programs()?;
             let siem_python = siem::ensure_test_tools(&root)?;
+            let k8s_python = python::venv(&root, "k8s-venv", "deploy/kubernetes/requirements.txt")?;
             cargo(&root, &["build", "-p", "sensor"])?;
+            // The package test installs what users install: built from this very binary.
+            let deb = deb::build(&root, &root.join("target/debug/sensor"))?;
+            // The image as shipped (static build, FROM scratch), unpacked for the image test.
+            let image_root = root.join("target/image-rootfs");
+            let bin = image::build_static(&root, false)?;
+            let reference = image::build_image(&root, &bin)?;
+            image::export(&reference, &image_root)?;
             let mut test = vec![
                 "test",
                 "--workspace",
@@ -113,6 +153,9 @@ fn main() -> Result<()> {
                 &[
                     ("SENSOR_BIN", root.join("target/debug/sensor")),
                     ("SIEM_PYTHON", siem_python),
+                    ("SENSOR_DEB", deb),
+                    ("K8S_PYTHON", k8s_python),
+                    ("SENSOR_IMAGE_ROOT", image_root),
                 ],
             )
         }

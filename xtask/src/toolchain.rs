@@ -127,6 +127,11 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("setpriv", "util-linux"),
     ("/usr/include/stdio.h", "libc6-dev"),
+    ("systemd-analyze", "systemd"),
+    ("/lib/systemd/systemd-journald", "systemd"),
+    ("journalctl", "systemd"),
+    ("dpkg-deb", "dpkg"),
+    ("tmux", "tmux"),
 ];
 
 pub(crate) fn have(what: &str) -> bool {

@@ -1,0 +1,139 @@
+//! `cargo xtask image`: the static musl build of the sensor (it embeds its eBPF object, so
+//! the same file ships to systemd hosts), then the `FROM scratch` image of
+//! deploy/container/Containerfile, built offline with podman (installed from apt when no
+//! engine is present), or buildah or docker where one works. `--export DIR` also unpacks the
+//! image's filesystem into DIR, which the tests run the binary from.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+pub const TARGET: &str = "x86_64-unknown-linux-musl";
+pub const IMAGE: &str = "localhost/t1571-sensor";
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The static binary: `target/x86_64-unknown-linux-musl/<profile>/sensor`. Releases ship
+/// the release profile; the tests build the image from the dev profile, which compiles in
+/// half the time and runs the same code.
+pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l == TARGET)
+    {
+        run(Command::new("rustup").args(["target", "add", TARGET]))?;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "sensor", "--target", TARGET])
+        .current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root
+        .join("target")
+        .join(TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join("sensor"))
+}
+
+/// An engine that can build: its command. podman is installed if none is found. The
+/// docker client counts only when `docker info` reaches an engine.
+fn engine() -> Result<&'static str> {
+    for e in ["podman", "buildah"] {
+        if ok(Command::new(e).arg("--version")) {
+            return Ok(e);
+        }
+    }
+    if ok(Command::new("docker").arg("info")) {
+        return Ok("docker");
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", "podman"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok("podman")
+}
+
+/// Builds the image from `binary`; returns its reference.
+pub fn build_image(root: &Path, binary: &Path) -> Result<String> {
+    let engine = engine()?;
+    let ctx = root.join("target/image-context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).context("creating the build context")?;
+    std::fs::copy(binary, ctx.join("sensor")).context("copying the binary")?;
+    std::fs::copy(
+        root.join("deploy/container/Containerfile"),
+        ctx.join("Containerfile"),
+    )
+    .context("copying the Containerfile")?;
+    let version = env!("CARGO_PKG_VERSION");
+    let reference = format!("{IMAGE}:{version}");
+    let mut cmd = Command::new(engine);
+    match engine {
+        "buildah" => cmd.arg("bud"),
+        _ => cmd.arg("build"),
+    };
+    run(cmd
+        .args([
+            "--build-arg",
+            &format!("VERSION={version}"),
+            "-t",
+            &reference,
+            "-f",
+        ])
+        .arg(ctx.join("Containerfile"))
+        .arg(&ctx))?;
+    eprintln!("xtask: built {reference} with {engine}");
+    Ok(reference)
+}
+
+/// Unpacks the image's filesystem into `dir` (`podman create` + `export`).
+pub fn export(reference: &str, dir: &Path) -> Result<()> {
+    let engine = engine()?;
+    let out = Command::new(engine)
+        .args(["create", reference, "/sensor"])
+        .output()
+        .context("creating a container to export")?;
+    if !out.status.success() {
+        bail!(
+            "{engine} create: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tar = dir.with_extension("tar");
+    let exported = run(Command::new(engine)
+        .args(["export", "-o"])
+        .arg(&tar)
+        .arg(&id));
+    let _ = Command::new(engine).args(["rm", &id]).status();
+    exported?;
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dir))?;
+    let _ = std::fs::remove_file(&tar);
+    Ok(())
+}
