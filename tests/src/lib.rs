@@ -237,6 +237,47 @@ impl Sensor {
         Ok(s)
     }
 
+    /// Starts `sensor run ARGS` as root with exactly `caps` (`CAP_BPF`, ...) as its
+    /// bounding, permitted and effective sets and no new privileges, as a systemd unit's
+    /// `CapabilityBoundingSet=` or a pod's `capabilities.add` over `drop: [ALL]` runs it.
+    /// Checks the sets in its /proc status before returning.
+    pub fn start_with_capabilities(caps: &[&str], args: &[&str]) -> Result<Self> {
+        let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let mut mask = 0u64;
+        let mut names = Vec::new();
+        for c in caps {
+            mask |= 1 << cap_number(c)?;
+            names.push(format!(
+                "+{}",
+                c.trim_start_matches("CAP_").to_ascii_lowercase()
+            ));
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--bounding-set",
+            &format!("-all,{}", names.join(",")),
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(sensor_bin())
+        .arg("run")
+        .args(args);
+        let mut s = Self::spawn(cmd)?;
+        s._shared = Some(shared);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))?;
+        for field in ["CapBnd:", "CapPrm:", "CapEff:"] {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .with_context(|| format!("no {field} in the sensor's status"))?;
+            let got = u64::from_str_radix(hex.trim(), 16).context("capability mask")?;
+            if got != mask {
+                bail!("{field} {got:#x}, expected exactly {mask:#x} ({caps:?})");
+            }
+        }
+        Ok(s)
+    }
+
     /// Starts `cmd` (a `sensor run`) and waits for its `sensor-started` line.
     pub fn spawn(mut cmd: Command) -> Result<Self> {
         let mut child = cmd
@@ -377,6 +418,19 @@ pub fn is_connection(v: &Value, pid: u32, port: u16) -> bool {
     v["event"]["action"] == "network-connect"
         && v["process"]["pid"] == pid
         && v["destination"]["port"] == port
+}
+
+/// A capability's number (linux/capability.h), for the names the shipped manifests use.
+pub fn cap_number(name: &str) -> Result<u32> {
+    Ok(match name {
+        "CAP_DAC_READ_SEARCH" => 2,
+        "CAP_SYS_PTRACE" => 19,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => bail!("capability {other} is new to the tests: add its number"),
+    })
 }
 
 /// Makes `cmd` run in a new mount namespace (private propagation) where each path of

@@ -1,0 +1,224 @@
+//! The Kubernetes manifests: every kustomize variant renders, validates against the
+//! Kubernetes schemas (kubernetes-validate, which ships them), and asks of the binary only
+//! what it accepts; the least-privilege variant's capabilities are enough on this kernel.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use sensor_tests::{Net, Sensor, root_or_skip, sensor_bin};
+use serde_json::Value;
+
+const PUBLIC: &str = "198.51.100.9";
+const VARIANTS: [&str; 4] = [
+    "privileged",
+    "least-privilege",
+    "journald",
+    "servicemonitor",
+];
+
+fn overlay(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/overlays")
+        .join(name)
+}
+
+/// The project's Python (a venv `cargo xtask test` makes, with kubernetes-validate and
+/// PyYAML), from K8S_PYTHON; skipped without it, failed under CI.
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("K8S_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("K8S_PYTHON is not set: run the tests through `cargo xtask test`");
+            }
+            eprintln!("SKIPPED kubernetes: K8S_PYTHON not set (cargo xtask test sets it)");
+            None
+        }
+    }
+}
+
+/// kubernetes-validate --strict on `file`: (passed, its output).
+fn validate(python: &Path, file: &Path) -> Result<(bool, String)> {
+    let out = Command::new(python)
+        .args(["-m", "kubernetes_validate", "--strict"])
+        .arg(file)
+        .output()
+        .context("running kubernetes-validate")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success() && !text.contains("ERROR"), text))
+}
+
+fn render(name: &str) -> Result<String> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay(name))
+        .output()
+        .context("running kubectl kustomize")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl kustomize {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The rendered documents as JSON (PyYAML in the project's venv).
+fn documents(python: &Path, yaml: &str) -> Result<Vec<Value>> {
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running python")?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, yaml.as_bytes())?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    serde_json::from_slice(&out.stdout).context("parsing the documents")
+}
+
+/// What the policy ConfigMap holds (its configMapGenerator's files).
+fn configmap_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base")
+}
+
+fn daemonset(docs: &[Value]) -> Result<&Value> {
+    docs.iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .context("no DaemonSet rendered")
+}
+
+#[test]
+fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
+    let Some(python) = python() else {
+        return Ok(());
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("manifests");
+    std::fs::create_dir_all(&dir)?;
+    for name in VARIANTS {
+        let yaml = render(name)?;
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, &yaml)?;
+        let docs = documents(&python, &yaml)?;
+        // The ServiceMonitor is a CRD: no schema ships for it; it is checked by shape.
+        let (crds, core): (Vec<&Value>, Vec<&Value>) = docs
+            .iter()
+            .partition(|d| d["apiVersion"] == "monitoring.coreos.com/v1");
+        for crd in crds {
+            assert_eq!(crd["kind"], "ServiceMonitor");
+            assert_eq!(crd["spec"]["endpoints"][0]["port"], "metrics");
+        }
+        let (ok, text) = validate(&python, &file)?;
+        assert!(ok, "{name}: {text}");
+        // Every document was checked against its schema; only the CRD has none.
+        let passed = text
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
+        assert_eq!(passed, core.len(), "{name}: {text}");
+        let ds = daemonset(&docs)?;
+        let ns = docs
+            .iter()
+            .find(|d| d["kind"] == "Namespace")
+            .context("no Namespace")?;
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "privileged"
+        );
+        let spec = &ds["spec"]["template"]["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["hostPID"], true);
+        assert_eq!(spec["priorityClassName"], "system-node-critical");
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            1
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+        assert!(
+            c["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v["name"] == "NODE_NAME"
+                    && v["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")),
+            "{c:#}"
+        );
+        // What the DaemonSet asks of the binary, the binary accepts (parsed, not run).
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .context("args")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            // The ConfigMap's mount, where the policy file the kustomization ships lands.
+            .map(|a| {
+                a.replace(
+                    "/etc/t1571-sensor/",
+                    &format!("{}/", configmap_dir().display()),
+                )
+            })
+            .collect();
+        let out = Command::new(sensor_bin())
+            .args(&args)
+            .arg("--dry-run")
+            .output()
+            .context("running the sensor")?;
+        assert!(
+            out.status.success(),
+            "{name}: sensor {args:?} --dry-run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The validator rejects what it should: a misspelt field fails strict validation.
+    let bad = render("privileged")?.replace("hostPID: true", "hostPIDs: true");
+    let file = dir.join("misspelt.yaml");
+    std::fs::write(&file, bad)?;
+    let (ok, text) = validate(&python, &file)?;
+    assert!(!ok, "a misspelt field passed: {text}");
+    // The base ships the same sample policy as the Debian package (kustomize cannot
+    // reach files outside its directory, so it is a copy).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert_eq!(
+        std::fs::read_to_string(root.join("deploy/kubernetes/base/policy.toml"))?,
+        std::fs::read_to_string(root.join("deploy/systemd/policy.toml"))?,
+        "deploy/kubernetes/base/policy.toml drifted from deploy/systemd/policy.toml"
+    );
+    Ok(())
+}
+
+#[test]
+fn least_privilege_capabilities_are_enough() -> Result<()> {
+    if !root_or_skip("least_privilege") {
+        return Ok(());
+    }
+    let Some(python) = python() else {
+        return Ok(());
+    };
+    let docs = documents(&python, &render("least-privilege")?)?;
+    let sc = &daemonset(&docs)?["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let caps: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .context("capabilities.add")?
+        .iter()
+        .filter_map(|c| c.as_str().map(|c| format!("CAP_{c}")))
+        .collect();
+    let net = Net::new()?;
+    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let mut sensor = Sensor::start_with_capabilities(&caps, &[])?;
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
+    Ok(())
+}
