@@ -223,6 +223,7 @@ impl Sensor {
         let mut child = Command::new(sensor_bin())
             .arg("run")
             .args(args)
+            .args(probe_args(args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -262,10 +263,19 @@ impl Sensor {
             stderr,
             _shared: None,
         };
-        s.wait_for(Duration::from_secs(60), |v| {
-            v["event"]["action"] == "sensor-started"
-        })
-        .context("sensor did not start")?;
+        let started = s
+            .wait_for(Duration::from_secs(60), |v| {
+                v["event"]["action"] == "sensor-started"
+            })
+            .context("sensor did not start")?;
+        let hook = started["sensor"]["probe"].as_str().unwrap_or_default();
+        let want = expected_hook()?;
+        if hook != want {
+            bail!(
+                "sensor reports hook {hook:?}, expected {want:?} (SENSOR_PROBE={:?})",
+                forced_probe()
+            );
+        }
         Ok(s)
     }
 
@@ -360,6 +370,60 @@ pub fn is_connection(v: &Value, pid: u32, port: u16) -> bool {
     v["event"]["action"] == "network-connect"
         && v["process"]["pid"] == pid
         && v["destination"]["port"] == port
+}
+
+/// The hook the tests force, from `SENSOR_PROBE` (`cargo xtask vmtest` sets it): a
+/// `--probe` value such as `fentry` or `tp-btf`. Unset, empty or `auto`: none forced.
+pub fn forced_probe() -> Option<String> {
+    std::env::var("SENSOR_PROBE")
+        .ok()
+        .filter(|p| !p.is_empty() && p != "auto")
+}
+
+/// `--probe VALUE` for `sensor run` when a hook is forced and `args` does not choose one.
+fn probe_args(args: &[&str]) -> Vec<String> {
+    match forced_probe() {
+        Some(p) if !args.contains(&"--probe") => vec!["--probe".into(), p],
+        _ => Vec::new(),
+    }
+}
+
+/// The hook every sensor started here must report in `sensor.probe`, from `sensor check`
+/// (run once per test binary): with a hook forced, that hook (`tp-btf` names
+/// `tp_btf/...`), so a silent fallback fails; otherwise the one auto selection picks here
+/// (the check's verdict), whichever it is.
+pub fn expected_hook() -> Result<String> {
+    static CHECK: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let text = CHECK
+        .get_or_init(|| {
+            Command::new(sensor_bin())
+                .arg("check")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| format!("running sensor check: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match forced_probe() {
+        Some(p) => {
+            let prefix = format!("{}/", p.replace('-', "_"));
+            text.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                // A connect hook, not a lifecycle hook of the same kind.
+                .find(|h| {
+                    h.starts_with(&prefix)
+                        && (h.ends_with("/tcp_connect") || h.ends_with("/inet_sock_set_state"))
+                })
+                .map(str::to_string)
+                .with_context(|| format!("sensor check lists no hook for --probe {p}:\n{text}"))
+        }
+        None => text
+            .lines()
+            .find_map(|l| l.strip_prefix("verdict"))
+            .and_then(|v| v.split("using ").nth(1))
+            .map(|h| h.trim().to_string())
+            .with_context(|| format!("sensor check named no hook:\n{text}")),
+    }
 }
 
 /// Ids of the BPF programs process `pid` holds open (from /proc/PID/fdinfo).
