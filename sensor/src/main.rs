@@ -63,6 +63,9 @@ enum Command {
     Check {
         #[arg(long, default_value_t = DEFAULT_RING_BUFFER, value_name = "BYTES")]
         ring_buffer_size: u32,
+        /// Only print, as JSON, the struct offsets read from this kernel's BTF.
+        #[arg(long)]
+        layout: bool,
     },
     /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
     /// SIGINT/SIGTERM (used by `cargo xtask bench`).
@@ -179,7 +182,10 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| true),
-        Command::Check { ring_buffer_size } => check::check(ring_buffer_size),
+        Command::Check { layout: true, .. } => check::print_layout(),
+        Command::Check {
+            ring_buffer_size, ..
+        } => check::check(ring_buffer_size),
         Command::BenchBaseline => loader::baseline().map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },
