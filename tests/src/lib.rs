@@ -268,14 +268,7 @@ impl Sensor {
                 v["event"]["action"] == "sensor-started"
             })
             .context("sensor did not start")?;
-        let hook = started["sensor"]["probe"].as_str().unwrap_or_default();
-        let want = expected_hook()?;
-        if hook != want {
-            bail!(
-                "sensor reports hook {hook:?}, expected {want:?} (SENSOR_PROBE={:?})",
-                forced_probe()
-            );
-        }
+        check_hook(started["sensor"]["probe"].as_str().unwrap_or_default())?;
         Ok(s)
     }
 
@@ -388,42 +381,44 @@ fn probe_args(args: &[&str]) -> Vec<String> {
     }
 }
 
-/// The hook every sensor started here must report in `sensor.probe`, from `sensor check`
-/// (run once per test binary): with a hook forced, that hook (`tp-btf` names
-/// `tp_btf/...`), so a silent fallback fails; otherwise the one auto selection picks here
-/// (the check's verdict), whichever it is.
-pub fn expected_hook() -> Result<String> {
-    static CHECK: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    let text = CHECK
-        .get_or_init(|| {
-            Command::new(sensor_bin())
-                .arg("check")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .map_err(|e| format!("running sensor check: {e}"))
-        })
+/// Checks `reported` (a `sensor.probe`) is the hook the tests expect here: with a hook
+/// forced, that hook (`tp-btf` names `tp_btf/...`), so a silent fallback fails; otherwise
+/// the one auto selection picks on this kernel, as `sensor check`'s verdict names it
+/// (asked once per test binary).
+pub fn check_hook(reported: &str) -> Result<()> {
+    if let Some(p) = forced_probe() {
+        let prefix = format!("{}/", p.replace('-', "_"));
+        // A connect hook, not a lifecycle hook of the same kind.
+        let connect =
+            reported.ends_with("/tcp_connect") || reported.ends_with("/inet_sock_set_state");
+        if !reported.starts_with(&prefix) || !connect {
+            bail!("sensor reports hook {reported:?}, but SENSOR_PROBE forces --probe {p}");
+        }
+        return Ok(());
+    }
+    static AUTO: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let auto = AUTO
+        .get_or_init(|| auto_hook().map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    match forced_probe() {
-        Some(p) => {
-            let prefix = format!("{}/", p.replace('-', "_"));
-            text.lines()
-                .filter_map(|l| l.split_whitespace().next())
-                // A connect hook, not a lifecycle hook of the same kind.
-                .find(|h| {
-                    h.starts_with(&prefix)
-                        && (h.ends_with("/tcp_connect") || h.ends_with("/inet_sock_set_state"))
-                })
-                .map(str::to_string)
-                .with_context(|| format!("sensor check lists no hook for --probe {p}:\n{text}"))
-        }
-        None => text
-            .lines()
-            .find_map(|l| l.strip_prefix("verdict"))
-            .and_then(|v| v.split("using ").nth(1))
-            .map(|h| h.trim().to_string())
-            .with_context(|| format!("sensor check named no hook:\n{text}")),
+    if reported != auto {
+        bail!("sensor reports hook {reported:?}, but sensor check says auto picks {auto:?}");
     }
+    Ok(())
+}
+
+/// The connect hook `sensor check` says auto selection picks here (its verdict line).
+pub fn auto_hook() -> Result<String> {
+    let out = Command::new(sensor_bin())
+        .arg("check")
+        .output()
+        .context("running sensor check")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("verdict"))
+        .and_then(|v| v.split("using ").nth(1))
+        .map(|h| h.trim().to_string())
+        .with_context(|| format!("sensor check named no hook:\n{text}"))
 }
 
 /// Ids of the BPF programs process `pid` holds open (from /proc/PID/fdinfo).

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | vmtest`.
 //!
 //! Everything a fresh machine lacks beyond the Rust toolchains is installed here:
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
@@ -6,6 +6,7 @@
 
 mod bench;
 mod toolchain;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,12 +41,20 @@ enum Task {
     /// Benchmark the sensor's cost per connect against no hook and an empty BPF program
     /// (criterion, as root), and print the ratios.
     Bench,
-    /// Build and run every test: unit tests and the real-kernel integration tests.
+    /// Build and run every test: unit tests and the real-kernel integration tests, then
+    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`). With a test name filter
+    /// only the host's tests run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The integration tests on other kernels, each booted once in a VM (virtme-ng, qemu)
+    /// with every chosen hook forced in turn; prints a summary table.
+    Vmtest(vmtest::Args),
+    /// Inside a vmtest VM: run the plan (internal).
+    #[command(hide = true)]
+    VmGuest { plan: PathBuf },
 }
 
 fn main() -> Result<()> {
@@ -101,12 +110,24 @@ fn main() -> Result<()> {
                 "--",
             ];
             test.extend(args.iter().map(String::as_str));
-            cargo_env(
+            let host = cargo_env(
                 &root,
                 &test,
                 &[("SENSOR_BIN", root.join("target/debug/sensor"))],
-            )
+            );
+            if !args.is_empty() {
+                return host;
+            }
+            // The matrix runs even when the host's tests failed: both are reported.
+            let matrix = vmtest::vmtest(&root, &vmtest::Args::default_matrix());
+            match (host, matrix) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+                (Err(h), Err(m)) => bail!("{h:#}; and {m:#}"),
+            }
         }
+        Task::Vmtest(args) => vmtest::vmtest(&root, &args),
+        Task::VmGuest { plan } => vmtest::guest(&plan),
     }
 }
 
