@@ -399,8 +399,8 @@ fn ensure_vm_tools() -> Result<()> {
     ]))
 }
 
-/// The pinned package downloaded (once) and extracted (once), its modules where the
-/// guest's modprobe looks: /lib/modules/RELEASE (a link into the cache).
+/// The pinned package downloaded (once) and extracted (once), its modules copied where
+/// the guest's modprobe looks: /lib/modules/RELEASE.
 fn prepare_kernel(k: &Kernel) -> Result<Prepared> {
     let dir = cache().join("kernels");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -448,24 +448,42 @@ fn prepare_kernel(k: &Kernel) -> Result<Prepared> {
             modules.display()
         );
     }
-    let link = PathBuf::from("/lib/modules").join(&release);
-    match std::fs::read_link(&link) {
-        Ok(target) if target == modules => {}
-        // A link of ours from an older cache layout: re-point it.
-        Ok(target) if target.starts_with(CACHE) => {
-            std::fs::remove_file(&link)?;
-            std::os::unix::fs::symlink(&modules, &link)
-                .with_context(|| format!("linking {}", link.display()))?;
-        }
-        // The kernel really installed here: its own modules serve.
-        Ok(_) => {}
-        Err(_) if link.exists() => {}
-        Err(_) => {
-            std::fs::create_dir_all("/lib/modules")?;
-            std::os::unix::fs::symlink(&modules, &link)
-                .with_context(|| format!("linking {}", link.display()))?;
-        }
+    // The guest sees this machine's /lib/modules, not the cache (virtme-ng overlays /var):
+    // a copy, marked as ours. A kernel really installed here keeps its own modules.
+    let installed = PathBuf::from("/lib/modules").join(&release);
+    let mark = installed.join(".t1571-sensor-vmtest");
+    if std::fs::symlink_metadata(&installed).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&installed)?;
     }
+    if !installed.exists() {
+        std::fs::create_dir_all("/lib/modules")?;
+        let partial = PathBuf::from("/lib/modules").join(format!(".{release}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        run(Command::new("cp").arg("-a").arg(&modules).arg(&partial))?;
+        std::fs::write(
+            partial.join(".t1571-sensor-vmtest"),
+            format!("{}\n", k.package),
+        )?;
+        std::fs::rename(&partial, &installed)
+            .with_context(|| format!("installing {}", installed.display()))?;
+    } else if !mark.exists() {
+        log(&format!(
+            "{}: using the modules installed in {}",
+            k.label,
+            installed.display()
+        ));
+    }
+    // virtme-ng takes the modules from the nearest `lib/modules` above the kernel image
+    // (here the extracted tree, which the guest cannot see) unless there is none: boot a
+    // copy kept where no parent has one, so the guest uses its /lib/modules.
+    let boot_dir = dir.join("boot");
+    std::fs::create_dir_all(&boot_dir)?;
+    let image = boot_dir.join(format!("vmlinuz-{release}"));
+    if !image.exists() {
+        std::fs::copy(&vmlinuz, &image)
+            .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    }
+    let vmlinuz = image;
     Ok(Prepared {
         label: k.label.into(),
         users: k.users.into(),
