@@ -11,29 +11,64 @@ use aya_ebpf::{
             bpf_probe_read_user,
         },
     },
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
     ARGS_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, KernelLayout, OFFSET_UNKNOWN,
     TaskEvent,
 };
 
-use crate::probes::{EVENTS, LAYOUT, count_loss, process_start, read, submit_flags, task_lineage};
+use crate::probes::{
+    EVENTS, LAYOUT, count_loss, process_start, read, submit_flags, task_lineage, tp_layout,
+};
+
+/// BTF tracepoint: TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec_btf(ctx: BtfTracePointContext) -> u32 {
+    let l = LAYOUT.load();
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: the tracepoint's bprm, read only through probe_read.
+    let filename = if bprm.is_null() {
+        core::ptr::null()
+    } else {
+        unsafe { read::<*const u8>(bprm, l.bprm_filename) }.unwrap_or(core::ptr::null())
+    };
+    exec_record(&l, filename);
+    0
+}
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let l = LAYOUT.load();
+    let mut filename = core::ptr::null();
+    // __data_loc: low 16 bits offset into the record, high 16 bits length.
+    if let Some(t) = tp_layout()
+        && t.exec_filename != OFFSET_UNKNOWN
+        // SAFETY: offset from this kernel's format file, read through probe_read.
+        && let Ok(loc) = unsafe { ctx.read_at::<u32>(t.exec_filename as usize) }
+    {
+        // SAFETY: pointer arithmetic inside the trace record; only probe_read follows it.
+        filename = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    }
+    exec_record(&l, filename);
+    0
+}
+
+/// One exec record for the current task; `filename` is the exec'd path in kernel memory
+/// (`bprm->filename`) or null.
+#[inline(always)]
+fn exec_record(l: &KernelLayout, filename: *const u8) {
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
         count_loss();
-        return 0;
+        return;
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: `ev` points into the reserved ring-buffer slot, ours until submit; kernel
     // memory is only read through probe_read helpers at BTF-derived offsets.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        fill_current(&mut (*ev).task, EVENT_EXEC, task, &l);
+        fill_current(&mut (*ev).task, EVENT_EXEC, task, l);
         (*ev).exe_ino = 0;
         (*ev).exe_dev = 0;
         (*ev).exe_nlink = u32::MAX;
@@ -41,14 +76,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*ev).args_len = 0;
         (*ev).exe_name[0] = 0;
 
-        // __data_loc: low 16 bits offset into the record, high 16 bits length.
-        if l.tp_exec_filename != OFFSET_UNKNOWN
-            && let Ok(loc) = ctx.read_at::<u32>(l.tp_exec_filename as usize)
+        if !filename.is_null()
+            && let Ok(s) = bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename)
         {
-            let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-            if let Ok(s) = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename) {
-                (*ev).filename_len = s.len() as u32;
-            }
+            (*ev).filename_len = s.len() as u32;
         }
 
         let mm = read::<*const u8>(task, l.task_mm).unwrap_or(core::ptr::null());
@@ -94,29 +125,39 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         }
     }
     slot.submit(submit_flags());
+}
+
+/// TP_PROTO(struct task_struct *parent, struct task_struct *child), BTF-typed.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork_btf(ctx: BtfTracePointContext) -> u32 {
+    fork_record(ctx.arg(0), ctx.arg(1));
     0
 }
 
-/// Raw tracepoint: TP_PROTO(struct task_struct *parent, struct task_struct *child).
-/// Runs in the parent before the child can run, so the child's record always comes first.
+/// The same tracepoint, raw (before BTF tracepoints, 5.5).
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    fork_record(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// Runs in the parent before the child can run, so the child's record always comes first.
+#[inline(always)]
+fn fork_record(parent: *const u8, child: *const u8) {
     let l = LAYOUT.load();
-    let parent: *const u8 = ctx.arg(0);
-    let child: *const u8 = ctx.arg(1);
     if parent.is_null() || child.is_null() || l.task_tgid == OFFSET_UNKNOWN {
-        return 0;
+        return;
     }
     // SAFETY: task pointers from the tracepoint, read only through probe_read.
     unsafe {
         let child_tgid = read::<u32>(child, l.task_tgid).unwrap_or(0);
         let child_pid = read::<u32>(child, l.task_pid).unwrap_or(0);
         if child_tgid == 0 || child_pid != child_tgid {
-            return 0; // a new thread, not a new process
+            return; // a new thread, not a new process
         }
         let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
             count_loss();
-            return 0;
+            return;
         };
         let ev = slot.as_mut_ptr();
         fill_current(&mut *ev, EVENT_FORK, child, &l);
@@ -126,20 +167,32 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         (*ev).parent_start_time_ns = process_start(parent, &l);
         slot.submit(submit_flags());
     }
+}
+
+/// BTF-typed; runs in the exiting task, like the classic one.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_btf(_ctx: BtfTracePointContext) -> u32 {
+    exit_record();
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    exit_record();
+    0
+}
+
+#[inline(always)]
+fn exit_record() {
     let pid_tgid = bpf_get_current_pid_tgid();
     // Only the leader thread's exit ends the process.
     if pid_tgid >> 32 != pid_tgid & 0xffff_ffff {
-        return 0;
+        return;
     }
     let l = LAYOUT.load();
     let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
         count_loss();
-        return 0;
+        return;
     };
     let ev = slot.as_mut_ptr();
     // SAFETY: as in sched_process_exec.
@@ -148,7 +201,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         fill_current(&mut *ev, EVENT_EXIT, task, &l);
     }
     slot.submit(submit_flags());
-    0
 }
 
 /// Header fields from the current task's credentials and `task`'s identity.

@@ -9,15 +9,15 @@ use aya_ebpf::{
             bpf_ktime_get_ns,
         },
     },
-    macros::{fentry, kprobe, map, tracepoint},
+    macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::{FEntryContext, ProbeContext, TracePointContext},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use sensor_common::{
     AF_INET, AF_INET6, ConnectEvent, EVENT_CONNECT, IPPROTO_TCP, KernelLayout, LOSS_SLOTS,
-    LOST_RESERVE, OFFSET_UNKNOWN, PROBE_FENTRY, PROBE_KPROBE, PROBE_TRACEPOINT, TCP_CLOSE,
-    TCP_SYN_SENT,
+    LOST_RESERVE, OFFSET_UNKNOWN, PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT,
+    TCP_CLOSE, TCP_SYN_SENT, TracepointLayout,
 };
 
 /// Resized by userspace at load time (`--ring-buffer-size`).
@@ -69,6 +69,19 @@ pub(crate) fn submit_flags() -> u64 {
 #[unsafe(no_mangle)]
 pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNOWN);
 
+/// Classic tracepoint record offsets, written by userspace before it attaches a classic
+/// tracepoint (the fallback). Until then the slot is zeroed and nothing reads it.
+#[map]
+pub(crate) static TP_LAYOUT: Array<TracepointLayout> = Array::with_max_entries(1, 0);
+
+/// The classic tracepoints' offsets, or None before userspace wrote them.
+#[inline(always)]
+pub(crate) fn tp_layout() -> Option<TracepointLayout> {
+    let l = *TP_LAYOUT.get(0)?;
+    // An all-zero slot was never written: offset 0 is common_type, never a field we read.
+    (l.newstate != 0).then_some(l)
+}
+
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
@@ -84,15 +97,39 @@ pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// BTF-typed raw tracepoint: TP_PROTO(const struct sock *sk, int oldstate, int newstate).
+/// Attached through the bpf syscall by name (no tracefs) and, unlike the classic
+/// tracepoint, no trace record is built before the program runs.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
+    if old != TCP_CLOSE || new != TCP_SYN_SENT || sk.is_null() {
+        return 0;
+    }
+    let l = LAYOUT.load();
+    // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
+    // MPTCP sockets pass through this tracepoint too; only TCP ones are connects.
+    if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    from_sock(&ctx, sk, PROBE_TP_BTF);
+    0
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let l = LAYOUT.load();
+    let Some(t) = tp_layout() else {
+        return 0;
+    };
     // SAFETY: offsets come from this kernel's format file; reads go through probe_read.
     let fields = unsafe {
         (
-            ctx.read_at::<i32>(l.tp_oldstate as usize),
-            ctx.read_at::<i32>(l.tp_newstate as usize),
-            ctx.read_at::<u16>(l.tp_protocol as usize),
+            ctx.read_at::<i32>(t.oldstate as usize),
+            ctx.read_at::<i32>(t.newstate as usize),
+            ctx.read_at::<u16>(t.protocol as usize),
         )
     };
     let (Ok(old), Ok(new), Ok(proto)) = fields else {
@@ -102,29 +139,26 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if old != TCP_CLOSE || new != TCP_SYN_SENT || proto != IPPROTO_TCP {
         return 0;
     }
+    let l = LAYOUT.load();
     let Some(mut ev) = event_header(PROBE_TRACEPOINT, &l) else {
         return 0;
     };
     // SAFETY: as above.
     unsafe {
-        ev.family = ctx.read_at::<u16>(l.tp_family as usize).unwrap_or(0);
-        ev.dport = ctx.read_at::<u16>(l.tp_dport as usize).unwrap_or(0);
-        ev.sport = ctx.read_at::<u16>(l.tp_sport as usize).unwrap_or(0);
+        ev.family = ctx.read_at::<u16>(t.family as usize).unwrap_or(0);
+        ev.dport = ctx.read_at::<u16>(t.dport as usize).unwrap_or(0);
+        ev.sport = ctx.read_at::<u16>(t.sport as usize).unwrap_or(0);
         if ev.family == AF_INET {
-            let d = ctx
-                .read_at::<[u8; 4]>(l.tp_daddr as usize)
-                .unwrap_or([0; 4]);
-            let s = ctx
-                .read_at::<[u8; 4]>(l.tp_saddr as usize)
-                .unwrap_or([0; 4]);
+            let d = ctx.read_at::<[u8; 4]>(t.daddr as usize).unwrap_or([0; 4]);
+            let s = ctx.read_at::<[u8; 4]>(t.saddr as usize).unwrap_or([0; 4]);
             ev.daddr[..4].copy_from_slice(&d);
             ev.saddr[..4].copy_from_slice(&s);
         } else if ev.family == AF_INET6 {
             ev.daddr = ctx
-                .read_at::<[u8; 16]>(l.tp_daddr_v6 as usize)
+                .read_at::<[u8; 16]>(t.daddr_v6 as usize)
                 .unwrap_or([0; 16]);
             ev.saddr = ctx
-                .read_at::<[u8; 16]>(l.tp_saddr_v6 as usize)
+                .read_at::<[u8; 16]>(t.saddr_v6 as usize)
                 .unwrap_or([0; 16]);
         } else {
             return 0;
@@ -134,7 +168,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// fentry and kprobe both see `struct sock *` as tcp_connect's first argument.
+/// fentry and kprobe see `struct sock *` as tcp_connect's first argument, tp_btf as the
+/// state hook's.
 #[inline(always)]
 fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8) {
     let l = LAYOUT.load();
@@ -282,9 +317,15 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// Does nothing, on the connect tracepoint: the benchmark's baseline for what any BPF
-/// program on this hook costs, against which the sensor's own cost is measured.
+/// Does nothing, on the classic connect tracepoint: the benchmark's baseline for what any
+/// BPF program on this hook costs, against which the sensor's own cost is measured.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn baseline_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// The same floor on the BTF tracepoint.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn baseline_empty_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }

@@ -1,26 +1,43 @@
-//! Choosing the kernel hook at run time: fentry on tcp_connect, else kprobe on
-//! tcp_connect, else the `sock:inet_sock_set_state` tracepoint at CLOSE -> SYN_SENT.
-//! The first that loads and attaches wins; every failure is kept so `sensor check` and the
-//! start-up log can say why the others were passed over.
+//! Choosing the kernel hooks at run time. Connects: fentry on tcp_connect, else kprobe on
+//! tcp_connect, else the BTF tracepoint `inet_sock_set_state` (tp_btf), else the classic
+//! `sock:inet_sock_set_state` tracepoint, each at CLOSE -> SYN_SENT. Process lifecycle:
+//! the tp_btf form of each sched tracepoint first, the classic (or raw) one as fallback.
+//! The first that loads and attaches wins; every failure is kept so `sensor check`,
+//! `sensor-started` and the start-up log can say why the others were passed over.
+//! Only the classic tracepoints need tracefs ([`crate::tracefs`]).
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
+    maps::Array,
+    programs::{BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint},
 };
-use sensor_common::{KernelLayout, OFFSET_UNKNOWN, PROBE_FENTRY, PROBE_KPROBE, PROBE_TRACEPOINT};
+use sensor_common::{
+    KernelLayout, PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT, TP_LAYOUT_MAP,
+    TracepointLayout,
+};
 
-use crate::layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME};
+use crate::{
+    layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME},
+    tracefs::{self, Tracefs},
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
     Fentry,
     Kprobe,
+    TpBtf,
     Tracepoint,
 }
 
-/// Preference order for `--probe auto`: cheapest and most precise first.
-pub const AUTO_ORDER: [Probe; 3] = [Probe::Fentry, Probe::Kprobe, Probe::Tracepoint];
+/// Preference order for `--probe auto`: cheapest and most precise first; the one hook
+/// that needs tracefs last.
+pub const AUTO_ORDER: [Probe; 4] = [
+    Probe::Fentry,
+    Probe::Kprobe,
+    Probe::TpBtf,
+    Probe::Tracepoint,
+];
 
 const TARGET_FN: &str = "tcp_connect";
 
@@ -30,6 +47,7 @@ impl Probe {
         match self {
             Probe::Fentry => "fentry/tcp_connect",
             Probe::Kprobe => "kprobe/tcp_connect",
+            Probe::TpBtf => "tp_btf/inet_sock_set_state",
             Probe::Tracepoint => "tracepoint/sock/inet_sock_set_state",
         }
     }
@@ -39,6 +57,7 @@ impl Probe {
         match self {
             Probe::Fentry => "tcp_connect_fentry",
             Probe::Kprobe => "tcp_connect_kprobe",
+            Probe::TpBtf => "inet_sock_set_state_btf",
             Probe::Tracepoint => "inet_sock_set_state",
         }
     }
@@ -47,6 +66,7 @@ impl Probe {
         match v {
             PROBE_FENTRY => Some(Probe::Fentry),
             PROBE_KPROBE => Some(Probe::Kprobe),
+            PROBE_TP_BTF => Some(Probe::TpBtf),
             PROBE_TRACEPOINT => Some(Probe::Tracepoint),
             _ => None,
         }
@@ -93,107 +113,227 @@ pub fn select(
     bail!("no connect hook could be attached ({})", why.join("; "))
 }
 
-/// Loads and attaches one hook. On failure the program is unloaded again.
+/// The kernel's BTF, or why there is none.
+fn need_btf(btf: Option<&Btf>) -> Result<&Btf> {
+    btf.ok_or_else(|| anyhow!("kernel BTF unavailable"))
+}
+
+/// Unloads `prog` again when attaching failed, so a passed-over hook holds nothing.
+fn attached<P>(
+    prog: &mut P,
+    r: Result<impl Sized, aya::programs::ProgramError>,
+    unload: impl FnOnce(&mut P),
+) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            unload(prog);
+            Err(anyhow!(e).context("attach"))
+        }
+    }
+}
+
+/// Loads and attaches one connect hook. On failure the program is unloaded again.
 pub fn attach(
     ebpf: &mut Ebpf,
     probe: Probe,
     layout: &KernelLayout,
     btf: Option<&Btf>,
 ) -> Result<()> {
+    if probe != Probe::Tracepoint && !layout::has_sock_layout(layout) {
+        bail!("struct sock_common layout unknown (needs kernel BTF)");
+    }
+    if probe == Probe::Tracepoint {
+        prepare_classic(ebpf)?;
+    }
     let prog = program(ebpf, probe.program())?;
     match probe {
         Probe::Fentry => {
-            let btf = btf.ok_or_else(|| anyhow!("kernel BTF unavailable"))?;
-            if !layout::has_sock_layout(layout) {
-                bail!("struct sock_common layout not found in BTF");
-            }
             let p: &mut FEntry = prog.try_into()?;
-            p.load(TARGET_FN, btf).context("load")?;
-            if let Err(e) = p.attach() {
+            p.load(TARGET_FN, need_btf(btf)?).context("load")?;
+            let r = p.attach();
+            attached(p, r, |p| {
                 let _ = p.unload();
-                return Err(anyhow!(e).context("attach"));
-            }
+            })
         }
         Probe::Kprobe => {
-            if !layout::has_sock_layout(layout) {
-                bail!("struct sock_common layout unknown (needs kernel BTF)");
-            }
             let p: &mut KProbe = prog.try_into()?;
             p.load().context("load")?;
-            if let Err(e) = p.attach(TARGET_FN, 0) {
+            let r = p.attach(TARGET_FN, 0);
+            attached(p, r, |p| {
                 let _ = p.unload();
-                return Err(anyhow!(e).context("attach"));
+            })
+        }
+        Probe::TpBtf => {
+            if layout.sk_protocol == sensor_common::OFFSET_UNKNOWN {
+                bail!("struct sock::sk_protocol is not a plain field in this kernel's BTF");
             }
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load(TRACEPOINT_NAME, need_btf(btf)?).context("load")?;
+            let r = p.attach();
+            attached(p, r, |p| {
+                let _ = p.unload();
+            })
         }
         Probe::Tracepoint => {
-            if layout.tp_newstate == OFFSET_UNKNOWN {
-                bail!("tracepoint format unavailable");
-            }
             let p: &mut TracePoint = prog.try_into()?;
             p.load().context("load")?;
-            if let Err(e) = p.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME) {
+            let r = p.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME);
+            attached(p, r, |p| {
                 let _ = p.unload();
-                return Err(anyhow!(e).context("attach"));
-            }
+            })
         }
     }
-    Ok(())
 }
 
-/// A lifecycle hook: its name for users, its program in the object, where it attaches.
+/// Makes the classic tracepoints usable: tracefs found (or mounted privately) and their
+/// record offsets written into the kernel's `TP_LAYOUT` map. Idempotent.
+pub fn prepare_classic(ebpf: &mut Ebpf) -> Result<Tracefs> {
+    let tracefs = tracefs::ensure()?;
+    let map = ebpf
+        .map_mut(TP_LAYOUT_MAP)
+        .with_context(|| format!("map {TP_LAYOUT_MAP} missing from the eBPF object"))?;
+    let mut slot: Array<_, TracepointLayout> = Array::try_from(map)?;
+    if slot.get(&0, 0).is_ok_and(|l| l.newstate != 0) {
+        return Ok(tracefs);
+    }
+    let l = layout::tracepoint_layout(tracefs.path())
+        .with_context(|| format!("reading tracepoint formats from {}", tracefs.describe()))?;
+    slot.set(0, l, 0)
+        .context("writing the tracepoint layout map")?;
+    Ok(tracefs)
+}
+
+/// How a lifecycle hook's fallback attaches.
+#[derive(Clone, Copy)]
+enum Fallback {
+    /// A classic tracepoint `category:name` (needs tracefs).
+    Tracepoint(&'static str),
+    /// A raw tracepoint, attached by name.
+    Raw,
+}
+
+/// A lifecycle hook: its kernel tracepoint, tp_btf program first, then a fallback.
 struct LifecycleHook {
-    hook: &'static str,
-    program: &'static str,
-    /// `Some(category)` for a tracepoint `category:program`, None for a raw tracepoint.
-    category: Option<&'static str>,
+    /// The tracepoint's name (`sched_process_exec`), also the fallback program's.
+    name: &'static str,
+    btf_hook: &'static str,
+    btf_program: &'static str,
+    fallback_hook: &'static str,
+    fallback: Fallback,
 }
 
 const LIFECYCLE: [LifecycleHook; 3] = [
     LifecycleHook {
-        hook: "tracepoint/sched/sched_process_exec",
-        program: "sched_process_exec",
-        category: Some("sched"),
+        name: "sched_process_exec",
+        btf_hook: "tp_btf/sched_process_exec",
+        btf_program: "sched_process_exec_btf",
+        fallback_hook: "tracepoint/sched/sched_process_exec",
+        fallback: Fallback::Tracepoint("sched"),
     },
     LifecycleHook {
-        hook: "raw_tracepoint/sched_process_fork",
-        program: "sched_process_fork",
-        category: None,
+        name: "sched_process_fork",
+        btf_hook: "tp_btf/sched_process_fork",
+        btf_program: "sched_process_fork_btf",
+        fallback_hook: "raw_tracepoint/sched_process_fork",
+        fallback: Fallback::Raw,
     },
     LifecycleHook {
-        hook: "tracepoint/sched/sched_process_exit",
-        program: "sched_process_exit",
-        category: Some("sched"),
+        name: "sched_process_exit",
+        btf_hook: "tp_btf/sched_process_exit",
+        btf_program: "sched_process_exit_btf",
+        fallback_hook: "tracepoint/sched/sched_process_exit",
+        fallback: Fallback::Tracepoint("sched"),
     },
 ];
+
+/// One lifecycle hook's outcome.
+#[derive(Debug)]
+pub struct LifecycleAttach {
+    /// `exec`, `fork` or `exit`.
+    pub event: &'static str,
+    /// The hook attached, if any.
+    pub attached: Option<&'static str>,
+    /// Hooks tried and passed over, with why.
+    pub passed_over: Vec<(&'static str, String)>,
+}
+
+impl LifecycleAttach {
+    pub fn uses_tracefs(&self) -> bool {
+        self.attached.is_some_and(|h| h.starts_with("tracepoint/"))
+    }
+}
 
 /// Attaches the process lifecycle hooks feeding the process table. Each is independent:
 /// a failure leaves the table to /proc for that part, and is reported.
 pub fn attach_lifecycle(
     ebpf: &mut Ebpf,
     layout: &KernelLayout,
-) -> Vec<(&'static str, Result<(), String>)> {
-    let attach_one = |ebpf: &mut Ebpf, h: &LifecycleHook| -> Result<()> {
-        if !layout::has_task_layout(layout) {
-            bail!("task_struct layout unknown (needs kernel BTF)");
+    btf: Option<&Btf>,
+) -> Vec<LifecycleAttach> {
+    let via_btf = |ebpf: &mut Ebpf, h: &LifecycleHook| -> Result<()> {
+        if h.name == "sched_process_exec" && layout.bprm_filename == sensor_common::OFFSET_UNKNOWN {
+            bail!("struct linux_binprm::filename not found in BTF");
         }
-        let prog = program(ebpf, h.program)?;
-        match h.category {
-            Some(category) => {
-                let p: &mut TracePoint = prog.try_into()?;
+        let p: &mut BtfTracePoint = program(ebpf, h.btf_program)?.try_into()?;
+        p.load(h.name, need_btf(btf)?).context("load")?;
+        let r = p.attach();
+        attached(p, r, |p| {
+            let _ = p.unload();
+        })
+    };
+    let via_fallback = |ebpf: &mut Ebpf, h: &LifecycleHook| -> Result<()> {
+        match h.fallback {
+            Fallback::Tracepoint(category) => {
+                prepare_classic(ebpf)?;
+                let p: &mut TracePoint = program(ebpf, h.name)?.try_into()?;
                 p.load().context("load")?;
-                p.attach(category, h.program).context("attach")?;
+                let r = p.attach(category, h.name);
+                attached(p, r, |p| {
+                    let _ = p.unload();
+                })
             }
-            None => {
-                let p: &mut RawTracePoint = prog.try_into()?;
+            Fallback::Raw => {
+                let p: &mut RawTracePoint = program(ebpf, h.name)?.try_into()?;
                 p.load().context("load")?;
-                p.attach(h.program).context("attach")?;
+                let r = p.attach(h.name);
+                attached(p, r, |p| {
+                    let _ = p.unload();
+                })
             }
         }
-        Ok(())
     };
     LIFECYCLE
         .iter()
-        .map(|h| (h.hook, attach_one(ebpf, h).map_err(|e| format!("{e:#}"))))
+        .map(|h| {
+            let mut out = LifecycleAttach {
+                event: h.name.trim_start_matches("sched_process_"),
+                attached: None,
+                passed_over: Vec::new(),
+            };
+            if !layout::has_task_layout(layout) {
+                out.passed_over.push((
+                    h.btf_hook,
+                    "task_struct layout unknown (needs kernel BTF)".into(),
+                ));
+                return out;
+            }
+            for (hook, fallback) in [(h.btf_hook, false), (h.fallback_hook, true)] {
+                let r = if fallback {
+                    via_fallback(ebpf, h)
+                } else {
+                    via_btf(ebpf, h)
+                };
+                match r {
+                    Ok(()) => {
+                        out.attached = Some(hook);
+                        break;
+                    }
+                    Err(e) => out.passed_over.push((hook, format!("{e:#}"))),
+                }
+            }
+            out
+        })
         .collect()
 }
 
@@ -220,7 +360,7 @@ mod tests {
         let stop = sel
             .as_ref()
             .map(|s| AUTO_ORDER.iter().position(|&p| p == s.chosen).unwrap() + 1)
-            .unwrap_or(3);
+            .unwrap_or(AUTO_ORDER.len());
         assert_eq!(tried, AUTO_ORDER[..stop]);
         sel
     }
@@ -241,12 +381,20 @@ mod tests {
     }
 
     #[test]
-    fn falls_back_to_tracepoint_like_this_machine() {
-        let s = run(&[Probe::Tracepoint]).unwrap();
-        assert_eq!(s.chosen, Probe::Tracepoint);
+    fn falls_back_to_tp_btf_like_this_machine() {
+        let s = run(&[Probe::TpBtf, Probe::Tracepoint]).unwrap();
+        assert_eq!(s.chosen, Probe::TpBtf);
         let failed: Vec<Probe> = s.failed.iter().map(|a| a.probe).collect();
         assert_eq!(failed, [Probe::Fentry, Probe::Kprobe]);
         assert!(s.failed.iter().all(|a| a.error == "EPERM"));
+    }
+
+    #[test]
+    fn classic_tracepoint_is_the_last_resort() {
+        let s = run(&[Probe::Tracepoint]).unwrap();
+        assert_eq!(s.chosen, Probe::Tracepoint);
+        let failed: Vec<Probe> = s.failed.iter().map(|a| a.probe).collect();
+        assert_eq!(failed, [Probe::Fentry, Probe::Kprobe, Probe::TpBtf]);
     }
 
     #[test]
@@ -275,6 +423,7 @@ mod tests {
     fn abi_values_round_trip() {
         assert_eq!(Probe::from_abi(PROBE_FENTRY), Some(Probe::Fentry));
         assert_eq!(Probe::from_abi(PROBE_KPROBE), Some(Probe::Kprobe));
+        assert_eq!(Probe::from_abi(PROBE_TP_BTF), Some(Probe::TpBtf));
         assert_eq!(Probe::from_abi(PROBE_TRACEPOINT), Some(Probe::Tracepoint));
         assert_eq!(Probe::from_abi(0), None);
     }

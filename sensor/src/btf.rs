@@ -23,6 +23,8 @@ struct Member {
     type_id: u32,
     /// Offset in bits from the start of the enclosing struct.
     bit_offset: u32,
+    /// A bitfield: the kernel programs read whole bytes, so such a member is not offered.
+    bitfield: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +101,7 @@ impl Btf {
                             type_id: u32_at(m + 4)?,
                             // With kind_flag the high 8 bits hold a bitfield size.
                             bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
+                            bitfield: kind_flag && raw >> 24 != 0,
                         });
                     }
                     vlen * 12
@@ -125,19 +128,22 @@ impl Btf {
     }
 
     /// Byte offset of `member` inside `struct name`, looking through anonymous
-    /// structs and unions (where `skc_daddr` and friends live).
+    /// structs and unions (where `skc_daddr` and friends live). None for a bitfield or a
+    /// member that does not start on a byte (before 5.6, `sk_protocol` was one).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
         let ty = self.types.iter().find(|t| {
             t.kind == KIND_STRUCT && self.name(t.name_off) == name && !t.members.is_empty()
         })?;
-        self.find_member(ty, member, 0).map(|bits| bits / 8)
+        self.find_member(ty, member, 0)
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8)
     }
 
     fn find_member(&self, ty: &Type, member: &str, base_bits: u32) -> Option<u32> {
         for m in &ty.members {
             let here = base_bits.checked_add(m.bit_offset)?;
             if m.name_off != 0 && self.name(m.name_off) == member {
-                return Some(here);
+                return (!m.bitfield).then_some(here);
             }
             if m.name_off == 0 {
                 let inner = self.types.get(m.type_id as usize)?;
@@ -236,5 +242,8 @@ pub(crate) mod tests {
         assert_eq!(btf.member_offset("sock_common", "skc_daddr"), Some(0));
         assert!(btf.member_offset("sock_common", "skc_v6_daddr").is_some());
         assert!(btf.member_offset("task_struct", "tgid").is_some());
+        // What the BTF tracepoint hooks read (sk_protocol has been a u16 since 5.6).
+        assert!(btf.member_offset("sock", "sk_protocol").is_some());
+        assert!(btf.member_offset("linux_binprm", "filename").is_some());
     }
 }

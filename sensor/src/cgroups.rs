@@ -42,9 +42,22 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 
 impl CgroupMap {
     pub fn new(mountinfo: &Path) -> Self {
-        let root = std::fs::read_to_string(mountinfo)
-            .ok()
-            .and_then(|m| cgroup2_mount(&m));
+        // Unified (/sys/fs/cgroup) or hybrid (/sys/fs/cgroup/unified): wherever it is.
+        let root = match std::fs::read_to_string(mountinfo) {
+            Ok(m) => cgroup2_mount(&m),
+            Err(e) => {
+                log::warn!("reading {}: {e}", mountinfo.display());
+                None
+            }
+        };
+        match &root {
+            Some(r) => log::debug!("cgroup2 hierarchy at {}", r.display()),
+            // Said once, at start-up.
+            None => log::warn!(
+                "no cgroup2 hierarchy mounted (pure cgroup v1): container ids come from \
+                 /proc/PID/cgroup only, so a process gone before it is read has none"
+            ),
+        }
         Self {
             root,
             by_id: HashMap::new(),

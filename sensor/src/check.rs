@@ -77,14 +77,9 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
                 "ok: struct sock_common and task_struct offsets found".into()
             }
             None => "present, but struct sock_common offsets not found".into(),
-            Some(e) => format!("unavailable: {e} (fentry and kprobe need it)"),
-        },
-    );
-    line(
-        "tracepoint sock:inet_sock_set_state",
-        &match &env.tracepoint_error {
-            None => "ok: field offsets read from its format file".into(),
-            Some(e) => format!("unavailable: {e}"),
+            Some(e) => format!(
+                "unavailable: {e} (fentry, kprobe and BTF tracepoints need it; the classic tracepoint is left)"
+            ),
         },
     );
     if let Err(e) = loader::validate_ring_buffer_size(ring_buffer_bytes) {
@@ -131,23 +126,27 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
         &env,
     ) {
         Ok(loaded) => {
-            for (hook, r) in &loaded.lifecycle {
-                match r {
-                    Ok(()) => line(hook, "ok: feeds the process table"),
-                    Err(e) => line(
-                        hook,
-                        &format!("unavailable: {e} (attribution falls back to /proc)"),
+            for l in &loaded.lifecycle {
+                for (hook, e) in &l.passed_over {
+                    line(hook, &format!("unavailable: {e}"));
+                }
+                match l.attached {
+                    Some(hook) => line(hook, "ok: feeds the process table"),
+                    None => line(
+                        &format!("process {} records", l.event),
+                        "unavailable (attribution falls back to /proc)",
                     ),
                 }
             }
         }
         Err(e) => line("process lifecycle hooks", &format!("not tried: {e:#}")),
     }
+    // Only the classic tracepoint needs tracefs; say where it is, or that it was mounted.
     line(
-        "exec records: executed path",
-        &match &env.exec_format_error {
-            None => "ok: read from sched_process_exec's format file".into(),
-            Some(e) => format!("unavailable: {e}"),
+        "tracefs (classic tracepoints only)",
+        &match crate::tracefs::ensure() {
+            Ok(t) => format!("ok: {}", t.describe()),
+            Err(e) => format!("unavailable: {e:#}"),
         },
     );
     match chosen {
@@ -177,6 +176,7 @@ fn btf_offsets(l: &sensor_common::KernelLayout) -> Vec<(&'static str, Option<u32
         ("sock_common.skc_rcv_saddr", l.sk_rcv_saddr),
         ("sock_common.skc_v6_daddr", l.sk_v6_daddr),
         ("sock_common.skc_v6_rcv_saddr", l.sk_v6_rcv_saddr),
+        ("sock.sk_protocol", l.sk_protocol),
         ("task_struct.real_parent", l.task_real_parent),
         ("task_struct.tgid", l.task_tgid),
         ("task_struct.start_boottime", l.task_start_boottime),
@@ -195,6 +195,7 @@ fn btf_offsets(l: &sensor_common::KernelLayout) -> Vec<(&'static str, Option<u32
         ("path.dentry", l.path_dentry),
         ("dentry.d_name", l.dentry_d_name),
         ("qstr.name", l.qstr_name),
+        ("linux_binprm.filename", l.bprm_filename),
     ]
     .into_iter()
     .map(|(name, v)| (name, known(v)))

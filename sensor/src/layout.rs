@@ -1,18 +1,16 @@
-//! Computes the [`KernelLayout`] handed to the kernel program: tracepoint field offsets
-//! from the tracepoint's format file, struct offsets from the kernel's BTF.
+//! Computes what the kernel programs need to find their fields: struct offsets from the
+//! kernel's BTF ([`KernelLayout`]), and, only when the classic tracepoints are the
+//! fallback in use, record offsets from their format files ([`TracepointLayout`]).
 
 use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context, Result, bail};
-use sensor_common::{KernelLayout, OFFSET_UNKNOWN};
+use sensor_common::{KernelLayout, OFFSET_UNKNOWN, TracepointLayout};
 
 use crate::btf::Btf;
 
 pub const TRACEPOINT_CATEGORY: &str = "sock";
 pub const TRACEPOINT_NAME: &str = "inet_sock_set_state";
-
-/// Where tracefs may be mounted, newest convention first.
-const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// One `field:` line of a tracepoint format file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,37 +55,35 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
     fields
 }
 
-/// Finds the connect tracepoint's format file under a mounted tracefs.
-pub fn format_path() -> Result<std::path::PathBuf> {
-    format_path_of(TRACEPOINT_CATEGORY, TRACEPOINT_NAME)
+/// The format file of tracepoint `category:name` under the tracefs at `tracefs`.
+pub fn read_format(tracefs: &Path, category: &str, name: &str) -> Result<HashMap<String, Field>> {
+    let p = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(parse_format(&text))
 }
 
-pub fn format_path_of(category: &str, name: &str) -> Result<std::path::PathBuf> {
-    for root in TRACEFS_ROOTS {
-        let p = Path::new(root)
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        match std::fs::metadata(&p) {
-            Ok(_) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                bail!(
-                    "cannot read {}: permission denied (tracefs needs root)",
-                    p.display()
-                )
-            }
-            Err(_) => {}
-        }
+/// Both classic tracepoints' offsets, from the format files under `tracefs`.
+pub fn tracepoint_layout(tracefs: &Path) -> Result<TracepointLayout> {
+    let mut l = TracepointLayout::UNKNOWN;
+    apply_format(
+        &mut l,
+        &read_format(tracefs, TRACEPOINT_CATEGORY, TRACEPOINT_NAME)?,
+    )?;
+    // Without it exec records lack the path, nothing else: a warning, not a failure.
+    if let Err(e) = read_format(tracefs, EXEC_TRACEPOINT.0, EXEC_TRACEPOINT.1)
+        .and_then(|f| apply_exec_format(&mut l, &f))
+    {
+        log::warn!("exec records will not carry the executed path: {e:#}");
     }
-    bail!(
-        "tracepoint {category}:{name} not found under {} (is tracefs mounted? try `mount -t tracefs nodev /sys/kernel/tracing`)",
-        TRACEFS_ROOTS.join(" or ")
-    )
+    Ok(l)
 }
 
 /// Fills the tracepoint offsets, checking each field has the size the kernel program reads.
-pub fn apply_format(layout: &mut KernelLayout, fields: &HashMap<String, Field>) -> Result<()> {
+pub fn apply_format(layout: &mut TracepointLayout, fields: &HashMap<String, Field>) -> Result<()> {
     let want = |name: &str, size: u32| -> Result<u32> {
         let f = fields
             .get(name)
@@ -100,16 +96,16 @@ pub fn apply_format(layout: &mut KernelLayout, fields: &HashMap<String, Field>) 
         }
         Ok(f.offset)
     };
-    layout.tp_oldstate = want("oldstate", 4)?;
-    layout.tp_newstate = want("newstate", 4)?;
-    layout.tp_sport = want("sport", 2)?;
-    layout.tp_dport = want("dport", 2)?;
-    layout.tp_family = want("family", 2)?;
-    layout.tp_protocol = want("protocol", 2)?;
-    layout.tp_saddr = want("saddr", 4)?;
-    layout.tp_daddr = want("daddr", 4)?;
-    layout.tp_saddr_v6 = want("saddr_v6", 16)?;
-    layout.tp_daddr_v6 = want("daddr_v6", 16)?;
+    layout.oldstate = want("oldstate", 4)?;
+    layout.newstate = want("newstate", 4)?;
+    layout.sport = want("sport", 2)?;
+    layout.dport = want("dport", 2)?;
+    layout.family = want("family", 2)?;
+    layout.protocol = want("protocol", 2)?;
+    layout.saddr = want("saddr", 4)?;
+    layout.daddr = want("daddr", 4)?;
+    layout.saddr_v6 = want("saddr_v6", 16)?;
+    layout.daddr_v6 = want("daddr_v6", 16)?;
     Ok(())
 }
 
@@ -130,6 +126,9 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
     layout.sk_rcv_saddr = sk("skc_rcv_saddr");
     layout.sk_v6_daddr = sk("skc_v6_daddr");
     layout.sk_v6_rcv_saddr = sk("skc_v6_rcv_saddr");
+    layout.sk_protocol = btf
+        .member_offset("sock", "sk_protocol")
+        .unwrap_or(OFFSET_UNKNOWN);
     layout.task_real_parent = task("real_parent");
     layout.task_tgid = task("tgid");
     layout.task_start_boottime = match task("start_boottime") {
@@ -153,14 +152,16 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
     layout.path_dentry = member("path", "dentry");
     layout.dentry_d_name = member("dentry", "d_name");
     layout.qstr_name = member("qstr", "name");
+    layout.bprm_filename = member("linux_binprm", "filename");
 }
 
 pub const EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
 
-/// Reads sched_process_exec's format file for the `filename` field.
-pub fn apply_exec_format(layout: &mut KernelLayout) -> Result<()> {
-    let text = std::fs::read_to_string(format_path_of(EXEC_TRACEPOINT.0, EXEC_TRACEPOINT.1)?)?;
-    let fields = parse_format(&text);
+/// sched_process_exec's `filename` field (a `__data_loc`, 4 bytes).
+pub fn apply_exec_format(
+    layout: &mut TracepointLayout,
+    fields: &HashMap<String, Field>,
+) -> Result<()> {
     let f = fields
         .get("filename")
         .context("sched_process_exec format has no `filename`")?;
@@ -170,7 +171,7 @@ pub fn apply_exec_format(layout: &mut KernelLayout) -> Result<()> {
             f.size
         );
     }
-    layout.tp_exec_filename = f.offset;
+    layout.exec_filename = f.offset;
     Ok(())
 }
 
@@ -186,7 +187,7 @@ pub fn has_task_layout(l: &KernelLayout) -> bool {
     .all(|&o| o != OFFSET_UNKNOWN)
 }
 
-/// True when the struct sock offsets needed by fentry/kprobe are all known.
+/// True when the struct sock offsets needed by fentry, kprobe and tp_btf are all known.
 pub fn has_sock_layout(l: &KernelLayout) -> bool {
     [l.sk_family, l.sk_dport, l.sk_num, l.sk_daddr, l.sk_v6_daddr]
         .iter()
@@ -229,34 +230,35 @@ print fmt: \"family=%s\"";
             }
         );
         assert_eq!(f["common_pid"], Field { offset: 4, size: 4 });
-        let mut l = KernelLayout::UNKNOWN;
+        let mut l = TracepointLayout::UNKNOWN;
         apply_format(&mut l, &f).unwrap();
-        assert_eq!(
-            (l.tp_oldstate, l.tp_newstate, l.tp_dport, l.tp_daddr),
-            (16, 20, 26, 36)
-        );
-        assert_eq!((l.tp_protocol, l.tp_family, l.tp_daddr_v6), (30, 28, 56));
+        assert_eq!((l.oldstate, l.newstate, l.dport, l.daddr), (16, 20, 26, 36));
+        assert_eq!((l.protocol, l.family, l.daddr_v6), (30, 28, 56));
     }
 
     #[test]
     fn missing_or_resized_field_is_an_error() {
         let mut f = parse_format(FORMAT_6_18);
         f.get_mut("dport").unwrap().size = 4;
-        let err = apply_format(&mut { KernelLayout::UNKNOWN }, &f).unwrap_err();
+        let err = apply_format(&mut { TracepointLayout::UNKNOWN }, &f).unwrap_err();
         assert!(err.to_string().contains("`dport` is 4 bytes"), "{err}");
         f.remove("daddr");
         f.get_mut("dport").unwrap().size = 2;
-        let err = apply_format(&mut { KernelLayout::UNKNOWN }, &f).unwrap_err();
+        let err = apply_format(&mut { TracepointLayout::UNKNOWN }, &f).unwrap_err();
         assert!(err.to_string().contains("no field `daddr`"), "{err}");
     }
 
     #[test]
     fn running_kernel_format_matches_reader() {
-        let Ok(path) = format_path() else {
-            eprintln!("skipped: tracefs not mounted");
-            return;
+        // tracefs is found or mounted (in a private mount namespace) as the sensor does.
+        let tracefs = match crate::tracefs::ensure() {
+            Ok(t) => t,
+            Err(e) => {
+                crate::testing::skip("running_kernel_format_matches_reader", &format!("{e:#}"));
+                return;
+            }
         };
-        let text = std::fs::read_to_string(path).unwrap();
-        apply_format(&mut { KernelLayout::UNKNOWN }, &parse_format(&text)).unwrap();
+        let l = tracepoint_layout(tracefs.path()).unwrap();
+        assert_ne!(l.exec_filename, OFFSET_UNKNOWN);
     }
 }

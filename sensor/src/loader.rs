@@ -13,8 +13,9 @@ use sensor_common::{
 };
 
 use crate::{
-    attach::{self, Probe, Selection},
+    attach::{self, LifecycleAttach, Probe, Selection},
     btf, layout,
+    tracefs::{self, Tracefs},
 };
 
 /// The kernel program, built by build.rs and embedded so the binary alone is deployable.
@@ -32,27 +33,17 @@ pub struct Options {
     pub max_delay: std::time::Duration,
 }
 
-/// What the kernel and its metadata offer, found before anything is loaded.
+/// What the kernel and its metadata offer, found before anything is loaded. Nothing here
+/// needs tracefs: the classic tracepoints' formats are read only if they are attached.
 pub struct Environment {
     pub layout: KernelLayout,
-    /// Why the tracepoint layout is missing, if it is.
-    pub tracepoint_error: Option<String>,
     pub btf: Option<Btf>,
     pub btf_error: Option<String>,
-    /// Why exec records cannot carry the exec'd path, if they cannot.
-    pub exec_format_error: Option<String>,
 }
 
 impl Environment {
     pub fn probe() -> Self {
         let mut layout = KernelLayout::UNKNOWN;
-        let tracepoint_error = layout::format_path()
-            .and_then(|p| {
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-            })
-            .and_then(|text| layout::apply_format(&mut layout, &layout::parse_format(&text)))
-            .err()
-            .map(|e| format!("{e:#}"));
         let (btf, btf_error) = match std::fs::read("/sys/kernel/btf/vmlinux")
             .context("reading /sys/kernel/btf/vmlinux")
             .and_then(|data| {
@@ -63,15 +54,10 @@ impl Environment {
             Ok(b) => (Some(b), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
-        let exec_format_error = layout::apply_exec_format(&mut layout)
-            .err()
-            .map(|e| format!("{e:#}"));
         Self {
             layout,
-            tracepoint_error,
             btf,
             btf_error,
-            exec_format_error,
         }
     }
 }
@@ -79,8 +65,20 @@ impl Environment {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub selection: Selection,
-    /// Lifecycle hooks attached (exec, fork, exit), and those that failed with why.
-    pub lifecycle: Vec<(&'static str, Result<(), String>)>,
+    /// Lifecycle hooks attached (exec, fork, exit), and those passed over with why.
+    pub lifecycle: Vec<LifecycleAttach>,
+    /// Where tracefs was found or mounted, when a classic tracepoint is in use.
+    pub tracefs: Option<Tracefs>,
+}
+
+impl Loaded {
+    /// For logs and `sensor-started`: which tracefs, if any, the hooks in use depend on.
+    pub fn tracefs_source(&self) -> String {
+        match &self.tracefs {
+            Some(t) => t.describe(),
+            None => "not needed (no classic tracepoint in use)".into(),
+        }
+    }
 }
 
 pub fn validate_ring_buffer_size(bytes: u32) -> Result<()> {
@@ -131,17 +129,40 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
         info!("{} unavailable: {}", a.probe.hook(), a.error);
     }
     info!("attached {}", selection.chosen.hook());
-    let lifecycle = attach::attach_lifecycle(&mut ebpf, &env.layout);
-    for (hook, r) in &lifecycle {
-        if let Err(e) = r {
-            warn!("{hook} unavailable ({e}); short-lived processes may go unattributed");
+    let lifecycle = attach::attach_lifecycle(&mut ebpf, &env.layout, env.btf.as_ref());
+    for l in &lifecycle {
+        for (hook, e) in &l.passed_over {
+            debug!("{hook} unavailable: {e}");
+        }
+        match l.attached {
+            Some(hook) => info!("attached {hook}"),
+            None => warn!(
+                "no {} hook could be attached ({}); short-lived processes may go unattributed",
+                l.event,
+                l.passed_over
+                    .iter()
+                    .map(|(h, e)| format!("{h}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         }
     }
-    Ok(Loaded {
+    let classic = selection.chosen == Probe::Tracepoint
+        || lifecycle.iter().any(LifecycleAttach::uses_tracefs);
+    // Already found (or mounted) by the attach, so this only reads the cached answer.
+    let tracefs = if classic {
+        tracefs::ensure().ok()
+    } else {
+        None
+    };
+    let loaded = Loaded {
         ebpf,
         selection,
         lifecycle,
-    })
+        tracefs,
+    };
+    info!("tracefs: {}", loaded.tracefs_source());
+    Ok(loaded)
 }
 
 impl Loaded {
@@ -179,8 +200,9 @@ impl LossCounter {
     }
 }
 
-/// The benchmark baseline: the empty program on the connect tracepoint, until a signal.
-pub fn baseline() -> Result<()> {
+/// The benchmark baselines: an empty program on the classic connect tracepoint
+/// (`btf = false`) or on its BTF form, until a signal.
+pub fn baseline(btf: bool) -> Result<()> {
     let env = Environment::probe();
     let opts = Options {
         ring_buffer_bytes: 4096,
@@ -190,13 +212,28 @@ pub fn baseline() -> Result<()> {
         max_delay: std::time::Duration::ZERO,
     };
     let mut ebpf = load_object(&opts, &env)?;
-    let p: &mut aya::programs::TracePoint = ebpf
-        .program_mut("baseline_empty")
-        .context("program baseline_empty missing from the eBPF object")?
-        .try_into()?;
-    p.load().context("load")?;
-    p.attach(layout::TRACEPOINT_CATEGORY, layout::TRACEPOINT_NAME)
-        .context("attach")?;
+    if btf {
+        let kernel_btf = env
+            .btf
+            .as_ref()
+            .with_context(|| format!("kernel BTF unavailable: {:?}", env.btf_error))?;
+        let p: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut("baseline_empty_btf")
+            .context("program baseline_empty_btf missing from the eBPF object")?
+            .try_into()?;
+        p.load(layout::TRACEPOINT_NAME, kernel_btf)
+            .context("load")?;
+        p.attach().context("attach")?;
+    } else {
+        attach::prepare_classic(&mut ebpf)?;
+        let p: &mut aya::programs::TracePoint = ebpf
+            .program_mut("baseline_empty")
+            .context("program baseline_empty missing from the eBPF object")?
+            .try_into()?;
+        p.load().context("load")?;
+        p.attach(layout::TRACEPOINT_CATEGORY, layout::TRACEPOINT_NAME)
+            .context("attach")?;
+    }
     println!("{{\"event\":{{\"kind\":\"state\",\"action\":\"baseline-started\"}}}}");
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain signal-mask calls on a local sigset; the signals are blocked, then

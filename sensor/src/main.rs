@@ -33,7 +33,10 @@ mod rollup;
 mod run;
 mod score;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod testrng;
+mod tracefs;
 mod users;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -70,7 +73,11 @@ enum Command {
     /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
     /// SIGINT/SIGTERM (used by `cargo xtask bench`).
     #[command(hide = true)]
-    BenchBaseline,
+    BenchBaseline {
+        /// On the BTF tracepoint instead of the classic one.
+        #[arg(long)]
+        btf: bool,
+    },
     /// Print the effective policy as TOML.
     Policy {
         #[command(subcommand)]
@@ -104,7 +111,8 @@ struct RunArgs {
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, default_value_t = DEFAULT_RING_BUFFER, value_name = "BYTES")]
     ring_buffer_size: u32,
-    /// Kernel hook: auto tries fentry, then kprobe, then the tracepoint.
+    /// Kernel hook: auto tries fentry, then kprobe, then the BTF tracepoint, then the
+    /// classic tracepoint (which needs tracefs, mounted privately if missing).
     #[arg(long, value_enum, default_value = "auto")]
     probe: ProbeChoice,
     /// Kernel-side debug messages (aya-log), relayed to stderr. Off keeps them off the hot path.
@@ -146,6 +154,8 @@ enum ProbeChoice {
     Auto,
     Fentry,
     Kprobe,
+    #[value(name = "tp_btf", alias = "tp-btf")]
+    TpBtf,
     Tracepoint,
 }
 
@@ -186,7 +196,7 @@ fn main() -> ExitCode {
         Command::Check {
             ring_buffer_size, ..
         } => check::check(ring_buffer_size),
-        Command::BenchBaseline => loader::baseline().map(|()| true),
+        Command::BenchBaseline { btf } => loader::baseline(btf).map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },
         } => load_policy(config.as_deref()).map(|p| {
@@ -235,6 +245,7 @@ fn run(args: RunArgs) -> Result<()> {
         ProbeChoice::Auto => attach::AUTO_ORDER.to_vec(),
         ProbeChoice::Fentry => vec![Probe::Fentry],
         ProbeChoice::Kprobe => vec![Probe::Kprobe],
+        ProbeChoice::TpBtf => vec![Probe::TpBtf],
         ProbeChoice::Tracepoint => vec![Probe::Tracepoint],
     };
     // aya-log levels: Error = 1 ... Trace = 5; 0 disables every kernel log statement.

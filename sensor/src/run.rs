@@ -91,13 +91,18 @@ pub async fn run(opts: Options) -> Result<()> {
     let lifecycle: Vec<_> = loaded
         .lifecycle
         .iter()
-        .map(|(hook, r)| match r {
-            Ok(()) => json!({"hook": hook, "attached": true}),
-            Err(e) => json!({"hook": hook, "attached": false, "error": e}),
+        .map(|l| {
+            let passed_over: Vec<_> = l
+                .passed_over
+                .iter()
+                .map(|(hook, e)| json!({"hook": hook, "error": e}))
+                .collect();
+            json!({"event": l.event, "hook": l.attached, "attached": l.attached.is_some(), "passed_over": passed_over})
         })
         .collect();
     let started = json!({
         "probe": loaded.selection.chosen.hook(),
+        "tracefs": loaded.tracefs_source(),
         "unavailable_probes": unavailable,
         "process_hooks": lifecycle,
         "process_table": {"entries": pipeline.table.len(), "fingerprinted_executables": pipeline.table.identities.known_files},

@@ -2,11 +2,15 @@
 //! (socket, connect answered by a RST, close) inside a test namespace, measured side by side
 //! in one run with
 //! - no program on the hook (`none`),
-//! - an empty BPF program on the same tracepoint (`empty_program`): the floor any eBPF
-//!   sensor on this hook pays,
-//! - the sensor running, on ordinary traffic (`sensor`, port 443: seen, scored, not
-//!   printed) and on traffic that alerts on every connect (`sensor_alerting`, port 4444,
-//!   flood control off so each alert is formatted and written).
+//! - an empty BPF program on the classic tracepoint (`empty_program`) and on its BTF form
+//!   (`empty_program_btf`): the floor any eBPF sensor on each hook pays,
+//! - the sensor running, on ordinary traffic (port 443: seen, scored, not printed) with the
+//!   hook auto selection picks (`sensor`) and forced onto each tracepoint form
+//!   (`sensor_tp_btf`, `sensor_tracepoint`), and on traffic that alerts on every connect
+//!   (`sensor_alerting`, port 4444, flood control off so each alert is formatted and written).
+//!
+//! The classic tracepoint needs tracefs: the sensor mounts it privately when it is missing,
+//! and the baseline does the same.
 //!
 //! `cargo xtask bench` runs it (as root) and prints the ratios.
 
@@ -74,9 +78,18 @@ fn connect_cost(c: &mut Criterion) {
     let baseline = start(&["bench-baseline"]);
     g.bench_function("empty_program", |b| b.iter(one));
     stop(baseline);
-    let sensor = start(&["run", "--ring-buffer-size", "16777216"]);
-    g.bench_function("sensor", |b| b.iter(one));
-    stop(sensor);
+    let baseline = start(&["bench-baseline", "--btf"]);
+    g.bench_function("empty_program_btf", |b| b.iter(one));
+    stop(baseline);
+    for (name, probe) in [
+        ("sensor", "auto"),
+        ("sensor_tp_btf", "tp_btf"),
+        ("sensor_tracepoint", "tracepoint"),
+    ] {
+        let sensor = start(&["run", "--ring-buffer-size", "16777216", "--probe", probe]);
+        g.bench_function(name, |b| b.iter(one));
+        stop(sensor);
+    }
     // Flood control would fold these identical alerts; switch it off so every one is printed.
     let sensor = start(&[
         "run",

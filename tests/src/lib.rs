@@ -220,10 +220,26 @@ impl Sensor {
     }
 
     pub fn start_unlocked(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(sensor_bin())
-            .arg("run")
-            .args(args)
-            .args(probe_args(args))
+        let mut cmd = Command::new(sensor_bin());
+        cmd.arg("run").args(args).args(probe_args(args));
+        Self::spawn(cmd)
+    }
+
+    /// Starts `sensor run ARGS` in a mount namespace of its own where `unmount` (and
+    /// everything below) is unmounted: the host's mounts are untouched.
+    pub fn start_without_mounts(args: &[&str], unmount: &[&str]) -> Result<Self> {
+        let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = Command::new(sensor_bin());
+        cmd.arg("run").args(args).args(probe_args(args));
+        without_mounts(&mut cmd, unmount)?;
+        let mut s = Self::spawn(cmd)?;
+        s._shared = Some(shared);
+        Ok(s)
+    }
+
+    /// Starts `cmd` (a `sensor run`) and waits for its `sensor-started` line.
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -405,6 +421,52 @@ pub fn check_hook(reported: &str) -> Result<()> {
         bail!("sensor reports hook {reported:?}, but sensor check says auto picks {auto:?}");
     }
     Ok(())
+}
+
+/// Makes `cmd` run in a new mount namespace (private propagation) where each path of
+/// `unmount` is lazily unmounted first, if it is mounted. The pid stays the program's own.
+pub fn without_mounts(cmd: &mut Command, unmount: &[&str]) -> Result<()> {
+    let paths: Vec<std::ffi::CString> = unmount
+        .iter()
+        .map(|p| std::ffi::CString::new(*p).context("path with NUL"))
+        .collect::<Result<_>>()?;
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on strings built
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let root = c"/";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for p in &paths {
+                // Not mounted (EINVAL) is the state wanted anyway.
+                libc::umount2(p.as_ptr(), libc::MNT_DETACH);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The filesystem types mounted in process `pid`'s mount namespace.
+pub fn mounted_types(pid: u32) -> Result<Vec<String>> {
+    let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .with_context(|| format!("reading /proc/{pid}/mountinfo"))?;
+    Ok(mi
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .filter_map(|(_, post)| post.split_whitespace().next().map(str::to_string))
+        .collect())
 }
 
 /// The connect hook `sensor check` says auto selection picks here (its verdict line).

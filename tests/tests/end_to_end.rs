@@ -391,6 +391,7 @@ fn check_reports_the_hook_and_exits_zero() -> Result<()> {
     let hooks = [
         "fentry/tcp_connect",
         "kprobe/tcp_connect",
+        "tp_btf/inet_sock_set_state",
         "tracepoint/sock/inet_sock_set_state",
     ];
     for hook in hooks {
@@ -410,6 +411,10 @@ fn check_reports_the_hook_and_exits_zero() -> Result<()> {
         })
         .unwrap();
     assert!(verdict.ends_with(first_ok), "{verdict}\n{text}");
+    assert!(
+        text.contains("tracefs (classic tracepoints only)"),
+        "{text}"
+    );
     // An impossible ring buffer size is a failed check, not a crash.
     let out = Command::new(sensor_bin())
         .args(["check", "--ring-buffer-size", "1000"])

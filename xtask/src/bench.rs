@@ -1,5 +1,5 @@
 //! Ratios from one criterion run: the sensor's connect cost against no hook and against an
-//! empty BPF program on the same tracepoint.
+//! empty BPF program on each form of the connect tracepoint.
 
 use std::path::Path;
 
@@ -10,43 +10,55 @@ fn mean_ns(group: &Path, name: &str) -> Result<f64> {
     let path = group.join(name).join("new/estimates.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    // {"mean":{"confidence_interval":{...},"point_estimate":12345.6,...},...}
-    let mean = text.find("\"mean\"").context("no mean in estimates")?;
-    let key = "\"point_estimate\":";
-    let at = text[mean..]
-        .find(key)
-        .context("no point_estimate for mean")?
-        + mean
-        + key.len();
-    let end = text[at..].find([',', '}']).context("unterminated number")? + at;
-    text[at..end]
-        .trim()
-        .parse()
-        .with_context(|| format!("bad number in {}", path.display()))
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    v["mean"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("no mean.point_estimate in {}", path.display()))
 }
 
 pub fn report(group: &Path) -> Result<()> {
     let none = mean_ns(group, "none")?;
     let empty = mean_ns(group, "empty_program")?;
-    let sensor = mean_ns(group, "sensor")?;
-    let alerting = mean_ns(group, "sensor_alerting")?;
+    let empty_btf = mean_ns(group, "empty_program_btf")?;
     println!("connect() cost, means from this run:");
+    println!(
+        "  {:<26} {:>10} {:>10} {:>14} {:>18}",
+        "", "per call", "vs none", "vs empty (tp)", "vs empty (tp_btf)"
+    );
     let row = |name: &str, ns: f64| {
         println!(
-            "  {name:<18} {:>8.2} µs  {:.3}x no hook  {:.3}x empty program",
+            "  {name:<26} {:>7.2} µs {:>9.3}x {:>13.3}x {:>17.3}x",
             ns / 1e3,
             ns / none,
-            ns / empty
+            ns / empty,
+            ns / empty_btf
         );
     };
     row("no hook", none);
-    row("empty program", empty);
-    row("sensor", sensor);
-    row("sensor, alerting", alerting);
+    row("empty program, tracepoint", empty);
+    row("empty program, tp_btf", empty_btf);
+    let mut sensor = 0.0;
+    for (label, name) in [
+        ("sensor (auto)", "sensor"),
+        ("sensor, tp_btf", "sensor_tp_btf"),
+        ("sensor, tracepoint", "sensor_tracepoint"),
+        ("sensor, alerting", "sensor_alerting"),
+    ] {
+        let ns = mean_ns(group, name)?;
+        if name == "sensor" {
+            sensor = ns;
+        }
+        row(label, ns);
+    }
     println!(
-        "  sensor overhead over the empty-program floor: {:.2} µs per connect ({:.2} µs when every connect alerts)",
-        (sensor - empty) / 1e3,
-        (alerting - empty) / 1e3
+        "  tp_btf floor over no hook: {:.2} µs per connect; classic tracepoint floor: {:.2} µs",
+        (empty_btf - none) / 1e3,
+        (empty - none) / 1e3
+    );
+    println!(
+        "  sensor (auto) over the tp_btf floor: {:.2} µs per connect",
+        (sensor - empty_btf) / 1e3
     );
     Ok(())
 }

@@ -70,39 +70,48 @@ const TCG_BURST: u32 = 200;
 /// Hard limit per VM boot, whole test run included; `VMTEST_TIMEOUT` (seconds) overrides.
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Tests run with each forced hook by default: test binary, exact test names. The
-/// Atomic cases, attribution of short-lived (and fileless, threaded) processes by the
-/// lifecycle hooks, a small burst, and a clean exit with no program left behind.
-/// Timing-sensitive tests (beacon intervals) and benchmarks stay out of the VMs.
+/// Tests run with each forced hook by default (test binary, exact test names): what
+/// depends on the connect hook's own reads. The Atomic cases (IPv4 and IPv6 addresses,
+/// ports, pid, parent, user from the hook's record), a short-lived process attributed
+/// from the kernel's exec record (the hook's process key must match it), and a clean
+/// exit with no program left behind.
 const HOOK_SET: &[(&str, &[&str])] = &[
     (
         "end_to_end",
         &[
             "atomic_1_netcat_to_4444_is_one_high_alert",
             "atomic_2_curl_and_python3_to_8088_are_risk_3",
-            "process_gone_before_userspace_looks_is_attributed_from_the_kernel",
             "sigterm_and_sigint_detach_and_exit_zero",
         ],
     ),
     (
         "attribution",
-        &[
-            "connect_then_exit_at_once_keeps_path_command_line_and_parent",
-            "burst_of_short_lived_processes_is_fully_attributed",
-            "memfd_executed_connector_is_fileless_and_high_risk",
-            "connect_from_a_worker_thread_is_attributed_to_its_process",
-        ],
+        &["connect_then_exit_at_once_keeps_path_command_line_and_parent"],
     ),
 ];
-/// With no hook forced: the hook auto selection picks is the one `sensor check` names and
-/// the one alerts carry; and, when the test file exists, the portability tests (no
-/// tracefs mounted).
+/// Once per kernel, with no hook forced: auto's pick is the hook `sensor check` names and
+/// the one alerts carry; what depends on the lifecycle hooks rather than the connect
+/// hook (a burst of short-lived processes, a fileless one, a connect from a thread); and,
+/// when the test file exists, the portability tests (no tracefs mounted).
+/// Timing-sensitive tests (beacon intervals) and benchmarks stay out of the VMs; so does
+/// `process_gone_before_userspace_looks_is_attributed_from_the_kernel`, whose executable
+/// lives on virtme-ng's overlay of 9p, where the exec'd path cannot be matched to the
+/// mapped inode (the same check runs on the test's own binary in
+/// `connect_then_exit_at_once...`, which lives in the overlay's upper layer).
 const AUTO_SET: &[(&str, &[&str])] = &[
     (
         "end_to_end",
         &[
             "check_reports_the_hook_and_exits_zero",
             "atomic_1_netcat_to_4444_is_one_high_alert",
+        ],
+    ),
+    (
+        "attribution",
+        &[
+            "burst_of_short_lived_processes_is_fully_attributed",
+            "memfd_executed_connector_is_fileless_and_high_risk",
+            "connect_from_a_worker_thread_is_attributed_to_its_process",
         ],
     ),
     ("portable", &[]),
@@ -1087,6 +1096,9 @@ pub fn guest(plan_path: &Path) -> Result<()> {
                     .filter_map(Value::as_str)
                     .collect();
                 let mut cmd = Command::new(exe);
+                // One at a time: under emulation, parallel tests starve each other's
+                // sensors past the harness's start-up guard.
+                cmd.arg("--test-threads=1");
                 if !tests.is_empty() {
                     cmd.arg("--exact").args(&tests);
                 }

@@ -25,6 +25,9 @@ pub const EXE_NAME_LEN: usize = 64;
 pub const PROBE_FENTRY: u8 = 1;
 pub const PROBE_KPROBE: u8 = 2;
 pub const PROBE_TRACEPOINT: u8 = 3;
+/// BTF-typed raw tracepoint (`tp_btf`) on `inet_sock_set_state`: attached by name through
+/// the bpf syscall, no tracefs needed.
+pub const PROBE_TP_BTF: u8 = 4;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -40,6 +43,10 @@ pub const LOST_RESERVE: u32 = 0;
 pub const LOSS_SLOTS: u32 = 1;
 /// Name of the read-only global holding [`KernelLayout`].
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+/// Name of the one-slot array holding [`TracepointLayout`]. A map, not a read-only global:
+/// the classic tracepoints are the fallback, and their format files can only be read once
+/// tracefs is found or mounted, which happens after the object is loaded.
+pub const TP_LAYOUT_MAP: &str = "TP_LAYOUT";
 /// Name of the read-only `u64` global: wake the reader only once this many bytes are
 /// pending (0: wake on every record). Userspace drains on a timer meanwhile.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
@@ -88,23 +95,12 @@ pub const CONNECT_EVENT_SIZE: usize = core::mem::size_of::<ConnectEvent>();
 const _: () = assert!(CONNECT_EVENT_SIZE == 104);
 
 /// Where the kernel program finds the fields it reads, computed by userspace at start-up
-/// from the tracepoint format file and the kernel's BTF, so nothing is hard-coded for one
-/// kernel build. An offset of [`OFFSET_UNKNOWN`] means "not available: leave the field zero".
+/// from the kernel's BTF, so nothing is hard-coded for one kernel build. An offset of [`OFFSET_UNKNOWN`] means "not available: leave the field zero".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelLayout {
-    // sock:inet_sock_set_state tracepoint record.
-    pub tp_oldstate: u32,
-    pub tp_newstate: u32,
-    pub tp_sport: u32,
-    pub tp_dport: u32,
-    pub tp_family: u32,
-    pub tp_protocol: u32,
-    pub tp_saddr: u32,
-    pub tp_daddr: u32,
-    pub tp_saddr_v6: u32,
-    pub tp_daddr_v6: u32,
-    // struct sock (struct sock_common at its start), for fentry/kprobe on tcp_connect.
+    // struct sock (struct sock_common at its start), for fentry/kprobe on tcp_connect and
+    // the tp_btf state hook.
     pub sk_family: u32,
     pub sk_dport: u32,
     pub sk_num: u32,
@@ -112,6 +108,8 @@ pub struct KernelLayout {
     pub sk_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `struct sock::sk_protocol` (a `u16` since 5.6), for the tp_btf state hook.
+    pub sk_protocol: u32,
     // struct task_struct, for parent and start time.
     pub task_real_parent: u32,
     pub task_tgid: u32,
@@ -132,8 +130,44 @@ pub struct KernelLayout {
     pub path_dentry: u32,
     pub dentry_d_name: u32,
     pub qstr_name: u32,
+    /// `struct linux_binprm::filename`, for the tp_btf exec hook.
+    pub bprm_filename: u32,
+}
+
+/// Field offsets in the classic tracepoints' records, from their format files under
+/// tracefs: read only when the classic tracepoints are the fallback in use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointLayout {
+    // sock:inet_sock_set_state.
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
     /// sched:sched_process_exec's `__data_loc char[] filename` field.
-    pub tp_exec_filename: u32,
+    pub exec_filename: u32,
+}
+
+impl TracepointLayout {
+    pub const UNKNOWN: Self = Self {
+        oldstate: OFFSET_UNKNOWN,
+        newstate: OFFSET_UNKNOWN,
+        sport: OFFSET_UNKNOWN,
+        dport: OFFSET_UNKNOWN,
+        family: OFFSET_UNKNOWN,
+        protocol: OFFSET_UNKNOWN,
+        saddr: OFFSET_UNKNOWN,
+        daddr: OFFSET_UNKNOWN,
+        saddr_v6: OFFSET_UNKNOWN,
+        daddr_v6: OFFSET_UNKNOWN,
+        exec_filename: OFFSET_UNKNOWN,
+    };
 }
 
 /// Process lifecycle record: fork (in the parent's context, describing the child) and exit.
@@ -191,16 +225,6 @@ pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 impl KernelLayout {
     /// Everything unknown: the kernel program emits nothing it cannot locate.
     pub const UNKNOWN: Self = Self {
-        tp_oldstate: OFFSET_UNKNOWN,
-        tp_newstate: OFFSET_UNKNOWN,
-        tp_sport: OFFSET_UNKNOWN,
-        tp_dport: OFFSET_UNKNOWN,
-        tp_family: OFFSET_UNKNOWN,
-        tp_protocol: OFFSET_UNKNOWN,
-        tp_saddr: OFFSET_UNKNOWN,
-        tp_daddr: OFFSET_UNKNOWN,
-        tp_saddr_v6: OFFSET_UNKNOWN,
-        tp_daddr_v6: OFFSET_UNKNOWN,
         sk_family: OFFSET_UNKNOWN,
         sk_dport: OFFSET_UNKNOWN,
         sk_num: OFFSET_UNKNOWN,
@@ -208,6 +232,7 @@ impl KernelLayout {
         sk_rcv_saddr: OFFSET_UNKNOWN,
         sk_v6_daddr: OFFSET_UNKNOWN,
         sk_v6_rcv_saddr: OFFSET_UNKNOWN,
+        sk_protocol: OFFSET_UNKNOWN,
         task_real_parent: OFFSET_UNKNOWN,
         task_tgid: OFFSET_UNKNOWN,
         task_start_boottime: OFFSET_UNKNOWN,
@@ -226,7 +251,7 @@ impl KernelLayout {
         path_dentry: OFFSET_UNKNOWN,
         dentry_d_name: OFFSET_UNKNOWN,
         qstr_name: OFFSET_UNKNOWN,
-        tp_exec_filename: OFFSET_UNKNOWN,
+        bprm_filename: OFFSET_UNKNOWN,
     };
 }
 
@@ -241,6 +266,7 @@ mod user {
     // holes that could leak uninitialised memory (sizes asserted above and in tests).
     unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::TracepointLayout {}
     unsafe impl aya::Pod for super::TaskEvent {}
     unsafe impl aya::Pod for super::ExecEvent {}
 }
