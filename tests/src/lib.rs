@@ -239,6 +239,17 @@ impl Sensor {
 
     /// Starts `cmd` (a `sensor run`) and waits for its `sensor-started` line.
     pub fn spawn(mut cmd: Command) -> Result<Self> {
+        // The hook forced on this sensor: its own `--probe` (a test's, or SENSOR_PROBE's).
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let forced = args
+            .iter()
+            .position(|a| a == "--probe")
+            .and_then(|i| args.get(i + 1))
+            .filter(|p| *p != "auto")
+            .cloned();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -279,12 +290,17 @@ impl Sensor {
             stderr,
             _shared: None,
         };
+        // A guard against a hung start, generous: under emulation (the VM matrix) a start
+        // takes a minute.
         let started = s
-            .wait_for(Duration::from_secs(60), |v| {
+            .wait_for(Duration::from_secs(300), |v| {
                 v["event"]["action"] == "sensor-started"
             })
             .context("sensor did not start")?;
-        check_hook(started["sensor"]["probe"].as_str().unwrap_or_default())?;
+        check_hook_for(
+            started["sensor"]["probe"].as_str().unwrap_or_default(),
+            forced,
+        )?;
         Ok(s)
     }
 
@@ -402,13 +418,18 @@ fn probe_args(args: &[&str]) -> Vec<String> {
 /// the one auto selection picks on this kernel, as `sensor check`'s verdict names it
 /// (asked once per test binary).
 pub fn check_hook(reported: &str) -> Result<()> {
-    if let Some(p) = forced_probe() {
+    check_hook_for(reported, forced_probe())
+}
+
+/// [`check_hook`] for a sensor started with `--probe forced` (None: auto).
+fn check_hook_for(reported: &str, forced: Option<String>) -> Result<()> {
+    if let Some(p) = forced {
         let prefix = format!("{}/", p.replace('-', "_"));
         // A connect hook, not a lifecycle hook of the same kind.
         let connect =
             reported.ends_with("/tcp_connect") || reported.ends_with("/inet_sock_set_state");
         if !reported.starts_with(&prefix) || !connect {
-            bail!("sensor reports hook {reported:?}, but SENSOR_PROBE forces --probe {p}");
+            bail!("sensor reports hook {reported:?}, but it was started with --probe {p}");
         }
         return Ok(());
     }

@@ -75,43 +75,25 @@ const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// ports, pid, parent, user from the hook's record), a short-lived process attributed
 /// from the kernel's exec record (the hook's process key must match it), and a clean
 /// exit with no program left behind.
-const HOOK_SET: &[(&str, &[&str])] = &[
-    (
-        "end_to_end",
-        &[
-            "atomic_1_netcat_to_4444_is_one_high_alert",
-            "atomic_2_curl_and_python3_to_8088_are_risk_3",
-            "sigterm_and_sigint_detach_and_exit_zero",
-        ],
-    ),
-    (
-        "attribution",
-        &["connect_then_exit_at_once_keeps_path_command_line_and_parent"],
-    ),
-];
-/// Once per kernel, with no hook forced: auto's pick is the hook `sensor check` names and
-/// the one alerts carry; what depends on the lifecycle hooks rather than the connect
-/// hook (a burst of short-lived processes, a fileless one, a connect from a thread); and,
-/// when the test file exists, the portability tests (no tracefs mounted).
-/// Timing-sensitive tests (beacon intervals) and benchmarks stay out of the VMs; so does
-/// `process_gone_before_userspace_looks_is_attributed_from_the_kernel`, whose executable
-/// lives on virtme-ng's overlay of 9p, where the exec'd path cannot be matched to the
-/// mapped inode (the same check runs on the test's own binary in
-/// `connect_then_exit_at_once...`, which lives in the overlay's upper layer).
+const HOOK_SET: &[(&str, &[&str])] = &[(
+    "matrix",
+    &["one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit"],
+)];
+/// Once per kernel, with no hook forced: `sensor check` reports every hook and names
+/// auto's pick, which is the one alerts carry; what depends on the lifecycle hooks
+/// rather than the connect hook (a burst of short-lived processes, a fileless one, a
+/// connect from a thread); the portability tests (no tracefs mounted, cgroup v1).
+/// A sensor start costs about a minute under emulation, so the matrix's own tests
+/// (`tests/tests/matrix.rs`) check in one sensor's lifetime what the other files check
+/// with a sensor each; `--full` runs every test. Timing-sensitive tests (beacon
+/// intervals) and benchmarks stay out of the default set.
 const AUTO_SET: &[(&str, &[&str])] = &[
+    ("end_to_end", &["check_reports_the_hook_and_exits_zero"]),
     (
-        "end_to_end",
+        "matrix",
         &[
-            "check_reports_the_hook_and_exits_zero",
-            "atomic_1_netcat_to_4444_is_one_high_alert",
-        ],
-    ),
-    (
-        "attribution",
-        &[
-            "burst_of_short_lived_processes_is_fully_attributed",
-            "memfd_executed_connector_is_fileless_and_high_risk",
-            "connect_from_a_worker_thread_is_attributed_to_its_process",
+            "one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit",
+            "one_sensor_lifecycle_burst_fileless_and_thread",
         ],
     ),
     ("portable", &[]),
@@ -262,7 +244,9 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
         log(&format!("accelerator: {}", accel.describe()));
     }
 
-    let mut rows = Vec::new();
+    // Plans first, then every VM at once (each guest runs its tests one at a time, so
+    // the VMs share the host's CPUs between them), then this machine's kernel.
+    let mut plans = Vec::new();
     for k in &kernels {
         let out = out_root.join(k);
         std::fs::create_dir_all(&out)?;
@@ -286,26 +270,56 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
         };
         let plan_path = out.join("plan.json");
         std::fs::write(&plan_path, plan.to_json().to_string())?;
-        let t0 = Instant::now();
-        let outcome = match vm {
+        plans.push((*k, vm, out, plan_path));
+    }
+    let vms = plans.iter().filter(|p| p.1.is_some()).count().max(1);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .div_ceil(vms);
+    let timeout = vm_timeout();
+    let mut outcomes: Vec<Option<(Result<Booted>, Duration)>> = Vec::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|(_, vm, out, plan_path)| {
+                vm.map(|p| {
+                    log(&format!(
+                        "{}: booting {} ({}, as in {}) with {}, {cpus} vCPU(s)",
+                        p.label,
+                        p.release,
+                        p.package,
+                        p.users,
+                        accel.describe()
+                    ));
+                    let accel = &accel;
+                    let xtask = &xtask;
+                    scope.spawn(move || {
+                        let t0 = Instant::now();
+                        let r = boot(p, accel, cpus, out, xtask, plan_path, timeout);
+                        (r, t0.elapsed())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            outcomes.push(h.map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (Err(anyhow::anyhow!("VM thread panicked")), Duration::ZERO)
+                })
+            }));
+        }
+    });
+    let mut rows = Vec::new();
+    for ((k, vm, out, plan_path), outcome) in plans.iter().zip(outcomes) {
+        let (outcome, elapsed) = match outcome {
+            Some(o) => o,
             None => {
                 log("host: running on this machine's kernel (no VM)");
-                guest(&plan_path).map(|()| Booted::Finished)
-            }
-            Some(p) => {
-                log(&format!(
-                    "{}: booting {} ({}, as in {}) with {}",
-                    p.label,
-                    p.release,
-                    p.package,
-                    p.users,
-                    accel.describe()
-                ));
-                boot(p, &accel, &out, &xtask, &plan_path, vm_timeout())
+                let t0 = Instant::now();
+                (guest(plan_path).map(|()| Booted::Finished), t0.elapsed())
             }
         };
-        let elapsed = t0.elapsed();
-        rows.push(report_kernel(k, vm, &accel, &out, outcome, elapsed));
+        rows.push(report_kernel(k, *vm, &accel, out, outcome, elapsed));
     }
     let host_offsets = if kernels.contains(&"host") {
         None
@@ -539,7 +553,7 @@ fn probe_kvm(k: &Prepared, dir: &Path) -> Accel {
     let _ = std::fs::create_dir_all(dir);
     let marker = dir.join("kvm-ok");
     let cmd = format!("echo ok > {}", shell_quote(&marker.to_string_lossy()));
-    let r = vng(k, &Accel::Kvm, dir, &cmd, Duration::from_secs(45));
+    let r = vng(k, &Accel::Kvm, 1, dir, &cmd, Duration::from_secs(45));
     match r {
         Ok(Booted::Finished) if marker.exists() => Accel::Kvm,
         Ok(Booted::TimedOut) => Accel::Tcg("KVM probe boot timed out after 45 s".into()),
@@ -570,6 +584,7 @@ fn shell_quote(s: &str) -> String {
 fn vng(
     k: &Prepared,
     accel: &Accel,
+    cpus: usize,
     out: &Path,
     command: &str,
     timeout: Duration,
@@ -584,6 +599,7 @@ fn vng(
         .arg(&k.vmlinuz)
         .args(["--force-9p", "--user", "root", "--memory", VM_MEMORY, "-v"])
         .args(["--overlay-rwdir", "/var/lib"])
+        .arg(format!("--cpus={cpus}"))
         .arg(format!("--rwdir={}", out.display()));
     if matches!(accel, Accel::Tcg(_)) {
         cmd.arg("--disable-kvm");
@@ -616,6 +632,7 @@ fn vng(
 fn boot(
     k: &Prepared,
     accel: &Accel,
+    cpus: usize,
     out: &Path,
     xtask: &Path,
     plan: &Path,
@@ -626,7 +643,7 @@ fn boot(
         shell_quote(&xtask.to_string_lossy()),
         shell_quote(&plan.to_string_lossy())
     );
-    vng(k, accel, out, &cmd, timeout)
+    vng(k, accel, cpus, out, &cmd, timeout)
 }
 
 /// Test executables built by `cargo test --no-run`: name -> path.
