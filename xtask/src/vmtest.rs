@@ -272,10 +272,9 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
         std::fs::write(&plan_path, plan.to_json().to_string())?;
         plans.push((*k, vm, out, plan_path));
     }
-    let vms = plans.iter().filter(|p| p.1.is_some()).count().max(1);
-    let cpus = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .div_ceil(vms);
+    // Every VM gets every CPU: a guest's tests run one at a time and mostly use one,
+    // and a VM that finishes early leaves its CPUs to the others.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let timeout = vm_timeout();
     let mut outcomes: Vec<Option<(Result<Booted>, Duration)>> = Vec::new();
     std::thread::scope(|scope| {
@@ -651,11 +650,13 @@ fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = output(
         Command::new(cargo)
+            // The flags of `cargo xtask test`'s own run, so its artifacts are reused
+            // (building the test package alone unifies features differently: a rebuild).
             .args([
                 "test",
-                "-p",
-                "sensor-tests",
-                "--tests",
+                "--workspace",
+                "--exclude",
+                "sensor-ebpf",
                 "--no-run",
                 "--message-format=json",
             ])
@@ -671,6 +672,7 @@ fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
             continue;
         }
         let kinds = v["target"]["kind"].as_array().cloned().unwrap_or_default();
+        // Integration test targets: only the tests package has them.
         if !kinds.iter().any(|k| k == "test") {
             continue;
         }
