@@ -1,7 +1,8 @@
 //! Builds the kernel programs (`sensor-ebpf`, target bpfel-unknown-none, nightly) and
 //! leaves the object in OUT_DIR for `include_bytes!`, so the `sensor` binary is all that
 //! ships. `cargo xtask setup` installs what this needs; `SENSOR_EBPF_OBJECT=path` uses a
-//! prebuilt object instead.
+//! prebuilt object instead. Kept by hand rather than aya-build: aya-build has no prebuilt
+//! override and does not scrub the outer build's toolchain variables, both needed here.
 
 use std::{
     env,

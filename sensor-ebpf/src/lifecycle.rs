@@ -4,23 +4,17 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str_bytes,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-            bpf_probe_read_user,
-        },
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_current_task, bpf_probe_read_user},
     },
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use sensor_common::{
-    ARGS_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, KernelLayout, OFFSET_UNKNOWN,
-    TaskEvent,
-};
+use sensor_common::{ARGS_LEN, ExecEvent, KernelLayout, OFFSET_UNKNOWN, RecordKind, TaskEvent};
 
-use crate::probes::{
-    EVENTS, LAYOUT, count_loss, process_start, read, submit_flags, task_lineage, tp_layout,
+use crate::{
+    maps::{EVENTS, LAYOUT, count_loss, submit_flags, tp_layout},
+    task::{fill_header, process_start, read},
 };
 
 /// BTF tracepoint: TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
@@ -68,18 +62,19 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
     // memory is only read through probe_read helpers at BTF-derived offsets.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        fill_current(&mut (*ev).task, EVENT_EXEC, task, l);
-        (*ev).exe_ino = 0;
-        (*ev).exe_dev = 0;
-        (*ev).exe_nlink = u32::MAX;
-        (*ev).filename_len = 0;
-        (*ev).args_len = 0;
-        (*ev).exe_name[0] = 0;
+        fill_header(&mut (*ev).header, RecordKind::Exec, task, l);
+        let d = &mut (*ev).data;
+        d.exe_ino = 0;
+        d.exe_dev = 0;
+        d.exe_nlink = u32::MAX;
+        d.filename_len = 0;
+        d.args_len = 0;
+        d.exe_name[0] = 0;
 
         if !filename.is_null()
-            && let Ok(s) = bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename)
+            && let Ok(s) = bpf_probe_read_kernel_str_bytes(filename, &mut d.filename)
         {
-            (*ev).filename_len = s.len() as u32;
+            d.filename_len = s.len() as u32;
         }
 
         let mm = read::<*const u8>(task, l.task_mm).unwrap_or(core::ptr::null());
@@ -89,20 +84,20 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
             if start != 0 && end > start {
                 // Bounded by the mask so the verifier can prove the write stays in `args`.
                 let n = (end - start).min(ARGS_LEN as u64 - 1) & (ARGS_LEN as u64 - 1);
-                let dst = (*ev).args.as_mut_ptr();
+                let dst = d.args.as_mut_ptr();
                 if bpf_probe_read_user(dst.cast(), n as u32, start as *const _) == 0 {
-                    (*ev).args_len = n as u32;
+                    d.args_len = n as u32;
                 }
             }
             let file = read::<*const u8>(mm, l.mm_exe_file).unwrap_or(core::ptr::null());
             if !file.is_null() {
                 let inode = read::<*const u8>(file, l.file_f_inode).unwrap_or(core::ptr::null());
                 if !inode.is_null() {
-                    (*ev).exe_ino = read::<u64>(inode, l.inode_i_ino).unwrap_or(0);
-                    (*ev).exe_nlink = read::<u32>(inode, l.inode_i_nlink).unwrap_or(u32::MAX);
+                    d.exe_ino = read::<u64>(inode, l.inode_i_ino).unwrap_or(0);
+                    d.exe_nlink = read::<u32>(inode, l.inode_i_nlink).unwrap_or(u32::MAX);
                     let sb = read::<*const u8>(inode, l.inode_i_sb).unwrap_or(core::ptr::null());
                     if !sb.is_null() {
-                        (*ev).exe_dev = read::<u32>(sb, l.sb_s_dev).unwrap_or(0);
+                        d.exe_dev = read::<u32>(sb, l.sb_s_dev).unwrap_or(0);
                     }
                 }
                 // file->f_path.dentry->d_name.name
@@ -117,7 +112,7 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
                         let name = read::<*const u8>(dentry, l.dentry_d_name + l.qstr_name)
                             .unwrap_or(core::ptr::null());
                         if !name.is_null() {
-                            let _ = bpf_probe_read_kernel_str_bytes(name, &mut (*ev).exe_name);
+                            let _ = bpf_probe_read_kernel_str_bytes(name, &mut d.exe_name);
                         }
                     }
                 }
@@ -160,11 +155,14 @@ fn fork_record(parent: *const u8, child: *const u8) {
             return;
         };
         let ev = slot.as_mut_ptr();
-        fill_current(&mut *ev, EVENT_FORK, child, &l);
-        (*ev).tgid = child_tgid;
-        (*ev).ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
+        let h = &mut (*ev).header;
+        fill_header(h, RecordKind::Fork, child, &l);
+        // The record describes the child, seen from the forking thread (the current task).
+        h.tgid = child_tgid;
+        h.tid = child_tgid;
+        h.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
         // `parent` is the forking thread: its process is identified by its leader.
-        (*ev).parent_start_time_ns = process_start(parent, &l);
+        h.parent_start_time_ns = process_start(parent, &l);
         slot.submit(submit_flags());
     }
 }
@@ -198,29 +196,7 @@ fn exit_record() {
     // SAFETY: as in sched_process_exec.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        fill_current(&mut *ev, EVENT_EXIT, task, &l);
+        fill_header(&mut (*ev).header, RecordKind::Exit, task, &l);
     }
     slot.submit(submit_flags());
-}
-
-/// Header fields from the current task's credentials and `task`'s identity.
-#[inline(always)]
-unsafe fn fill_current(ev: &mut TaskEvent, kind: u32, task: *const u8, l: &KernelLayout) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    ev.kind = kind;
-    ev.tgid = (pid_tgid >> 32) as u32;
-    ev.uid = uid_gid as u32;
-    ev.gid = (uid_gid >> 32) as u32;
-    ev._pad = 0;
-    // SAFETY: helpers without arguments; `task` only read through probe_read.
-    unsafe {
-        ev.ktime_ns = bpf_ktime_get_boot_ns();
-        ev.cgroup_id = bpf_get_current_cgroup_id();
-        let lineage = task_lineage(task, l);
-        ev.start_time_ns = lineage.start_time_ns;
-        ev.ppid = lineage.ppid;
-        ev.parent_start_time_ns = lineage.parent_start_time_ns;
-    }
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }

@@ -2,18 +2,32 @@
 //! and push it to userspace through one ring buffer. Thin and defensive on purpose: no
 //! policy here, every read checked, every failed reserve counted.
 //!
-//! Three hooks, of which userspace attaches exactly one (the first that loads):
-//! `fentry/tcp_connect`, `kprobe/tcp_connect`, and the `sock:inet_sock_set_state`
-//! tracepoint filtered to the CLOSE -> SYN_SENT transition. Beside them, exec, fork and
-//! exit records (`lifecycle`) feed userspace's process table through the same ring buffer,
-//! so a process's exec record always precedes its connects.
+//! `connect`: four hooks, of which userspace attaches exactly one (the first that loads):
+//! `fentry/tcp_connect`, `kprobe/tcp_connect`, and the `inet_sock_set_state` tracepoint
+//! (BTF-typed, else classic) filtered to the CLOSE -> SYN_SENT transition. `lifecycle`:
+//! exec, fork and exit records feed userspace's process table through the same ring buffer,
+//! so a process's exec record always precedes its connects. Every record is a
+//! `sensor_common::Event<T>` whose header `task::fill_header` fills; `maps` holds what the
+//! programs share; `baseline` the benchmark's empty programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod baseline;
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
-mod probes;
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod task;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
 
 // Host builds (`cargo build --workspace`) compile this crate as an empty program.
 #[cfg(not(target_arch = "bpf"))]

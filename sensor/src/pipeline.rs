@@ -1,20 +1,16 @@
 //! Per-record work after the ring buffer: lifecycle records update the process table;
 //! connects are attributed (table, then /proc), scored and formatted.
 
-use std::io::Write;
+use std::{io::Write, sync::Arc};
 
 use anyhow::Result;
+use serde_json::{Value, json};
 
 use crate::{
-    clock::BootClock,
-    engine::{self, Engine},
-    events::{Connection, Record},
-    output::{self, Record as OutRecord},
-    policy::Policy,
-    procs::{self, ProcessInfo},
-    proctable::ProcTable,
-    score::{self, Subject},
-    users::Users,
+    detect::{engine::Engine, policy::Policy, subject::Subject},
+    enrich::{Enriched, procfs::ProcessInfo, proctable::ProcTable, users::Users},
+    kernel::records::{Connection, Record},
+    output::{self, clock::BootClock},
 };
 
 /// Counters reported in the status events (and, later, as metrics).
@@ -25,20 +21,22 @@ pub struct Counters {
     pub attributed: u64,
     pub alerts: u64,
     pub malformed: u64,
+    /// Reads of the kernel's loss counter that failed (the sensor carries on).
+    pub loss_read_errors: u64,
     pub execs: u64,
     pub forks: u64,
     pub exits: u64,
 }
 
 pub struct Pipeline {
-    pub policy: Policy,
     pub table: ProcTable,
     pub users: Users,
     pub host_name: String,
     pub clock: BootClock,
     pub counters: Counters,
-    /// Allow rules, beacons, rollups, flood control; decides what is printed.
-    pub engine: Engine,
+    /// Scoring, allow rules, beacons, rollups, flood control: decides what is printed.
+    /// It owns the policy.
+    pub engine: Engine<Enriched>,
 }
 
 impl Pipeline {
@@ -82,41 +80,88 @@ impl Pipeline {
         if proc.container_id.is_none() {
             proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
         }
-        let subject = Subject {
-            exe_name: proc.executable.as_deref().map(procs::exe_name),
-            comm: &conn.comm,
-            content_match: proc.content_match.as_deref(),
-            location: proc.location,
-        };
-        let verdict = score::score(&self.policy, &subject, conn.dst, conn.dport);
-        let record = OutRecord {
-            conn,
-            proc: &proc,
-            user_name: self.users.name(conn.uid),
-            verdict: &verdict,
-            host_name: &self.host_name,
+        let enriched = Enriched {
+            conn: conn.clone(),
+            proc,
+            user_name: self.users.name(conn.uid).map(str::to_string),
+            host_name: self.host_name.clone(),
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
         // Every connection goes to the engine (beacons and allow counts need the unscored
-        // too); it builds the JSON only for what it prints.
-        let obs = engine::Obs::from_record(&record);
-        let outcome = self.engine.process(&obs, &verdict, || record.to_json());
+        // too); only what it prints is rendered.
+        let subject = Subject::from_enriched(&enriched);
+        let outcome = self.engine.decide(&subject, move || enriched);
         if outcome.alert {
             self.counters.alerts += 1;
         }
         outcome
             .lines
             .iter()
-            .try_for_each(|line| output::write_line(out, line))
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+    }
+
+    /// Writes the lines due by `now_ns` (ended fold periods, rollup windows, summaries).
+    pub fn tick(&mut self, now_ns: i128, out: &mut impl Write) -> Result<()> {
+        let lines = self.engine.tick(now_ns);
+        lines
+            .iter()
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+    }
+
+    /// Writes everything the engine holds, at exit.
+    pub fn finish(&mut self, now_ns: i128, out: &mut impl Write) -> Result<()> {
+        let lines = self.engine.finish(now_ns);
+        lines
+            .iter()
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
     }
 }
 
 impl Pipeline {
-    /// Installs a new policy (SIGHUP) in the scorer and the engine together.
+    /// Installs a new policy (SIGHUP): one swap of the engine's `Arc`.
     pub fn set_policy(&mut self, policy: Policy) {
-        self.engine.set_policy(policy.clone());
-        self.policy = policy;
+        self.engine.set_policy(Arc::new(policy));
+    }
+}
+
+/// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
+/// the old policy and says why (stderr and a state event); nothing stops the sensor.
+pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> Value {
+    let host = pipeline.host_name.clone();
+    let Some(path) = path else {
+        log::warn!("SIGHUP: no --config was given, nothing to reload");
+        return output::status(
+            "state",
+            "policy-reload-failed",
+            &host,
+            json!({"error": "no --config was given"}),
+        );
+    };
+    match Policy::load(path) {
+        Ok(policy) => {
+            let rules = policy.allow.len();
+            pipeline.set_policy(policy);
+            log::info!(
+                "SIGHUP: policy reloaded from {} ({rules} allow rules)",
+                path.display()
+            );
+            output::status(
+                "state",
+                "policy-reloaded",
+                &host,
+                json!({"config": path.display().to_string(), "allow_rules": rules}),
+            )
+        }
+        Err(e) => {
+            log::warn!("SIGHUP: keeping the old policy: {e:#}");
+            output::status(
+                "state",
+                "policy-reload-failed",
+                &host,
+                json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
+            )
+        }
     }
 }
 

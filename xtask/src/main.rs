@@ -5,6 +5,7 @@
 //! integration tests drive (netcat, curl, python3, iproute2).
 
 mod bench;
+mod siem;
 mod toolchain;
 mod vmtest;
 
@@ -41,6 +42,9 @@ enum Task {
     /// Benchmark the sensor's cost per connect against no hook and an empty BPF program
     /// (criterion, as root), and print the ratios.
     Bench,
+    /// Regenerate the converted SIEM queries in deploy/siem/ from the Sigma rules (pySigma in
+    /// a venv under target/).
+    Siem,
     /// Build and run every test: unit tests and the real-kernel integration tests, then
     /// the default kernel matrix (`vmtest --kernel 6.1,6.12`). With a test name filter
     /// only the host's tests run.
@@ -97,9 +101,11 @@ fn main() -> Result<()> {
             )?;
             bench::report(&root.join("target/criterion/connect"))
         }
+        Task::Siem => siem::convert(&root),
         Task::Test { args } => {
             toolchain::ensure(false)?;
             toolchain::ensure_test_programs()?;
+            let siem_python = siem::ensure_test_tools(&root)?;
             cargo(&root, &["build", "-p", "sensor"])?;
             let mut test = vec![
                 "test",
@@ -113,7 +119,10 @@ fn main() -> Result<()> {
             let host = cargo_env(
                 &root,
                 &test,
-                &[("SENSOR_BIN", root.join("target/debug/sensor"))],
+                &[
+                    ("SENSOR_BIN", root.join("target/debug/sensor")),
+                    ("SIEM_PYTHON", siem_python),
+                ],
             );
             if !args.is_empty() {
                 return host;

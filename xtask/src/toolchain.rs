@@ -18,7 +18,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -129,7 +129,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/include/stdio.h", "libc6-dev"),
 ];
 
-fn have(what: &str) -> bool {
+pub(crate) fn have(what: &str) -> bool {
     if what.starts_with('/') {
         return Path::new(what).exists();
     }

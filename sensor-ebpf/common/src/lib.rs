@@ -1,17 +1,37 @@
 //! The kernel/userspace ABI: plain `#[repr(C)]` integers and arrays, nothing else.
 //!
-//! Every record in the ring buffer starts with a `u32` kind so later record types
-//! (exec, fork, exit) can share the buffer without breaking old readers.
+//! Every record in the ring buffer is an [`Event<T>`]: one common [`Header`] (kind, task
+//! identity, times, cgroup), filled in the kernel by one helper, then the kind's own data.
+//! Userspace reads the header first (with zerocopy, behind the `user` feature) and the
+//! rest by its kind.
 #![no_std]
 
-/// Record kind of [`ConnectEvent`].
-pub const EVENT_CONNECT: u32 = 1;
-/// Record kind of [`ExecEvent`]: a process image replaced (execve).
-pub const EVENT_EXEC: u32 = 2;
-/// Record kind of [`TaskEvent`]: a new process (not thread) forked.
-pub const EVENT_FORK: u32 = 3;
-/// Record kind of [`TaskEvent`]: a process's leader thread exited.
-pub const EVENT_EXIT: u32 = 4;
+/// What a record is: `Header::kind`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// [`ConnectEvent`]: one outbound TCP connect.
+    Connect = 1,
+    /// [`ExecEvent`]: a process image replaced (execve).
+    Exec = 2,
+    /// [`TaskEvent`]: a new process (not thread) forked.
+    Fork = 3,
+    /// [`TaskEvent`]: a process's leader thread exited.
+    Exit = 4,
+}
+
+impl RecordKind {
+    /// The kind a header's `kind` field names, if any.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Fork),
+            4 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
 
 /// Bytes of the exec'd path kept (`bprm->filename`, NUL terminated).
 pub const FILENAME_LEN: usize = 256;
@@ -21,7 +41,7 @@ pub const ARGS_LEN: usize = 512;
 /// Bytes of the mapped executable's own file name (its dentry) kept.
 pub const EXE_NAME_LEN: usize = 64;
 
-/// Which kernel hook produced an event (`ConnectEvent::probe`).
+/// Which kernel hook produced a connect record (`Connect::probe`).
 pub const PROBE_FENTRY: u8 = 1;
 pub const PROBE_KPROBE: u8 = 2;
 pub const PROBE_TRACEPOINT: u8 = 3;
@@ -34,7 +54,7 @@ pub const AF_INET6: u16 = 10;
 
 pub const TASK_COMM_LEN: usize = 16;
 
-/// Name of the ring buffer map carrying [`ConnectEvent`]s.
+/// Name of the ring buffer map carrying every [`Event`].
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
 pub const LOSSES_MAP: &str = "LOSSES";
@@ -53,27 +73,77 @@ pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the read-only `u64` global: force a wakeup when none was sent for this long (ns).
 pub const MAX_DELAY_GLOBAL: &str = "MAX_DELAY_NS";
 
-/// One outbound TCP connect attempt, seen in the connecting task's context.
+/// What every record starts with: its kind and the task it is about.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectEvent {
-    /// Always [`EVENT_CONNECT`].
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct Header {
+    /// A [`RecordKind`] as `u32`.
     pub kind: u32,
     /// Process id (thread group id).
     pub tgid: u32,
-    /// Thread id.
+    /// Thread id (for fork records, the child's, which is its tgid).
     pub tid: u32,
     /// Parent's tgid (`real_parent`), 0 when the layout did not allow reading it.
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// CLOCK_BOOTTIME of the connect, nanoseconds.
+    /// CLOCK_BOOTTIME of the event, nanoseconds.
     pub ktime_ns: u64,
-    /// The task's start (`start_boottime`), nanoseconds since boot; 0 when unknown.
-    /// With `tgid` this keys a process across pid reuse.
+    /// The process's start (its leader's `start_boottime`), nanoseconds since boot; 0 when
+    /// unknown. With `tgid` this keys a process across pid reuse.
     pub start_time_ns: u64,
-    /// cgroup v2 id of the task (container attribution).
+    /// The parent's `start_boottime`, so the parent is found by identity, not by pid.
+    pub parent_start_time_ns: u64,
+    /// cgroup v2 id of the current task (container attribution).
     pub cgroup_id: u64,
+    /// `comm` of the current task, NUL padded. Any process can rename it: informational.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl Header {
+    /// All zero: what the kernel starts a record from before filling it in.
+    pub const EMPTY: Self = Self {
+        kind: 0,
+        tgid: 0,
+        tid: 0,
+        ppid: 0,
+        uid: 0,
+        gid: 0,
+        ktime_ns: 0,
+        start_time_ns: 0,
+        parent_start_time_ns: 0,
+        cgroup_id: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+}
+
+pub const HEADER_SIZE: usize = core::mem::size_of::<Header>();
+const _: () = assert!(HEADER_SIZE == 72);
+
+/// One record: the common header, then the kind's data (Kunai's `Event<T>`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct Event<T> {
+    pub header: Header,
+    pub data: T,
+}
+
+/// One outbound TCP connect attempt, seen in the connecting task's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct Connect {
     /// AF_INET or AF_INET6.
     pub family: u16,
     /// Destination port, host byte order.
@@ -87,12 +157,11 @@ pub struct ConnectEvent {
     pub daddr: [u8; 16],
     /// Source address, same encoding as `daddr`.
     pub saddr: [u8; 16],
-    /// `comm` of the task, NUL padded. Any process can rename it: informational only.
-    pub comm: [u8; TASK_COMM_LEN],
 }
 
+pub type ConnectEvent = Event<Connect>;
 pub const CONNECT_EVENT_SIZE: usize = core::mem::size_of::<ConnectEvent>();
-const _: () = assert!(CONNECT_EVENT_SIZE == 104);
+const _: () = assert!(CONNECT_EVENT_SIZE == 112);
 
 /// Where the kernel program finds the fields it reads, computed by userspace at start-up
 /// from the kernel's BTF, so nothing is hard-coded for one kernel build. An offset of [`OFFSET_UNKNOWN`] means "not available: leave the field zero".
@@ -170,28 +239,17 @@ impl TracepointLayout {
     };
 }
 
-/// Process lifecycle record: fork (in the parent's context, describing the child) and exit.
+/// Fork (in the parent's context, describing the child) and exit records: the header
+/// says it all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskEvent {
-    /// [`EVENT_FORK`], [`EVENT_EXIT`], or [`EVENT_EXEC`] as the head of an [`ExecEvent`].
-    pub kind: u32,
-    pub tgid: u32,
-    /// Parent's tgid.
-    pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub _pad: u32,
-    /// CLOCK_BOOTTIME of the event, nanoseconds.
-    pub ktime_ns: u64,
-    /// The process's `start_boottime`, nanoseconds: with `tgid`, its identity.
-    pub start_time_ns: u64,
-    /// The parent's `start_boottime`, so the parent is found by identity, not by pid.
-    pub parent_start_time_ns: u64,
-    pub cgroup_id: u64,
-    pub comm: [u8; TASK_COMM_LEN],
-}
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct Task {}
 
+pub type TaskEvent = Event<Task>;
 pub const TASK_EVENT_SIZE: usize = core::mem::size_of::<TaskEvent>();
 const _: () = assert!(TASK_EVENT_SIZE == 72);
 
@@ -199,8 +257,11 @@ const _: () = assert!(TASK_EVENT_SIZE == 72);
 /// which arguments, even if the process exits before userspace looks at /proc.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExecEvent {
-    pub task: TaskEvent,
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::Immutable, zerocopy::KnownLayout)
+)]
+pub struct Exec {
     /// Inode and device (kernel encoding, MAJOR<<20|MINOR) of `mm->exe_file`: the file
     /// really mapped, whatever path was used to reach it.
     pub exe_ino: u64,
@@ -217,6 +278,7 @@ pub struct ExecEvent {
     pub exe_name: [u8; EXE_NAME_LEN],
 }
 
+pub type ExecEvent = Event<Exec>;
 pub const EXEC_EVENT_SIZE: usize = core::mem::size_of::<ExecEvent>();
 const _: () = assert!(EXEC_EVENT_SIZE == 928);
 
@@ -264,9 +326,6 @@ pub const IPPROTO_TCP: u16 = 6;
 mod user {
     // SAFETY: both are repr(C) structs of plain integers and byte arrays with no padding
     // holes that could leak uninitialised memory (sizes asserted above and in tests).
-    unsafe impl aya::Pod for super::ConnectEvent {}
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::TracepointLayout {}
-    unsafe impl aya::Pod for super::TaskEvent {}
-    unsafe impl aya::Pod for super::ExecEvent {}
 }

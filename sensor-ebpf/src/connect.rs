@@ -1,0 +1,171 @@
+//! Connect hooks: fentry and kprobe on `tcp_connect`, and the `inet_sock_set_state`
+//! tracepoint (BTF-typed, else classic) at CLOSE -> SYN_SENT. Userspace attaches one.
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_current_task,
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
+};
+use aya_log_ebpf::debug;
+use sensor_common::{
+    AF_INET, AF_INET6, Connect, ConnectEvent, Header, IPPROTO_TCP, KernelLayout, OFFSET_UNKNOWN,
+    PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT, RecordKind, TCP_CLOSE,
+    TCP_SYN_SENT,
+};
+
+use crate::{
+    maps::{EVENTS, LAYOUT, count_loss, submit_flags, tp_layout},
+    task::{fill_header, read},
+};
+
+#[fentry(function = "tcp_connect")]
+pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    from_sock(&ctx, sk, PROBE_FENTRY);
+    0
+}
+
+#[kprobe]
+pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(0) {
+        from_sock(&ctx, sk, PROBE_KPROBE);
+    }
+    0
+}
+
+/// BTF-typed raw tracepoint: TP_PROTO(const struct sock *sk, int oldstate, int newstate).
+/// Attached through the bpf syscall by name (no tracefs) and, unlike the classic
+/// tracepoint, no trace record is built before the program runs.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
+    if old != TCP_CLOSE || new != TCP_SYN_SENT || sk.is_null() {
+        return 0;
+    }
+    let l = LAYOUT.load();
+    // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
+    // MPTCP sockets pass through this tracepoint too; only TCP ones are connects.
+    if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    from_sock(&ctx, sk, PROBE_TP_BTF);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let Some(t) = tp_layout() else {
+        return 0;
+    };
+    // SAFETY: offsets come from this kernel's format file; reads go through probe_read.
+    let fields = unsafe {
+        (
+            ctx.read_at::<i32>(t.oldstate as usize),
+            ctx.read_at::<i32>(t.newstate as usize),
+            ctx.read_at::<u16>(t.protocol as usize),
+        )
+    };
+    let (Ok(old), Ok(new), Ok(proto)) = fields else {
+        return 0;
+    };
+    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
+    if old != TCP_CLOSE || new != TCP_SYN_SENT || proto != IPPROTO_TCP {
+        return 0;
+    }
+    let l = LAYOUT.load();
+    let mut ev = connect_event(PROBE_TRACEPOINT, &l);
+    // SAFETY: as above.
+    unsafe {
+        ev.data.family = ctx.read_at::<u16>(t.family as usize).unwrap_or(0);
+        ev.data.dport = ctx.read_at::<u16>(t.dport as usize).unwrap_or(0);
+        ev.data.sport = ctx.read_at::<u16>(t.sport as usize).unwrap_or(0);
+        if ev.data.family == AF_INET {
+            let d = ctx.read_at::<[u8; 4]>(t.daddr as usize).unwrap_or([0; 4]);
+            let s = ctx.read_at::<[u8; 4]>(t.saddr as usize).unwrap_or([0; 4]);
+            ev.data.daddr[..4].copy_from_slice(&d);
+            ev.data.saddr[..4].copy_from_slice(&s);
+        } else if ev.data.family == AF_INET6 {
+            ev.data.daddr = ctx
+                .read_at::<[u8; 16]>(t.daddr_v6 as usize)
+                .unwrap_or([0; 16]);
+            ev.data.saddr = ctx
+                .read_at::<[u8; 16]>(t.saddr_v6 as usize)
+                .unwrap_or([0; 16]);
+        } else {
+            return 0;
+        }
+    }
+    submit(&ctx, &ev);
+    0
+}
+
+/// fentry and kprobe see `struct sock *` as tcp_connect's first argument, tp_btf as the
+/// state hook's.
+#[inline(always)]
+fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8) {
+    let l = LAYOUT.load();
+    if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
+        return;
+    }
+    let mut ev = connect_event(probe, &l);
+    // SAFETY: `sk` is the kernel's socket pointer; every read is a checked probe_read.
+    unsafe {
+        ev.data.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
+        // skc_dport is network order; skc_num (local port) is host order.
+        ev.data.dport = u16::from_be(read::<u16>(sk, l.sk_dport).unwrap_or(0));
+        ev.data.sport = read::<u16>(sk, l.sk_num).unwrap_or(0);
+        if ev.data.family == AF_INET {
+            let d = read::<[u8; 4]>(sk, l.sk_daddr).unwrap_or([0; 4]);
+            let s = read::<[u8; 4]>(sk, l.sk_rcv_saddr).unwrap_or([0; 4]);
+            ev.data.daddr[..4].copy_from_slice(&d);
+            ev.data.saddr[..4].copy_from_slice(&s);
+        } else if ev.data.family == AF_INET6 {
+            ev.data.daddr = read::<[u8; 16]>(sk, l.sk_v6_daddr).unwrap_or([0; 16]);
+            ev.data.saddr = read::<[u8; 16]>(sk, l.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        } else {
+            return;
+        }
+    }
+    submit(ctx, &ev);
+}
+
+/// A connect record with its header filled in for the current task.
+#[inline(always)]
+fn connect_event(probe: u8, l: &KernelLayout) -> ConnectEvent {
+    let mut ev = ConnectEvent {
+        header: Header::EMPTY,
+        data: Connect {
+            family: 0,
+            dport: 0,
+            sport: 0,
+            probe,
+            _pad: 0,
+            daddr: [0; 16],
+            saddr: [0; 16],
+        },
+    };
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        fill_header(&mut ev.header, RecordKind::Connect, task, l);
+    }
+    ev
+}
+
+#[inline(always)]
+fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
+    match EVENTS.reserve::<ConnectEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(submit_flags());
+            debug!(
+                ctx,
+                "connect tgid={} dport={}", ev.header.tgid, ev.data.dport
+            );
+        }
+        None => count_loss(),
+    }
+}

@@ -1,0 +1,82 @@
+//! Maps and globals shared by every program: the ring buffer and its loss counter, the
+//! wakeup batching settings, and the field offsets userspace writes before load.
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use sensor_common::{KernelLayout, LOSS_SLOTS, LOST_RESERVE, TracepointLayout};
+
+/// Resized by userspace at load time (`--ring-buffer-size`).
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per-CPU loss counters; userspace sums and reports them.
+#[map]
+pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// Batching threshold, set by userspace before load (see sensor_common::WAKEUP_GLOBAL).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// Longest a record may wait for a reader wakeup, nanoseconds (set with WAKEUP_BYTES).
+#[unsafe(no_mangle)]
+static MAX_DELAY_NS: Global<u64> = Global::new(0);
+
+/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns). Shared by all CPUs; a race
+/// only costs an extra wakeup.
+#[map]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Submit flags. A wakeup is forced when a quarter ring is pending or none was sent for
+/// MAX_DELAY_NS (so the first record after a quiet spell wakes the reader at once);
+/// otherwise none, and the reader's timer, armed after every drain that found records,
+/// picks the batch up within MAX_DELAY_NS. Idle hosts cost no wakeups at all.
+#[inline(always)]
+pub(crate) fn submit_flags() -> u64 {
+    let threshold = WAKEUP_BYTES.load();
+    if threshold == 0 {
+        return 0;
+    }
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: helper without arguments; `last` points into our own one-slot array.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stale = unsafe { now.wrapping_sub(*last) } >= MAX_DELAY_NS.load();
+    if stale || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        unsafe { *last = now };
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Field offsets, filled in by userspace before load.
+#[unsafe(no_mangle)]
+pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNOWN);
+
+/// Classic tracepoint record offsets, written by userspace before it attaches a classic
+/// tracepoint (the fallback). Until then the slot is zeroed and nothing reads it.
+#[map]
+pub(crate) static TP_LAYOUT: Array<TracepointLayout> = Array::with_max_entries(1, 0);
+
+/// The classic tracepoints' offsets, or None before userspace wrote them.
+#[inline(always)]
+pub(crate) fn tp_layout() -> Option<TracepointLayout> {
+    let l = *TP_LAYOUT.get(0)?;
+    // An all-zero slot was never written: offset 0 is common_type, never a field we read.
+    (l.newstate != 0).then_some(l)
+}
+
+/// A record that could not be reserved: counted, never silently dropped.
+#[inline(always)]
+pub(crate) fn count_loss() {
+    if let Some(n) = LOSSES.get_ptr_mut(LOST_RESERVE) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}

@@ -1,0 +1,109 @@
+//! The command line: clap definitions and dispatch to `cmd`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    cmd::{self, run::KernelLog},
+    kernel,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "eBPF sensor for C2 over non-standard ports (MITRE ATT&CK T1571)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture outbound TCP connects and print scored alerts as JSON lines on stdout.
+    Run(cmd::run::RunArgs),
+    /// Check whether the sensor can run here and which kernel hook it would use.
+    /// Exit status 0 when it can, 1 when it cannot.
+    Check {
+        #[arg(long, default_value_t = cmd::run::DEFAULT_RING_BUFFER, value_name = "BYTES")]
+        ring_buffer_size: u32,
+        /// Only print, as JSON, the struct offsets read from this kernel's BTF.
+        #[arg(long)]
+        layout: bool,
+    },
+    /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
+    /// SIGINT/SIGTERM (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchBaseline {
+        /// On the BTF tracepoint instead of the classic one.
+        #[arg(long)]
+        btf: bool,
+    },
+    /// Print the effective policy as TOML.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Explain how one connection would be scored: verdict and the reason chain.
+    Score(cmd::explain::ScoreArgs),
+    /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
+    Replay(cmd::replay::ReplayArgs),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the policy in force (built-in defaults, or --config).
+    Show {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parses the command line, runs the subcommand, and maps the result to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Kernel-side messages (aya-log) arrive under the eBPF crate's target: let them through
+    // at the level asked for, whatever RUST_LOG says about the rest.
+    let kernel_filter = match &cli.command {
+        Command::Run(a) if !matches!(a.kernel_log, KernelLog::Off) => ",sensor_ebpf=trace",
+        _ => "",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .parse_filters(kernel_filter)
+        .format_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::main(args).map(|()| true),
+        Command::Check { layout: true, .. } => cmd::check::print_layout(),
+        Command::Check {
+            ring_buffer_size, ..
+        } => cmd::check::check(ring_buffer_size),
+        Command::BenchBaseline { btf } => kernel::load::baseline(btf).map(|()| true),
+        Command::Policy {
+            command: PolicyCommand::Show { config },
+        } => cmd::policy::show(config.as_deref()).map(|()| true),
+        Command::Score(args) => cmd::explain::run(args).map(|()| true),
+        Command::Replay(args) => cmd::replay::run(args).map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sensor: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the whole command tree (unique names, groups, defaults) only when asked
+    /// or in a debug build's first parse of that subcommand: ask once, for all of them.
+    #[test]
+    fn command_line_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod args;
+pub mod check;
+pub mod explain;
+pub mod policy;
+pub mod replay;
+pub mod run;

@@ -1,0 +1,120 @@
+//! What detection decided, as types: the output stage renders every line from these.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::detect::{
+    beacon::Beacon,
+    fold::FoldState,
+    rollup,
+    score::{Verdict, severity},
+};
+
+/// One connection's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What the lists said (before beacons and allow rules).
+    pub verdict: Verdict,
+    /// The final risk: raised by a beacon, 0 when an allow rule suppressed it.
+    pub risk: u8,
+    /// The allow rule that suppressed the alert.
+    pub allow_rule: Option<String>,
+    /// The beacon this connection is part of.
+    pub beacon: Option<Beacon>,
+    /// Flood control: how many connections the line stands for (alerts only).
+    pub fold: Option<FoldState>,
+}
+
+impl Decision {
+    pub fn alert(&self) -> bool {
+        self.risk > 0
+    }
+
+    pub fn severity(&self) -> Option<&'static str> {
+        severity(self.risk)
+    }
+
+    /// The lists that matched, the beacon and the allow rule, in words (`event.reason`).
+    pub fn reasons(&self) -> Vec<String> {
+        let mut reasons = self.verdict.reasons();
+        if let Some(b) = &self.beacon {
+            // Written as JSON writes the number (60.0, not 60), as the field shows it.
+            reasons.push(format!(
+                "regular-interval beacon every {} s (risk raised by one)",
+                serde_json::Value::from(b.interval_rounded())
+            ));
+        }
+        if let Some(rule) = &self.allow_rule {
+            reasons.push(format!("suppressed by allow rule {rule}"));
+        }
+        reasons
+    }
+}
+
+/// A connection and its decision.
+#[derive(Debug, Clone)]
+pub struct Decided<C> {
+    pub conn: C,
+    /// The connection's time (Unix nanoseconds).
+    pub ts_ns: i128,
+    pub decision: Decision,
+}
+
+/// The `beacon-detected` alert: the connection that made the key a beacon.
+#[derive(Debug, Clone)]
+pub struct BeaconAlert<C> {
+    pub conn: C,
+    /// The time of the connection that made the key a beacon.
+    pub ts_ns: i128,
+    pub beacon: Beacon,
+    pub risk: u8,
+}
+
+/// The engine's periodic or final summary (`engine-summary`).
+#[derive(Debug, Clone)]
+pub struct EngineSummary {
+    pub at_ns: i128,
+    pub stats: StatsReport,
+    pub window_connections: u64,
+    pub window_suppressed: BTreeMap<String, u64>,
+}
+
+/// Cumulative counters: the `sensor-stopped` event and summaries carry them.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsReport {
+    pub connections: u64,
+    pub alerts: u64,
+    pub suppressed_total: u64,
+    pub suppressed_by_rule: BTreeMap<String, u64>,
+    pub allow_rules: usize,
+    pub beacons_detected: u64,
+    pub beaconing_connections: u64,
+    pub beacon_keys: usize,
+    pub beacon_keys_evicted: u64,
+    pub folded_connections: u64,
+    pub fold_table_full: u64,
+    pub rollup_windows: u64,
+    pub rollup_connections_in_no_group: u64,
+}
+
+/// One line the engine wants printed, in the order it is to be printed.
+#[derive(Debug, Clone)]
+pub enum Line<C> {
+    Connection(Box<Decided<C>>),
+    Beacon(Box<BeaconAlert<C>>),
+    Rollup(Box<rollup::Summary>),
+    Summary(Box<EngineSummary>),
+}
+
+impl<C> Line<C> {
+    /// The line's time (its `@timestamp`), Unix nanoseconds.
+    pub fn ts_ns(&self) -> i128 {
+        match self {
+            Line::Connection(d) => d.ts_ns,
+            Line::Beacon(b) => b.ts_ns,
+            Line::Rollup(s) => s.window_end_ns,
+            Line::Summary(s) => s.at_ns,
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The T1571 scoring model, exactly the reference's three tiers:
+//! risk 3 = high-risk process and known C2 port; 2 = high-risk process on a non-standard
+//! port above 1024; 1 = known C2 port only. Excluded destinations score 0.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    detect::{policy::Policy, subject::Subject},
+    kernel::records::canonical,
+};
+
+/// How the process was found on the high-risk list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchedBy {
+    /// The executable's basename (what an attacker cannot change without copying the file).
+    Executable,
+    /// The executable's content: a renamed copy of a listed binary.
+    Content,
+    /// The executable runs from memory, a deleted file, or a world-writable temp directory.
+    Location,
+    /// `comm`, used only when the executable could not be resolved.
+    Comm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HighRisk {
+    /// The list entry that matched (`python3` for `python3.11`).
+    pub entry: String,
+    pub matched_by: MatchedBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// 0 (not scored) to 3.
+    pub risk: u8,
+    pub known_c2_port: bool,
+    pub non_standard_port: bool,
+    pub high_risk: Option<HighRisk>,
+    /// The excluded network the destination fell in; such connections score 0.
+    pub excluded_by: Option<IpNet>,
+}
+
+/// `High`, `Medium`, `Low` for risk 3, 2, 1: the one mapping, for every event kind.
+pub fn severity(risk: u8) -> Option<&'static str> {
+    match risk {
+        3 => Some("High"),
+        2 => Some("Medium"),
+        1 => Some("Low"),
+        _ => None,
+    }
+}
+
+impl Verdict {
+    /// Which lists matched, in words, for `event.reason`.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(net) = self.excluded_by {
+            out.push(format!(
+                "destination in excluded network {net} (excluded_networks)"
+            ));
+            return out;
+        }
+        if let Some(h) = &self.high_risk {
+            let by = match h.matched_by {
+                MatchedBy::Executable => "executable",
+                MatchedBy::Content => "content (renamed copy)",
+                MatchedBy::Location => "location (fileless or temp directory)",
+                MatchedBy::Comm => "comm, executable unknown",
+            };
+            out.push(format!(
+                "high-risk process {} by {by} (high_risk_executables)",
+                h.entry
+            ));
+        }
+        if self.known_c2_port {
+            out.push("known C2 port (c2_ports)".to_string());
+        } else if self.non_standard_port {
+            out.push("non-standard port above 1024 (not in standard_ports)".to_string());
+        }
+        out
+    }
+}
+
+fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
+    let hit = |entry: String, matched_by| Some(HighRisk { entry, matched_by });
+    if let Some(name) = s.exe_name() {
+        if let Some(e) = high_risk_entry(policy, name) {
+            return hit(e, MatchedBy::Executable);
+        }
+    } else if let Some(e) = high_risk_entry(policy, s.comm.as_deref().unwrap_or("")) {
+        return hit(e, MatchedBy::Comm);
+    }
+    if let Some(e) = &s.content_match {
+        return hit(e.clone(), MatchedBy::Content);
+    }
+    s.location
+        .as_deref()
+        .and_then(|l| hit(format!("<{l}>"), MatchedBy::Location))
+}
+
+/// Scores one connection.
+pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
+    let (dst, port) = (subject.dst, subject.port);
+    let high_risk = high_risk(policy, subject);
+    let known_c2_port = policy.c2_ports.contains(&port);
+    let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
+    let excluded_by = excluded_network(policy, dst);
+    let risk = if excluded_by.is_some() {
+        0
+    } else {
+        match (high_risk.is_some(), known_c2_port, non_standard_port) {
+            (true, true, _) => 3,
+            (true, false, true) => 2,
+            (_, true, _) => 1,
+            _ => 0,
+        }
+    };
+    Verdict {
+        risk,
+        known_c2_port,
+        non_standard_port,
+        high_risk,
+        excluded_by,
+    }
+}
+
+/// The excluded network containing `ip`; IPv4-mapped IPv6 is judged as its IPv4 address.
+pub fn excluded_network(policy: &Policy, ip: IpAddr) -> Option<IpNet> {
+    let ip = canonical(ip);
+    policy
+        .excluded_networks
+        .iter()
+        .find(|n| n.contains(&ip))
+        .copied()
+}
+
+/// The list entry `name` matches: exactly, or after removing a version suffix
+/// (`python3.11` -> `python3` -> `python`, `ruby3.1` -> `ruby`). A deleted executable's
+/// ` (deleted)` marker is ignored.
+pub fn high_risk_entry(policy: &Policy, name: &str) -> Option<String> {
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    let list = &policy.high_risk_executables;
+    if list.contains(name) {
+        return Some(name.to_string());
+    }
+    // Drop `.N` components from the end: python3.11 -> python3.
+    let mut cand = name;
+    while let Some((head, tail)) = cand.rsplit_once('.') {
+        if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        cand = head;
+        if list.contains(cand) {
+            return Some(cand.to_string());
+        }
+    }
+    // Then trailing digits: python3 -> python, lua5 -> lua.
+    let base = cand.trim_end_matches(|c: char| c.is_ascii_digit());
+    if base.len() < cand.len() && !base.is_empty() && list.contains(base) {
+        return Some(base.to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::policy::{DEFAULT_C2_PORTS, DEFAULT_HIGH_RISK, DEFAULT_STANDARD_PORTS};
+
+    const PUBLIC: &str = "203.0.113.7";
+
+    /// Scores `subject` as a connection to `dst`:`port`.
+    fn sc(p: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
+        score(p, &subject.clone().to(dst, port))
+    }
+
+    fn s(exe: Option<&str>, port: u16) -> Verdict {
+        sc(
+            &Policy::default(),
+            &Subject::named(exe, "comm"),
+            PUBLIC.parse().unwrap(),
+            port,
+        )
+    }
+
+    #[test]
+    fn every_tier_for_every_listed_port() {
+        for &port in DEFAULT_C2_PORTS {
+            assert_eq!(s(Some("bash"), port).risk, 3, "high-risk + C2 {port}");
+            assert_eq!(s(Some("systemd"), port).risk, 1, "C2 only {port}");
+        }
+        for &port in DEFAULT_STANDARD_PORTS {
+            assert_eq!(s(Some("bash"), port).risk, 0, "standard {port}");
+            assert_eq!(s(Some("systemd"), port).risk, 0, "standard {port}");
+        }
+    }
+
+    #[test]
+    fn tier_two_boundaries() {
+        assert_eq!(s(Some("python3"), 1024).risk, 0, "1024 is not above 1024");
+        assert_eq!(s(Some("python3"), 1025).risk, 2);
+        assert_eq!(s(Some("python3"), 5555).risk, 2);
+        assert_eq!(s(Some("python3"), 65535).risk, 2);
+        assert_eq!(s(Some("python3"), 8080).risk, 0, "standard port");
+        assert_eq!(s(Some("python3"), 22).risk, 0, "low port");
+        assert_eq!(s(Some("nginx"), 5555).risk, 0, "not high-risk");
+        // 444 and 587 are C2 ports at or below 1024: tier 3 for high-risk, tier 1 otherwise.
+        assert_eq!(s(Some("curl"), 444).risk, 3);
+        assert_eq!(s(Some("nginx"), 587).risk, 1);
+    }
+
+    #[test]
+    fn every_high_risk_name_matches() {
+        for &name in DEFAULT_HIGH_RISK {
+            let v = s(Some(name), 4444);
+            assert_eq!(v.risk, 3, "{name}");
+            assert_eq!(v.high_risk.unwrap().entry, name);
+        }
+    }
+
+    #[test]
+    fn versioned_interpreters_normalise() {
+        let p = Policy::default();
+        for (name, entry) in [
+            ("python3.11", Some("python3")),
+            ("python3.12", Some("python3")),
+            ("python2.7", Some("python2")),
+            ("ruby3.1", Some("ruby")),
+            ("perl5.36.0", Some("perl")),
+            ("php8.2", Some("php")),
+            ("lua5.4", Some("lua")),
+            ("node18", Some("node")),
+            ("bash (deleted)", Some("bash")),
+            ("nc.openbsd", Some("nc.openbsd")),
+            ("python3-config", None),
+            ("php-fpm8.2", None),
+            ("notcurl", None),
+            ("curly", None),
+            ("sshd", None),
+            ("3", None),
+            ("", None),
+        ] {
+            assert_eq!(high_risk_entry(&p, name).as_deref(), entry, "{name}");
+        }
+    }
+
+    #[test]
+    fn comm_only_when_executable_unknown() {
+        let p = Policy::default();
+        let dst = PUBLIC.parse().unwrap();
+        // A renamed comm does not make a benign executable high-risk...
+        assert_eq!(
+            sc(&p, &Subject::named(Some("nginx"), "bash"), dst, 5555).risk,
+            0
+        );
+        // ...nor a high-risk executable benign.
+        assert_eq!(
+            sc(&p, &Subject::named(Some("curl"), "kworker/0:1"), dst, 5555).risk,
+            2
+        );
+        let v = sc(&p, &Subject::named(None, "curl"), dst, 5555);
+        assert_eq!(v.risk, 2);
+        assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
+    }
+
+    #[test]
+    fn content_and_location_make_high_risk() {
+        let p = Policy::default();
+        let dst = PUBLIC.parse().unwrap();
+        let copy = Subject {
+            content_match: Some("curl".into()),
+            location: None,
+            ..Subject::named(Some("update-agent"), "update-agent")
+        };
+        let v = sc(&p, &copy, dst, 4444);
+        assert_eq!(
+            (v.risk, v.high_risk.as_ref().unwrap().matched_by),
+            (3, MatchedBy::Content)
+        );
+        assert!(v.reasons()[0].contains("content"));
+        let memfd = Subject {
+            content_match: None,
+            location: Some("memfd".into()),
+            ..Subject::named(Some("x"), "x")
+        };
+        let v = sc(&p, &memfd, dst, 5555);
+        assert_eq!(
+            (v.risk, v.high_risk.unwrap().matched_by),
+            (2, MatchedBy::Location)
+        );
+        // A listed name wins over the other signals; nothing flagged stays tier 1 at most.
+        let both = Subject {
+            content_match: Some("wget".into()),
+            location: Some("tmp".into()),
+            ..Subject::named(Some("curl"), "c")
+        };
+        assert_eq!(
+            sc(&p, &both, dst, 4444).high_risk.unwrap().matched_by,
+            MatchedBy::Executable
+        );
+        assert_eq!(
+            sc(&p, &Subject::named(Some("x"), "curl"), dst, 4444).risk,
+            1,
+            "comm ignored when exe known"
+        );
+    }
+
+    #[test]
+    fn exclusions() {
+        let p = Policy::default();
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::7",
+            "fc00::1",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            let v = sc(
+                &p,
+                &Subject::named(Some("nc"), "nc"),
+                ip.parse().unwrap(),
+                4444,
+            );
+            assert_eq!(v.risk, 0, "{ip} is excluded");
+            assert!(v.excluded_by.is_some());
+        }
+        for ip in [
+            "172.32.0.1",
+            "172.15.255.255",
+            "11.0.0.1",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "2001:db8::7",
+            "::ffff:203.0.113.7",
+            "fe00::1",
+            "100.64.0.1",
+        ] {
+            assert_eq!(
+                sc(
+                    &p,
+                    &Subject::named(Some("nc"), "nc"),
+                    ip.parse().unwrap(),
+                    4444
+                )
+                .risk,
+                3,
+                "{ip} is public"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_and_severity() {
+        let v = s(Some("nc.openbsd"), 4444);
+        assert_eq!(severity(v.risk), Some("High"));
+        let r = v.reasons().join("; ");
+        assert!(r.contains("nc.openbsd") && r.contains("c2_ports"), "{r}");
+        assert_eq!(severity(s(Some("python3"), 5555).risk), Some("Medium"));
+        assert!(
+            s(Some("python3"), 5555)
+                .reasons()
+                .join(" ")
+                .contains("standard_ports")
+        );
+        assert_eq!(severity(s(Some("nginx"), 4444).risk), Some("Low"));
+        assert_eq!(severity(s(Some("nginx"), 80).risk), None);
+    }
+}

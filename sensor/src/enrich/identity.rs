@@ -1,0 +1,268 @@
+//! Executable identity by content, so `cp /usr/bin/curl /opt/update-agent` is still curl.
+//!
+//! At start-up the host's high-risk binaries (every file in the standard bin directories
+//! whose name is on the list) are fingerprinted: ELF build-id (it survives appended bytes)
+//! and SHA-256 of the whole file. A process's executable is identified once per (device,
+//! inode, mtime, size): its build-id costs a few small reads of the ELF headers and notes,
+//! and the whole file is hashed only when its size is that of a known binary (a hash can
+//! only match then), so no file can make the sensor read much.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{Read, Seek},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::Path,
+};
+
+use log::debug;
+use object::{
+    Endianness, FileKind, elf,
+    read::{
+        ReadCache,
+        elf::{FileHeader, ProgramHeader},
+    },
+};
+use sha2::{Digest, Sha256};
+
+/// Directories the host's own tools live in.
+const BIN_DIRS: &[&str] = &[
+    "usr/local/sbin",
+    "usr/local/bin",
+    "usr/sbin",
+    "usr/bin",
+    "sbin",
+    "bin",
+];
+/// Known binaries larger than this are identified by build-id only.
+const MAX_HASHED: u64 = 256 << 20;
+/// Bound on cached file identities.
+const CACHE_CAP: usize = 16_384;
+/// Bounds on what the ELF note walk reads.
+const MAX_PHDRS: usize = 256;
+const MAX_NOTE_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime_ns: i64,
+    pub size: u64,
+}
+
+impl FileKey {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            size: meta.size(),
+        }
+    }
+}
+
+/// Opens `path` without blocking (a FIFO swapped in cannot hang the sensor) and accepts
+/// only a regular file, and only the inode `expect_ino` when given.
+fn open_regular(path: &Path, expect_ino: Option<u64>) -> Option<(File, std::fs::Metadata)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || expect_ino.is_some_and(|ino| ino != meta.ino()) {
+        return None;
+    }
+    Some((f, meta))
+}
+
+/// The GNU build-id from an ELF file's PT_NOTE segments (32 or 64-bit, either byte
+/// order), parsed by `object` over a read cache: only the header, the program headers and
+/// note segments of at most [`MAX_NOTE_BYTES`] are read.
+pub fn build_id(f: &File) -> Option<Vec<u8>> {
+    let cache = ReadCache::new(f);
+    match FileKind::parse(&cache).ok()? {
+        FileKind::Elf32 => notes_build_id::<elf::FileHeader32<Endianness>>(&cache),
+        FileKind::Elf64 => notes_build_id::<elf::FileHeader64<Endianness>>(&cache),
+        _ => None,
+    }
+}
+
+fn notes_build_id<Elf: FileHeader<Endian = Endianness>>(
+    data: &ReadCache<&File>,
+) -> Option<Vec<u8>> {
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let phdrs = header.program_headers(endian, data).ok()?;
+    for ph in phdrs.iter().take(MAX_PHDRS) {
+        if ph.p_filesz(endian).into() > MAX_NOTE_BYTES {
+            continue;
+        }
+        let Ok(Some(mut notes)) = ph.notes(endian, data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                let id = note.desc();
+                return (!id.is_empty()).then(|| id.to_vec());
+            }
+        }
+    }
+    None
+}
+
+fn sha256(mut f: &File, size: u64) -> Option<[u8; 32]> {
+    // The build-id reader moved the file position.
+    f.rewind().ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut r = f.take(size);
+    loop {
+        let n = r.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Some(hasher.finalize().into())
+}
+
+/// Known high-risk binaries by fingerprint, and a cache of identified files.
+pub struct Identities {
+    by_build_id: HashMap<Vec<u8>, String>,
+    by_sha256: HashMap<[u8; 32], String>,
+    /// Sizes of the fingerprinted binaries: only a file of one of these sizes is hashed.
+    sizes: HashSet<u64>,
+    cache: HashMap<FileKey, Option<String>>,
+    pub known_files: usize,
+}
+
+impl Identities {
+    /// Fingerprints the high-risk binaries under `host_root` (the host's `/`): the files
+    /// whose name `entry_of` maps to a list entry (detection owns the list and its rules).
+    pub fn scan(entry_of: impl Fn(&str) -> Option<String>, host_root: &Path) -> Self {
+        let mut me = Self {
+            by_build_id: HashMap::new(),
+            by_sha256: HashMap::new(),
+            sizes: HashSet::new(),
+            cache: HashMap::new(),
+            known_files: 0,
+        };
+        let mut seen = HashSet::new();
+        for dir in BIN_DIRS {
+            let Ok(entries) = std::fs::read_dir(host_root.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Some(entry) = entry_of(&e.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                let Some((f, meta)) = open_regular(&e.path(), None) else {
+                    continue;
+                };
+                if !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                if let Some(id) = build_id(&f) {
+                    me.by_build_id.entry(id).or_insert_with(|| entry.clone());
+                }
+                if meta.size() <= MAX_HASHED
+                    && let Some(h) = sha256(&f, meta.size())
+                {
+                    me.by_sha256.entry(h).or_insert_with(|| entry.clone());
+                    me.sizes.insert(meta.size());
+                }
+                me.known_files += 1;
+            }
+        }
+        debug!("fingerprinted {} high-risk executables", me.known_files);
+        me
+    }
+
+    /// The high-risk list entry whose binary the file at `path` is a copy of, if any.
+    /// `path` may be a `/proc/PID/exe` link (it reaches the mapped file, even deleted);
+    /// `expect_ino` rejects a file swapped in at the path since the kernel mapped it.
+    pub fn content_match(&mut self, path: &Path, expect_ino: Option<u64>) -> Option<String> {
+        let (f, meta) = open_regular(path, expect_ino)?;
+        let key = FileKey::of(&meta);
+        if let Some(hit) = self.cache.get(&key) {
+            return hit.clone();
+        }
+        let found = build_id(&f)
+            .and_then(|id| self.by_build_id.get(&id).cloned())
+            .or_else(|| {
+                self.sizes
+                    .contains(&meta.size())
+                    .then(|| sha256(&f, meta.size()))
+                    .flatten()
+                    .and_then(|h| self.by_sha256.get(&h).cloned())
+            });
+        if self.cache.len() >= CACHE_CAP {
+            self.cache.clear(); // crude but bounded; refilled on demand
+        }
+        self.cache.insert(key, found.clone());
+        found
+    }
+}
+
+/// Where an executable lives, when that alone makes it suspicious.
+pub fn suspicious_location(exe: &str, nlink: Option<u32>) -> Option<&'static str> {
+    if exe.starts_with("/memfd:") {
+        Some("memfd")
+    } else if exe.starts_with("/dev/fd/") || exe.starts_with("/proc/self/fd/") {
+        Some("fd")
+    } else if exe.ends_with(" (deleted)") || nlink == Some(0) {
+        Some("deleted")
+    } else if exe.starts_with("/dev/shm/") {
+        Some("dev_shm")
+    } else if exe.starts_with("/tmp/") || exe.starts_with("/var/tmp/") {
+        Some("tmp")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            suspicious_location("/memfd:x (deleted)", None),
+            Some("memfd")
+        );
+        assert_eq!(suspicious_location("/dev/fd/3", Some(0)), Some("fd"));
+        assert_eq!(
+            suspicious_location("/usr/bin/x (deleted)", None),
+            Some("deleted")
+        );
+        assert_eq!(suspicious_location("/usr/bin/x", Some(0)), Some("deleted"));
+        assert_eq!(suspicious_location("/dev/shm/x", Some(1)), Some("dev_shm"));
+        assert_eq!(suspicious_location("/tmp/x", Some(1)), Some("tmp"));
+        assert_eq!(suspicious_location("/var/tmp/x", Some(1)), Some("tmp"));
+        assert_eq!(suspicious_location("/usr/bin/curl", Some(1)), None);
+        assert_eq!(suspicious_location("/tmpfoo/x", None), None);
+    }
+
+    #[test]
+    fn reads_build_ids_from_elf_notes() {
+        let sh = File::open(std::fs::canonicalize("/bin/sh").unwrap()).unwrap();
+        let id = build_id(&sh).expect("Debian's sh carries a GNU build-id");
+        assert_eq!(id.len(), 20, "SHA-1 build-id");
+        // Not ELF, or truncated: None, no panic.
+        let dir = std::env::temp_dir().join(format!("buildid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in [
+            ("text", b"#!/bin/sh\n".to_vec()),
+            ("short", b"\x7fELF\x02\x01".to_vec()),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            assert_eq!(build_id(&File::open(dir.join(name)).unwrap()), None);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,225 @@
+//! Process enrichment from procfs: executable, command line, parent, container.
+//! Everything read here is attacker-influenced and may vanish mid-read: every field is
+//! optional and no read can fail the event.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use procfs::FromRead;
+
+use crate::{enrich::container, kernel::records::split_argv};
+
+/// What is known about one process. `None` means unknown (gone, or unreadable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub executable: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub ppid: Option<u32>,
+    pub parent_executable: Option<String>,
+    pub container_id: Option<String>,
+    /// The high-risk list entry this executable is a byte-for-byte (or build-id) copy of.
+    pub content_match: Option<String>,
+    /// Why the executable's location is suspicious (memfd, deleted, tmp, ...).
+    pub location: Option<&'static str>,
+    /// Ancestors' executables, parent first ("?" where unknown).
+    pub ancestors: Vec<String>,
+}
+
+impl ProcessInfo {
+    pub fn command_line(&self) -> Option<String> {
+        self.args.as_ref().map(|a| a.join(" "))
+    }
+}
+
+pub struct Procfs {
+    root: PathBuf,
+    /// Clock ticks per second, to compare /proc start times with the kernel's nanoseconds.
+    ticks_per_sec: u64,
+}
+
+impl Procfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            // sysconf(_SC_CLK_TCK); 100 on every Linux, should it ever fail.
+            ticks_per_sec: Some(procfs::ticks_per_second())
+                .filter(|&t| t > 0)
+                .unwrap_or(100),
+        }
+    }
+
+    fn dir(&self, pid: u32) -> PathBuf {
+        self.root.join(pid.to_string())
+    }
+
+    pub fn ticks_per_sec(&self) -> u64 {
+        self.ticks_per_sec
+    }
+
+    /// Every numeric entry of the procfs root.
+    pub fn pids(&self) -> Vec<u32> {
+        fs::read_dir(&self.root)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The process's start time in clock ticks since boot, if it exists.
+    pub fn start_ticks(&self, pid: u32) -> Option<u64> {
+        read_stat(&self.dir(pid)).map(|s| s.start_ticks)
+    }
+
+    /// `/proc/PID/root`: the process's view of `/` (its container's, if any).
+    pub fn root_of(&self, pid: u32) -> PathBuf {
+        self.dir(pid).join("root")
+    }
+
+    /// `/proc/PID/exe` itself: opening it reaches the mapped file, even a deleted one.
+    pub fn exe_link(&self, pid: u32) -> PathBuf {
+        self.dir(pid).join("exe")
+    }
+
+    pub fn exe(&self, pid: u32) -> Option<String> {
+        read_link(&self.exe_link(pid))
+    }
+
+    pub fn cmdline(&self, pid: u32) -> Option<Vec<String>> {
+        read_cmdline(&self.dir(pid).join("cmdline"))
+    }
+
+    pub fn container_id(&self, pid: u32) -> Option<String> {
+        fs::read_to_string(self.dir(pid).join("cgroup"))
+            .ok()
+            .and_then(|c| container::id_from_cgroup_file(&c))
+    }
+
+    /// Looks up `pid`. When `start_ticks` is given and /proc shows a different start
+    /// time, the pid was reused: None. A vanished process is None too.
+    pub fn lookup_ticks(
+        &self,
+        pid: u32,
+        start_ticks: Option<u64>,
+        kernel_ppid: u32,
+    ) -> Option<ProcessInfo> {
+        let stat = read_stat(&self.dir(pid))?;
+        if start_ticks.is_some_and(|t| t != stat.start_ticks) {
+            return None;
+        }
+        let ppid = if kernel_ppid != 0 {
+            kernel_ppid
+        } else {
+            stat.ppid
+        };
+        Some(ProcessInfo {
+            executable: self.exe(pid),
+            args: self.cmdline(pid),
+            ppid: Some(ppid),
+            parent_executable: self.exe(ppid),
+            container_id: self.container_id(pid),
+            ..Default::default()
+        })
+    }
+}
+
+struct Stat {
+    ppid: u32,
+    start_ticks: u64,
+}
+
+/// /proc/PID/stat, parsed by the procfs crate (comm may hold spaces and parentheses).
+fn read_stat(dir: &Path) -> Option<Stat> {
+    let text = fs::read(dir.join("stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &[u8]) -> Option<Stat> {
+    // procfs slices past the last ')' without checking: make sure fields follow it.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    if text.len() < close + 3 {
+        return None;
+    }
+    let stat = procfs::process::Stat::from_read(text).ok()?;
+    Some(Stat {
+        ppid: u32::try_from(stat.ppid).ok()?,
+        start_ticks: stat.starttime,
+    })
+}
+
+fn read_link(path: &Path) -> Option<String> {
+    fs::read_link(path)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// A command line is the process's to size (up to the kernel's argument limit): at most
+/// this much of it is read, and the last argument kept is cut there.
+const MAX_CMDLINE: u64 = 64 << 10;
+
+/// NUL-separated argv, read with a bound; invalid UTF-8 is replaced, not dropped.
+fn read_cmdline(path: &Path) -> Option<Vec<String>> {
+    let mut raw = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_CMDLINE)
+        .read_to_end(&mut raw)
+        .ok()?;
+    if raw.is_empty() {
+        // Kernel threads and zombies have no command line.
+        return None;
+    }
+    Some(split_argv(&raw))
+}
+
+/// Basename of an executable path, keeping a ` (deleted)` marker off the name.
+pub fn exe_name(executable: &str) -> &str {
+    let exe = executable.strip_suffix(" (deleted)").unwrap_or(executable);
+    exe.rsplit('/').next().unwrap_or(exe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_hostile_comm() {
+        // A whole line as the kernel writes it (52 fields), with a comm made to confuse.
+        let s = parse_stat(
+            b"42 (a) b (c) ) S 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0 \
+              18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        )
+        .unwrap();
+        assert_eq!((s.ppid, s.start_ticks), (7, 12345));
+        assert!(parse_stat(b"42 (x").is_none());
+        assert!(parse_stat(b"").is_none());
+    }
+
+    #[test]
+    fn exe_names() {
+        assert_eq!(exe_name("/usr/bin/nc.openbsd"), "nc.openbsd");
+        assert_eq!(exe_name("/tmp/x (deleted)"), "x");
+        assert_eq!(exe_name("curl"), "curl");
+    }
+
+    #[test]
+    fn looks_up_itself_and_detects_reuse() {
+        let procfs = Procfs::new("/proc");
+        let me = std::process::id();
+        let start = procfs.start_ticks(me).unwrap();
+        let info = procfs.lookup_ticks(me, Some(start), 0).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(info.executable.as_deref(), exe.to_str());
+        assert!(info.args.unwrap()[0].contains("sensor"));
+        assert_eq!(info.ppid, Some(std::os::unix::process::parent_id()));
+        assert!(procfs.pids().contains(&me));
+        // A start time that is not ours means "another process with this pid".
+        assert_eq!(procfs.lookup_ticks(me, Some(start + 1), 0), None);
+        // A pid that does not exist: None, no panic.
+        assert_eq!(procfs.lookup_ticks(u32::MAX, None, 0), None);
+    }
+}

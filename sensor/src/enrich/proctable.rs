@@ -1,0 +1,547 @@
+//! The process table: every process the kernel told us about, keyed by pid *and* start
+//! time so a reused pid can never inherit another process's identity. Fed by exec, fork
+//! and exit records, seeded from /proc at start-up, with /proc as the fallback for what
+//! the kernel did not send. Exited processes stay for a grace period so their in-flight
+//! connects still resolve; the table is bounded and its size is reported.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    enrich::cgroups::CgroupMap,
+    enrich::exe::resolve_on_disk,
+    enrich::identity::{Identities, suspicious_location},
+    enrich::procfs::{self, ProcessInfo, Procfs},
+    kernel::records::{Exec, Task},
+};
+
+/// Process identity: tgid and start time in clock ticks (the granularity /proc shows, so
+/// kernel- and /proc-sourced keys agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub tgid: u32,
+    pub start: u64,
+}
+
+/// How an entry's data was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// An exec record: the kernel's own view of the new image.
+    Exec,
+    /// A fork record: inherited from the parent's entry.
+    Fork,
+    /// Read from /proc (start-up seed, or a process the kernel never described).
+    Procfs,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Exec => "kernel-exec",
+            Source::Fork => "kernel-fork",
+            Source::Procfs => "procfs",
+        }
+    }
+}
+
+/// What one process is. Strings shared by a fork's parent and child are reference-counted.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub parent: Option<Key>,
+    pub ppid: u32,
+    pub executable: Option<Arc<str>>,
+    pub args: Option<Arc<[String]>>,
+    pub container_id: Option<Arc<str>>,
+    /// The high-risk entry this executable is a copy of, by content.
+    pub content_match: Option<Arc<str>>,
+    /// memfd / deleted / fd / tmp / dev_shm, when the executable's location is suspicious.
+    pub location: Option<&'static str>,
+    pub source: Source,
+    pub exited: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub entries: usize,
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+pub struct ProcTable {
+    entries: HashMap<Key, Entry>,
+    /// The most recent process seen with each pid, for records that carry no start time.
+    by_pid: HashMap<u32, u64>,
+    /// Exited entries in exit order: expiry and eviction take from the front in O(1).
+    exit_order: VecDeque<(Instant, Key)>,
+    procfs: Procfs,
+    pub identities: Identities,
+    /// cgroup id -> path, for the container of a process /proc no longer shows.
+    pub cgroups: CgroupMap,
+    ns_per_tick: u64,
+    grace: Duration,
+    capacity: usize,
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+const ANCESTRY_DEPTH: usize = 8;
+
+impl ProcTable {
+    pub fn new(procfs: Procfs, identities: Identities, capacity: usize, grace: Duration) -> Self {
+        let ns_per_tick = (1_000_000_000 / procfs.ticks_per_sec()).max(1);
+        Self {
+            entries: HashMap::new(),
+            by_pid: HashMap::new(),
+            exit_order: VecDeque::new(),
+            procfs,
+            identities,
+            cgroups: CgroupMap::new(Path::new("/proc/self/mountinfo")),
+            ns_per_tick,
+            grace,
+            capacity: capacity.max(1),
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    pub fn key(&self, tgid: u32, start_ns: u64) -> Key {
+        Key {
+            tgid,
+            start: start_ns / self.ns_per_tick,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            entries: self.entries.len(),
+            evicted: self.evicted,
+            expired: self.expired,
+        }
+    }
+
+    /// Loads every live process from /proc. Call after the lifecycle hooks are attached, so
+    /// no process falls between the seed and the first record.
+    pub fn seed(&mut self) {
+        for pid in self.procfs.pids() {
+            if let Some(start) = self.procfs.start_ticks(pid)
+                && !self.entries.contains_key(&Key { tgid: pid, start })
+            {
+                self.load_from_procfs(Key { tgid: pid, start });
+            }
+        }
+    }
+
+    fn load_from_procfs(&mut self, key: Key) -> Option<&Entry> {
+        let info = self.procfs.lookup_ticks(key.tgid, Some(key.start), 0)?;
+        let parent = info
+            .ppid
+            .and_then(|p| self.by_pid.get(&p).map(|&start| Key { tgid: p, start }));
+        let proc_exe = self.procfs.exe_link(key.tgid);
+        let content_match = self
+            .identities
+            .content_match(&proc_exe, None)
+            .map(Arc::from);
+        let entry = Entry {
+            parent,
+            ppid: info.ppid.unwrap_or(0),
+            location: info
+                .executable
+                .as_deref()
+                .and_then(|e| suspicious_location(e, None)),
+            executable: info.executable.map(Arc::from),
+            args: info.args.map(Arc::from),
+            container_id: info.container_id.map(Arc::from),
+            content_match,
+            source: Source::Procfs,
+            exited: None,
+        };
+        self.insert(key, entry);
+        self.entries.get(&key)
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.evict_one();
+        }
+        self.by_pid.insert(key.tgid, key.start);
+        self.entries.insert(key, entry);
+    }
+
+    /// Makes room: the longest-exited entry, else any (a full table of live processes
+    /// means the capacity is too small; the count says so).
+    fn evict_one(&mut self) {
+        let victim = self
+            .pop_exited(|_| true)
+            .or_else(|| self.entries.keys().next().copied());
+        if let Some(k) = victim {
+            self.remove(k);
+            self.evicted += 1;
+        }
+    }
+
+    /// The longest-exited entry still in the table, if `old_enough` accepts its exit time,
+    /// taken off the exit queue. Queue items whose entry went or changed are skipped.
+    fn pop_exited(&mut self, old_enough: impl Fn(Instant) -> bool) -> Option<Key> {
+        while let Some(&(t, k)) = self.exit_order.front() {
+            if self.entries.get(&k).is_none_or(|e| e.exited != Some(t)) {
+                self.exit_order.pop_front();
+                continue;
+            }
+            if !old_enough(t) {
+                return None;
+            }
+            self.exit_order.pop_front();
+            return Some(k);
+        }
+        None
+    }
+
+    fn remove(&mut self, k: Key) {
+        self.entries.remove(&k);
+        if self.by_pid.get(&k.tgid) == Some(&k.start) {
+            self.by_pid.remove(&k.tgid);
+        }
+    }
+
+    pub fn on_exec(&mut self, e: &Exec) {
+        let key = self.key(e.task.tgid, e.task.start_time_ns);
+        let parent = Some(self.key(e.task.ppid, e.task.parent_start_time_ns));
+        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
+        // The executable: /proc's link while the process lives (symlinks resolved, memfd
+        // named), else the exec'd path resolved on disk if it is the inode the kernel mapped.
+        let (executable, identity_path) = if alive && let Some(exe) = self.procfs.exe(key.tgid) {
+            (Some(exe), Some(self.procfs.exe_link(key.tgid)))
+        } else {
+            let parent_root = self.procfs.root_of(e.task.ppid);
+            match resolve_on_disk(&e.filename, e.exe_dev, e.exe_ino, &parent_root) {
+                Some((shown, opened)) => (Some(shown), Some(opened)),
+                // A memfd has no path: name it as /proc/PID/exe would.
+                None if e.exe_nlink == Some(0) && e.exe_name.starts_with("memfd:") => {
+                    (Some(format!("/{} (deleted)", e.exe_name)), None)
+                }
+                None => (Some(e.filename.clone()).filter(|f| !f.is_empty()), None),
+            }
+        };
+        let location = executable
+            .as_deref()
+            .and_then(|x| suspicious_location(x, e.exe_nlink));
+        let content_match = identity_path
+            .and_then(|p| {
+                self.identities
+                    .content_match(&p, (e.exe_ino != 0).then_some(e.exe_ino))
+            })
+            .map(Arc::from);
+        // Kernel argv is capped; /proc has the whole line while the process lives.
+        let args = if alive
+            && e.args.as_ref().is_none_or(|a| {
+                a.iter().map(|s| s.len() + 1).sum::<usize>() >= sensor_common::ARGS_LEN - 1
+            }) {
+            self.procfs.cmdline(key.tgid).or_else(|| e.args.clone())
+        } else {
+            e.args.clone()
+        };
+        // /proc while the process lives, else the kernel's cgroup id, else the parent's.
+        let container_id = self
+            .procfs
+            .container_id(key.tgid)
+            .or_else(|| self.cgroups.container_id(e.task.cgroup_id))
+            .map(Arc::from)
+            .or_else(|| {
+                parent
+                    .and_then(|p| self.entries.get(&p))
+                    .and_then(|p| p.container_id.clone())
+            });
+        self.insert(
+            key,
+            Entry {
+                parent,
+                ppid: e.task.ppid,
+                executable: executable.map(Arc::from),
+                args: args.map(Arc::from),
+                container_id,
+                content_match,
+                location,
+                source: Source::Exec,
+                exited: None,
+            },
+        );
+    }
+
+    pub fn on_fork(&mut self, t: &Task) {
+        let key = self.key(t.tgid, t.start_time_ns);
+        let pkey = self.key(t.ppid, t.parent_start_time_ns);
+        let parent = match self.entries.get(&pkey) {
+            Some(p) => Some(p.clone()),
+            None => self.load_from_procfs(pkey).cloned(),
+        };
+        let entry = match parent {
+            Some(p) => Entry {
+                parent: Some(pkey),
+                ppid: t.ppid,
+                source: Source::Fork,
+                exited: None,
+                ..p
+            },
+            None => Entry {
+                parent: Some(pkey),
+                ppid: t.ppid,
+                executable: None,
+                args: None,
+                container_id: None,
+                content_match: None,
+                location: None,
+                source: Source::Fork,
+                exited: None,
+            },
+        };
+        self.insert(key, entry);
+    }
+
+    pub fn on_exit(&mut self, t: &Task) {
+        let key = self.key(t.tgid, t.start_time_ns);
+        if let Some(e) = self.entries.get_mut(&key)
+            && e.exited.is_none()
+        {
+            let now = Instant::now();
+            e.exited = Some(now);
+            self.exit_order.push_back((now, key));
+        }
+    }
+
+    /// Drops entries exited longer than the grace period.
+    pub fn expire(&mut self, now: Instant) {
+        let grace = self.grace;
+        while let Some(k) = self.pop_exited(|t| now.saturating_duration_since(t) > grace) {
+            self.remove(k);
+            self.expired += 1;
+        }
+    }
+
+    /// Attribution for a connect by `tgid` started at `start_ns` (0 = unknown): the table
+    /// first, /proc second. None when neither knows the process.
+    pub fn resolve(
+        &mut self,
+        tgid: u32,
+        start_ns: u64,
+        kernel_ppid: u32,
+    ) -> Option<(ProcessInfo, Source)> {
+        let key = if start_ns != 0 {
+            self.key(tgid, start_ns)
+        } else {
+            Key {
+                tgid,
+                start: *self.by_pid.get(&tgid)?,
+            }
+        };
+        // Unknown, or known only as a blank fork of an unknown parent: /proc may know more.
+        let blank = self
+            .entries
+            .get(&key)
+            .is_none_or(|e| e.executable.is_none());
+        if blank && self.load_from_procfs(key).is_none() && !self.entries.contains_key(&key) {
+            return None;
+        }
+        let e = self.entries.get(&key)?;
+        let mut info = ProcessInfo {
+            executable: e.executable.as_deref().map(str::to_string),
+            args: e.args.as_deref().map(<[String]>::to_vec),
+            ppid: Some(if kernel_ppid != 0 {
+                kernel_ppid
+            } else {
+                e.ppid
+            }),
+            parent_executable: None,
+            container_id: e.container_id.as_deref().map(str::to_string),
+            content_match: e.content_match.as_deref().map(str::to_string),
+            location: e.location,
+            ancestors: Vec::new(),
+        };
+        let mut next = e.parent;
+        for _ in 0..ANCESTRY_DEPTH {
+            let Some(k) = next else { break };
+            let Some(p) = self.entries.get(&k) else { break };
+            info.ancestors
+                .push(p.executable.as_deref().unwrap_or("?").to_string());
+            next = p.parent.filter(|pk| *pk != k);
+        }
+        info.parent_executable = info
+            .ancestors
+            .first()
+            .filter(|x| *x != "?")
+            .cloned()
+            .or_else(|| {
+                // Parent not in the table (e.g. exited before start-up): ask /proc.
+                info.ppid.and_then(|p| self.procfs.exe(p))
+            });
+        Some((info, e.source))
+    }
+}
+
+/// Basename chain, nearest ancestor last, for `sshd > bash > python3` at a glance.
+pub fn lineage(info: &ProcessInfo) -> Option<String> {
+    let me = info.executable.as_deref().map(procfs::exe_name)?;
+    let mut names: Vec<&str> = info
+        .ancestors
+        .iter()
+        .rev()
+        .map(|a| procfs::exe_name(a))
+        .collect();
+    names.push(me);
+    Some(names.join(" > "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(cap: usize) -> ProcTable {
+        ProcTable::new(
+            Procfs::new("/nonexistent-proc"),
+            Identities::scan(|_| None, Path::new("/nonexistent")),
+            cap,
+            Duration::from_millis(50),
+        )
+    }
+
+    fn task(tgid: u32, start_ns: u64, ppid: u32, pstart_ns: u64) -> Task {
+        Task {
+            tgid,
+            ppid,
+            uid: 0,
+            gid: 0,
+            boot_ns: 0,
+            start_time_ns: start_ns,
+            parent_start_time_ns: pstart_ns,
+            cgroup_id: 0,
+            comm: "x".into(),
+        }
+    }
+
+    fn exec(tgid: u32, start_ns: u64, ppid: u32, pstart_ns: u64, file: &str) -> Exec {
+        Exec {
+            task: task(tgid, start_ns, ppid, pstart_ns),
+            filename: file.into(),
+            args: Some(vec![file.into(), "arg".into()]),
+            exe_ino: 0,
+            exe_dev: 0,
+            exe_nlink: Some(1),
+            exe_name: String::new(),
+        }
+    }
+
+    const S: u64 = 10_000_000; // one clock tick at USER_HZ 100
+
+    #[test]
+    fn pid_reuse_never_inherits_identity() {
+        let mut t = table(100);
+        t.on_exec(&exec(500, 100 * S, 1, 0, "/usr/bin/curl"));
+        t.on_exit(&task(500, 100 * S, 1, 0));
+        // pid 500 comes back as another program, later.
+        t.on_exec(&exec(500, 900 * S, 1, 0, "/usr/sbin/nginx"));
+        let (old, _) = t.resolve(500, 100 * S, 0).unwrap();
+        let (new, _) = t.resolve(500, 900 * S, 0).unwrap();
+        assert_eq!(old.executable.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(new.executable.as_deref(), Some("/usr/sbin/nginx"));
+        // A start time nobody has: unknown, not the latest process with that pid.
+        assert!(t.resolve(500, 500 * S, 0).is_none());
+        // Without a start time the most recent process with the pid is the best guess.
+        assert_eq!(
+            t.resolve(500, 0, 0).unwrap().0.executable.as_deref(),
+            Some("/usr/sbin/nginx")
+        );
+    }
+
+    #[test]
+    fn fork_inherits_and_ancestry_reads_at_a_glance() {
+        let mut t = table(100);
+        t.on_exec(&exec(10, S, 1, 0, "/usr/sbin/sshd"));
+        t.on_fork(&task(20, 2 * S, 10, S));
+        t.on_exec(&exec(20, 2 * S, 10, S, "/usr/bin/bash"));
+        t.on_fork(&task(30, 3 * S, 20, 2 * S));
+        // The forked child is bash until it execs.
+        assert_eq!(
+            t.resolve(30, 3 * S, 0).unwrap().0.executable.as_deref(),
+            Some("/usr/bin/bash")
+        );
+        t.on_exec(&exec(30, 3 * S, 20, 2 * S, "/usr/bin/python3.11"));
+        let (info, src) = t.resolve(30, 3 * S, 20).unwrap();
+        assert_eq!(src, Source::Exec);
+        assert_eq!(info.parent_executable.as_deref(), Some("/usr/bin/bash"));
+        assert_eq!(info.ancestors, ["/usr/bin/bash", "/usr/sbin/sshd"]);
+        assert_eq!(lineage(&info).unwrap(), "sshd > bash > python3.11");
+        assert_eq!(info.args.unwrap(), ["/usr/bin/python3.11", "arg"]);
+    }
+
+    #[test]
+    fn exited_entries_live_for_the_grace_period() {
+        let mut t = table(100);
+        t.on_exec(&exec(40, 5 * S, 1, 0, "/usr/bin/nc"));
+        t.on_exit(&task(40, 5 * S, 1, 0));
+        t.expire(Instant::now());
+        assert!(
+            t.resolve(40, 5 * S, 0).is_some(),
+            "still there right after exit"
+        );
+        t.expire(Instant::now() + Duration::from_millis(100));
+        assert!(t.resolve(40, 5 * S, 0).is_none());
+        assert_eq!(t.stats().expired, 1);
+    }
+
+    #[test]
+    fn bounded_and_evicts_the_exited_first() {
+        let mut t = table(3);
+        for pid in 1..=3 {
+            t.on_exec(&exec(pid, pid as u64 * S, 0, 0, "/bin/sh"));
+        }
+        t.on_exit(&task(2, 2 * S, 0, 0));
+        t.on_exec(&exec(4, 4 * S, 0, 0, "/bin/sh"));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.stats().evicted, 1);
+        assert!(t.resolve(2, 2 * S, 0).is_none(), "the exited one went");
+        assert!(t.resolve(1, S, 0).is_some() && t.resolve(3, 3 * S, 0).is_some());
+        for pid in 5..50 {
+            t.on_exec(&exec(pid, pid as u64 * S, 0, 0, "/bin/sh"));
+        }
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn memfd_and_tmp_are_flagged() {
+        let mut t = table(10);
+        let mut e = exec(60, 6 * S, 1, 0, "/dev/fd/3");
+        e.exe_nlink = Some(0);
+        t.on_exec(&e);
+        assert_eq!(t.resolve(60, 6 * S, 0).unwrap().0.location, Some("fd"));
+        // With the dentry name from the kernel, a vanished memfd process is named as /proc would.
+        e.task.tgid = 62;
+        e.exe_name = "memfd:payload".into();
+        t.on_exec(&e);
+        let (info, _) = t.resolve(62, 6 * S, 0).unwrap();
+        assert_eq!(info.executable.as_deref(), Some("/memfd:payload (deleted)"));
+        assert_eq!(info.location, Some("memfd"));
+        t.on_exec(&exec(61, 6 * S, 1, 0, "/tmp/.x/agent"));
+        assert_eq!(t.resolve(61, 6 * S, 0).unwrap().0.location, Some("tmp"));
+    }
+
+    #[test]
+    fn entry_memory() {
+        // Reported in the issue note: fixed part of an entry plus its key and map slot.
+        let fixed = std::mem::size_of::<Entry>()
+            + std::mem::size_of::<Key>()
+            + std::mem::size_of::<(u32, u64)>();
+        eprintln!("process table entry: {fixed} bytes fixed + strings");
+        assert!(fixed < 256);
+    }
+}

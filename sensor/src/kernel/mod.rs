@@ -1,0 +1,11 @@
+//! The kernel side seen from userspace: privileges, BTF and field layouts, loading the
+//! embedded eBPF object, attaching hooks, and decoding what the ring buffer delivers.
+
+pub mod attach;
+pub mod btf;
+pub mod layout;
+pub mod load;
+pub mod privileges;
+pub mod probe;
+pub mod records;
+pub mod tracefs;

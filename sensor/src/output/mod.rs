@@ -1,0 +1,175 @@
+//! ECS JSON lines. One object per line whatever bytes the process put in its path or
+//! command line: serde_json escapes control characters and the strings are already valid
+//! UTF-8 (lossy conversion happens in `enrich::procfs`), so a line can never be split or
+//! broken. Unknown values are left out rather than faked, and listed in
+//! `sensor.unknown_fields`. Every line is rendered once, from detection's typed decision.
+
+pub mod clock;
+mod connection;
+mod recorded;
+mod rollup;
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value, json};
+
+use crate::detect::{
+    beacon::{Beacon, round_ms},
+    decision::{BeaconAlert, Decision, EngineSummary, Line},
+    score::{Verdict, severity},
+};
+
+pub const RULE_NAME: &str = "Command and control over a non-standard port";
+pub const RULE_ID: &str = "t1571-non-standard-port";
+pub const BEACON_RULE_NAME: &str = "Regular-interval beaconing on a non-standard port";
+pub const BEACON_RULE_ID: &str = "t1571-beacon";
+
+/// A connection as output knows how to render it: live (the enriched connection) or
+/// replayed (the recorded line, whose scoring fields are rewritten).
+pub trait Render: Sized {
+    /// The `network-connect` line for this connection and its decision.
+    fn connection(&self, d: &Decision) -> Value;
+    /// The `beacon-detected` alert this connection raised.
+    fn beacon(&self, b: &BeaconAlert<Self>) -> Value;
+}
+
+/// One engine line as ECS JSON. `host_name` names the sensor's host in its own events.
+pub fn render<C: Render>(line: &Line<C>, host_name: &str) -> Value {
+    match line {
+        Line::Connection(d) => d.conn.connection(&d.decision),
+        Line::Beacon(b) => b.conn.beacon(b),
+        Line::Rollup(s) => rollup::render(s),
+        Line::Summary(s) => engine_summary(s, host_name),
+    }
+}
+
+/// The connection rule, on every connection alert.
+fn connect_rule() -> Value {
+    json!({"name": RULE_NAME, "id": RULE_ID})
+}
+
+/// MITRE ATT&CK T1571 under TA0011, as every alert carries it.
+pub fn threat() -> Value {
+    json!({
+        "framework": "MITRE ATT&CK",
+        "tactic": {"id": ["TA0011"], "name": ["Command and Control"]},
+        "technique": {"id": ["T1571"], "name": ["Non-Standard Port"]},
+    })
+}
+
+/// Which lists matched (`sensor.matched`).
+fn matched(v: &Verdict) -> Value {
+    json!({
+        "high_risk_executable": v.high_risk.as_ref().map(|h| &h.entry),
+        "high_risk_matched_by": v.high_risk.as_ref().map(|h| h.matched_by),
+        "known_c2_port": v.known_c2_port,
+        "non_standard_port": v.non_standard_port,
+        "excluded_network": v.excluded_by.map(|n| n.to_string()),
+    })
+}
+
+/// A beacon's statistics (`sensor.beacon`).
+fn beacon_fields(b: &Beacon) -> Value {
+    json!({
+        "interval_seconds": round_ms(b.stats.interval_s),
+        "jitter_seconds": round_ms(b.stats.jitter_s),
+        "dispersion": round_ms(b.stats.dispersion),
+        "skew": round_ms(b.stats.skew),
+        "gaps_analysed": b.stats.gaps,
+        "connections": b.connections,
+        "first_seen": clock::rfc3339(b.first_seen_ns),
+        "last_seen": clock::rfc3339(b.last_seen_ns),
+    })
+}
+
+/// The `beacon-detected` alert: who and where (`conn`: the connection's @timestamp, host,
+/// process, user, destination, network and container), and the interval statistics.
+fn beacon_event(conn: Map<String, Value>, b: &Beacon, risk: u8) -> Value {
+    let pick = |k: &str| conn.get(k).cloned().unwrap_or(Value::Null);
+    let mut doc = json!({
+        "@timestamp": pick("@timestamp"),
+        "event": {
+            "kind": "alert",
+            "category": ["network"],
+            "type": ["connection", "info"],
+            "action": "beacon-detected",
+            "module": "sensor",
+            "dataset": "sensor.beacon",
+            "risk_score": risk,
+            "severity": risk,
+            "start": clock::rfc3339(b.first_seen_ns),
+            "end": clock::rfc3339(b.last_seen_ns),
+            "reason": format!(
+                "{} connections at a regular {:.1} s interval (jitter {:.2} s)",
+                b.connections, b.stats.interval_s, b.stats.jitter_s
+            ),
+        },
+        "rule": {"name": BEACON_RULE_NAME, "id": BEACON_RULE_ID},
+        "threat": threat(),
+        "host": pick("host"),
+        "process": pick("process"),
+        "user": pick("user"),
+        "destination": pick("destination"),
+        "network": pick("network"),
+        "container": pick("container"),
+        "sensor": {"severity": severity(risk), "beacon": beacon_fields(b)},
+    });
+    prune(&mut doc);
+    doc
+}
+
+/// The engine's `engine-summary` state event.
+fn engine_summary(s: &EngineSummary, host_name: &str) -> Value {
+    let window = json!({
+        "connections": s.window_connections,
+        "suppressed_by_rule": s.window_suppressed,
+    });
+    let mut doc = status(
+        "state",
+        "engine-summary",
+        host_name,
+        json!({"engine": s.stats, "window": window}),
+    );
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("@timestamp".into(), json!(clock::rfc3339(s.at_ns)));
+    }
+    doc
+}
+
+/// A sensor health event (`event.kind` "state" or "pipeline_error") with extra `sensor.*` fields.
+pub fn status(kind: &str, action: &str, host_name: &str, sensor: Value) -> Value {
+    let mut doc = json!({
+        "@timestamp": clock::rfc3339(clock::BootClock::now_unix_ns()),
+        "event": {"kind": kind, "category": ["host"], "type": ["info"], "action": action,
+                  "module": "sensor", "dataset": "sensor.status"},
+        "host": {"name": host_name},
+        "sensor": sensor,
+    });
+    prune(&mut doc);
+    doc
+}
+
+/// Drops nulls and objects left empty, so absent means unknown.
+pub fn prune(v: &mut Value) {
+    if let Value::Object(map) = v {
+        prune_map(map);
+    }
+}
+
+fn prune_map(map: &mut Map<String, Value>) {
+    map.retain(|_, v| {
+        if let Value::Object(inner) = v {
+            prune_map(inner);
+            !inner.is_empty()
+        } else {
+            !v.is_null()
+        }
+    });
+}
+
+/// Writes one JSON line.
+pub fn write_line(out: &mut impl Write, doc: &Value) -> Result<()> {
+    serde_json::to_writer(&mut *out, doc).context("writing JSON to stdout")?;
+    out.write_all(b"\n").context("writing JSON to stdout")
+}
