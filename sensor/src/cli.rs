@@ -29,6 +29,9 @@ enum Command {
     Check {
         #[arg(long, default_value_t = cmd::run::DEFAULT_RING_BUFFER, value_name = "BYTES")]
         ring_buffer_size: u32,
+        /// Only print, as JSON, the struct offsets read from this kernel's BTF.
+        #[arg(long)]
+        layout: bool,
     },
     /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
     /// SIGINT/SIGTERM (used by `cargo xtask bench`).
@@ -91,7 +94,10 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => cmd::run::main(args).map(|()| true),
-        Command::Check { ring_buffer_size } => cmd::check::check(ring_buffer_size),
+        Command::Check { layout: true, .. } => cmd::check::print_layout(),
+        Command::Check {
+            ring_buffer_size, ..
+        } => cmd::check::check(ring_buffer_size),
         Command::BenchBaseline { btf } => kernel::load::baseline(btf).map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },

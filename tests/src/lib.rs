@@ -221,7 +221,7 @@ impl Sensor {
 
     pub fn start_unlocked(args: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(sensor_bin());
-        cmd.arg("run").args(args);
+        cmd.arg("run").args(args).args(probe_args(args));
         Self::spawn(cmd)
     }
 
@@ -230,7 +230,7 @@ impl Sensor {
     pub fn start_without_mounts(args: &[&str], unmount: &[&str]) -> Result<Self> {
         let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new(sensor_bin());
-        cmd.arg("run").args(args);
+        cmd.arg("run").args(args).args(probe_args(args));
         without_mounts(&mut cmd, unmount)?;
         let mut s = Self::spawn(cmd)?;
         s._shared = Some(shared);
@@ -280,6 +280,17 @@ impl Sensor {
 
     /// Starts `cmd` (a `sensor run`) and waits for its `sensor-started` line.
     pub fn spawn(mut cmd: Command) -> Result<Self> {
+        // The hook forced on this sensor: its own `--probe` (a test's, or SENSOR_PROBE's).
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let forced = args
+            .iter()
+            .position(|a| a == "--probe")
+            .and_then(|i| args.get(i + 1))
+            .filter(|p| *p != "auto")
+            .cloned();
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -320,10 +331,17 @@ impl Sensor {
             stderr,
             _shared: None,
         };
-        s.wait_for(Duration::from_secs(60), |v| {
-            v["event"]["action"] == "sensor-started"
-        })
-        .context("sensor did not start")?;
+        // A guard against a hung start, generous: under emulation (the VM matrix) a start
+        // takes a minute.
+        let started = s
+            .wait_for(Duration::from_secs(300), |v| {
+                v["event"]["action"] == "sensor-started"
+            })
+            .context("sensor did not start")?;
+        check_hook_for(
+            started["sensor"]["probe"].as_str().unwrap_or_default(),
+            forced,
+        )?;
         Ok(s)
     }
 
@@ -431,6 +449,53 @@ pub fn cap_number(name: &str) -> Result<u32> {
         "CAP_BPF" => 39,
         other => bail!("capability {other} is new to the tests: add its number"),
     })
+}
+
+/// The hook the tests force, from `SENSOR_PROBE` (`cargo xtask vmtest` sets it): a
+/// `--probe` value such as `fentry` or `tp-btf`. Unset, empty or `auto`: none forced.
+pub fn forced_probe() -> Option<String> {
+    std::env::var("SENSOR_PROBE")
+        .ok()
+        .filter(|p| !p.is_empty() && p != "auto")
+}
+
+/// `--probe VALUE` for `sensor run` when a hook is forced and `args` does not choose one.
+fn probe_args(args: &[&str]) -> Vec<String> {
+    match forced_probe() {
+        Some(p) if !args.contains(&"--probe") => vec!["--probe".into(), p],
+        _ => Vec::new(),
+    }
+}
+
+/// Checks `reported` (a `sensor.probe`) is the hook the tests expect here: with a hook
+/// forced, that hook (`tp-btf` names `tp_btf/...`), so a silent fallback fails; otherwise
+/// the one auto selection picks on this kernel, as `sensor check`'s verdict names it
+/// (asked once per test binary).
+pub fn check_hook(reported: &str) -> Result<()> {
+    check_hook_for(reported, forced_probe())
+}
+
+/// [`check_hook`] for a sensor started with `--probe forced` (None: auto).
+fn check_hook_for(reported: &str, forced: Option<String>) -> Result<()> {
+    if let Some(p) = forced {
+        let prefix = format!("{}/", p.replace('-', "_"));
+        // A connect hook, not a lifecycle hook of the same kind.
+        let connect =
+            reported.ends_with("/tcp_connect") || reported.ends_with("/inet_sock_set_state");
+        if !reported.starts_with(&prefix) || !connect {
+            bail!("sensor reports hook {reported:?}, but it was started with --probe {p}");
+        }
+        return Ok(());
+    }
+    static AUTO: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let auto = AUTO
+        .get_or_init(|| auto_hook().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if reported != auto {
+        bail!("sensor reports hook {reported:?}, but sensor check says auto picks {auto:?}");
+    }
+    Ok(())
 }
 
 /// Makes `cmd` run in a new mount namespace (private propagation) where each path of

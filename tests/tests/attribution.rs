@@ -163,11 +163,17 @@ fn memfd_executed_connector_is_fileless_and_high_risk() -> Result<()> {
 }
 
 #[test]
-fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
+fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
     if !root_or_skip("burst") {
         return Ok(());
     }
-    const N: usize = 2000;
+    // 2000 processes; `SENSOR_TEST_BURST` sets another count (smaller in emulated VMs).
+    let n = std::env::var("SENSOR_TEST_BURST").map_or(Ok(2000), |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
+    })?;
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = net()?;
@@ -181,7 +187,7 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
     ])?;
     // One shell starts them all in the background, as fast as it can fork.
     let script =
-        format!("i=0; while [ $i -lt {N} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
+        format!("i=0; while [ $i -lt {n} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
     // A marker after the burst: once it is out, every earlier record has been handled.
     let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
@@ -203,7 +209,7 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
         .find(|v| v["event"]["action"] == "sensor-stopped")
         .unwrap();
     eprintln!(
-        "burst: {} alerts for {N} connectors, {attributed} attributed, lost {}",
+        "burst: {} alerts for {n} connectors, {attributed} attributed, lost {}",
         alerts.len(),
         stopped["sensor"]["lost_events_total"]
     );
@@ -223,10 +229,10 @@ fn burst_of_2000_short_lived_processes_is_fully_attributed() -> Result<()> {
         stopped["sensor"]["process_records"]["exec"]
             .as_u64()
             .unwrap()
-            >= N as u64
+            >= n as u64
     );
-    assert_eq!(alerts.len(), N, "one alert per connector");
-    assert_eq!(attributed, N, "every alert attributed");
+    assert_eq!(alerts.len(), n, "one alert per connector");
+    assert_eq!(attributed, n, "every alert attributed");
     assert!(
         alerts
             .iter()

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | vmtest`.
 //!
 //! Everything a fresh machine lacks beyond the Rust toolchains is installed here:
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
@@ -10,6 +10,7 @@ mod image;
 mod python;
 mod siem;
 mod toolchain;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -59,12 +60,20 @@ enum Task {
     /// Build the Debian package (release binary, unit, sample policy, man page) into
     /// target/debian/.
     Deb,
-    /// Build and run every test: unit tests and the real-kernel integration tests.
+    /// Build and run every test: unit tests and the real-kernel integration tests, then
+    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`). With a test name filter
+    /// only the host's tests run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The integration tests on other kernels, each booted once in a VM (virtme-ng, qemu)
+    /// with every chosen hook forced in turn; prints a summary table.
+    Vmtest(vmtest::Args),
+    /// Inside a vmtest VM: run the plan (internal).
+    #[command(hide = true)]
+    VmGuest { plan: PathBuf },
 }
 
 fn main() -> Result<()> {
@@ -147,7 +156,7 @@ fn main() -> Result<()> {
                 "--",
             ];
             test.extend(args.iter().map(String::as_str));
-            cargo_env(
+            let host = cargo_env(
                 &root,
                 &test,
                 &[
@@ -157,8 +166,20 @@ fn main() -> Result<()> {
                     ("K8S_PYTHON", k8s_python),
                     ("SENSOR_IMAGE_ROOT", image_root),
                 ],
-            )
+            );
+            if !args.is_empty() {
+                return host;
+            }
+            // The matrix runs even when the host's tests failed: both are reported.
+            let matrix = vmtest::vmtest(&root, &vmtest::Args::default_matrix());
+            match (host, matrix) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+                (Err(h), Err(m)) => bail!("{h:#}; and {m:#}"),
+            }
         }
+        Task::Vmtest(args) => vmtest::vmtest(&root, &args),
+        Task::VmGuest { plan } => vmtest::guest(&plan),
     }
 }
 

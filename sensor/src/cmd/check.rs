@@ -129,3 +129,62 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
         }
     }
 }
+
+/// Every kernel struct member the programs read, as `struct.member`, with the offset
+/// computed from this kernel's BTF (None when not found).
+fn btf_offsets(l: &sensor_common::KernelLayout) -> Vec<(&'static str, Option<u32>)> {
+    let known = |v: u32| (v != sensor_common::OFFSET_UNKNOWN).then_some(v);
+    [
+        ("sock_common.skc_family", l.sk_family),
+        ("sock_common.skc_dport", l.sk_dport),
+        ("sock_common.skc_num", l.sk_num),
+        ("sock_common.skc_daddr", l.sk_daddr),
+        ("sock_common.skc_rcv_saddr", l.sk_rcv_saddr),
+        ("sock_common.skc_v6_daddr", l.sk_v6_daddr),
+        ("sock_common.skc_v6_rcv_saddr", l.sk_v6_rcv_saddr),
+        ("sock.sk_protocol", l.sk_protocol),
+        ("task_struct.real_parent", l.task_real_parent),
+        ("task_struct.tgid", l.task_tgid),
+        ("task_struct.start_boottime", l.task_start_boottime),
+        ("task_struct.pid", l.task_pid),
+        ("task_struct.group_leader", l.task_group_leader),
+        ("task_struct.mm", l.task_mm),
+        ("mm_struct.arg_start", l.mm_arg_start),
+        ("mm_struct.arg_end", l.mm_arg_end),
+        ("mm_struct.exe_file", l.mm_exe_file),
+        ("file.f_inode", l.file_f_inode),
+        ("file.f_path", l.file_f_path),
+        ("inode.i_ino", l.inode_i_ino),
+        ("inode.__i_nlink", l.inode_i_nlink),
+        ("inode.i_sb", l.inode_i_sb),
+        ("super_block.s_dev", l.sb_s_dev),
+        ("path.dentry", l.path_dentry),
+        ("dentry.d_name", l.dentry_d_name),
+        ("qstr.name", l.qstr_name),
+        ("linux_binprm.filename", l.bprm_filename),
+    ]
+    .into_iter()
+    .map(|(name, v)| (name, known(v)))
+    .collect()
+}
+
+/// `sensor check --layout`: the struct offsets this kernel's BTF gives the programs, as one
+/// JSON object (`{"kernel", "btf_error", "offsets": {"struct.member": bytes | null}}`), for
+/// comparing against other tools' reading of the same BTF.
+pub fn print_layout() -> Result<bool> {
+    let env = Environment::probe();
+    let offsets: serde_json::Map<String, serde_json::Value> = btf_offsets(&env.layout)
+        .into_iter()
+        .map(|(name, v)| (name.to_string(), v.into()))
+        .collect();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::json!({
+            "kernel": release.trim(),
+            "btf_error": env.btf_error,
+            "offsets": offsets,
+        })
+    );
+    Ok(env.btf_error.is_none())
+}
