@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub table: ProcTable,
     pub users: Users,
     pub host_name: String,
+    /// ECS stamping (ecs, agent, host, event.id) and the output format.
+    pub output: output::Context,
     pub clock: BootClock,
     pub counters: Counters,
     /// Scoring, allow rules, beacons, rollups, flood control: decides what is printed.
@@ -98,7 +100,7 @@ impl Pipeline {
         outcome
             .lines
             .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.output)))
     }
 
     /// Writes the lines due by `now_ns` (ended fold periods, rollup windows, summaries).
@@ -106,7 +108,7 @@ impl Pipeline {
         let lines = self.engine.tick(now_ns);
         lines
             .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.output)))
     }
 
     /// Writes everything the engine holds, at exit.
@@ -114,7 +116,7 @@ impl Pipeline {
         let lines = self.engine.finish(now_ns);
         lines
             .iter()
-            .try_for_each(|line| output::write_line(out, &output::render(line, &self.host_name)))
+            .try_for_each(|line| output::write_line(out, &output::render(line, &self.output)))
     }
 }
 

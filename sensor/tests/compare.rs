@@ -418,11 +418,13 @@ fn the_rules_really_differ_where_the_reference_says() {
     }
     // QRadar: with no other name ending pwsh's path (the Windows list: `pwsh.exe`), pwsh
     // scores only when a C2 port selects the event.
-    let mut windows_like = Policy::default();
-    windows_like.high_risk_executables = ["pwsh", "powershell"]
-        .map(String::from)
-        .into_iter()
-        .collect();
+    let windows_like = Policy {
+        high_risk_executables: ["pwsh", "powershell"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
+        ..Policy::default()
+    };
     let w = &windows_like;
     assert_eq!(rule_score(qradar, w, "/usr/bin/pwsh", ip, 4444, out), 3);
     assert_eq!(rule_score(qradar, w, "/usr/bin/pwsh", ip, 5555, out), 0);

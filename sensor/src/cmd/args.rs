@@ -71,8 +71,27 @@ pub struct RunArgs {
     /// How long exited processes stay in the table for late events, in seconds.
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = seconds(0.01, 3600.0))]
     pub exit_grace: Duration,
+    /// Output format: ECS JSON, or Sysmon Event ID 3 field names for connections
+    /// (Image, DestinationIp, ...; the sensor's own events stay ECS).
+    #[arg(long, value_enum, default_value = "ecs")]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Ecs,
+    SysmonJson,
+}
+
+impl From<OutputFormat> for crate::output::Format {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Ecs => Self::Ecs,
+            OutputFormat::SysmonJson => Self::SysmonJson,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -21,7 +21,7 @@ pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
     cmd::args::host_root,
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
-    enrich::{identity, procfs::Procfs, proctable::ProcTable, users::Users},
+    enrich::{host::HostInfo, identity, procfs::Procfs, proctable::ProcTable, users::Users},
     kernel::{
         load::{self, Environment},
         records,
@@ -62,6 +62,10 @@ pub fn main(args: RunArgs) -> Result<()> {
             ),
             users: Users::new(host_root.join("etc/passwd")),
             host_name: pipeline::host_name(),
+            output: output::Context::new(
+                HostInfo::read(&host_root, pipeline::host_name()),
+                args.format.into(),
+            ),
             clock: BootClock::sync(),
             counters: Default::default(),
         },
