@@ -616,6 +616,7 @@ fn ecs_fields_are_valid(lines: &[Value]) {
         "host.os.type",
         "process.entity_id",
         "process.parent.name",
+        "process.parent.entity_id",
         "process.args_count",
         "related.ip",
         "rule.reference",

@@ -104,6 +104,10 @@ fn parts(e: &Enriched, cx: &Context) -> Map<String, Value> {
                 "pid": p.ppid,
                 "executable": pr.parent_executable,
                 "name": p.parent_executable.as_deref().map(exe_name),
+                // The kernel's parent (real_parent), whose start time the record carries.
+                "entity_id": (c.ppid != 0)
+                    .then(|| cx.entity_id(c.ppid, c.parent_start_time_ns))
+                    .flatten(),
             },
         },
         "user": {"id": c.uid.to_string(), "name": e.user_name},

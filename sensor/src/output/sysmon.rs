@@ -40,6 +40,7 @@ pub fn network_connect(e: &Enriched, d: &Decision, cx: &Context) -> Value {
         "DestinationPort": c.dport,
         "ParentImage": pr.parent_executable,
         "ParentProcessId": p.ppid,
+        "ParentProcessGuid": (c.ppid != 0).then(|| guid(c.ppid, c.parent_start_time_ns)).flatten(),
         "CommandLine": pr.command_line,
         "OriginalFileName": p.executable.as_deref().map(exe_name),
         "sensor": {
