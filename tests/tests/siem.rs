@@ -114,6 +114,10 @@ fn nc(net: &Net, ip: &str, port: u16) -> Result<u32> {
 /// Runs every case under a sensor started with `sensor_args`; returns the sensor's lines and
 /// the cases. `sysmon` picks the expectations of the Sysmon-style rules.
 fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)> {
+    // One recording at a time: every sensor sees every test's connections, and two bash
+    // beacons to the same address would share one beacon key and break its regularity.
+    static RECORDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RECORDING.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::new()?;
     net.subnet("198.51.100.1", PUBLIC, 24)?;
     net.subnet("10.71.0.1", PRIVATE_10, 24)?;
