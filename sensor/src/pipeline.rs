@@ -47,6 +47,8 @@ pub struct Pipeline {
     /// The host's users, and each container's own.
     pub users: UserNames,
     pub host_name: String,
+    /// ECS stamping (ecs, agent, host, event.id) and the output format.
+    pub output: output::Context,
     pub clock: BootClock,
     pub counters: Counters,
     /// Scoring, allow rules, beacons, rollups, flood control: decides what is printed.
@@ -145,7 +147,7 @@ impl Pipeline {
             {
                 *n += 1;
             }
-            out.emit(&output::render(line, &self.host_name), &Summary::of(line))?;
+            out.emit(&output::render(line, &self.output), &Summary::of(line))?;
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 /// Lines as printed.
 fn printed(lines: &[Line<Value>]) -> Vec<Value> {
-    lines.iter().map(|l| output::render(l, "h")).collect()
+    let cx = output::Context::named("h");
+    lines.iter().map(|l| output::render(l, &cx)).collect()
 }
 
 const S: i128 = 1_000_000_000;

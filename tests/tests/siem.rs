@@ -114,6 +114,10 @@ fn nc(net: &Net, ip: &str, port: u16) -> Result<u32> {
 /// Runs every case under a sensor started with `sensor_args`; returns the sensor's lines and
 /// the cases. `sysmon` picks the expectations of the Sysmon-style rules.
 fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)> {
+    // One recording at a time: every sensor sees every test's connections, and two bash
+    // beacons to the same address would share one beacon key and break its regularity.
+    static RECORDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RECORDING.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::new()?;
     net.subnet("198.51.100.1", PUBLIC, 24)?;
     net.subnet("10.71.0.1", PRIVATE_10, 24)?;
@@ -382,6 +386,7 @@ fn siem_sigma_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()>
         return Ok(());
     };
     let (lines, cases) = record(&[], false)?;
+    ecs_fields_are_valid(&lines);
     let scratch = Scratch::new("siem-eval")?;
     let matches = evaluate(&python, "deploy/siem/sigma", &lines, &scratch.dir)?;
     check(&lines, &cases, &matches, false);
@@ -422,10 +427,9 @@ fn siem_sigma_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()>
     Ok(())
 }
 
-/// Pending: needs `sensor run --format sysmon-json` (issue 12, sensor side), which does not
-/// exist yet. Ready to run once it does: the same cases, the Sysmon-style rules.
+/// `sensor run --format sysmon-json`: the same cases, the Sysmon-style rules, over Sysmon
+/// Event ID 3 records.
 #[test]
-#[ignore = "pending: sensor run --format sysmon-json is not implemented yet"]
 fn siem_sysmon_style_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Result<()> {
     if !root_or_skip("sysmon-style rules on a real run") {
         return Ok(());
@@ -434,6 +438,28 @@ fn siem_sysmon_style_rules_match_exactly_the_atomic_cases_in_a_real_run() -> Res
         return Ok(());
     };
     let (lines, cases) = record(&["--format", "sysmon-json"], true)?;
+    // Every case's connection is a Sysmon Event ID 3 record.
+    for c in &cases {
+        for v in lines
+            .iter()
+            .filter(|v| connection_of(v, c.pid, c.port, true))
+        {
+            assert_eq!(v["EventID"], 3, "{v}");
+            assert_eq!(v["Initiated"], "true", "{v}");
+            assert_eq!(v["Protocol"], "tcp", "{v}");
+            for field in [
+                "Image",
+                "User",
+                "DestinationIp",
+                "SourceIp",
+                "UtcTime",
+                "ProcessGuid",
+                "Computer",
+            ] {
+                assert!(v[field].is_string(), "{field} in {v}");
+            }
+        }
+    }
     let scratch = Scratch::new("siem-sysmon-eval")?;
     let matches = evaluate(&python, "deploy/siem/sigma-sysmon", &lines, &scratch.dir)?;
     check(&lines, &cases, &matches, true);
@@ -511,4 +537,107 @@ fn siem_readme_shows_the_converted_queries() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every line of the real run against tests/fixtures/ecs_fields.json: every field outside
+/// `sensor.*` is an ECS field of the pinned version, of its ECS type, with an allowed value.
+fn ecs_fields_are_valid(lines: &[Value]) {
+    let table: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/ecs_fields.json"))
+            .expect("tests/fixtures/ecs_fields.json"),
+    )
+    .expect("ecs_fields.json is JSON");
+    let fields = table["fields"].as_object().expect("fields");
+    let mut problems = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(
+            v["ecs"]["version"],
+            table["ecs_version"],
+            "line {}: {v}",
+            i + 1
+        );
+        assert!(
+            v["event"]["id"].is_string(),
+            "line {}: no event.id: {v}",
+            i + 1
+        );
+        let mut flat = Vec::new();
+        flatten(v, "", &mut flat);
+        for (name, value) in flat {
+            if name.starts_with("sensor.") {
+                continue;
+            }
+            seen.insert(name.clone());
+            let Some(spec) = fields.get(&name) else {
+                problems.insert(format!("{name}: not in the table (line {})", i + 1));
+                continue;
+            };
+            let array = spec["array"].as_bool().unwrap_or(false);
+            let values: Vec<&Value> = match (&value, array) {
+                (Value::Array(a), true) => a.iter().collect(),
+                (v, false) if !v.is_array() => vec![v],
+                _ => {
+                    problems.insert(format!("{name}: array-ness wrong: {value}"));
+                    continue;
+                }
+            };
+            for x in values {
+                let ok = match spec["type"].as_str().unwrap_or("") {
+                    "keyword" | "wildcard" => x.is_string(),
+                    "long" => x.is_i64() || x.is_u64(),
+                    "float" => x.is_number(),
+                    "ip" => x
+                        .as_str()
+                        .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok()),
+                    "date" => x.as_str().is_some_and(|s| {
+                        s.len() >= 20 && s.as_bytes()[10] == b'T' && s.ends_with('Z')
+                    }),
+                    other => panic!("{name}: unknown type {other} in the table"),
+                };
+                if !ok {
+                    problems.insert(format!("{name}: {x} is not a {}", spec["type"]));
+                }
+                if let Some(allowed) = spec["allowed"].as_array()
+                    && !allowed.contains(x)
+                {
+                    problems.insert(format!("{name}: {x} is not an allowed value"));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}",
+        problems.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    // The run shows the fields the issue asked for.
+    for name in [
+        "ecs.version",
+        "agent.type",
+        "agent.version",
+        "host.hostname",
+        "host.os.type",
+        "process.entity_id",
+        "process.parent.name",
+        "process.parent.entity_id",
+        "process.args_count",
+        "related.ip",
+        "rule.reference",
+        "threat.technique.reference",
+        "event.id",
+    ] {
+        assert!(seen.contains(name), "no line printed {name}");
+    }
+}
+
+fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(x, &format!("{prefix}{k}."), out);
+            }
+        }
+        other => out.push((prefix.trim_end_matches('.').to_string(), other.clone())),
+    }
 }

@@ -91,8 +91,27 @@ pub struct RunArgs {
     /// and watchdog tests).
     #[arg(long, hide = true)]
     pub test_stall_on_usr1: bool,
+    /// Output format: ECS JSON, or Sysmon Event ID 3 field names for connections
+    /// (Image, DestinationIp, ...; the sensor's own events stay ECS).
+    #[arg(long, value_enum, default_value = "ecs")]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Ecs,
+    SysmonJson,
+}
+
+impl From<OutputFormat> for crate::output::Format {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Ecs => Self::Ecs,
+            OutputFormat::SysmonJson => Self::SysmonJson,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

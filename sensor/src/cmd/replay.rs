@@ -78,6 +78,7 @@ pub fn replay(
     err: &mut impl Write,
 ) -> Result<Summary> {
     let mut s = Summary::default();
+    let cx = output::Context::named(HOST);
     let mut last_ts: Option<i128> = None;
     let mut buf = Vec::new();
     loop {
@@ -157,7 +158,7 @@ pub fn replay(
                     last_ts = Some(last_ts.map_or(t, |l: i128| l.max(t)));
                 }
                 for line in &o.lines {
-                    output::write_line(out, &output::render(line, HOST))?;
+                    output::write_line(out, &output::render(line, &cx))?;
                 }
             }
             Err(e) => {
@@ -168,7 +169,7 @@ pub fn replay(
     }
     let end = last_ts.unwrap_or_else(clock::BootClock::now_unix_ns);
     for line in engine.finish(end) {
-        output::write_line(out, &output::render(&line, HOST))?;
+        output::write_line(out, &output::render(&line, &cx))?;
     }
     let mut doc = output::status(
         "state",

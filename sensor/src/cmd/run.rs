@@ -21,7 +21,10 @@ pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
     cmd::{args::host_root, notify::Notifier},
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
-    enrich::{identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable, users::UserNames},
+    enrich::{
+        host::HostInfo, identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable,
+        users::UserNames,
+    },
     kernel::{
         load::{self, Environment},
         records,
@@ -42,6 +45,8 @@ pub fn main(args: RunArgs) -> Result<()> {
     let policy = Policy::load_or_default(args.config.as_deref())?;
     load::validate_ring_buffer_size(args.ring_buffer_size).context("--ring-buffer-size")?;
     let host_root = host_root(args.host_root)?;
+    // The node's name in a pod (NODE_NAME), else the kernel's.
+    let host_name = args.host_name.clone().unwrap_or_else(pipeline::host_name);
     if args.dry_run {
         // Everything above parsed and validated; nothing is loaded.
         println!(
@@ -78,7 +83,8 @@ pub fn main(args: RunArgs) -> Result<()> {
             ),
             users: UserNames::new(host_root.join("etc/passwd"), &args.proc_root),
             pods: Pods::new(&host_root),
-            host_name: args.host_name.unwrap_or_else(pipeline::host_name),
+            host_name: host_name.clone(),
+            output: output::Context::new(HostInfo::read(&host_root, host_name), args.format.into()),
             clock: BootClock::sync(),
             counters: Default::default(),
         },

@@ -40,6 +40,8 @@ pub struct Connection {
     pub boot_ns: u64,
     /// Task start, boot-based nanoseconds; 0 when unknown.
     pub start_time_ns: u64,
+    /// The parent's start, likewise (for `process.parent.entity_id`).
+    pub parent_start_time_ns: u64,
     pub cgroup_id: u64,
     pub dst: IpAddr,
     pub dport: u16,
@@ -192,6 +194,7 @@ fn decode_connect(bytes: &[u8]) -> Result<Connection> {
         gid: h.gid,
         boot_ns: h.ktime_ns,
         start_time_ns: h.start_time_ns,
+        parent_start_time_ns: h.parent_start_time_ns,
         cgroup_id: h.cgroup_id,
         dst,
         dport: ev.dport,

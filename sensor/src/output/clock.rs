@@ -46,6 +46,16 @@ pub fn rfc3339(unix_ns: i128) -> String {
     format!("{ts:.9}")
 }
 
+/// Sysmon's `UtcTime`: `2026-11-22 20:31:02.123` (UTC, milliseconds).
+pub fn sysmon_utc(unix_ns: i128) -> String {
+    let ts = Timestamp::from_nanosecond(unix_ns).unwrap_or(if unix_ns < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    ts.strftime("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +72,14 @@ mod tests {
             "2026-11-22T20:31:02.123456789Z"
         );
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn sysmon_time() {
+        assert_eq!(
+            sysmon_utc(1_795_379_462_123_456_789),
+            "2026-11-22 20:31:02.123"
+        );
     }
 
     #[test]

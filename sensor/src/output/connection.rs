@@ -1,37 +1,129 @@
 //! The `network-connect` line of a live connection and its `beacon-detected` alert,
 //! rendered once from the enriched connection and the engine's decision.
 
+use std::net::IpAddr;
+
 use serde_json::{Map, Value, json};
 
 use crate::{
     detect::decision::{BeaconAlert, Decision},
     enrich::{Enriched, procfs::exe_name, proctable::lineage},
     kernel::records::canonical,
-    output::{self, Render, clock},
+    output::{
+        self, Render, clock,
+        community_id::{TCP, community_id},
+        context::Context,
+        redact::{self, MAX_FIELD},
+    },
 };
 
+/// What is printed of a process's strings: secrets redacted, each string bounded.
+pub(crate) struct Printed {
+    pub executable: Option<String>,
+    pub parent_executable: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub command_line: Option<String>,
+    pub args_count: Option<usize>,
+    /// The redaction patterns that fired (`sensor.redacted`).
+    pub redacted: Vec<&'static str>,
+    /// The fields cut at MAX_FIELD (`sensor.truncated`).
+    pub truncated: Vec<&'static str>,
+}
+
+impl Printed {
+    pub fn of(e: &Enriched) -> Self {
+        let p = &e.proc;
+        let mut truncated = Vec::new();
+        let mut cut = |field: &'static str, s: &mut String| {
+            if redact::bound(s, MAX_FIELD) && !truncated.contains(&field) {
+                truncated.push(field);
+            }
+        };
+        let mut executable = p.executable.clone();
+        if let Some(x) = executable.as_mut() {
+            cut("process.executable", x);
+        }
+        let mut parent_executable = p.parent_executable.clone();
+        if let Some(x) = parent_executable.as_mut() {
+            cut("process.parent.executable", x);
+        }
+        let mut redacted = Vec::new();
+        let mut args = p.args.clone();
+        let mut command_line = None;
+        if let Some(a) = args.as_mut() {
+            redacted = redact::redact(a);
+            let mut line = a.join(" ");
+            cut("process.command_line", &mut line);
+            command_line = Some(line);
+            for arg in a.iter_mut() {
+                cut("process.args", arg);
+            }
+        }
+        Self {
+            executable,
+            parent_executable,
+            args_count: p.args.as_ref().map(Vec::len),
+            args,
+            command_line,
+            redacted,
+            truncated,
+        }
+    }
+}
+
+/// An address as printed: IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as its IPv4 form, with the
+/// original kept for `sensor.*.original_ip`.
+fn printed_ip(ip: IpAddr) -> (String, Option<String>) {
+    let c = canonical(ip);
+    (c.to_string(), (c != ip).then(|| ip.to_string()))
+}
+
 /// The connection's own fields, shared by its line and its beacon alert.
-fn parts(e: &Enriched) -> Map<String, Value> {
+fn parts(e: &Enriched, cx: &Context) -> Map<String, Value> {
     let c = &e.conn;
     let p = &e.proc;
+    let pr = Printed::of(e);
     let name = p.executable.as_deref().map(exe_name).unwrap_or(&c.comm);
+    let (dst, dst_original) = printed_ip(c.dst);
+    let (src, src_original) = printed_ip(c.src);
+    // The local port is bound after SYN_SENT on the tracepoint path: 0 means unknown.
+    let sport = (c.sport != 0).then_some(c.sport);
+    let flow_id = community_id(0, canonical(c.src), c.sport, canonical(c.dst), c.dport, TCP);
     let doc = json!({
         "@timestamp": clock::rfc3339(e.unix_ns),
         "process": {
             "pid": c.tgid,
+            "entity_id": cx.entity_id(c.tgid, c.start_time_ns),
             "name": name,
-            "executable": p.executable,
-            "command_line": p.command_line(),
-            "args": p.args,
+            "executable": pr.executable,
+            "command_line": pr.command_line,
+            "args": pr.args,
+            "args_count": pr.args_count,
             "thread": {"id": c.tid, "name": c.comm},
-            "parent": {"pid": p.ppid, "executable": p.parent_executable},
+            "parent": {
+                "pid": p.ppid,
+                "executable": pr.parent_executable,
+                "name": p.parent_executable.as_deref().map(exe_name),
+                // The kernel's parent (real_parent), whose start time the record carries.
+                "entity_id": (c.ppid != 0)
+                    .then(|| cx.entity_id(c.ppid, c.parent_start_time_ns))
+                    .flatten(),
+            },
         },
         "user": {"id": c.uid.to_string(), "name": e.user_name},
-        "destination": {"ip": c.dst.to_string(), "port": c.dport},
+        "destination": {"ip": dst, "port": c.dport},
+        "source": {"ip": src, "port": sport},
         "network": {
             "transport": "tcp",
+            "iana_number": TCP.to_string(),
             "type": if canonical(c.dst).is_ipv4() { "ipv4" } else { "ipv6" },
             "direction": "egress",
+            "community_id": flow_id,
+        },
+        "related": {
+            // An unspecified source (not yet bound) relates to nothing.
+            "ip": if src == dst || canonical(c.src).is_unspecified() { json!([dst]) } else { json!([src, dst]) },
+            "user": e.user_name.as_ref().map(|u| [u]),
         },
         "host": {"name": e.host_name},
         "container": {
@@ -44,6 +136,12 @@ fn parts(e: &Enriched) -> Map<String, Value> {
             "namespace": pod.namespace,
             "resource": {"type": "pod", "name": pod.name, "id": pod.uid},
         })),
+        "sensor": {
+            "redacted": (!pr.redacted.is_empty()).then_some(&pr.redacted),
+            "truncated": (!pr.truncated.is_empty()).then_some(&pr.truncated),
+            "destination": {"original_ip": dst_original},
+            "source": {"original_ip": src_original},
+        },
     });
     match doc {
         Value::Object(m) => m,
@@ -52,7 +150,7 @@ fn parts(e: &Enriched) -> Map<String, Value> {
 }
 
 impl Render for Enriched {
-    fn connection(&self, d: &Decision) -> Value {
+    fn connection(&self, d: &Decision, cx: &Context) -> Value {
         let c = &self.conn;
         let p = &self.proc;
         let alert = d.alert();
@@ -69,7 +167,7 @@ impl Render for Enriched {
             }
         }
         let reasons = d.reasons();
-        let mut doc = parts(self);
+        let mut doc = parts(self, cx);
         let mut event = json!({
             "kind": if alert { "alert" } else { "event" },
             "category": ["network"],
@@ -94,39 +192,40 @@ impl Render for Enriched {
             doc.insert("threat".into(), output::threat());
         }
         doc.insert("group".into(), json!({"id": c.gid.to_string()}));
-        // The local port is bound after SYN_SENT on the tracepoint path: 0 means unknown.
-        doc.insert(
-            "source".into(),
-            json!({"ip": c.src.to_string(), "port": (c.sport != 0).then_some(c.sport)}),
-        );
-        doc.insert(
-            "sensor".into(),
-            json!({
-                "severity": d.severity(),
-                "process": {
-                    "attribution": self.attribution.unwrap_or("none"),
-                    "lineage": lineage(p),
-                    "ancestors": if p.ancestors.is_empty() { Value::Null } else { json!(p.ancestors) },
-                    "content_match": p.content_match,
-                    "location": p.location,
-                    "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
-                },
-                "probe": c.probe.map(|p| p.hook()),
-                "cgroup_id": c.cgroup_id,
-                "matched": output::matched(&d.verdict),
-                "allow_rule": d.allow_rule,
-                "beacon": d.beacon.as_ref().map(output::beacon_fields),
-                "folded_count": d.fold.map(|f| f.count),
-                "unknown_fields": unknown,
-            }),
-        );
+        let own = doc.remove("sensor").unwrap_or(Value::Null);
+        let mut sensor = json!({
+            "severity": d.severity(),
+            "process": {
+                "attribution": self.attribution.unwrap_or("none"),
+                "lineage": lineage(p),
+                "ancestors": if p.ancestors.is_empty() { Value::Null } else { json!(p.ancestors) },
+                "content_match": p.content_match,
+                "location": p.location,
+                "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+            },
+            "probe": c.probe.map(|p| p.hook()),
+            "cgroup_id": c.cgroup_id,
+            "matched": output::matched(&d.verdict),
+            "allow_rule": d.allow_rule,
+            "beacon": d.beacon.as_ref().map(output::beacon_fields),
+            "folded_count": d.fold.map(|f| f.count),
+            "unknown_fields": unknown,
+        });
+        if let (Some(s), Value::Object(own)) = (sensor.as_object_mut(), own) {
+            s.extend(own);
+        }
+        doc.insert("sensor".into(), sensor);
         let mut doc = Value::Object(doc);
         output::prune(&mut doc);
         doc
     }
 
-    fn beacon(&self, b: &BeaconAlert<Self>) -> Value {
-        output::beacon_event(parts(self), &b.beacon, b.risk)
+    fn beacon(&self, b: &BeaconAlert<Self>, cx: &Context) -> Value {
+        output::beacon_event(parts(self, cx), &b.beacon, b.risk)
+    }
+
+    fn sysmon(&self, d: &Decision, cx: &Context) -> Option<Value> {
+        Some(output::sysmon::network_connect(self, d, cx))
     }
 }
 
@@ -153,13 +252,16 @@ mod tests {
             unix_ns: 0,
         };
         let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
-        e.connection(&Decision {
-            risk: verdict.risk,
-            verdict,
-            allow_rule: None,
-            beacon: None,
-            fold: None,
-        })
+        e.connection(
+            &Decision {
+                risk: verdict.risk,
+                verdict,
+                allow_rule: None,
+                beacon: None,
+                fold: None,
+            },
+            &Context::named("h"),
+        )
     }
 
     #[test]
@@ -193,6 +295,94 @@ mod tests {
             "sshd > bash > nc.openbsd"
         );
         assert_eq!(j["sensor"]["unknown_fields"], json!([]));
+    }
+
+    #[test]
+    fn complete_ecs_redacted_and_bounded() {
+        let long = "A".repeat(5000);
+        let proc = ProcessInfo {
+            executable: Some("/usr/bin/curl".into()),
+            args: Some(vec![
+                "curl".into(),
+                "-u".into(),
+                "alice:hunter2".into(),
+                "https://bob:s3cret@203.0.113.7:4444/".into(),
+                long.clone(),
+            ]),
+            ppid: Some(1),
+            parent_executable: Some("/usr/bin/bash".into()),
+            ..Default::default()
+        };
+        let j = record_json(&proc, 4444);
+        let text = j.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+        assert_eq!(j["process"]["args"][2], "alice:<redacted>");
+        assert_eq!(
+            j["sensor"]["redacted"],
+            json!(["user-password-flag", "url-userinfo"])
+        );
+        assert_eq!(j["process"]["args_count"], 5);
+        assert_eq!(j["process"]["args"][4].as_str().unwrap().len(), 4096);
+        assert_eq!(j["process"]["command_line"].as_str().unwrap().len(), 4096);
+        assert_eq!(
+            j["sensor"]["truncated"],
+            json!(["process.command_line", "process.args"])
+        );
+        assert_eq!(j["process"]["parent"]["name"], "bash");
+        assert_eq!(j["process"]["entity_id"].as_str().unwrap().len(), 32);
+        assert_eq!(j["related"]["ip"], json!(["203.0.113.7"]));
+        assert_eq!(j["related"]["user"], json!(["alice"]));
+        assert_eq!(j["rule"]["reference"], crate::output::TECHNIQUE_URL);
+        assert_eq!(
+            j["threat"]["technique"]["reference"][0],
+            crate::output::TECHNIQUE_URL
+        );
+        // The test record's source port is known (40000): the flow has a Community ID.
+        assert!(
+            j["network"]["community_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("1:")
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_destination_prints_as_ipv4() {
+        let mut raw = raw(sensor_common::AF_INET6, [0; 16], 4444);
+        raw.data.daddr[10..12].copy_from_slice(&[0xff, 0xff]);
+        raw.data.daddr[12..].copy_from_slice(&[203, 0, 113, 7]);
+        raw.data.sport = 0;
+        let e = Enriched {
+            conn: connect(&bytes(&raw)),
+            proc: ProcessInfo::default(),
+            user_name: None,
+            host_name: "h".into(),
+            attribution: None,
+            unix_ns: 0,
+        };
+        let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
+        let j = e.connection(
+            &Decision {
+                risk: verdict.risk,
+                verdict,
+                allow_rule: None,
+                beacon: None,
+                fold: None,
+            },
+            &Context::named("h"),
+        );
+        assert_eq!(j["destination"]["ip"], "203.0.113.7");
+        assert_eq!(j["network"]["type"], "ipv4");
+        assert_eq!(
+            j["sensor"]["destination"]["original_ip"],
+            "::ffff:203.0.113.7"
+        );
+        // No source port (the tracepoint path): no Community ID, never one over port 0.
+        assert!(j["network"].get("community_id").is_none());
+        assert!(j["source"].get("port").is_none());
     }
 
     #[test]
@@ -268,13 +458,16 @@ mod tests {
         };
         let line = |e: &Enriched| {
             let verdict = score(&Policy::default(), &Subject::from_enriched(e));
-            e.connection(&Decision {
-                risk: verdict.risk,
-                verdict,
-                allow_rule: None,
-                beacon: None,
-                fold: None,
-            })
+            e.connection(
+                &Decision {
+                    risk: verdict.risk,
+                    verdict,
+                    allow_rule: None,
+                    beacon: None,
+                    fold: None,
+                },
+                &Context::named("h"),
+            )
         };
         let obs = Subject::from_enriched(&e);
         assert_eq!(obs, Subject::from_doc(&line(&e)).unwrap());

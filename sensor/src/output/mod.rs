@@ -5,16 +5,22 @@
 //! `sensor.unknown_fields`. Every line is rendered once, from detection's typed decision.
 
 pub mod clock;
+pub mod community_id;
 mod connection;
+pub mod context;
 pub mod journald;
 pub mod metrics;
 mod recorded;
+pub mod redact;
 mod rollup;
 pub mod sink;
+mod sysmon;
+
+pub use context::{Context, Format};
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use serde_json::{Map, Value, json};
 
 use crate::detect::{
@@ -27,37 +33,52 @@ pub const RULE_NAME: &str = "Command and control over a non-standard port";
 pub const RULE_ID: &str = "t1571-non-standard-port";
 pub const BEACON_RULE_NAME: &str = "Regular-interval beaconing on a non-standard port";
 pub const BEACON_RULE_ID: &str = "t1571-beacon";
+pub const TECHNIQUE_URL: &str = "https://attack.mitre.org/techniques/T1571/";
+pub const TACTIC_URL: &str = "https://attack.mitre.org/tactics/TA0011/";
 
 /// A connection as output knows how to render it: live (the enriched connection) or
 /// replayed (the recorded line, whose scoring fields are rewritten).
 pub trait Render: Sized {
     /// The `network-connect` line for this connection and its decision.
-    fn connection(&self, d: &Decision) -> Value;
+    fn connection(&self, d: &Decision, cx: &Context) -> Value;
     /// The `beacon-detected` alert this connection raised.
-    fn beacon(&self, b: &BeaconAlert<Self>) -> Value;
+    fn beacon(&self, b: &BeaconAlert<Self>, cx: &Context) -> Value;
+    /// The connection as a Sysmon Event ID 3 record, where the source allows one.
+    fn sysmon(&self, _d: &Decision, _cx: &Context) -> Option<Value> {
+        None
+    }
 }
 
-/// One engine line as ECS JSON. `host_name` names the sensor's host in its own events.
-pub fn render<C: Render>(line: &Line<C>, host_name: &str) -> Value {
-    match line {
-        Line::Connection(d) => d.conn.connection(&d.decision),
-        Line::Beacon(b) => b.conn.beacon(b),
-        Line::Rollup(s) => rollup::render(s),
-        Line::Summary(s) => engine_summary(s, host_name),
+/// One engine line, in the context's format: a connection as Sysmon Event ID 3 under
+/// `--format sysmon-json`; everything else (and every line by default) as ECS JSON,
+/// stamped with `ecs`, `agent`, `host` and a unique `event.id`.
+pub fn render<C: Render>(line: &Line<C>, cx: &Context) -> Value {
+    if let (Format::SysmonJson, Line::Connection(d)) = (cx.format, line)
+        && let Some(v) = d.conn.sysmon(&d.decision, cx)
+    {
+        return v;
     }
+    let mut doc = match line {
+        Line::Connection(d) => d.conn.connection(&d.decision, cx),
+        Line::Beacon(b) => b.conn.beacon(b, cx),
+        Line::Rollup(s) => rollup::render(s),
+        Line::Summary(s) => engine_summary(s, &cx.host.hostname),
+    };
+    cx.stamp(&mut doc);
+    doc
 }
 
 /// The connection rule, on every connection alert.
 fn connect_rule() -> Value {
-    json!({"name": RULE_NAME, "id": RULE_ID})
+    json!({"name": RULE_NAME, "id": RULE_ID, "reference": TECHNIQUE_URL})
 }
 
 /// MITRE ATT&CK T1571 under TA0011, as every alert carries it.
 pub fn threat() -> Value {
     json!({
         "framework": "MITRE ATT&CK",
-        "tactic": {"id": ["TA0011"], "name": ["Command and Control"]},
-        "technique": {"id": ["T1571"], "name": ["Non-Standard Port"]},
+        "tactic": {"id": ["TA0011"], "name": ["Command and Control"], "reference": [TACTIC_URL]},
+        "technique": {"id": ["T1571"], "name": ["Non-Standard Port"], "reference": [TECHNIQUE_URL]},
     })
 }
 
@@ -108,7 +129,7 @@ fn beacon_event(conn: Map<String, Value>, b: &Beacon, risk: u8) -> Value {
                 b.connections, b.stats.interval_s, b.stats.jitter_s
             ),
         },
-        "rule": {"name": BEACON_RULE_NAME, "id": BEACON_RULE_ID},
+        "rule": {"name": BEACON_RULE_NAME, "id": BEACON_RULE_ID, "reference": TECHNIQUE_URL},
         "threat": threat(),
         "host": pick("host"),
         "process": pick("process"),
@@ -116,8 +137,18 @@ fn beacon_event(conn: Map<String, Value>, b: &Beacon, risk: u8) -> Value {
         "destination": pick("destination"),
         "network": pick("network"),
         "container": pick("container"),
+        "related": pick("related"),
         "sensor": {"severity": severity(risk), "beacon": beacon_fields(b)},
     });
+    // The connection's own sensor fields (redacted, truncated, original addresses).
+    if let (Some(Value::Object(own)), Some(s)) = (conn.get("sensor"), doc["sensor"].as_object_mut())
+    {
+        for k in ["redacted", "truncated", "destination", "source"] {
+            if let Some(v) = own.get(k) {
+                s.insert(k.into(), v.clone());
+            }
+        }
+    }
     prune(&mut doc);
     doc
 }
@@ -144,7 +175,9 @@ fn engine_summary(s: &EngineSummary, host_name: &str) -> Value {
 pub fn status(kind: &str, action: &str, host_name: &str, sensor: Value) -> Value {
     let mut doc = json!({
         "@timestamp": clock::rfc3339(clock::BootClock::now_unix_ns()),
-        "event": {"kind": kind, "category": ["host"], "type": ["info"], "action": action,
+        "ecs": {"version": context::ECS_VERSION},
+        "agent": {"type": context::AGENT_TYPE, "version": context::AGENT_VERSION},
+        "event": {"kind": kind, "id": context::next_event_id(), "category": ["host"], "type": ["info"], "action": action,
                   "module": "sensor", "dataset": "sensor.status"},
         "host": {"name": host_name},
         "sensor": sensor,

@@ -5,11 +5,11 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     detect::decision::{BeaconAlert, Decision},
-    output::{self, Render, clock},
+    output::{self, Render, clock, context::Context},
 };
 
 impl Render for Value {
-    fn connection(&self, d: &Decision) -> Value {
+    fn connection(&self, d: &Decision, _cx: &Context) -> Value {
         let mut doc = self.clone();
         let Some(obj) = doc.as_object_mut() else {
             return doc;
@@ -65,7 +65,7 @@ impl Render for Value {
         doc
     }
 
-    fn beacon(&self, b: &BeaconAlert<Self>) -> Value {
+    fn beacon(&self, b: &BeaconAlert<Self>, _cx: &Context) -> Value {
         // The recorded line is the input here: its parts are taken as recorded.
         let parts: Map<String, Value> = self.as_object().cloned().unwrap_or_default();
         output::beacon_event(parts, &b.beacon, b.risk)
