@@ -64,6 +64,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             host_name: pipeline::host_name(),
             clock: BootClock::sync(),
             counters: Default::default(),
+            sockets: Default::default(),
         },
         stats_interval: args.stats_interval,
         max_delay,
@@ -103,6 +104,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
     let losses = loaded.take_losses()?;
+    loaded.set_udp_standard_ports(pipeline.engine.policy().standard_ports.iter().copied())?;
     // Seed after the lifecycle hooks are attached: every process is then either in /proc
     // now or announced by a record later.
     pipeline.table.seed();
@@ -290,6 +292,7 @@ fn counters_json(pipeline: &Pipeline, lost: u64) -> serde_json::Value {
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
+        "sockets": pipeline.sockets.report(),
     })
 }
 
@@ -308,6 +311,9 @@ fn report_losses(
     pipeline: &mut Pipeline,
     out: &mut impl Write,
 ) -> Result<()> {
+    if let Ok(udp) = losses.udp_dropped() {
+        pipeline.sockets.kernel_udp_dropped = udp;
+    }
     // One failed read of the counter is no reason to stop capturing: counted, reported
     // in the metrics, and read again at the next interval.
     let total = match losses.total() {

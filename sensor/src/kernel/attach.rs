@@ -17,6 +17,7 @@ use sensor_common::{KernelLayout, TP_LAYOUT_MAP, TracepointLayout};
 pub use crate::kernel::probe::{AUTO_ORDER, Probe};
 use crate::kernel::{
     layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME},
+    sockets,
     tracefs::{self, Tracefs},
 };
 
@@ -111,17 +112,17 @@ pub fn attach(
             let p: &mut FEntry = prog.try_into()?;
             p.load(TARGET_FN, need_btf(btf)?).context("load")?;
             let r = p.attach();
-            attached(p, r, |p| {
+            return attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            });
         }
         Probe::Kprobe => {
             let p: &mut KProbe = prog.try_into()?;
             p.load().context("load")?;
             let r = p.attach(TARGET_FN, 0);
-            attached(p, r, |p| {
+            return attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            });
         }
         Probe::TpBtf => {
             if layout.sk_protocol == sensor_common::OFFSET_UNKNOWN {
@@ -132,7 +133,7 @@ pub fn attach(
             let r = p.attach();
             attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            })?;
         }
         Probe::Tracepoint => {
             let p: &mut TracePoint = prog.try_into()?;
@@ -140,9 +141,12 @@ pub fn attach(
             let r = p.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME);
             attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            })?;
         }
     }
+    // The state program serves connects only when it is the connect hook; otherwise it is
+    // attached later for listens and inbound opens alone.
+    sockets::set_state_connects(ebpf, true)
 }
 
 /// Makes the classic tracepoints usable: tracefs found (or mounted privately) and their

@@ -6,6 +6,7 @@
 
 pub mod clock;
 mod connection;
+pub mod listen;
 mod recorded;
 mod rollup;
 
@@ -14,10 +15,13 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 
-use crate::detect::{
-    beacon::{Beacon, round_ms},
-    decision::{BeaconAlert, Decision, EngineSummary, Line},
-    score::{Verdict, severity},
+use crate::{
+    detect::{
+        beacon::{Beacon, round_ms},
+        decision::{BeaconAlert, Decision, EngineSummary, Line},
+        score::{Verdict, severity},
+    },
+    kernel::records::Flow,
 };
 
 pub const RULE_NAME: &str = "Command and control over a non-standard port";
@@ -35,8 +39,9 @@ pub trait Render: Sized {
 }
 
 /// One engine line as ECS JSON. `host_name` names the sensor's host in its own events.
-pub fn render<C: Render>(line: &Line<C>, host_name: &str) -> Value {
+pub fn render<C: listen::Flowed>(line: &Line<C>, host_name: &str) -> Value {
     match line {
+        Line::Connection(d) if d.conn.flow() != Flow::Connect => d.conn.flow_line(&d.decision),
         Line::Connection(d) => d.conn.connection(&d.decision),
         Line::Beacon(b) => b.conn.beacon(b),
         Line::Rollup(s) => rollup::render(s),
