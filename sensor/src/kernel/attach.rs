@@ -12,12 +12,11 @@ use aya::{
     maps::Array,
     programs::{BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint},
 };
-use sensor_common::{KernelLayout, TP_LAYOUT_MAP, TracepointLayout};
+use sensor_common::{KernelLayout, STATE_CONNECTS_MAP, TP_LAYOUT_MAP, TracepointLayout};
 
 pub use crate::kernel::probe::{AUTO_ORDER, Probe};
 use crate::kernel::{
     layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME},
-    sockets,
     tracefs::{self, Tracefs},
 };
 
@@ -146,7 +145,17 @@ pub fn attach(
     }
     // The state program serves connects only when it is the connect hook; otherwise it is
     // attached later for listens and inbound opens alone.
-    sockets::set_state_connects(ebpf, true)
+    set_state_connects(ebpf, true)
+}
+
+/// Tells the state program whether it serves connects (the chosen connect hook is it).
+pub fn set_state_connects(ebpf: &mut Ebpf, on: bool) -> Result<()> {
+    let map = ebpf
+        .map_mut(STATE_CONNECTS_MAP)
+        .with_context(|| format!("map {STATE_CONNECTS_MAP} missing from the eBPF object"))?;
+    let mut a: Array<_, u32> = Array::try_from(map)?;
+    a.set(0, u32::from(on), 0)
+        .context("writing the STATE_CONNECTS map")
 }
 
 /// Makes the classic tracepoints usable: tracefs found (or mounted privately) and their

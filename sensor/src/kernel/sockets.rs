@@ -13,27 +13,15 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf,
-    maps::{Array, HashMap},
+    maps::HashMap,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
-use sensor_common::{
-    KernelLayout, STATE_CONNECTS_MAP, UDP_STANDARD_PORTS_MAP, UDP_STANDARD_PORTS_MAX,
-};
+use sensor_common::{KernelLayout, UDP_STANDARD_PORTS_MAP, UDP_STANDARD_PORTS_MAX};
 
 use crate::kernel::{
     attach::{LifecycleAttach, Probe, prepare_classic},
     layout::{self, TRACEPOINT_CATEGORY, TRACEPOINT_NAME},
 };
-
-/// Tells the state program whether it serves connects (the chosen connect hook is it).
-pub fn set_state_connects(ebpf: &mut Ebpf, on: bool) -> Result<()> {
-    let map = ebpf
-        .map_mut(STATE_CONNECTS_MAP)
-        .with_context(|| format!("map {STATE_CONNECTS_MAP} missing from the eBPF object"))?;
-    let mut a: Array<_, u32> = Array::try_from(map)?;
-    a.set(0, u32::from(on), 0)
-        .context("writing the STATE_CONNECTS map")
-}
 
 /// Attaches the state hook for listens and inbound opens, unless the connect hook chosen
 /// already is that program.
