@@ -284,3 +284,105 @@ fn python_udp_to_9001_is_an_alert_and_a_flood_is_one_record() -> Result<()> {
     );
     Ok(())
 }
+
+/// Identity under evasion: each way of hiding what runs, on the real kernel, connecting
+/// to 203.0.113.7:4444 (closed: a RST inside the pair). Each must score as the real
+/// program would: High, with the list entry it really is.
+#[test]
+fn evasions_of_identity_score_as_the_real_program() -> Result<()> {
+    if !root_or_skip("evasions") {
+        return Ok(());
+    }
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+    let net = public_net()?;
+    let scratch = Scratch::new("evasion")?;
+    let mut sensor = Sensor::start(&[])?;
+    let connect_py = format!(
+        "import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(('{SERVER}', 4444))\n"
+    );
+    // The distribution's interpreter (what the sensor fingerprints in the standard bin
+    // directories), behind its alternatives link; not a wrapper such as a pyenv shim.
+    let python = std::fs::canonicalize("/usr/bin/python3")
+        .context("/usr/bin/python3 (apt's python3, installed by cargo xtask test)")?;
+    let check = |sensor: &mut Sensor, pid: u32, what: &str, entry: &str| -> Result<Value> {
+        let v = sensor
+            .connection(pid, 4444)
+            .with_context(|| format!("{what}: no line"))?;
+        assert_alert(&v, 3, "High");
+        assert_eq!(
+            v["sensor"]["matched"]["high_risk_executable"], entry,
+            "{what}: {v:#}"
+        );
+        Ok(v)
+    };
+
+    // A busybox applet through a symlink named as something harmless: the executable
+    // is busybox, which is on the list (multi-call binaries are listed by their own name).
+    let applet = scratch.dir.join("healthcheck");
+    std::os::unix::fs::symlink("/bin/busybox", &applet)?;
+    // busybox picks the applet from argv[0]: the symlink's own name is irrelevant.
+    let mut cmd = net.command(&applet.to_string_lossy());
+    cmd.arg0("nc").args(["-w", "2", SERVER, "4444"]);
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    check(&mut sensor, pid, "busybox applet", "busybox")?;
+
+    // A script run through its shebang: the kernel maps the interpreter.
+    let script = scratch.dir.join("backup.sh");
+    std::fs::write(&script, format!("#!{}\n{connect_py}", python.display()))?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let pid = net.run(&script.to_string_lossy(), &[])?;
+    let v = check(&mut sensor, pid, "shebang script", "python3")?;
+    assert_eq!(
+        v["process"]["executable"],
+        python.to_string_lossy().as_ref(),
+        "{v:#}"
+    );
+
+    // The interpreter hard-linked under another name (same inode), else copied.
+    let linked = scratch.dir.join("kworker-update");
+    if std::fs::hard_link(&python, &linked).is_err() {
+        std::fs::copy(&python, &linked)?;
+    }
+    let pid = net.run(&linked.to_string_lossy(), &["-c", &connect_py])?;
+    let v = check(&mut sensor, pid, "hard-linked interpreter", "python3")?;
+    assert_eq!(
+        v["sensor"]["matched"]["high_risk_matched_by"], "content",
+        "{v:#}"
+    );
+
+    // argv[0] set to anything: the executable, not argv[0], is judged.
+    let mut cmd = net.command(&python.to_string_lossy());
+    cmd.arg0("[kworker/0:1]").args(["-c", &connect_py]);
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    let v = check(&mut sensor, pid, "argv[0]", "python3")?;
+    assert_eq!(v["process"]["args"][0], "[kworker/0:1]", "{v:#}");
+
+    // A static binary on no list dropped in $HOME/.cache: high-risk by location.
+    let cache = std::path::PathBuf::from(format!("/root/.cache/t1571-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cache)?;
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(cache.clone());
+    let implant = cache.join("updater");
+    std::fs::copy(env!("CARGO_BIN_EXE_connector"), &implant)?;
+    let pid = net.run(&implant.to_string_lossy(), &[SERVER, "4444"])?;
+    let v = check(
+        &mut sensor,
+        pid,
+        "binary in ~/.cache",
+        "<writable /root/.cache/*>",
+    )?;
+    assert_eq!(
+        v["sensor"]["matched"]["high_risk_matched_by"], "location",
+        "{v:#}"
+    );
+    Ok(())
+}

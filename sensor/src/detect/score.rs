@@ -127,9 +127,15 @@ fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
     if let Some(e) = &s.content_match {
         return hit(e.clone(), MatchedBy::Content);
     }
-    s.location
-        .as_deref()
-        .and_then(|l| hit(format!("<{l}>"), MatchedBy::Location))
+    if let Some(l) = s.location.as_deref() {
+        return hit(format!("<{l}>"), MatchedBy::Location);
+    }
+    let exe = s.executable.as_deref()?;
+    policy
+        .writable_locations
+        .iter()
+        .find(|p| p.is_match(exe))
+        .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
 }
 
 /// Scores one connection, listen or inbound connection.
@@ -310,6 +316,21 @@ mod tests {
         assert_eq!((v.risk, v.loopback_only), (2, true));
         assert_eq!(listen("/usr/bin/nc", "::1", 5555).risk, 1);
         assert_eq!(listen("/usr/sbin/sshd", "127.0.0.1", 2222).risk, 1);
+    }
+
+    #[test]
+    fn writable_locations_make_any_binary_high_risk() {
+        assert_eq!(s(Some("/root/.cache/x/updater"), 4444).risk, 3);
+        let v = s(Some("/home/alice/.cache/pip/agent"), 9001);
+        assert_eq!(v.risk, 3);
+        assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Location);
+        assert_eq!(s(Some("/usr/local/bin/updater"), 4444).risk, 1);
+        let p = Policy::parse("writable_locations = [\"/srv/drop/*\"]\n").unwrap();
+        let sub = Subject::named(Some("/srv/drop/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
+        assert_eq!(score(&p, &sub).risk, 2);
+        let sub = Subject::named(Some("/root/.cache/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
+        assert_eq!(score(&p, &sub).risk, 0, "the list was replaced");
+        assert!(Policy::parse("writable_locations = [\"drop/*\"]\n").is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@ struct PolicyFile {
     excluded_networks: Option<SVec<String>>,
     /// Replaces the built-in services table.
     service_ports: Option<BTreeMap<String, SVec<u16>>>,
+    writable_locations: Option<SVec<String>>,
     /// Same lists, added to (not replacing) the defaults or the replaced lists above.
     extend: Option<ExtendFile>,
     #[serde(default)]
@@ -43,6 +44,7 @@ struct ExtendFile {
     excluded_networks: Option<SVec<String>>,
     /// Services added, or their port lists extended.
     service_ports: Option<BTreeMap<String, SVec<u16>>>,
+    writable_locations: Option<SVec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +190,31 @@ pub(super) fn parse(text: &str) -> Result<Policy> {
                 return Err(src.err(port.span(), "port 0 is not a listening port"));
             }
             set.insert(*port.get_ref());
+        }
+    }
+
+    let locs_ext = ext.as_ref().and_then(|e| e.writable_locations.clone());
+    if file.writable_locations.is_some() {
+        p.writable_locations.clear();
+    }
+    for loc in file
+        .writable_locations
+        .iter()
+        .chain(locs_ext.iter())
+        .flat_map(|v| v.get_ref())
+    {
+        if !loc.get_ref().starts_with('/') {
+            return Err(src.err(
+                loc.span(),
+                format!(
+                    "writable_locations entry {:?} must be an absolute path pattern",
+                    loc.get_ref()
+                ),
+            ));
+        }
+        let pat = Pattern::new(loc.get_ref()).map_err(|e| src.err(loc.span(), e))?;
+        if !p.writable_locations.contains(&pat) {
+            p.writable_locations.push(pat);
         }
     }
 

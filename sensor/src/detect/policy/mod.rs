@@ -20,7 +20,7 @@ pub mod schedule;
 pub use allow::{AllowRule, PortRange};
 pub use schedule::Schedule;
 
-use crate::detect::subject::Subject;
+use crate::detect::{policy::glob::Pattern, subject::Subject};
 
 /// Ports seen with known C2 families (WIRTE, PingPull, Contagious Interview, ...).
 pub const DEFAULT_C2_PORTS: &[u16] = &[
@@ -91,9 +91,26 @@ pub struct Policy {
     pub excluded_networks: Vec<IpNet>,
     /// Known services and their own listening ports: listening elsewhere is Medium.
     pub service_ports: BTreeMap<String, BTreeSet<u16>>,
+    /// User-writable places where no installed program lives: a binary run from one is
+    /// high-risk by location, whatever its name (a static implant in `~/.cache`).
+    pub writable_locations: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
 }
+
+/// Writable locations (shell-style, `*` spans directories). /tmp, /var/tmp, /dev/shm and
+/// fileless executables are judged by enrichment already.
+pub const DEFAULT_WRITABLE_LOCATIONS: &[&str] = &[
+    "/root/.cache/*",
+    "/home/*/.cache/*",
+    "/root/.config/*",
+    "/home/*/.config/*",
+    "/root/.local/share/*",
+    "/home/*/.local/share/*",
+    "/run/user/*",
+    "/dev/mqueue/*",
+    "/var/crash/*",
+];
 
 /// Services and their standard listening ports (the Linux analogue of Atomic test 3:
 /// a service moved to a port that is not its own).
@@ -127,6 +144,10 @@ impl Default for Policy {
             excluded_networks: DEFAULT_EXCLUDED
                 .iter()
                 .filter_map(|s| s.parse().ok())
+                .collect(),
+            writable_locations: DEFAULT_WRITABLE_LOCATIONS
+                .iter()
+                .filter_map(|p| Pattern::new(p).ok())
                 .collect(),
             service_ports: DEFAULT_SERVICE_PORTS
                 .iter()
