@@ -195,10 +195,21 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
         Some(mut slot) => {
             slot.write(*ev);
             slot.submit(submit_flags());
-            debug!(
-                ctx,
-                "record kind={} tgid={} dport={}", ev.header.kind, ev.header.tgid, ev.data.dport
-            );
+            if ev.header.kind == RecordKind::Connect as u32 {
+                debug!(
+                    ctx,
+                    "connect tgid={} dport={}", ev.header.tgid, ev.data.dport
+                );
+            } else {
+                debug!(
+                    ctx,
+                    "record kind={} tgid={} sport={} dport={}",
+                    ev.header.kind,
+                    ev.header.tgid,
+                    ev.data.sport,
+                    ev.data.dport
+                );
+            }
         }
         None => count_loss(),
     }

@@ -41,6 +41,16 @@ impl Flowed for Enriched {
         let local = json!({"ip": c.src.to_string(), "port": c.sport});
         let peer = json!({"ip": c.dst.to_string(), "port": c.dport});
         let alert = d.alert();
+        if matches!(c.flow, Flow::Listen | Flow::Inbound)
+            && let Some(m) = o
+                .get_mut("sensor")
+                .and_then(|x| x.get_mut("matched"))
+                .and_then(Value::as_object_mut)
+        {
+            let v = &d.verdict;
+            m.insert("service_away".into(), json!(v.service_away));
+            m.insert("loopback_only".into(), json!(v.loopback_only));
+        }
         match c.flow {
             Flow::Connect => {}
             Flow::Listen => {
@@ -153,6 +163,13 @@ mod tests {
         assert!(j.get("destination").is_none());
         assert_eq!(j["rule"]["id"], LISTEN_RULE_ID);
         assert!(j["network"].get("direction").is_none());
+        assert_eq!(j["sensor"]["matched"]["loopback_only"], false);
+        let sshd = line(Flow::Listen, "/usr/sbin/sshd");
+        assert_eq!(sshd["sensor"]["severity"], "Medium");
+        assert_eq!(
+            sshd["sensor"]["matched"]["service_away"],
+            json!({"service": "sshd", "standard": [22]})
+        );
     }
 
     #[test]
