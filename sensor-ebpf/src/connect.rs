@@ -1,5 +1,8 @@
 //! Connect hooks: fentry and kprobe on `tcp_connect`, and the `inet_sock_set_state`
-//! tracepoint (BTF-typed, else classic) at CLOSE -> SYN_SENT. Userspace attaches one.
+//! tracepoint (BTF-typed, else classic) at CLOSE -> SYN_SENT. Userspace attaches one for
+//! connects. The state hook is attached on every kernel anyway, because only it sees
+//! CLOSE -> LISTEN (a listen record) and SYN_RECV -> ESTABLISHED (an inbound record);
+//! `STATE_CONNECTS` says whether it emits connects too.
 
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
@@ -10,25 +13,25 @@ use aya_log_ebpf::debug;
 use sensor_common::{
     AF_INET, AF_INET6, Connect, ConnectEvent, Header, IPPROTO_TCP, KernelLayout, OFFSET_UNKNOWN,
     PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT, RecordKind, TCP_CLOSE,
-    TCP_SYN_SENT,
+    TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 use crate::{
-    maps::{EVENTS, LAYOUT, count_loss, submit_flags, tp_layout},
+    maps::{EVENTS, LAYOUT, STATE_CONNECTS, count_loss, submit_flags, tp_layout},
     task::{fill_header, read},
 };
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    from_sock(&ctx, sk, PROBE_FENTRY);
+    from_sock(&ctx, sk, PROBE_FENTRY, RecordKind::Connect);
     0
 }
 
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        from_sock(&ctx, sk, PROBE_KPROBE);
+        from_sock(&ctx, sk, PROBE_KPROBE, RecordKind::Connect);
     }
     0
 }
@@ -41,8 +44,10 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
-    if old != TCP_CLOSE || new != TCP_SYN_SENT || sk.is_null() {
+    let Some(kind) = transition(old, new) else {
+        return 0;
+    };
+    if sk.is_null() {
         return 0;
     }
     let l = LAYOUT.load();
@@ -51,8 +56,25 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
         return 0;
     }
-    from_sock(&ctx, sk, PROBE_TP_BTF);
+    from_sock(&ctx, sk, PROBE_TP_BTF, kind);
     0
+}
+
+/// The record a state transition makes, if any. CLOSE -> SYN_SENT is tcp_connect() in
+/// the connecting task (only when this hook serves connects); CLOSE -> LISTEN is listen()
+/// in the listening task; SYN_RECV -> ESTABLISHED is a passive open completing, in
+/// softirq.
+#[inline(always)]
+fn transition(old: i32, new: i32) -> Option<RecordKind> {
+    match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            let on = STATE_CONNECTS.get(0).is_some_and(|v| *v != 0);
+            on.then_some(RecordKind::Connect)
+        }
+        (TCP_CLOSE, TCP_LISTEN) => Some(RecordKind::Listen),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => Some(RecordKind::Inbound),
+        _ => None,
+    }
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -71,12 +93,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let (Ok(old), Ok(new), Ok(proto)) = fields else {
         return 0;
     };
-    // CLOSE -> SYN_SENT is tcp_connect(), running in the connecting task.
-    if old != TCP_CLOSE || new != TCP_SYN_SENT || proto != IPPROTO_TCP {
+    let Some(kind) = transition(old, new) else {
+        return 0;
+    };
+    if proto != IPPROTO_TCP {
         return 0;
     }
     let l = LAYOUT.load();
-    let mut ev = connect_event(PROBE_TRACEPOINT, &l);
+    let mut ev = connect_event(PROBE_TRACEPOINT, kind, &l);
     // SAFETY: as above.
     unsafe {
         ev.data.family = ctx.read_at::<u16>(t.family as usize).unwrap_or(0);
@@ -105,12 +129,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// fentry and kprobe see `struct sock *` as tcp_connect's first argument, tp_btf as the
 /// state hook's.
 #[inline(always)]
-fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8) {
+fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: RecordKind) {
     let l = LAYOUT.load();
     if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
         return;
     }
-    let mut ev = connect_event(probe, &l);
+    let mut ev = connect_event(probe, kind, &l);
     // SAFETY: `sk` is the kernel's socket pointer; every read is a checked probe_read.
     unsafe {
         ev.data.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
@@ -132,9 +156,22 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8) {
     submit(ctx, &ev);
 }
 
-/// A connect record with its header filled in for the current task.
+/// A connect-layout record with its header filled in for the current task.
 #[inline(always)]
-fn connect_event(probe: u8, l: &KernelLayout) -> ConnectEvent {
+fn connect_event(probe: u8, kind: RecordKind, l: &KernelLayout) -> ConnectEvent {
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    connect_event_for(probe, kind, task, l)
+}
+
+/// A connect-layout record with its header filled in for `task` (the current task).
+#[inline(always)]
+pub(crate) fn connect_event_for(
+    probe: u8,
+    kind: RecordKind,
+    task: *const u8,
+    l: &KernelLayout,
+) -> ConnectEvent {
     let mut ev = ConnectEvent {
         header: Header::EMPTY,
         data: Connect {
@@ -147,24 +184,32 @@ fn connect_event(probe: u8, l: &KernelLayout) -> ConnectEvent {
             saddr: [0; 16],
         },
     };
-    // SAFETY: helper without arguments; the task is only read through probe_read.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        fill_header(&mut ev.header, RecordKind::Connect, task, l);
-    }
+    // SAFETY: the task is only read through probe_read.
+    unsafe { fill_header(&mut ev.header, kind, task, l) };
     ev
 }
 
 #[inline(always)]
-fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
+pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     match EVENTS.reserve::<ConnectEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);
             slot.submit(submit_flags());
-            debug!(
-                ctx,
-                "connect tgid={} dport={}", ev.header.tgid, ev.data.dport
-            );
+            if ev.header.kind == RecordKind::Connect as u32 {
+                debug!(
+                    ctx,
+                    "connect tgid={} dport={}", ev.header.tgid, ev.data.dport
+                );
+            } else {
+                debug!(
+                    ctx,
+                    "record kind={} tgid={} sport={} dport={}",
+                    ev.header.kind,
+                    ev.header.tgid,
+                    ev.data.sport,
+                    ev.data.dport
+                );
+            }
         }
         None => count_loss(),
     }

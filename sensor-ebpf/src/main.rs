@@ -1,5 +1,6 @@
-//! Kernel side: capture every outbound TCP connect attempt in the connecting task's context
-//! and push it to userspace through one ring buffer. Thin and defensive on purpose: no
+//! Kernel side: capture every outbound TCP connect attempt in the connecting task's context,
+//! TCP listens and inbound opens, and outbound UDP, and push them to userspace through one
+//! ring buffer. Thin and defensive on purpose: no
 //! policy here, every read checked, every failed reserve counted.
 //!
 //! `connect`: four hooks, of which userspace attaches exactly one (the first that loads):
@@ -7,8 +8,8 @@
 //! (BTF-typed, else classic) filtered to the CLOSE -> SYN_SENT transition. `lifecycle`:
 //! exec, fork and exit records feed userspace's process table through the same ring buffer,
 //! so a process's exec record always precedes its connects. Every record is a
-//! `sensor_common::Event<T>` whose header `task::fill_header` fills; `maps` holds what the
-//! programs share; `baseline` the benchmark's empty programs.
+//! `sensor_common::Event<T>` whose header `task::fill_header` fills; `udp`: cgroup sock_addr hooks for
+//! UDP. `maps` holds what the programs share; `baseline` the benchmark's empty programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -22,6 +23,8 @@ mod lifecycle;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod task;
+#[cfg(target_arch = "bpf")]
+mod udp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

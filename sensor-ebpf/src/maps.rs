@@ -6,9 +6,11 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sensor_common::{KernelLayout, LOSS_SLOTS, LOST_RESERVE, TracepointLayout};
+use sensor_common::{
+    KernelLayout, LOSS_SLOTS, LOST_RESERVE, TracepointLayout, UDP_STANDARD_PORTS_MAX,
+};
 
 /// Resized by userspace at load time (`--ring-buffer-size`).
 #[map]
@@ -17,6 +19,31 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Per-CPU loss counters; userspace sums and reports them.
 #[map]
 pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// 1 when the state tracepoint also serves connects (see sensor_common::STATE_CONNECTS_MAP).
+#[map]
+pub(crate) static STATE_CONNECTS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Standard ports UDP is not reported for, written by userspace from the policy.
+#[map]
+pub(crate) static UDP_STANDARD_PORTS: HashMap<u16, u8> =
+    HashMap::with_max_entries(UDP_STANDARD_PORTS_MAX, 0);
+
+/// (socket cookie, destination) pairs already reported: a UDP flood on one socket to one
+/// destination is one record. LRU, so the table never fills.
+#[map]
+pub(crate) static UDP_SEEN: LruHashMap<UdpKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Key of [`UDP_SEEN`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct UdpKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
 
 /// Batching threshold, set by userspace before load (see sensor_common::WAKEUP_GLOBAL).
 #[unsafe(no_mangle)]
@@ -75,7 +102,13 @@ pub(crate) fn tp_layout() -> Option<TracepointLayout> {
 /// A record that could not be reserved: counted, never silently dropped.
 #[inline(always)]
 pub(crate) fn count_loss() {
-    if let Some(n) = LOSSES.get_ptr_mut(LOST_RESERVE) {
+    count(LOST_RESERVE);
+}
+
+/// Adds one to a per-CPU counter slot of LOSSES.
+#[inline(always)]
+pub(crate) fn count(slot: u32) {
+    if let Some(n) = LOSSES.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *n += 1 };
     }

@@ -1,7 +1,12 @@
 //! Per-record work after the ring buffer: lifecycle records update the process table;
-//! connects are attributed (table, then /proc), scored and formatted.
+//! connects, listens and UDP are attributed (table, then /proc), scored and formatted;
+//! inbound connections are attributed through the listen record of their local port.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -15,7 +20,7 @@ use crate::{
         proctable::ProcTable,
         users::UserNames,
     },
-    kernel::records::{Connection, Record},
+    kernel::records::{Connection, Flow, Record, canonical},
     output::{self, clock::BootClock, journald::Summary, sink::Sink},
 };
 
@@ -40,6 +45,77 @@ pub struct Counters {
     pub reload_failures: u64,
 }
 
+/// Listeners seen, by local address and port, for inbound attribution, and what the
+/// socket hooks counted.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    listeners: HashMap<(IpAddr, u16), Listener>,
+    pub listens: u64,
+    pub inbound: u64,
+    /// Inbound connections to a port no listen record was seen for (listening since
+    /// before the sensor started): counted, scored as unknown.
+    pub inbound_unattributed: u64,
+    pub udp: u64,
+    /// Listeners forgotten to keep the table bounded.
+    pub listeners_evicted: u64,
+    /// UDP datagrams the kernel dropped and counted: to standard ports, and repeats.
+    pub kernel_udp_dropped: (u64, u64),
+}
+
+/// What a listen record said about its process: an inbound connection, seen in softirq,
+/// gets it.
+#[derive(Debug, Clone)]
+struct Listener {
+    conn: Connection,
+    proc: ProcessInfo,
+    user_name: Option<String>,
+    attribution: Option<&'static str>,
+}
+
+/// Listeners kept: one per listening (address, port); more are evicted, counted.
+const MAX_LISTENERS: usize = 4096;
+
+impl Sockets {
+    /// For `sensor-stats` and `sensor-stopped`.
+    pub fn report(&self) -> Value {
+        json!({
+            "listens": self.listens,
+            "listeners": self.listeners.len(),
+            "listeners_evicted": self.listeners_evicted,
+            "inbound": self.inbound,
+            "inbound_unattributed": self.inbound_unattributed,
+            "udp": self.udp,
+            "udp_standard_port_dropped_in_kernel": self.kernel_udp_dropped.0,
+            "udp_repeats_dropped_in_kernel": self.kernel_udp_dropped.1,
+        })
+    }
+
+    fn remember(&mut self, l: Listener) {
+        let key = (canonical(l.conn.src), l.conn.sport);
+        if !self.listeners.contains_key(&key)
+            && self.listeners.len() >= MAX_LISTENERS
+            && let Some(k) = self.listeners.keys().next().copied()
+        {
+            self.listeners.remove(&k);
+            self.listeners_evicted += 1;
+        }
+        self.listeners.insert(key, l);
+    }
+
+    /// The listener an inbound connection reached: on its exact local address, else on
+    /// the IPv4 or IPv6 wildcard. Listeners in different network namespaces on the same
+    /// port are not told apart: the latest wins.
+    fn listener(&self, c: &Connection) -> Option<&Listener> {
+        [
+            canonical(c.src),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ]
+        .iter()
+        .find_map(|a| self.listeners.get(&(*a, c.sport)))
+    }
+}
+
 pub struct Pipeline {
     pub table: ProcTable,
     /// Container id -> Kubernetes pod, from the node's kubelet links.
@@ -54,6 +130,7 @@ pub struct Pipeline {
     /// Scoring, allow rules, beacons, rollups, flood control: decides what is printed.
     /// It owns the policy.
     pub engine: Engine<Enriched>,
+    pub sockets: Sockets,
 }
 
 impl Pipeline {
@@ -77,6 +154,12 @@ impl Pipeline {
     }
 
     fn connect(&mut self, conn: &Connection, out: &mut Sink) -> Result<()> {
+        match conn.flow {
+            Flow::Inbound => return self.inbound(conn, out),
+            Flow::Listen => self.sockets.listens += 1,
+            Flow::Udp => self.sockets.udp += 1,
+            Flow::Connect => {}
+        }
         self.counters.connections += 1;
         let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
         {
@@ -119,6 +202,68 @@ impl Pipeline {
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
         };
+        if conn.flow == Flow::Listen {
+            self.sockets.remember(Listener {
+                conn: conn.clone(),
+                proc: enriched.proc.clone(),
+                user_name: enriched.user_name.clone(),
+                attribution: enriched.attribution,
+            });
+        }
+        self.decide(enriched, out)
+    }
+
+    /// An inbound connection: the kernel saw it in softirq, so the process is the one that
+    /// listened on its local port, from the listen record.
+    fn inbound(&mut self, conn: &Connection, out: &mut Sink) -> Result<()> {
+        self.sockets.inbound += 1;
+        let unix_ns = self.clock.to_unix_ns(conn.boot_ns);
+        let enriched = match self.sockets.listener(conn) {
+            Some(l) => {
+                let mut c = conn.clone();
+                let task = &l.conn;
+                (c.tgid, c.tid, c.ppid, c.uid, c.gid) =
+                    (task.tgid, task.tid, task.ppid, task.uid, task.gid);
+                (c.start_time_ns, c.cgroup_id) = (task.start_time_ns, task.cgroup_id);
+                c.comm = task.comm.clone();
+                Enriched {
+                    conn: c,
+                    proc: l.proc.clone(),
+                    user_name: l.user_name.clone(),
+                    host_name: self.host_name.clone(),
+                    attribution: l.attribution.map(|_| "listen-record"),
+                    unix_ns,
+                }
+            }
+            None => {
+                self.sockets.inbound_unattributed += 1;
+                // The interrupted task is not the listener: keep nothing of it.
+                let mut c = conn.clone();
+                (
+                    c.tgid,
+                    c.tid,
+                    c.ppid,
+                    c.uid,
+                    c.gid,
+                    c.start_time_ns,
+                    c.cgroup_id,
+                ) = (0, 0, 0, 0, 0, 0, 0);
+                c.comm = String::new();
+                Enriched {
+                    conn: c,
+                    proc: ProcessInfo::default(),
+                    user_name: None,
+                    host_name: self.host_name.clone(),
+                    attribution: None,
+                    unix_ns,
+                }
+            }
+        };
+        self.counters.connections += 1;
+        self.decide(enriched, out)
+    }
+
+    fn decide(&mut self, enriched: Enriched, out: &mut Sink) -> Result<()> {
         // Every connection goes to the engine (beacons and allow counts need the unscored
         // too); only what it prints is rendered.
         let subject = Subject::from_enriched(&enriched);

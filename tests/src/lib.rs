@@ -104,6 +104,7 @@ pub struct Net {
     client: String,
     server: String,
     client_fd: File,
+    server_fd: File,
 }
 
 impl Net {
@@ -116,6 +117,7 @@ impl Net {
         // From here on, Drop deletes whatever was created if a later step fails.
         let mut net = Self {
             client_fd: File::open("/dev/null")?,
+            server_fd: File::open("/dev/null")?,
             client: client.clone(),
             server: server.clone(),
         };
@@ -130,6 +132,8 @@ impl Net {
         }
         net.client_fd =
             File::open(format!("/run/netns/{client}")).context("opening the client netns")?;
+        net.server_fd =
+            File::open(format!("/run/netns/{server}")).context("opening the server netns")?;
         Ok(net)
     }
 
@@ -159,8 +163,17 @@ impl Net {
     /// A command that runs in the client namespace: its pid is the program's own (setns
     /// happens between fork and exec, no wrapper process).
     pub fn command(&self, program: &str) -> Command {
+        Self::command_in(&self.client_fd, program)
+    }
+
+    /// The same in the server namespace: listeners the client connects to run here.
+    pub fn server_command(&self, program: &str) -> Command {
+        Self::command_in(&self.server_fd, program)
+    }
+
+    fn command_in(ns: &File, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let fd = self.client_fd.as_raw_fd();
+        let fd = ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe; the fd stays open while `self` lives.
         unsafe {
             cmd.pre_exec(move || {

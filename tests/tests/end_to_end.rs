@@ -362,9 +362,31 @@ fn sigterm_and_sigint_detach_and_exit_zero() -> Result<()> {
     }
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let sensor = Sensor::start(&[])?;
-        // The connect hook and the three lifecycle hooks, held by the sensor.
+        // The connect hook, the lifecycle hooks, the state hook for listens (unless it is
+        // the connect hook) and the four UDP programs, held by the sensor.
+        let started = sensor
+            .lines()
+            .into_iter()
+            .find(|v| v["event"]["action"] == "sensor-started")
+            .unwrap();
+        let probe = &started["sensor"]["probe"];
+        let expected = 1 + started["sensor"]["process_hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["attached"] == true)
+            .map(|h| match h["event"].as_str() {
+                Some("udp") => 4,
+                _ if &h["hook"] == probe => 0,
+                _ => 1,
+            })
+            .sum::<usize>();
         let ours = bpf_programs_of(sensor.pid());
-        assert_eq!(ours.len(), 4, "programs held by the sensor: {ours:?}");
+        assert_eq!(
+            ours.len(),
+            expected,
+            "programs held by the sensor: {ours:?}"
+        );
         assert!(ours.iter().all(|id| loaded_program_ids().contains(id)));
         let (status, lines) = sensor.stop_with(sig)?;
         assert_eq!(status.code(), Some(0), "exit status after signal {sig}");

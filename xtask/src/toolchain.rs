@@ -132,7 +132,14 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("journalctl", "systemd"),
     ("dpkg-deb", "dpkg"),
     ("tmux", "tmux"),
+    // The listen test runs the real sshd on 2222 in a test namespace, with its own config.
+    ("/usr/sbin/sshd", "openssh-server"),
 ];
+
+/// Packages whose maintainer scripts would start a system service: installed with
+/// /usr/sbin/policy-rc.d forbidding starts, and the unit disabled, so the tests' own
+/// instance is the only one.
+const NO_SERVICE: &[(&str, &[&str])] = &[("openssh-server", &["ssh.service", "ssh.socket"])];
 
 pub(crate) fn have(what: &str) -> bool {
     if what.starts_with('/') {
@@ -161,8 +168,37 @@ pub fn ensure_test_programs() -> Result<()> {
         );
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
+    let services: Vec<&str> = NO_SERVICE
+        .iter()
+        .filter(|(p, _)| missing.contains(p))
+        .flat_map(|(_, units)| units.iter().copied())
+        .collect();
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let guard = !services.is_empty() && !policy.exists();
+    if guard {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask: no service starts while installing\nexit 101\n",
+        )
+        .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if guard {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
+    if !services.is_empty() && have("systemctl") {
+        // Best effort: on a host without systemd running there is nothing to disable.
+        let _ = Command::new("systemctl")
+            .arg("disable")
+            .arg("--now")
+            .args(&services)
+            .status();
+    }
+    Ok(())
 }

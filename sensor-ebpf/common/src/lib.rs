@@ -18,6 +18,17 @@ pub enum RecordKind {
     Fork = 3,
     /// [`TaskEvent`]: a process's leader thread exited.
     Exit = 4,
+    /// [`ConnectEvent`] layout: a TCP socket entered LISTEN (CLOSE -> LISTEN), in the
+    /// listening task. `saddr`/`sport` are the local end; `daddr`/`dport` are zero.
+    Listen = 5,
+    /// [`ConnectEvent`] layout: a passive open reached ESTABLISHED (SYN_RECV ->
+    /// ESTABLISHED). Runs in softirq: the header's task is whoever was interrupted, so
+    /// userspace attributes it through the listen record of `sport`. `daddr`/`dport` are
+    /// the remote peer.
+    Inbound = 6,
+    /// [`ConnectEvent`] layout: an outbound UDP datagram or UDP connect(), from the
+    /// cgroup sock_addr hooks, in the sending task; first per (socket, destination).
+    Udp = 7,
 }
 
 impl RecordKind {
@@ -28,6 +39,9 @@ impl RecordKind {
             2 => Some(Self::Exec),
             3 => Some(Self::Fork),
             4 => Some(Self::Exit),
+            5 => Some(Self::Listen),
+            6 => Some(Self::Inbound),
+            7 => Some(Self::Udp),
             _ => None,
         }
     }
@@ -48,6 +62,8 @@ pub const PROBE_TRACEPOINT: u8 = 3;
 /// BTF-typed raw tracepoint (`tp_btf`) on `inet_sock_set_state`: attached by name through
 /// the bpf syscall, no tracefs needed.
 pub const PROBE_TP_BTF: u8 = 4;
+/// cgroup sock_addr hooks (`cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`): UDP.
+pub const PROBE_CGROUP_SOCK_ADDR: u8 = 5;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -59,8 +75,20 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
 pub const LOSSES_MAP: &str = "LOSSES";
 pub const LOST_RESERVE: u32 = 0;
+/// UDP datagrams to a standard port (`standard_ports`, DNS among them), dropped in the
+/// kernel and only counted here.
+pub const UDP_STANDARD_DROPPED: u32 = 1;
+/// UDP datagrams after the first per (socket, destination), dropped in the kernel.
+pub const UDP_REPEAT_DROPPED: u32 = 2;
 /// Number of slots in the losses map.
-pub const LOSS_SLOTS: u32 = 1;
+pub const LOSS_SLOTS: u32 = 3;
+/// Name of the one-slot `u32` array: 1 when the `inet_sock_set_state` program also serves
+/// connects (tp_btf or classic chosen), 0 when it only sees listens and inbound opens.
+pub const STATE_CONNECTS_MAP: &str = "STATE_CONNECTS";
+/// Name of the hash map of standard ports (`u16` -> `u8`) UDP is not reported for.
+pub const UDP_STANDARD_PORTS_MAP: &str = "UDP_STANDARD_PORTS";
+/// Capacity of [`UDP_STANDARD_PORTS_MAP`].
+pub const UDP_STANDARD_PORTS_MAX: u32 = 1024;
 /// Name of the read-only global holding [`KernelLayout`].
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 /// Name of the one-slot array holding [`TracepointLayout`]. A map, not a read-only global:
@@ -136,7 +164,8 @@ pub struct Event<T> {
     pub data: T,
 }
 
-/// One outbound TCP connect attempt, seen in the connecting task's context.
+/// One socket's two ends: an outbound TCP connect attempt (seen in the connecting task's
+/// context), and, by [`RecordKind`], a listen, an inbound open or a UDP send.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(
@@ -318,9 +347,13 @@ impl KernelLayout {
 }
 
 /// TCP states as in include/net/tcp_states.h.
+pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
 pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LISTEN: i32 = 10;
 pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u32 = 17;
 
 #[cfg(feature = "user")]
 mod user {

@@ -80,6 +80,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let location = suspicious_location(&a.exe, None).map(str::to_string);
     let subject = Subject {
         ts_ns,
+        flow: crate::kernel::records::Flow::Connect,
         comm: Some(exe_name(&a.exe).to_string()),
         content_match,
         location,

@@ -87,6 +87,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             output: output::Context::new(HostInfo::read(&host_root, host_name), args.format.into()),
             clock: BootClock::sync(),
             counters: Default::default(),
+            sockets: Default::default(),
         },
         stats_interval: args.stats_interval,
         max_delay,
@@ -145,6 +146,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
     let losses = loaded.take_losses()?;
+    loaded.set_udp_standard_ports(pipeline.engine.policy().standard_ports.iter().copied())?;
     // Seed after the lifecycle hooks are attached: every process is then either in /proc
     // now or announced by a record later.
     pipeline.table.seed();
@@ -413,6 +415,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
+        "sockets": pipeline.sockets.report(),
     })
 }
 
@@ -431,6 +434,9 @@ fn report_losses(
     pipeline: &mut Pipeline,
     out: &mut Sink,
 ) -> Result<()> {
+    if let Ok(udp) = losses.udp_dropped() {
+        pipeline.sockets.kernel_udp_dropped = udp;
+    }
     // One failed read of the counter is no reason to stop capturing: counted, reported
     // in the metrics, and read again at the next interval.
     let total = match losses.total() {

@@ -11,14 +11,17 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::detect::{
-    beacon,
-    decision::{BeaconAlert, Decided, Decision, EngineSummary, Line, StatsReport},
-    fold,
-    policy::Policy,
-    rollup::{self, GroupKey},
-    score,
-    subject::Subject,
+use crate::{
+    detect::{
+        beacon,
+        decision::{BeaconAlert, Decided, Decision, EngineSummary, Line, StatsReport},
+        fold,
+        policy::Policy,
+        rollup::{self, GroupKey},
+        score,
+        subject::Subject,
+    },
+    kernel::records::Flow,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +133,9 @@ impl<C: Clone> Engine<C> {
         let allow_name = self.policy.allow_rule(subject).map(|r| r.name.clone());
         // Beacons are looked for where T1571 lives: non-standard ports, destinations that
         // are not excluded, traffic no allow rule vouches for.
+        // Listens and inbound connections are not the process's own beaconing.
         let beacon = if verdict.excluded_by.is_none()
+            && matches!(subject.flow, Flow::Connect | Flow::Udp)
             && allow_name.is_none()
             && !self.policy.standard_ports.contains(&subject.port)
         {

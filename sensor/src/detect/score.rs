@@ -1,6 +1,12 @@
 //! The T1571 scoring model, exactly the reference's three tiers:
 //! risk 3 = high-risk process and known C2 port; 2 = high-risk process on a non-standard
 //! port above 1024; 1 = known C2 port only. Excluded destinations score 0.
+//!
+//! Listening sockets (and inbound connections to them) are scored on the local port with
+//! the same tiers (a high-risk process listening on a C2 port is a bind shell: 3), plus a
+//! known service listening away from its `service_ports` (Atomic test 3 on Linux: sshd on
+//! 2222): 2. Exclusions do not apply (the local address is usually the wildcard); a
+//! loopback-only listener, reachable only from this host, scores one tier less.
 
 use std::net::IpAddr;
 
@@ -9,7 +15,7 @@ use serde::Serialize;
 
 use crate::{
     detect::{policy::Policy, subject::Subject},
-    kernel::records::canonical,
+    kernel::records::{Flow, canonical},
 };
 
 /// How the process was found on the high-risk list.
@@ -42,6 +48,19 @@ pub struct Verdict {
     pub high_risk: Option<HighRisk>,
     /// The excluded network the destination fell in; such connections score 0.
     pub excluded_by: Option<IpNet>,
+    /// Listens: a known service listening away from its standard ports (`service_ports`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_away: Option<ServiceAway>,
+    /// Listens: bound to loopback only, so scored one tier less.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub loopback_only: bool,
+}
+
+/// A known service on a port that is not its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceAway {
+    pub service: String,
+    pub standard: Vec<u16>,
 }
 
 /// `High`, `Medium`, `Low` for risk 3, 2, 1: the one mapping, for every event kind.
@@ -81,6 +100,17 @@ impl Verdict {
         } else if self.non_standard_port {
             out.push("non-standard port above 1024 (not in standard_ports)".to_string());
         }
+        if let Some(s) = &self.service_away {
+            let ports: Vec<String> = s.standard.iter().map(u16::to_string).collect();
+            out.push(format!(
+                "service {} listening away from its ports {} (service_ports)",
+                s.service,
+                ports.join(", ")
+            ));
+        }
+        if self.loopback_only {
+            out.push("loopback-only listener (one tier less)".to_string());
+        }
         out
     }
 }
@@ -97,13 +127,64 @@ fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
     if let Some(e) = &s.content_match {
         return hit(e.clone(), MatchedBy::Content);
     }
-    s.location
-        .as_deref()
-        .and_then(|l| hit(format!("<{l}>"), MatchedBy::Location))
+    if let Some(l) = s.location.as_deref() {
+        return hit(format!("<{l}>"), MatchedBy::Location);
+    }
+    let exe = s.executable.as_deref()?;
+    policy
+        .writable_locations
+        .iter()
+        .find(|p| p.is_match(exe))
+        .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
 }
 
-/// Scores one connection.
+/// Scores one connection, listen or inbound connection.
 pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
+    match subject.flow {
+        Flow::Connect | Flow::Udp => score_connect(policy, subject),
+        Flow::Listen | Flow::Inbound => score_listen(policy, subject),
+    }
+}
+
+/// A listening socket, on its local port and address; an inbound connection to it on the
+/// same port, with the listener's process (its `dst` is the peer, so a connection from
+/// loopback counts one tier less as a loopback listener does).
+fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
+    let port = subject.port;
+    let high_risk = high_risk(policy, subject);
+    let known_c2_port = policy.c2_ports.contains(&port);
+    let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
+    let service_away = subject.exe_name().and_then(|name| {
+        let ports = policy.service_ports.get(name)?;
+        (!ports.contains(&port)).then(|| ServiceAway {
+            service: name.to_string(),
+            standard: ports.iter().copied().collect(),
+        })
+    });
+    let tier: u8 = match (high_risk.is_some(), known_c2_port, non_standard_port) {
+        (true, true, _) => 3,
+        (true, false, true) => 2,
+        _ if service_away.is_some() => 2,
+        (_, true, _) => 1,
+        _ => 0,
+    };
+    let loopback_only = canonical(subject.dst).is_loopback();
+    Verdict {
+        risk: if loopback_only {
+            tier.saturating_sub(1)
+        } else {
+            tier
+        },
+        known_c2_port,
+        non_standard_port,
+        high_risk,
+        excluded_by: None,
+        service_away,
+        loopback_only,
+    }
+}
+
+fn score_connect(policy: &Policy, subject: &Subject) -> Verdict {
     let (dst, port) = (subject.dst, subject.port);
     let high_risk = high_risk(policy, subject);
     let known_c2_port = policy.c2_ports.contains(&port);
@@ -125,6 +206,8 @@ pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
         non_standard_port,
         high_risk,
         excluded_by,
+        service_away: None,
+        loopback_only: false,
     }
 }
 
@@ -197,6 +280,63 @@ mod tests {
             assert_eq!(s(Some("bash"), port).risk, 0, "standard {port}");
             assert_eq!(s(Some("systemd"), port).risk, 0, "standard {port}");
         }
+    }
+
+    fn listen(exe: &str, local: &str, port: u16) -> Verdict {
+        let p = Policy::default();
+        let s = Subject::named(Some(exe), "comm")
+            .to(local.parse().unwrap(), port)
+            .as_flow(Flow::Listen);
+        score(&p, &s)
+    }
+
+    #[test]
+    fn listens_score_on_the_local_port() {
+        // A bind shell: High, on the wildcard or a public address (no exclusions apply).
+        assert_eq!(listen("/usr/bin/nc.openbsd", "0.0.0.0", 4444).risk, 3);
+        assert_eq!(listen("/usr/bin/nc.openbsd", "::", 4444).risk, 3);
+        assert_eq!(listen("/usr/bin/python3.11", "192.168.1.5", 9001).risk, 3);
+        // High-risk on a non-standard port above 1024: Medium; standard or low: nothing.
+        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 5555).risk, 2);
+        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 8080).risk, 0);
+        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 1024).risk, 0);
+        // A known service away from its ports: Medium; on them: nothing.
+        let v = listen("/usr/sbin/sshd", "0.0.0.0", 2222);
+        assert_eq!(v.risk, 2);
+        assert_eq!(v.service_away.as_ref().unwrap().standard, [22]);
+        assert!(v.reasons().iter().any(|r| r.contains("service sshd")));
+        assert_eq!(listen("/usr/sbin/sshd", "0.0.0.0", 22).risk, 0);
+        assert_eq!(listen("/usr/sbin/nginx", "0.0.0.0", 443).risk, 0);
+        assert_eq!(listen("/usr/sbin/nginx", "0.0.0.0", 8081).risk, 2);
+        // Neither: a C2 port alone is Low, anything else nothing.
+        assert_eq!(listen("/usr/sbin/unknownd", "0.0.0.0", 4444).risk, 1);
+        assert_eq!(listen("/usr/sbin/unknownd", "0.0.0.0", 5555).risk, 0);
+        // Loopback-only: one tier less.
+        let v = listen("/usr/bin/nc", "127.0.0.1", 4444);
+        assert_eq!((v.risk, v.loopback_only), (2, true));
+        assert_eq!(listen("/usr/bin/nc", "::1", 5555).risk, 1);
+        assert_eq!(listen("/usr/sbin/sshd", "127.0.0.1", 2222).risk, 1);
+    }
+
+    #[test]
+    fn writable_locations_make_any_binary_high_risk() {
+        assert_eq!(s(Some("/root/.cache/x/updater"), 4444).risk, 3);
+        let v = s(Some("/home/alice/.cache/pip/agent"), 9001);
+        assert_eq!(v.risk, 3);
+        assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Location);
+        assert_eq!(s(Some("/usr/local/bin/updater"), 4444).risk, 1);
+        let p = Policy::parse("writable_locations = [\"/srv/drop/*\"]\n").unwrap();
+        let sub = Subject::named(Some("/srv/drop/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
+        assert_eq!(score(&p, &sub).risk, 2);
+        let sub = Subject::named(Some("/root/.cache/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
+        assert_eq!(score(&p, &sub).risk, 0, "the list was replaced");
+        assert!(Policy::parse("writable_locations = [\"drop/*\"]\n").is_err());
+    }
+
+    #[test]
+    fn connects_are_unchanged_by_service_ports() {
+        // sshd connecting out on 2222 is no listen: the connect tiers alone apply.
+        assert_eq!(s(Some("/usr/sbin/sshd"), 2222).risk, 0);
     }
 
     #[test]

@@ -6,12 +6,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::enrich::{Enriched, procfs::exe_name};
+use crate::{
+    enrich::{Enriched, procfs::exe_name},
+    kernel::records::Flow,
+};
 
 /// One connection as far as it is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub ts_ns: i128,
+    /// Connect (TCP or UDP), listen, or inbound. For a listen `dst`/`port` are the local
+    /// end; for an inbound connection `dst` is the remote peer and `port` the local
+    /// (listening) port, and the process is the listener's.
+    pub flow: Flow,
     pub executable: Option<String>,
     /// `comm` (process.thread.name) or process.name: for scoring only when the executable
     /// is unknown.
@@ -54,9 +61,28 @@ fn text(doc: &Value, pointer: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Whether a recorded line is a connection (as opposed to state, rollup or beacon lines).
+/// Whether a recorded line is a connection, listen or inbound connection (as opposed to
+/// state, rollup or beacon lines).
 pub fn is_connection(doc: &Value) -> bool {
-    doc.pointer("/event/action").and_then(Value::as_str) == Some("network-connect")
+    doc.pointer("/event/action")
+        .and_then(Value::as_str)
+        .and_then(Flow::from_action)
+        .is_some()
+}
+
+/// The flow of a recorded line: its `event.action`, and `network.transport` for UDP.
+fn doc_flow(doc: &Value) -> Flow {
+    let flow = doc
+        .pointer("/event/action")
+        .and_then(Value::as_str)
+        .and_then(Flow::from_action)
+        .unwrap_or_default();
+    let udp = doc.pointer("/network/transport").and_then(Value::as_str) == Some("udp");
+    if flow == Flow::Connect && udp {
+        Flow::Udp
+    } else {
+        flow
+    }
 }
 
 impl Subject {
@@ -64,6 +90,7 @@ impl Subject {
     pub fn named(executable: Option<&str>, comm: &str) -> Self {
         Self {
             ts_ns: 0,
+            flow: Flow::Connect,
             executable: executable.map(str::to_string),
             comm: Some(comm.to_string()),
             pid: None,
@@ -86,18 +113,29 @@ impl Subject {
         Self { dst, port, ..self }
     }
 
+    /// The same subject as another flow.
+    pub fn as_flow(self, flow: Flow) -> Self {
+        Self { flow, ..self }
+    }
+
     /// The live path: straight from the enriched connection.
     pub fn from_enriched(e: &Enriched) -> Self {
+        let (dst, port) = match e.conn.flow {
+            Flow::Connect | Flow::Udp => (e.conn.dst, e.conn.dport),
+            Flow::Listen => (e.conn.src, e.conn.sport),
+            Flow::Inbound => (e.conn.dst, e.conn.sport),
+        };
         Self {
             ts_ns: e.unix_ns,
+            flow: e.conn.flow,
             executable: e.proc.executable.clone(),
             comm: Some(e.conn.comm.clone()),
             pid: Some(u64::from(e.conn.tgid)),
             parent_executable: e.proc.parent_executable.clone(),
             user_id: Some(e.conn.uid),
             user_name: e.user_name.clone(),
-            dst: e.conn.dst,
-            port: e.conn.dport,
+            dst,
+            port,
             host_name: Some(e.host_name.clone()),
             container_id: e.proc.container_id.clone(),
             kubernetes_namespace: e.proc.pod.as_ref().map(|p| p.namespace.clone()),
@@ -114,18 +152,27 @@ impl Subject {
             .and_then(Value::as_str)
             .context("no @timestamp")?;
         let ts_ns = parse_time(ts).with_context(|| format!("bad @timestamp {ts:?}"))?;
+        let flow = doc_flow(doc);
+        // A listen's subject is its local end (source.*); an inbound connection's port is
+        // the local one (source.port), its address the peer (destination.ip).
+        let (ip_at, port_at) = match flow {
+            Flow::Connect | Flow::Udp => ("/destination/ip", "/destination/port"),
+            Flow::Listen => ("/source/ip", "/source/port"),
+            Flow::Inbound => ("/destination/ip", "/source/port"),
+        };
         let ip = doc
-            .pointer("/destination/ip")
+            .pointer(ip_at)
             .and_then(Value::as_str)
-            .context("no destination.ip")?;
+            .with_context(|| format!("no {}", &ip_at[1..].replace('/', ".")))?;
         let dst: IpAddr = ip
             .parse()
-            .with_context(|| format!("bad destination.ip {ip:?}"))?;
+            .with_context(|| format!("bad {} {ip:?}", &ip_at[1..].replace('/', ".")))?;
         let port = doc
-            .pointer("/destination/port")
+            .pointer(port_at)
             .and_then(Value::as_u64)
-            .context("no destination.port")?;
-        let port = u16::try_from(port).with_context(|| format!("bad destination.port {port}"))?;
+            .with_context(|| format!("no {}", &port_at[1..].replace('/', ".")))?;
+        let port = u16::try_from(port)
+            .with_context(|| format!("bad {} {port}", &port_at[1..].replace('/', ".")))?;
         // user.id is a string in ECS; a number is accepted too.
         let user_id = match doc.pointer("/user/id") {
             Some(Value::String(s)) => s.parse().ok(),
@@ -139,6 +186,7 @@ impl Subject {
         }
         Ok(Self {
             ts_ns,
+            flow,
             executable,
             comm,
             pid: doc.pointer("/process/pid").and_then(Value::as_u64),

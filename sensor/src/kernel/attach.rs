@@ -12,7 +12,7 @@ use aya::{
     maps::Array,
     programs::{BtfTracePoint, FEntry, KProbe, RawTracePoint, TracePoint},
 };
-use sensor_common::{KernelLayout, TP_LAYOUT_MAP, TracepointLayout};
+use sensor_common::{KernelLayout, STATE_CONNECTS_MAP, TP_LAYOUT_MAP, TracepointLayout};
 
 pub use crate::kernel::probe::{AUTO_ORDER, Probe};
 use crate::kernel::{
@@ -111,17 +111,17 @@ pub fn attach(
             let p: &mut FEntry = prog.try_into()?;
             p.load(TARGET_FN, need_btf(btf)?).context("load")?;
             let r = p.attach();
-            attached(p, r, |p| {
+            return attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            });
         }
         Probe::Kprobe => {
             let p: &mut KProbe = prog.try_into()?;
             p.load().context("load")?;
             let r = p.attach(TARGET_FN, 0);
-            attached(p, r, |p| {
+            return attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            });
         }
         Probe::TpBtf => {
             if layout.sk_protocol == sensor_common::OFFSET_UNKNOWN {
@@ -132,7 +132,7 @@ pub fn attach(
             let r = p.attach();
             attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            })?;
         }
         Probe::Tracepoint => {
             let p: &mut TracePoint = prog.try_into()?;
@@ -140,9 +140,22 @@ pub fn attach(
             let r = p.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME);
             attached(p, r, |p| {
                 let _ = p.unload();
-            })
+            })?;
         }
     }
+    // The state program serves connects only when it is the connect hook; otherwise it is
+    // attached later for listens and inbound opens alone.
+    set_state_connects(ebpf, true)
+}
+
+/// Tells the state program whether it serves connects (the chosen connect hook is it).
+pub fn set_state_connects(ebpf: &mut Ebpf, on: bool) -> Result<()> {
+    let map = ebpf
+        .map_mut(STATE_CONNECTS_MAP)
+        .with_context(|| format!("map {STATE_CONNECTS_MAP} missing from the eBPF object"))?;
+    let mut a: Array<_, u32> = Array::try_from(map)?;
+    a.set(0, u32::from(on), 0)
+        .context("writing the STATE_CONNECTS map")
 }
 
 /// Makes the classic tracepoints usable: tracefs found (or mounted privately) and their

@@ -16,6 +16,7 @@ use crate::{
     kernel::attach::{self, LifecycleAttach, Probe, Selection},
     kernel::btf,
     kernel::layout,
+    kernel::sockets,
     kernel::tracefs::{self, Tracefs},
 };
 
@@ -130,7 +131,15 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
         info!("{} unavailable: {}", a.probe.hook(), a.error);
     }
     info!("attached {}", selection.chosen.hook());
-    let lifecycle = attach::attach_lifecycle(&mut ebpf, &env.layout, env.btf.as_ref());
+    let mut lifecycle = attach::attach_lifecycle(&mut ebpf, &env.layout, env.btf.as_ref());
+    // Listens, inbound opens and UDP: reported with the lifecycle hooks (`process_hooks`).
+    lifecycle.push(sockets::attach_state(
+        &mut ebpf,
+        selection.chosen,
+        &env.layout,
+        env.btf.as_ref(),
+    ));
+    lifecycle.push(sockets::attach_udp(&mut ebpf));
     for l in &lifecycle {
         for (hook, e) in &l.passed_over {
             debug!("{hook} unavailable: {e}");
@@ -138,13 +147,18 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
         match l.attached {
             Some(hook) => info!("attached {hook}"),
             None => warn!(
-                "no {} hook could be attached ({}); short-lived processes may go unattributed",
+                "no {} hook could be attached ({}); {}",
                 l.event,
                 l.passed_over
                     .iter()
                     .map(|(h, e)| format!("{h}: {e}"))
                     .collect::<Vec<_>>()
-                    .join("; ")
+                    .join("; "),
+                match l.event {
+                    "listen" => "listening sockets and inbound connections go unseen",
+                    "udp" => "UDP goes unseen",
+                    _ => "short-lived processes may go unattributed",
+                }
             ),
         }
     }
@@ -167,6 +181,11 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
 }
 
 impl Loaded {
+    /// Pushes the policy's standard ports into the kernel: UDP to them is dropped there.
+    pub fn set_udp_standard_ports(&mut self, ports: impl IntoIterator<Item = u16>) -> Result<()> {
+        sockets::set_udp_standard_ports(&mut self.ebpf, ports)
+    }
+
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
@@ -192,11 +211,22 @@ pub struct LossCounter {
 }
 
 impl LossCounter {
+    /// Records lost: ring-buffer reserves that failed.
     pub fn total(&self) -> Result<u64> {
-        let per_cpu = self
-            .map
-            .get(&LOST_RESERVE, 0)
-            .context("reading the losses map")?;
+        self.slot(LOST_RESERVE)
+    }
+
+    /// UDP datagrams dropped on purpose in the kernel, counted: (to a standard port,
+    /// repeats of a (socket, destination) already reported).
+    pub fn udp_dropped(&self) -> Result<(u64, u64)> {
+        Ok((
+            self.slot(sensor_common::UDP_STANDARD_DROPPED)?,
+            self.slot(sensor_common::UDP_REPEAT_DROPPED)?,
+        ))
+    }
+
+    fn slot(&self, slot: u32) -> Result<u64> {
+        let per_cpu = self.map.get(&slot, 0).context("reading the losses map")?;
         Ok(per_cpu.iter().copied().fold(0u64, u64::saturating_add))
     }
 }

@@ -8,4 +8,5 @@ pub mod load;
 pub mod privileges;
 pub mod probe;
 pub mod records;
+pub mod sockets;
 pub mod tracefs;

@@ -27,9 +27,47 @@ pub fn split_argv(raw: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// One outbound TCP connect, as the kernel saw it.
+/// What a connect-layout record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flow {
+    /// An outbound TCP connect: `dst`/`dport` the peer, `src`/`sport` the local end.
+    #[default]
+    Connect,
+    /// A TCP socket listening: `src`/`sport` the local end; `dst` unspecified, `dport` 0.
+    Listen,
+    /// A passive open reaching ESTABLISHED: `dst`/`dport` the remote peer, `src`/`sport`
+    /// the local (listening) end. The header's task is not the listener's (softirq).
+    Inbound,
+    /// An outbound UDP datagram (or UDP connect): `dst`/`dport` the peer.
+    Udp,
+}
+
+impl Flow {
+    /// `event.action` of the line.
+    pub fn action(self) -> &'static str {
+        match self {
+            Flow::Connect | Flow::Udp => "network-connect",
+            Flow::Listen => "network-listen",
+            Flow::Inbound => "network-accept",
+        }
+    }
+
+    /// The flow an `event.action` names (connect lines are TCP unless said otherwise).
+    pub fn from_action(action: &str) -> Option<Self> {
+        match action {
+            "network-connect" => Some(Flow::Connect),
+            "network-listen" => Some(Flow::Listen),
+            "network-accept" => Some(Flow::Inbound),
+            _ => None,
+        }
+    }
+}
+
+/// One socket event of the connect layout, as the kernel saw it: an outbound TCP connect
+/// unless `flow` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
+    pub flow: Flow,
     pub tgid: u32,
     pub tid: u32,
     /// Parent tgid from the kernel; 0 when the layout did not allow reading it.
@@ -86,6 +124,7 @@ pub struct Exec {
 /// Every record kind the kernel sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
+    /// Every connect-layout kind: `Connection::flow` says which.
     Connect(Connection),
     Exec(Exec),
     Fork(Task),
@@ -139,7 +178,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         );
     };
     match kind {
-        RecordKind::Connect => decode_connect(bytes).map(Record::Connect),
+        RecordKind::Connect => decode_connect(bytes, Flow::Connect).map(Record::Connect),
+        RecordKind::Listen => decode_connect(bytes, Flow::Listen).map(Record::Connect),
+        RecordKind::Inbound => decode_connect(bytes, Flow::Inbound).map(Record::Connect),
+        RecordKind::Udp => decode_connect(bytes, Flow::Udp).map(Record::Connect),
         RecordKind::Fork => {
             let ev: TaskEvent = read_record(bytes, "fork record")?;
             Ok(Record::Fork(task(&ev.header)))
@@ -170,7 +212,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     }
 }
 
-fn decode_connect(bytes: &[u8]) -> Result<Connection> {
+fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
     let ConnectEvent {
         header: h,
         data: ev,
@@ -187,6 +229,7 @@ fn decode_connect(bytes: &[u8]) -> Result<Connection> {
         other => bail!("unknown address family {other}"),
     };
     Ok(Connection {
+        flow,
         tgid: h.tgid,
         tid: h.tid,
         ppid: h.ppid,
@@ -257,6 +300,21 @@ pub(crate) mod tests {
         let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
         let c = connect(&bytes(&raw(AF_INET6, v6.octets(), 8088)));
         assert_eq!(c.dst, IpAddr::V6(v6));
+        assert_eq!(c.flow, Flow::Connect);
+    }
+
+    #[test]
+    fn listen_inbound_and_udp_share_the_connect_layout() {
+        for (kind, flow) in [
+            (RecordKind::Listen, Flow::Listen),
+            (RecordKind::Inbound, Flow::Inbound),
+            (RecordKind::Udp, Flow::Udp),
+        ] {
+            let mut ev = raw(AF_INET, [0; 16], 0);
+            ev.header.kind = kind as u32;
+            assert_eq!(connect(&bytes(&ev)).flow, flow);
+            assert!(decode(&bytes(&ev)[..100]).is_err(), "{flow:?} truncated");
+        }
     }
 
     #[test]
@@ -271,7 +329,7 @@ pub(crate) mod tests {
                 .contains("family 99")
         );
         let mut bad = raw(AF_INET, [0; 16], 1);
-        bad.header.kind = 7;
+        bad.header.kind = 99;
         assert!(decode(&bytes(&bad)).is_err());
         // comm without a NUL terminator and with invalid UTF-8 is still decoded.
         let mut odd = raw(AF_INET, [0; 16], 1);

@@ -63,7 +63,7 @@ impl<'a> Summary<'a> {
             Line::Connection(d) => {
                 let risk = d.decision.risk;
                 let kind = if risk > 0 { "alert" } else { "event" };
-                Self::connection(&d.conn, kind, "network-connect", risk)
+                Self::connection(&d.conn, kind, d.conn.conn.flow.action(), risk)
             }
             Line::Beacon(b) => Self::connection(&b.conn, "alert", "beacon-detected", b.risk),
             Line::Rollup(_) => Self::status("event", "alert-rollup"),

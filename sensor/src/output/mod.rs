@@ -9,6 +9,7 @@ pub mod community_id;
 mod connection;
 pub mod context;
 pub mod journald;
+pub mod listen;
 pub mod metrics;
 mod recorded;
 pub mod redact;
@@ -23,10 +24,13 @@ use std::io::Write;
 use anyhow::{Context as _, Result};
 use serde_json::{Map, Value, json};
 
-use crate::detect::{
-    beacon::{Beacon, round_ms},
-    decision::{BeaconAlert, Decision, EngineSummary, Line},
-    score::{Verdict, severity},
+use crate::{
+    detect::{
+        beacon::{Beacon, round_ms},
+        decision::{BeaconAlert, Decision, EngineSummary, Line},
+        score::{Verdict, severity},
+    },
+    kernel::records::Flow,
 };
 
 pub const RULE_NAME: &str = "Command and control over a non-standard port";
@@ -52,13 +56,14 @@ pub trait Render: Sized {
 /// One engine line, in the context's format: a connection as Sysmon Event ID 3 under
 /// `--format sysmon-json`; everything else (and every line by default) as ECS JSON,
 /// stamped with `ecs`, `agent`, `host` and a unique `event.id`.
-pub fn render<C: Render>(line: &Line<C>, cx: &Context) -> Value {
+pub fn render<C: listen::Flowed>(line: &Line<C>, cx: &Context) -> Value {
     if let (Format::SysmonJson, Line::Connection(d)) = (cx.format, line)
         && let Some(v) = d.conn.sysmon(&d.decision, cx)
     {
         return v;
     }
     let mut doc = match line {
+        Line::Connection(d) if d.conn.flow() != Flow::Connect => d.conn.flow_line(&d.decision, cx),
         Line::Connection(d) => d.conn.connection(&d.decision, cx),
         Line::Beacon(b) => b.conn.beacon(b, cx),
         Line::Rollup(s) => rollup::render(s),

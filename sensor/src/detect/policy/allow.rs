@@ -20,6 +20,10 @@ pub struct AllowRule {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The `event.action`s the rule applies to; none given: `network-connect` only, so a
+    /// rule written for connects never silences a listener on the same port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub executables: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -89,7 +93,15 @@ fn any_glob(patterns: &[Pattern], value: Option<&str>) -> bool {
 
 impl AllowRule {
     pub fn matches(&self, s: &Subject) -> bool {
-        (self.executables.is_empty() || exe_matches(&self.executables, s.executable.as_deref()))
+        let action = s.flow.action();
+        let action_ok = if self.actions.is_empty() {
+            action == "network-connect"
+        } else {
+            self.actions.iter().any(|a| a == action)
+        };
+        action_ok
+            && (self.executables.is_empty()
+                || exe_matches(&self.executables, s.executable.as_deref()))
             && (self.parent_executables.is_empty()
                 || exe_matches(&self.parent_executables, s.parent_executable.as_deref()))
             && (self.users.is_empty()
@@ -126,6 +138,7 @@ impl AllowRule {
                 parts.push(format!("{key} {}", v.join("|")));
             }
         };
+        list("action", self.actions.clone());
         list("executable", names(&self.executables));
         list("parent", names(&self.parent_executables));
         list("user", names(&self.users));
@@ -175,6 +188,7 @@ impl AllowRule {
         AllowRule {
             name: String::new(),
             reason: None,
+            actions: vec![],
             executables: vec![],
             parent_executables: vec![],
             users: vec![],
@@ -201,6 +215,35 @@ mod tests {
             host_name: Some("h".into()),
             ..Subject::named(Some(exe), exe_name(exe)).to("203.0.113.7".parse().unwrap(), port)
         }
+    }
+
+    #[test]
+    fn actions_scope_a_rule() {
+        use crate::kernel::records::Flow;
+        let p = Policy::parse(
+            "[[allow]]\nname = \"lab\"\nexecutables = [\"nc\"]\n\
+             [[allow]]\nname = \"lab-listen\"\nactions = [\"network-listen\"]\nexecutables = [\"python3\"]\n",
+        )
+        .unwrap();
+        let nc = subject("/usr/bin/nc", 4444);
+        assert_eq!(p.allow_rule(&nc).unwrap().name, "lab");
+        // Without `actions` a rule is for connects only.
+        assert!(p.allow_rule(&nc.clone().as_flow(Flow::Listen)).is_none());
+        let py = subject("/usr/bin/python3", 4444).as_flow(Flow::Listen);
+        assert_eq!(p.allow_rule(&py).unwrap().name, "lab-listen");
+        assert!(p.allow_rule(&py.as_flow(Flow::Connect)).is_none());
+        // An unknown action, and a rule with only actions, are refused.
+        let e = Policy::parse(
+            "[[allow]]\nname = \"x\"\nactions = [\"listen\"]\nexecutables = [\"nc\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not one of network-connect"),
+            "{e:#}"
+        );
+        let e =
+            Policy::parse("[[allow]]\nname = \"x\"\nactions = [\"network-listen\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("no conditions"), "{e:#}");
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! The policy file as written, with spans so semantic errors can name line and column.
 
-use std::ops::Range;
+use std::{collections::BTreeMap, ops::Range};
 
 use anyhow::{Result, anyhow};
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::detect::policy::{
-    Policy,
-    allow::{AllowRule, PortRange},
-    glob::Pattern,
-    schedule::{ScheduleFile, parse_schedule},
+use crate::{
+    detect::policy::{
+        Policy,
+        allow::{AllowRule, PortRange},
+        glob::Pattern,
+        schedule::{ScheduleFile, parse_schedule},
+    },
+    kernel::records::Flow,
 };
 
 type SVec<T> = Spanned<Vec<Spanned<T>>>;
@@ -23,6 +26,9 @@ struct PolicyFile {
     standard_ports: Option<SVec<u16>>,
     high_risk_executables: Option<SVec<String>>,
     excluded_networks: Option<SVec<String>>,
+    /// Replaces the built-in services table.
+    service_ports: Option<BTreeMap<String, SVec<u16>>>,
+    writable_locations: Option<SVec<String>>,
     /// Same lists, added to (not replacing) the defaults or the replaced lists above.
     extend: Option<ExtendFile>,
     #[serde(default)]
@@ -36,6 +42,9 @@ struct ExtendFile {
     standard_ports: Option<SVec<u16>>,
     high_risk_executables: Option<SVec<String>>,
     excluded_networks: Option<SVec<String>>,
+    /// Services added, or their port lists extended.
+    service_ports: Option<BTreeMap<String, SVec<u16>>>,
+    writable_locations: Option<SVec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +52,7 @@ struct ExtendFile {
 struct AllowFile {
     name: Spanned<String>,
     reason: Option<String>,
+    actions: Option<SVec<String>>,
     executables: Option<SVec<String>>,
     parent_executables: Option<SVec<String>>,
     users: Option<SVec<String>>,
@@ -159,6 +169,56 @@ pub(super) fn parse(text: &str) -> Result<Policy> {
         }
     }
 
+    let services_ext = ext.as_ref().and_then(|e| e.service_ports.clone());
+    if file.service_ports.is_some() {
+        p.service_ports.clear();
+    }
+    for (name, ports) in file
+        .service_ports
+        .iter()
+        .chain(services_ext.iter())
+        .flatten()
+    {
+        if name.is_empty() || name.contains('/') {
+            return Err(src.err(
+                ports.span(),
+                format!("service_ports key {name:?} must be a bare executable name"),
+            ));
+        }
+        let set = p.service_ports.entry(name.clone()).or_default();
+        for port in ports.get_ref() {
+            if *port.get_ref() == 0 {
+                return Err(src.err(port.span(), "port 0 is not a listening port"));
+            }
+            set.insert(*port.get_ref());
+        }
+    }
+
+    let locs_ext = ext.as_ref().and_then(|e| e.writable_locations.clone());
+    if file.writable_locations.is_some() {
+        p.writable_locations.clear();
+    }
+    for loc in file
+        .writable_locations
+        .iter()
+        .chain(locs_ext.iter())
+        .flat_map(|v| v.get_ref())
+    {
+        if !loc.get_ref().starts_with('/') {
+            return Err(src.err(
+                loc.span(),
+                format!(
+                    "writable_locations entry {:?} must be an absolute path pattern",
+                    loc.get_ref()
+                ),
+            ));
+        }
+        let pat = Pattern::new(loc.get_ref()).map_err(|e| src.err(loc.span(), e))?;
+        if !p.writable_locations.contains(&pat) {
+            p.writable_locations.push(pat);
+        }
+    }
+
     for rule in &file.allow {
         let parsed = parse_rule(&src, rule)?;
         let name_span = rule.get_ref().name.span();
@@ -263,6 +323,20 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
         destination_ports.push(parse_port_item(p.get_ref()).map_err(|e| src.err(p.span(), e))?);
         Ok(())
     })?;
+    let mut actions = Vec::new();
+    list(src, "actions", &f.actions, |a| {
+        if Flow::from_action(a.get_ref()).is_none() {
+            return Err(src.err(
+                a.span(),
+                format!(
+                    "action {:?} is not one of network-connect, network-listen, network-accept",
+                    a.get_ref()
+                ),
+            ));
+        }
+        actions.push(a.get_ref().clone());
+        Ok(())
+    })?;
     let schedule = match &f.schedule {
         None => None,
         Some(s) => Some(parse_schedule(s.get_ref()).map_err(|e| src.err(s.span(), e))?),
@@ -270,6 +344,7 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
     let r = AllowRule {
         name,
         reason: f.reason.clone(),
+        actions,
         executables: patterns(src, "executables", &f.executables)?,
         parent_executables: patterns(src, "parent_executables", &f.parent_executables)?,
         users: patterns(src, "users", &f.users)?,
@@ -281,8 +356,10 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
         host_names: patterns(src, "host_names", &f.host_names)?,
         schedule,
     };
+    // `actions` only narrows what a rule applies to: alone it names no who or where.
     let only_schedule = AllowRule {
         schedule: None,
+        actions: vec![],
         ..r.condition_key()
     } == AllowRule::empty();
     if r.schedule.is_some() && only_schedule {
@@ -295,7 +372,11 @@ fn parse_rule(src: &Source, rule: &Spanned<AllowFile>) -> Result<AllowRule> {
             ),
         ));
     }
-    if r.condition_key() == AllowRule::empty() {
+    let no_conditions = AllowRule {
+        actions: vec![],
+        ..r.condition_key()
+    } == AllowRule::empty();
+    if no_conditions {
         // A rule without conditions would silence the detection: refused on purpose.
         return Err(src.err(
             rule.span(),

@@ -3,7 +3,10 @@
 //! translation; `--config PATH` replaces (top-level keys) or extends (`[extend]`) the lists
 //! and adds `[[allow]]` rules. Every error names the line and column it comes from.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -17,7 +20,7 @@ pub mod schedule;
 pub use allow::{AllowRule, PortRange};
 pub use schedule::Schedule;
 
-use crate::detect::subject::Subject;
+use crate::detect::{policy::glob::Pattern, subject::Subject};
 
 /// Ports seen with known C2 families (WIRTE, PingPull, Contagious Interview, ...).
 pub const DEFAULT_C2_PORTS: &[u16] = &[
@@ -86,9 +89,51 @@ pub struct Policy {
     pub standard_ports: BTreeSet<u16>,
     pub high_risk_executables: BTreeSet<String>,
     pub excluded_networks: Vec<IpNet>,
+    /// Known services and their own listening ports: listening elsewhere is Medium.
+    pub service_ports: BTreeMap<String, BTreeSet<u16>>,
+    /// User-writable places where no installed program lives: a binary run from one is
+    /// high-risk by location, whatever its name (a static implant in `~/.cache`).
+    pub writable_locations: Vec<Pattern>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
 }
+
+/// Writable locations (shell-style, `*` spans directories). /tmp, /var/tmp, /dev/shm and
+/// fileless executables are judged by enrichment already.
+pub const DEFAULT_WRITABLE_LOCATIONS: &[&str] = &[
+    "/root/.cache/*",
+    "/home/*/.cache/*",
+    "/root/.config/*",
+    "/home/*/.config/*",
+    "/root/.local/share/*",
+    "/home/*/.local/share/*",
+    "/run/user/*",
+    "/dev/mqueue/*",
+    "/var/crash/*",
+];
+
+/// Services and their standard listening ports (the Linux analogue of Atomic test 3:
+/// a service moved to a port that is not its own).
+pub const DEFAULT_SERVICE_PORTS: &[(&str, &[u16])] = &[
+    ("sshd", &[22]),
+    ("xrdp", &[3389]),
+    ("telnetd", &[23]),
+    ("in.telnetd", &[23]),
+    ("nginx", &[80, 443]),
+    ("httpd", &[80, 443]),
+    ("apache2", &[80, 443]),
+    ("lighttpd", &[80, 443]),
+    ("vsftpd", &[21]),
+    ("proftpd", &[21]),
+    ("postfix", &[25, 465, 587]),
+    ("exim4", &[25, 465, 587]),
+    ("named", &[53, 953]),
+    ("dnsmasq", &[53]),
+    ("mysqld", &[3306, 33060]),
+    ("mariadbd", &[3306]),
+    ("postgres", &[5432]),
+    ("redis-server", &[6379]),
+];
 
 impl Default for Policy {
     fn default() -> Self {
@@ -99,6 +144,14 @@ impl Default for Policy {
             excluded_networks: DEFAULT_EXCLUDED
                 .iter()
                 .filter_map(|s| s.parse().ok())
+                .collect(),
+            writable_locations: DEFAULT_WRITABLE_LOCATIONS
+                .iter()
+                .filter_map(|p| Pattern::new(p).ok())
+                .collect(),
+            service_ports: DEFAULT_SERVICE_PORTS
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.iter().copied().collect()))
                 .collect(),
             allow: Vec::new(),
         }
