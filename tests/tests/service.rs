@@ -209,7 +209,7 @@ fn alerts_reach_journald_as_structured_entries() -> Result<()> {
         "command line {} bytes",
         cmdline.len()
     );
-    assert_eq!(doc["process"]["args_count"], 3);
+    assert_eq!(doc["process"]["args_count"], 4, "python3 -c CODE PAD");
     assert_eq!(
         doc["sensor"]["truncated"],
         serde_json::json!(["process.command_line", "process.args"])
