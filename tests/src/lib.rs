@@ -571,6 +571,27 @@ pub fn auto_hook() -> Result<String> {
         .with_context(|| format!("sensor check named no hook:\n{text}"))
 }
 
+/// How many BPF programs a sensor holds, from its `sensor-started` line: the connect hook,
+/// each attached lifecycle and state hook (the state hook is the connect hook itself when
+/// that is a tracepoint), and the four UDP programs.
+pub fn expected_programs(started: &Value) -> usize {
+    let probe = &started["sensor"]["probe"];
+    1 + started["sensor"]["process_hooks"]
+        .as_array()
+        .map(|hooks| {
+            hooks
+                .iter()
+                .filter(|h| h["attached"] == true)
+                .map(|h| match h["event"].as_str() {
+                    Some("udp") => 4,
+                    _ if &h["hook"] == probe => 0,
+                    _ => 1,
+                })
+                .sum::<usize>()
+        })
+        .unwrap_or(0)
+}
+
 /// Ids of the BPF programs process `pid` holds open (from /proc/PID/fdinfo).
 pub fn bpf_programs_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {

@@ -369,18 +369,7 @@ fn sigterm_and_sigint_detach_and_exit_zero() -> Result<()> {
             .into_iter()
             .find(|v| v["event"]["action"] == "sensor-started")
             .unwrap();
-        let probe = &started["sensor"]["probe"];
-        let expected = 1 + started["sensor"]["process_hooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| h["attached"] == true)
-            .map(|h| match h["event"].as_str() {
-                Some("udp") => 4,
-                _ if &h["hook"] == probe => 0,
-                _ => 1,
-            })
-            .sum::<usize>();
+        let expected = sensor_tests::expected_programs(&started);
         let ours = bpf_programs_of(sensor.pid());
         assert_eq!(
             ours.len(),
