@@ -546,6 +546,56 @@ pub fn without_mounts(cmd: &mut Command, unmount: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Makes `cmd` run as in a container: in a private mount namespace, with each directory of
+/// `binds` (`/usr`, `/proc`, ...) bind-mounted from the host into `root`, chrooted there.
+/// The pid stays the program's own.
+pub fn contained(cmd: &mut Command, root: &std::path::Path, binds: &[&str]) -> Result<()> {
+    let root_c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+        .context("root path with NUL")?;
+    let mut pairs = Vec::new();
+    for d in binds {
+        std::fs::create_dir_all(root.join(d))
+            .with_context(|| format!("creating /{d} in {}", root.display()))?;
+        pairs.push((
+            std::ffi::CString::new(format!("/{d}")).context("path with NUL")?,
+            std::ffi::CString::new(format!("{}/{d}", root.display())).context("path with NUL")?,
+        ));
+    }
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on strings made before.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (src, dst) in &pairs {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// The filesystem types mounted in process `pid`'s mount namespace.
 pub fn mounted_types(pid: u32) -> Result<Vec<String>> {
     let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))

@@ -4,7 +4,7 @@
 //! from that filesystem with chroot, with the host's /proc and /sys mounted in a mount
 //! namespace of the test's own, as a privileged hostPID pod would see them.
 
-use std::{os::unix::process::CommandExt, path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 use sensor_tests::{Net, Sensor, root_or_skip};
@@ -28,54 +28,10 @@ fn image_root() -> Option<PathBuf> {
 
 /// `/sensor ARGS` inside the image's root, /proc and /sys bind-mounted into it privately.
 fn in_image(root: &std::path::Path, args: &[&str]) -> Result<Command> {
-    for d in ["proc", "sys", "etc"] {
-        std::fs::create_dir_all(root.join(d))
-            .with_context(|| format!("creating /{d} in the image root"))?;
-    }
-    let root_c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+    std::fs::create_dir_all(root.join("etc")).context("creating /etc in the image root")?;
     let mut cmd = Command::new("/sensor");
     cmd.args(args);
-    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = ["proc", "sys"]
-        .iter()
-        .map(|d| {
-            (
-                std::ffi::CString::new(format!("/{d}")).unwrap_or_default(),
-                std::ffi::CString::new(format!("{}/{d}", root.display())).unwrap_or_default(),
-            )
-        })
-        .collect();
-    // SAFETY: async-signal-safe syscalls between fork and exec, on strings made before.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (src, dst) in &binds {
-                if libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sensor_tests::contained(&mut cmd, root, &["proc", "sys"])?;
     Ok(cmd)
 }
 

@@ -5,7 +5,6 @@
 //! container's own /etc/passwd.
 
 use std::{
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -193,26 +192,13 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
     // in its own mount namespace. uid 4321 is "appuser" there and nobody on the host.
     let scratch = Scratch::new("container-users")?;
     let root = scratch.dir.join("rootfs");
-    for d in ["etc", "usr", "bin", "lib", "lib64", "proc"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
+    std::fs::create_dir_all(root.join("etc"))?;
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nappuser:x:4321:4321::/app:/bin/sh\n",
     )?;
     let net = net()?;
     let mut sensor = Sensor::start(&[])?;
-    let root_c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
-    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = ["usr", "bin", "lib", "lib64"]
-        .iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .map(|d| {
-            (
-                std::ffi::CString::new(format!("/{d}")).unwrap_or_default(),
-                std::ffi::CString::new(format!("{}/{d}", root.display())).unwrap_or_default(),
-            )
-        })
-        .collect();
     let mut cmd = net.command("/usr/bin/python3");
     cmd.args([
         "-c",
@@ -221,38 +207,11 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
              s.settimeout(2); s.connect_ex(('{PUBLIC}', 4444)); time.sleep(1)"
         ),
     ]);
-    // SAFETY: async-signal-safe syscalls between fork and exec, on strings made before.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (src, dst) in &binds {
-                if libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
+        .into_iter()
+        .filter(|d| Path::new("/").join(d).exists())
+        .collect();
+    sensor_tests::contained(&mut cmd, &root, &binds)?;
     let mut child = cmd.spawn().context("starting the contained python3")?;
     let pid = child.id();
     let v = sensor.connection(pid, 4444);
