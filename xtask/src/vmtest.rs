@@ -1002,7 +1002,10 @@ fn parse_check(text: &str) -> Check {
         let status = status.trim();
         if name == "verdict" {
             auto = status.split("using ").nth(1).map(|h| h.trim().to_string());
-        } else if name.ends_with("/tcp_connect") || name.ends_with("/inet_sock_set_state") {
+        } else if (name.ends_with("/tcp_connect") || name.ends_with("/inet_sock_set_state"))
+            // The state hook is listed again below the lifecycle hooks (listen records).
+            && !hooks.iter().any(|(n, _)| n == name)
+        {
             let r = if status.starts_with("ok") {
                 Ok(())
             } else {

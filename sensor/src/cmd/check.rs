@@ -96,12 +96,16 @@ pub fn check(ring_buffer_bytes: u32) -> Result<bool> {
                 for (hook, e) in &l.passed_over {
                     line(hook, &format!("unavailable: {e}"));
                 }
-                match l.attached {
-                    Some(hook) => line(hook, "ok: feeds the process table"),
-                    None => line(
+                // exec, fork and exit feed the process table; listen and udp are events.
+                let lifecycle = matches!(l.event, "exec" | "fork" | "exit");
+                match (l.attached, lifecycle) {
+                    (Some(hook), true) => line(hook, "ok: feeds the process table"),
+                    (Some(hook), false) => line(hook, &format!("ok: {} records", l.event)),
+                    (None, true) => line(
                         &format!("process {} records", l.event),
                         "unavailable (attribution falls back to /proc)",
                     ),
+                    (None, false) => line(&format!("{} records", l.event), "unavailable"),
                 }
             }
         }
