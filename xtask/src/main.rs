@@ -42,9 +42,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark the sensor's cost per connect against no hook and an empty BPF program
-    /// (criterion, as root), and print the ratios.
-    Bench,
+    /// The connect-storm benchmark (as root): throughput against no sensor, an empty
+    /// program and bpftrace, the sensor's CPU, memory, loss and alert latency; a table, and
+    /// `--json` for comparison between commits.
+    Bench(bench::Args),
     /// Regenerate the converted SIEM queries in deploy/siem/ from the Sigma rules (pySigma in
     /// a venv under target/).
     Siem,
@@ -106,16 +107,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench => {
-            toolchain::ensure(false)?;
-            cargo(&root, &["build", "--release", "-p", "sensor"])?;
-            cargo_env(
-                &root,
-                &["bench", "-p", "sensor-tests", "--bench", "connect_cost"],
-                &[("SENSOR_BIN", root.join("target/release/sensor"))],
-            )?;
-            bench::report(&root.join("target/criterion/connect"))
-        }
+        Task::Bench(args) => bench::run(&root, &args),
         Task::Siem => siem::convert(&root),
         Task::Image { dev, export } => {
             toolchain::ensure(false)?;
