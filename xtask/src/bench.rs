@@ -123,6 +123,8 @@ pub struct Sample {
     pub ratio: Option<f64>,
     /// The subject's utime + stime over the storm and its catch-up afterwards.
     pub cpu_seconds: Option<f64>,
+    /// Its CPU use (% of one CPU) in the quiet second before the storm.
+    pub idle_cpu_percent: Option<f64>,
     pub peak_rss_kib: Option<u64>,
     /// VmRSS once the subject has caught up after the storm.
     pub steady_rss_kib: Option<u64>,
@@ -466,9 +468,16 @@ impl Bench {
             Some(kind) => Some(Running::start(kind, &self.sensor, &log, rate.is_some())?),
             None => None,
         };
-        let before = match &running {
-            Some(r) => Some(subject::cpu_seconds(r.pid())?),
-            None => None,
+        // Its CPU over a quiet second first: what it spends on the rest of the host (other
+        // processes' lifecycle records, timers), to tell apart from what the storm costs.
+        let (idle, before) = match &running {
+            Some(r) => {
+                let a = subject::cpu_seconds(r.pid())?;
+                std::thread::sleep(Duration::from_secs(1));
+                let b = subject::cpu_seconds(r.pid())?;
+                (Some(b - a), Some(b))
+            }
+            None => (None, None),
         };
         let exe = match row.traffic {
             Traffic::Scan => &self.curl,
@@ -515,6 +524,7 @@ impl Bench {
         let (peak, steady) = subject::memory_kib(pid)?;
         let o = running.stop(matches!(row.subject, Some(Kind::Bpftrace)))?;
         s.cpu_seconds = Some(cpu);
+        s.idle_cpu_percent = idle.map(|i| i * 100.0);
         s.peak_rss_kib = Some(peak);
         s.steady_rss_kib = Some(steady);
         s.catch_up_seconds = Some(caught_up.as_secs_f64());

@@ -44,6 +44,19 @@ pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
     {
         run(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
+    // mimalloc, the static build's allocator, is C: built with musl-gcc (.cargo/config.toml).
+    if !crate::toolchain::have("musl-gcc") {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "musl-tools",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "-p", "sensor", "--target", TARGET])

@@ -79,6 +79,7 @@ pub fn rows_json(rows: &[Row], samples: &[Vec<Sample>]) -> Value {
                     "cpu_ms_per_10k_connects": stat(ss, &cpu_ms_per_10k),
                     "cpu_us_per_connect": stat(ss, &cpu_us_per_connect),
                     "cpu_us_per_handled": stat(ss, &cpu_us_per_handled),
+                    "idle_cpu_percent": stat(ss, &|s| s.idle_cpu_percent),
                     "peak_rss_mib": stat(ss, &|s| mib(s.peak_rss_kib)),
                     "steady_rss_mib": stat(ss, &|s| mib(s.steady_rss_kib)),
                     "lost": stat(ss, &|s| s.lost.map(|l| l as f64)),
@@ -123,13 +124,14 @@ pub fn print_table(
         "median [min-max] over rounds; ratio against no sensor on the same traffic, same round"
     );
     println!(
-        "{:<30} {:>9} {:>20} {:>10} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "{:<30} {:>9} {:>20} {:>10} {:>8} {:>9} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "row",
         "conn/s",
         "ratio",
         "CPU ms/10k",
         "µs/conn",
         "µs/handled",
+        "idle%",
         "peak MiB",
         "RSS MiB",
         "lost",
@@ -143,13 +145,14 @@ pub fn print_table(
             .map(|l| l as f64)
             .reduce(f64::max);
         println!(
-            "{:<30} {:>9} {:>20} {:>10} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7}s",
+            "{:<30} {:>9} {:>20} {:>10} {:>8} {:>10} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7}s",
             r.label,
             cell(spread(ss, |s| Some(s.per_second)).map(|t| t.0), 0),
             range(spread(ss, |s| s.ratio), 3),
             cell(spread(ss, cpu_ms_per_10k).map(|t| t.0), 1),
             cell(spread(ss, cpu_us_per_connect).map(|t| t.0), 2),
             cell(spread(ss, cpu_us_per_handled).map(|t| t.0), 2),
+            cell(spread(ss, |s| s.idle_cpu_percent).map(|t| t.0), 1),
             cell(spread(ss, |s| mib(s.peak_rss_kib)).map(|t| t.2), 1),
             cell(spread(ss, |s| mib(s.steady_rss_kib)).map(|t| t.0), 1),
             cell(lost, 0),
