@@ -12,7 +12,8 @@
 //! The classic tracepoint needs tracefs: the sensor mounts it privately when it is missing,
 //! and the baseline does the same.
 //!
-//! `cargo xtask bench` runs it (as root) and prints the ratios.
+//! `cargo xtask bench --criterion` runs it (as root) and prints the ratios; the connect-storm
+//! harness (`cargo xtask bench`) is the main benchmark.
 
 use std::{
     net::{SocketAddr, TcpStream},

@@ -203,3 +203,25 @@ pub fn print_table(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn spread_skips_missing_figures() {
+        let s = |r: Option<f64>| Sample {
+            ratio: r,
+            ..Default::default()
+        };
+        let ss = [s(Some(0.9)), s(None), s(Some(0.5)), s(Some(0.7))];
+        assert_eq!(spread(&ss, |s| s.ratio), Some((0.7, 0.5, 0.9)));
+    }
+}

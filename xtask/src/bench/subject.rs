@@ -328,3 +328,37 @@ pub fn settle(pid: u32, limit: Duration) -> Result<Duration> {
     }
     Ok(start.elapsed().saturating_sub(Duration::from_millis(300)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_time_of_a_sensor_connect_line() {
+        let line = br#"{"@timestamp":"2026-11-22T20:31:02.123456789Z","event":{"action":"network-connect"}}"#;
+        assert_eq!(
+            event_time(line, Clock::Realtime),
+            Some(1_795_379_462_123_456_789)
+        );
+        let status =
+            br#"{"@timestamp":"2026-11-22T20:31:02.123456789Z","event":{"action":"sensor-stats"}}"#;
+        assert_eq!(event_time(status, Clock::Realtime), None);
+    }
+
+    #[test]
+    fn event_time_of_a_bpftrace_line() {
+        assert_eq!(
+            event_time(b"4242 curl 203.0.113.7 4444 123456789", Clock::Monotonic),
+            Some(123_456_789)
+        );
+        assert_eq!(event_time(b"Attaching 1 probe...", Clock::Monotonic), None);
+    }
+
+    #[test]
+    fn bpftrace_losses_are_summed() {
+        assert_eq!(
+            bpftrace_lost("1 a b 2 3\nLost 12 events\nx\nLost 30 events\n"),
+            42
+        );
+    }
+}
