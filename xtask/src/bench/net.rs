@@ -44,8 +44,28 @@ pub struct Net {
     server: String,
 }
 
+/// Deletes the namespaces of earlier runs that were interrupted (their pid is gone).
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = ["t1571-bench-c-", "t1571-bench-s-"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
 impl Net {
     pub fn new() -> Result<Self> {
+        remove_stale();
         let tag = std::process::id();
         let net = Self {
             client: format!("t1571-bench-c-{tag}"),

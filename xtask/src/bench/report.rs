@@ -120,9 +120,16 @@ pub fn print_table(
         doc["load_before"].as_str().unwrap_or("?"),
         doc["load_after"].as_str().unwrap_or("?"),
     );
-    println!(
-        "median [min-max] over rounds; ratio against no sensor on the same traffic, same round"
-    );
+    for legend in [
+        "median [min-max] over rounds; ratio: connects/s against no sensor on the same traffic, same round;",
+        "CPU: the subject's utime+stime (/proc/PID/stat) over the storm and its catch-up, per 10,000 connects",
+        "and per connect; µs/handled: per connect its userspace handled (sensor.connections); idle%: its CPU",
+        "in the quiet second before; peak: VmHWM (max over rounds); RSS: VmRSS after catch-up; lost:",
+        "sensor.lost_events_total or bpftrace's Lost (max); lines/c: stdout lines per connect; catch-up: how",
+        "long it kept working after the storm",
+    ] {
+        println!("{legend}");
+    }
     println!(
         "{:<30} {:>9} {:>20} {:>10} {:>8} {:>9} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "row",
