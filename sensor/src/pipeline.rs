@@ -146,6 +146,18 @@ pub struct KernelSide {
 }
 
 impl KernelSide {
+    /// Whether the first record of a kernel fold key has been handled (or, after
+    /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
+    pub fn fold_ready(
+        &self,
+        key: &FoldKey,
+        window_start_ns: u64,
+        now_ns: u64,
+        wait_ns: u64,
+    ) -> bool {
+        self.templates.contains_key(key) || now_ns.saturating_sub(window_start_ns) > wait_ns
+    }
+
     /// For `sensor-stats` and `sensor-stopped`.
     pub fn report(&self) -> Value {
         let mut v = self.counts.report();

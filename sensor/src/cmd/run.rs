@@ -278,7 +278,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
-                kernel.collect(&mut pipeline, &mut out)?;
+                kernel.collect(&mut pipeline, &mut out, false)?;
                 report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
                 pipeline.tick(BootClock::now_unix_ns(), &mut out)?;
                 // The policy file changed under us (a ConfigMap update): reload as SIGHUP does.
@@ -322,7 +322,7 @@ pub async fn run(opts: Options) -> Result<()> {
     notifier.stopping();
     // The last records and folded counts, so the totals below are the kernel's own.
     drain(ring.get_mut(), &mut pipeline, &mut out)?;
-    kernel.collect(&mut pipeline, &mut out)?;
+    kernel.collect(&mut pipeline, &mut out, true)?;
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
     let Counters {
@@ -393,11 +393,17 @@ impl Kernel {
     }
 
     /// Collects what the kernel folded into the engine, and reads the counters.
-    fn collect(&mut self, pipeline: &mut Pipeline, out: &mut Sink) -> Result<()> {
+    /// `last`: at exit, everything is taken, whether its first record was seen or not.
+    fn collect(&mut self, pipeline: &mut Pipeline, out: &mut Sink, last: bool) -> Result<()> {
         if pipeline.kernel.folding {
             let period = u64::try_from(pipeline.engine.config().fold_ns.max(0)).unwrap_or(0);
             let now = filter::boot_ns();
-            let deltas = self.fold.collect(now, period);
+            let side = &pipeline.kernel;
+            // A key's first record waits in the ring buffer a few drains at most.
+            let wait = period.min(5_000_000_000);
+            let deltas = self.fold.collect(now, period, |k, v| {
+                last || side.fold_ready(k, v.window_start_ns, now, wait)
+            });
             pipeline.kernel.fold_keys = self.fold.keys;
             pipeline.kernel.fold_keys_deleted = self.fold.deleted;
             pipeline.kernel_folded(&deltas, now, period, out)?;

@@ -307,13 +307,22 @@ impl KernelFold {
     /// kept if it moved. Residual race: a repeat folded between that re-read and the
     /// delete (microseconds, and only for a key idle two periods that sees two connects
     /// 250 ms apart at most in that instant) is not counted.
-    pub fn collect(&mut self, now_ns: u64, period_ns: u64) -> Vec<FoldDelta> {
+    ///
+    /// `ready(key, value)` says whether a key's growth may be taken now: userspace waits
+    /// until it has handled the key's first (emitted) record, still in the ring buffer
+    /// under a backlog, so the repeats are reported with that record's details.
+    pub fn collect(
+        &mut self,
+        now_ns: u64,
+        period_ns: u64,
+        ready: impl Fn(&FoldKey, &FoldValue) -> bool,
+    ) -> Vec<FoldDelta> {
         let entries: Vec<(FoldKey, FoldValue)> = self.map.iter().filter_map(Result::ok).collect();
         self.keys = entries.len();
         let mut out = Vec::new();
         for (key, v) in entries {
             let seen = self.collected.entry(key).or_insert(0);
-            if v.folded > *seen {
+            if v.folded > *seen && ready(&key, &v) {
                 out.push(FoldDelta {
                     key,
                     count: v.folded - *seen,
@@ -323,6 +332,7 @@ impl KernelFold {
                 *seen = v.folded;
             }
             if now_ns.saturating_sub(v.last_ns) > period_ns.saturating_mul(2)
+                && self.collected.get(&key) == Some(&v.folded)
                 && self.map.get(&key, 0).is_ok_and(|again| again == v)
                 && self.map.remove(&key).is_ok()
             {
@@ -375,11 +385,13 @@ mod tests {
 
     #[test]
     fn networks_split_by_family_with_host_bits_cleared() {
-        let mut p = Policy::default();
-        p.excluded_networks = vec![
-            "10.1.2.3/8".parse().unwrap(),
-            "2001:db8:1::5/48".parse().unwrap(),
-        ];
+        let p = Policy {
+            excluded_networks: vec![
+                "10.1.2.3/8".parse().unwrap(),
+                "2001:db8:1::5/48".parse().unwrap(),
+            ],
+            ..Policy::default()
+        };
         let f = FilterPolicy::new(&p, false, 0).unwrap();
         assert_eq!(f.v4, vec![(8, [10, 0, 0, 0])]);
         assert_eq!(f.v6.len(), 1);
