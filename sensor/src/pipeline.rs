@@ -526,3 +526,36 @@ pub fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::records::tests::{bytes, connect, raw};
+
+    /// The key userspace builds from a record is the one the kernel built from the same
+    /// record, for both families, and a key turns back into the same destination.
+    #[test]
+    fn fold_key_matches_the_kernels() {
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[203, 0, 113, 7]);
+        let ev = raw(AF_INET, d, 4444);
+        let c = connect(&bytes(&ev));
+        let k = fold_key(&c);
+        assert_eq!(
+            k,
+            FoldKey {
+                tgid: ev.header.tgid,
+                family: AF_INET,
+                dport: 4444,
+                start_time_ns: ev.header.start_time_ns,
+                daddr: d,
+            }
+        );
+        assert_eq!((from_key(&k).dst, from_key(&k).dport), (c.dst, 4444));
+        let v6: Ipv6Addr = "::ffff:198.51.100.7".parse().unwrap();
+        let c = connect(&bytes(&raw(AF_INET6, v6.octets(), 8088)));
+        let k = fold_key(&c);
+        assert_eq!((k.family, k.daddr), (AF_INET6, v6.octets()));
+        assert_eq!(from_key(&k).dst, IpAddr::V6(v6));
+    }
+}
