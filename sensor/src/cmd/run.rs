@@ -381,11 +381,22 @@ struct Kernel {
 
 impl Kernel {
     /// Writes the policy in force into the filter generation not in force, then flips.
+    /// A policy the maps cannot hold turns the filter off (everything passes) and is an
+    /// error: the kernel never drops what the engine's policy wants to see.
     fn push(&mut self, pipeline: &mut Pipeline) -> Result<()> {
         let cfg = pipeline.engine.config();
         let fold_ns = u64::try_from(cfg.fold_ns.max(0)).unwrap_or(u64::MAX);
-        let p = FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns)?;
-        self.filter.push(&p)?;
+        let p = FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns);
+        let pushed = p.and_then(|p| self.filter.push(&p).map(|()| p));
+        let p = match pushed {
+            Ok(p) => p,
+            Err(e) => {
+                let open = FilterPolicy::pass_all();
+                let _ = self.filter.push(&open);
+                pipeline.kernel.folding = false;
+                return Err(e.context("kernel filter off: everything passes to userspace"));
+            }
+        };
         pipeline.kernel.folding = p.settings.fold != 0;
         pipeline.kernel.filter_pushes += 1;
         pipeline.kernel.filter_generation = self.filter.generation();
@@ -437,9 +448,9 @@ fn reload(
     if action == "policy-reloaded"
         && let Err(e) = kernel.push(pipeline)
     {
-        // The engine has the new policy; the kernel keeps filtering by the old one
-        // (a superset or subset of what passes). Said loudly, counted as a failure.
-        warn!("policy reloaded, but the kernel filter keeps the old one: {e:#}");
+        // The engine has the new policy; the kernel filter is off (everything passes).
+        // Said loudly, counted as a failure.
+        warn!("policy reloaded, but not into the kernel filter: {e:#}");
         action = "policy-reload-failed";
         doc = output::status(
             "state",

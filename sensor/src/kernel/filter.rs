@@ -74,6 +74,17 @@ impl FilterPolicy {
         })
     }
 
+    /// Everything passes, nothing folds: what the kernel is told when a policy cannot be
+    /// expressed in its maps, so it never drops what userspace's policy wants to see.
+    pub fn pass_all() -> Self {
+        Self {
+            port_bits: vec![0u64; PORT_WORDS as usize],
+            v4: Vec::new(),
+            v6: Vec::new(),
+            settings: FilterSettings::default(),
+        }
+    }
+
     /// Whether the kernel drops a connect to `port` whatever its destination.
     pub fn port_dropped(&self, port: u16) -> bool {
         self.port_bits[usize::from(port >> 6)] >> (port & 63) & 1 != 0
