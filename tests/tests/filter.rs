@@ -162,9 +162,13 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     );
     let filtered = kernel(&after, "connect", "filtered") - kernel(&before, "connect", "filtered");
     assert!(filtered >= 2, "filtered {filtered}");
+    // One push at start and one per reload (the file watch may reload before SIGHUP).
+    let reloads = after["sensor"]["policy_reloads"].as_u64().unwrap_or(0);
+    assert!(reloads >= 1, "{after:#}");
     assert_eq!(
-        after["sensor"]["kernel"]["filter_pushes"], 2,
-        "start and reload: {after:#}"
+        after["sensor"]["kernel"]["filter_pushes"].as_u64(),
+        Some(1 + reloads),
+        "{after:#}"
     );
 
     // 3. A hostile flood: 5,000 connects from one process to the C2 port. The kernel
