@@ -17,7 +17,11 @@ use sensor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, LAYOUT, STATE_CONNECTS, count_loss, submit_flags, tp_layout},
+    filter::{active, filtered, folded},
+    maps::{
+        EVENTS, LAYOUT, STATE_CONNECTS, count_emitted, count_loss, count_seen, submit_flags,
+        tp_layout,
+    },
     task::{fill_header, read},
 };
 
@@ -100,7 +104,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let l = LAYOUT.load();
-    let mut ev = connect_event(PROBE_TRACEPOINT, kind, &l);
+    let mut ev = empty_event(PROBE_TRACEPOINT);
     // SAFETY: as above.
     unsafe {
         ev.data.family = ctx.read_at::<u16>(t.family as usize).unwrap_or(0);
@@ -122,7 +126,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    submit(&ctx, &ev);
+    emit(&ctx, &mut ev, kind, &l);
     0
 }
 
@@ -134,7 +138,7 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: 
     if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
         return;
     }
-    let mut ev = connect_event(probe, kind, &l);
+    let mut ev = empty_event(probe);
     // SAFETY: `sk` is the kernel's socket pointer; every read is a checked probe_read.
     unsafe {
         ev.data.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
@@ -153,15 +157,61 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: 
             return;
         }
     }
-    submit(ctx, &ev);
+    emit(ctx, &mut ev, kind, &l);
 }
 
-/// A connect-layout record with its header filled in for the current task.
+/// A connect-layout record with only its probe set: the socket's fields are read and
+/// the filter consulted before the (costlier) header is filled in.
 #[inline(always)]
-fn connect_event(probe: u8, kind: RecordKind, l: &KernelLayout) -> ConnectEvent {
+fn empty_event(probe: u8) -> ConnectEvent {
+    ConnectEvent {
+        header: Header::EMPTY,
+        data: Connect {
+            family: 0,
+            dport: 0,
+            sport: 0,
+            probe,
+            _pad: 0,
+            daddr: [0; 16],
+            saddr: [0; 16],
+        },
+    }
+}
+
+/// Counts the record, drops a connect the filter rules out, fills the header for the
+/// current task, folds a repeat, and submits the rest. Listens and inbound opens are
+/// never filtered or folded.
+#[inline(always)]
+fn emit<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    ev: &mut ConnectEvent,
+    kind: RecordKind,
+    l: &KernelLayout,
+) {
+    let k = kind as u32;
+    count_seen(k);
+    let connect = kind == RecordKind::Connect;
+    let (generation, settings) = active();
+    if connect
+        && filtered(
+            generation,
+            &settings,
+            k,
+            ev.data.family,
+            &ev.data.daddr,
+            ev.data.dport,
+        )
+    {
+        return;
+    }
     // SAFETY: helper without arguments; the task is only read through probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    connect_event_for(probe, kind, task, l)
+    // SAFETY: the task is only read through probe_read.
+    unsafe { fill_header(&mut ev.header, kind, task, l) };
+    if connect && folded(&settings, ev) {
+        return;
+    }
+    submit(ctx, ev);
 }
 
 /// A connect-layout record with its header filled in for `task` (the current task).
@@ -195,6 +245,7 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
         Some(mut slot) => {
             slot.write(*ev);
             slot.submit(submit_flags());
+            count_emitted(ev.header.kind);
             if ev.header.kind == RecordKind::Connect as u32 {
                 debug!(
                     ctx,
@@ -211,6 +262,6 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
                 );
             }
         }
-        None => count_loss(),
+        None => count_loss(ev.header.kind),
     }
 }

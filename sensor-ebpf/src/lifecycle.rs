@@ -13,7 +13,7 @@ use aya_ebpf::{
 use sensor_common::{ARGS_LEN, ExecEvent, KernelLayout, OFFSET_UNKNOWN, RecordKind, TaskEvent};
 
 use crate::{
-    maps::{EVENTS, LAYOUT, count_loss, submit_flags, tp_layout},
+    maps::{EVENTS, LAYOUT, count_emitted, count_loss, count_seen, submit_flags, tp_layout},
     task::{fill_header, process_start, read},
 };
 
@@ -53,8 +53,9 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// (`bprm->filename`) or null.
 #[inline(always)]
 fn exec_record(l: &KernelLayout, filename: *const u8) {
+    count_seen(RecordKind::Exec as u32);
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
-        count_loss();
+        count_loss(RecordKind::Exec as u32);
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -120,6 +121,7 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
         }
     }
     slot.submit(submit_flags());
+    count_emitted(RecordKind::Exec as u32);
 }
 
 /// TP_PROTO(struct task_struct *parent, struct task_struct *child), BTF-typed.
@@ -150,8 +152,9 @@ fn fork_record(parent: *const u8, child: *const u8) {
         if child_tgid == 0 || child_pid != child_tgid {
             return; // a new thread, not a new process
         }
+        count_seen(RecordKind::Fork as u32);
         let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
-            count_loss();
+            count_loss(RecordKind::Fork as u32);
             return;
         };
         let ev = slot.as_mut_ptr();
@@ -164,6 +167,7 @@ fn fork_record(parent: *const u8, child: *const u8) {
         // `parent` is the forking thread: its process is identified by its leader.
         h.parent_start_time_ns = process_start(parent, &l);
         slot.submit(submit_flags());
+        count_emitted(RecordKind::Fork as u32);
     }
 }
 
@@ -188,8 +192,9 @@ fn exit_record() {
         return;
     }
     let l = LAYOUT.load();
+    count_seen(RecordKind::Exit as u32);
     let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
-        count_loss();
+        count_loss(RecordKind::Exit as u32);
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -199,4 +204,5 @@ fn exit_record() {
         fill_header(&mut (*ev).header, RecordKind::Exit, task, &l);
     }
     slot.submit(submit_flags());
+    count_emitted(RecordKind::Exit as u32);
 }

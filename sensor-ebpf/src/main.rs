@@ -12,11 +12,15 @@
 //! UDP. `maps` holds what the programs share; `baseline` the benchmark's empty programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// BPF's atomic add (`lock ... +=`) is only reachable through asm on this target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod baseline;
 #[cfg(target_arch = "bpf")]
 mod connect;
+#[cfg(target_arch = "bpf")]
+mod filter;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]

@@ -6,10 +6,12 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    KernelLayout, LOSS_SLOTS, LOST_RESERVE, TracepointLayout, UDP_STANDARD_PORTS_MAX,
+    COUNTER_SLOTS, EXCLUDED_MAX, FOLD_MAX, FilterSettings, FoldKey, FoldValue, KernelLayout,
+    LOSS_SLOTS, LOST_RESERVE, PORT_WORDS, STAT_EMITTED, STAT_LOST, STAT_SEEN, TracepointLayout,
+    counter_slot,
 };
 
 /// Resized by userspace at load time (`--ring-buffer-size`).
@@ -24,10 +26,36 @@ pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_
 #[map]
 pub(crate) static STATE_CONNECTS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Standard ports UDP is not reported for, written by userspace from the policy.
+/// Per-CPU record counters (sensor_common::COUNTERS_MAP); userspace sums them.
 #[map]
-pub(crate) static UDP_STANDARD_PORTS: HashMap<u16, u8> =
-    HashMap::with_max_entries(UDP_STANDARD_PORTS_MAX, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// The filter generation in force (sensor_common::FILTER_ACTIVE_MAP).
+#[map]
+pub(crate) static FILTER_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per generation: filter and fold switches. Zeroed (everything passes) until written.
+#[map]
+pub(crate) static FILTER_SETTINGS: Array<FilterSettings> = Array::with_max_entries(2, 0);
+
+/// Per generation, 65,536 port bits (sensor_common::PORT_BITS_MAP).
+#[map]
+pub(crate) static PORT_BITS: Array<u64> = Array::with_max_entries(2 * PORT_WORDS, 0);
+
+/// Excluded networks, per generation and family; the value is unused.
+#[map]
+pub(crate) static EXCLUDED_V4_0: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(EXCLUDED_MAX, 0);
+#[map]
+pub(crate) static EXCLUDED_V4_1: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(EXCLUDED_MAX, 0);
+#[map]
+pub(crate) static EXCLUDED_V6_0: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(EXCLUDED_MAX, 0);
+#[map]
+pub(crate) static EXCLUDED_V6_1: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(EXCLUDED_MAX, 0);
+
+/// Fold table: a plain hash, never an LRU (it would evict counts silently). Full: the
+/// connect passes up unfolded, counted.
+#[map]
+pub(crate) static FOLD: HashMap<FoldKey, FoldValue> = HashMap::with_max_entries(FOLD_MAX, 0);
 
 /// (socket cookie, destination) pairs already reported: a UDP flood on one socket to one
 /// destination is one record. LRU, so the table never fills.
@@ -99,10 +127,38 @@ pub(crate) fn tp_layout() -> Option<TracepointLayout> {
     (l.newstate != 0).then_some(l)
 }
 
-/// A record that could not be reserved: counted, never silently dropped.
+/// A record of `kind` that could not be reserved: counted, never silently dropped.
 #[inline(always)]
-pub(crate) fn count_loss() {
+pub(crate) fn count_loss(kind: u32) {
     count(LOST_RESERVE);
+    count_stat(kind, STAT_LOST);
+}
+
+/// A record of `kind` made and written to the ring buffer.
+#[inline(always)]
+pub(crate) fn count_emitted(kind: u32) {
+    count_stat(kind, STAT_EMITTED);
+}
+
+/// A record of `kind` made (before any filter).
+#[inline(always)]
+pub(crate) fn count_seen(kind: u32) {
+    count_stat(kind, STAT_SEEN);
+}
+
+/// Adds one to the per-CPU counter of `stat` for record kind `kind`.
+#[inline(always)]
+pub(crate) fn count_stat(kind: u32, stat: u32) {
+    bump(counter_slot(kind, stat));
+}
+
+/// Adds one to a per-CPU slot of COUNTERS.
+#[inline(always)]
+pub(crate) fn bump(slot: u32) {
+    if let Some(n) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
 }
 
 /// Adds one to a per-CPU counter slot of LOSSES.

@@ -15,7 +15,8 @@ use sensor_common::{
 
 use crate::{
     connect::{connect_event_for, submit},
-    maps::{LAYOUT, UDP_SEEN, UDP_STANDARD_PORTS, UdpKey, count},
+    filter::{active, filtered, port_bit},
+    maps::{LAYOUT, UDP_SEEN, UdpKey, count, count_seen},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -56,9 +57,11 @@ fn observe(ctx: &SockAddrContext, family: u16) {
     }
     // user_port holds the port in network order in its low 16 bits.
     let port = u16::from_be(port_be as u16);
-    if UDP_STANDARD_PORTS.get_ptr(&port).is_some() {
+    let kind = RecordKind::Udp as u32;
+    count_seen(kind);
+    let (generation, settings) = active();
+    if settings.filter != 0 && port_bit(generation, port) {
         count(UDP_STANDARD_DROPPED);
-        return;
     }
     let mut addr = [0u8; 16];
     if family == AF_INET {
@@ -67,6 +70,9 @@ fn observe(ctx: &SockAddrContext, family: u16) {
         for (i, w) in ip6.iter().enumerate() {
             addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
+    }
+    if filtered(generation, &settings, kind, family, &addr, port) {
+        return;
     }
     let key = UdpKey {
         // SAFETY: the helper takes this program type's context.

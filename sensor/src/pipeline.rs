@@ -8,6 +8,8 @@ use std::{
     sync::Arc,
 };
 
+use sensor_common::{AF_INET, AF_INET6, FOLD_MAX, FoldKey};
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -20,7 +22,10 @@ use crate::{
         proctable::ProcTable,
         users::UserNames,
     },
-    kernel::records::{Connection, Flow, Record, canonical},
+    kernel::{
+        filter::{FoldDelta, KernelCounts},
+        records::{Connection, Flow, Record, canonical},
+    },
     output::{self, clock::BootClock, journald::Summary, sink::Sink},
 };
 
@@ -116,6 +121,112 @@ impl Sockets {
     }
 }
 
+/// What the kernel filtered, folded and counted, as last read, and the connects it
+/// folded that userspace has collected.
+#[derive(Debug, Default)]
+pub struct KernelSide {
+    pub counts: KernelCounts,
+    /// Folded connects collected from the kernel's fold table and counted in.
+    pub fold_collected: u64,
+    /// Keys in the kernel's fold table at the last collection, and idle ones deleted.
+    pub fold_keys: usize,
+    pub fold_keys_deleted: u64,
+    /// Reads of the kernel's counters that failed.
+    pub read_errors: u64,
+    /// Policy pushes into the kernel's filter maps, and the generation in force.
+    pub filter_pushes: u64,
+    pub filter_generation: u32,
+    /// Whether the kernel folds (then the last record of each key is kept as the template
+    /// its folded repeats are reported with).
+    pub folding: bool,
+    /// Per kernel fold key, the last connect record seen.
+    templates: HashMap<FoldKey, Connection>,
+    /// Collected repeats with no record kept to stand for them (built from the key).
+    pub fold_untemplated: u64,
+}
+
+impl KernelSide {
+    /// Whether the first record of a kernel fold key has been handled (or, after
+    /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
+    pub fn fold_ready(
+        &self,
+        key: &FoldKey,
+        window_start_ns: u64,
+        now_ns: u64,
+        wait_ns: u64,
+    ) -> bool {
+        self.templates.contains_key(key) || now_ns.saturating_sub(window_start_ns) > wait_ns
+    }
+
+    /// For `sensor-stats` and `sensor-stopped`.
+    pub fn report(&self) -> Value {
+        let mut v = self.counts.report();
+        if let Value::Object(m) = &mut v {
+            m.insert("fold_collected".into(), self.fold_collected.into());
+            m.insert("fold_keys".into(), self.fold_keys.into());
+            m.insert("fold_keys_deleted".into(), self.fold_keys_deleted.into());
+            m.insert("fold_untemplated".into(), self.fold_untemplated.into());
+            m.insert("counter_read_errors".into(), self.read_errors.into());
+            m.insert("filter_pushes".into(), self.filter_pushes.into());
+            m.insert("filter_generation".into(), self.filter_generation.into());
+        }
+        v
+    }
+}
+
+/// The kernel fold table's key for a connect record.
+pub fn fold_key(c: &Connection) -> FoldKey {
+    let (family, daddr) = match c.dst {
+        IpAddr::V4(a) => {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&a.octets());
+            (AF_INET, d)
+        }
+        IpAddr::V6(a) => (AF_INET6, a.octets()),
+    };
+    FoldKey {
+        tgid: c.tgid,
+        family,
+        dport: c.dport,
+        start_time_ns: c.start_time_ns,
+        daddr,
+    }
+}
+
+/// A connect record standing for repeats no record was kept for: what the key says.
+fn from_key(k: &FoldKey) -> Connection {
+    let dst = if k.family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(
+            k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.daddr))
+    };
+    let unspecified = match dst {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    Connection {
+        flow: Flow::Connect,
+        tgid: k.tgid,
+        tid: k.tgid,
+        ppid: 0,
+        // Unknown: the kernel's invalid uid/gid, never mistaken for root.
+        uid: u32::MAX,
+        gid: u32::MAX,
+        boot_ns: 0,
+        start_time_ns: k.start_time_ns,
+        parent_start_time_ns: 0,
+        cgroup_id: 0,
+        dst,
+        dport: k.dport,
+        src: unspecified,
+        sport: 0,
+        probe: None,
+        comm: String::new(),
+    }
+}
+
 pub struct Pipeline {
     pub table: ProcTable,
     /// Container id -> Kubernetes pod, from the node's kubelet links.
@@ -131,6 +242,7 @@ pub struct Pipeline {
     /// It owns the policy.
     pub engine: Engine<Enriched>,
     pub sockets: Sockets,
+    pub kernel: KernelSide,
 }
 
 impl Pipeline {
@@ -158,9 +270,54 @@ impl Pipeline {
             Flow::Inbound => return self.inbound(conn, out),
             Flow::Listen => self.sockets.listens += 1,
             Flow::Udp => self.sockets.udp += 1,
-            Flow::Connect => {}
+            Flow::Connect => {
+                if self.kernel.folding {
+                    let k = fold_key(conn);
+                    let t = &mut self.kernel.templates;
+                    if let Some(old) = t.get_mut(&k) {
+                        old.clone_from(conn);
+                    } else if t.len() < 2 * FOLD_MAX as usize {
+                        t.insert(k, conn.clone());
+                    }
+                }
+            }
         }
-        self.counters.connections += 1;
+        self.connect_n(conn, 1, out)
+    }
+
+    /// Repeats the kernel folded, collected from its fold table: each key's count is
+    /// decided as that many connections, the key's last record standing for them at the
+    /// time of the latest repeat. `now_boot_ns` and `period_ns` expire the templates.
+    pub fn kernel_folded(
+        &mut self,
+        deltas: &[FoldDelta],
+        now_boot_ns: u64,
+        period_ns: u64,
+        out: &mut Sink,
+    ) -> Result<()> {
+        for d in deltas {
+            self.kernel.fold_collected += d.count;
+            let mut c = match self.kernel.templates.get(&d.key) {
+                Some(t) => t.clone(),
+                None => {
+                    self.kernel.fold_untemplated += d.count;
+                    from_key(&d.key)
+                }
+            };
+            c.boot_ns = d.last_ns;
+            self.connect_n(&c, d.count, out)?;
+        }
+        // A key idle three periods is gone from the kernel's table (deleted after two).
+        let keep = period_ns.saturating_mul(3);
+        self.kernel
+            .templates
+            .retain(|_, c| now_boot_ns.saturating_sub(c.boot_ns) <= keep);
+        Ok(())
+    }
+
+    /// `n` identical connections (1, or repeats the kernel folded).
+    fn connect_n(&mut self, conn: &Connection, n: u64, out: &mut Sink) -> Result<()> {
+        self.counters.connections += n;
         let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
         {
             Some((info, src)) => (info, Some(src.as_str())),
@@ -174,7 +331,7 @@ impl Pipeline {
             ),
         };
         if proc.executable.is_some() {
-            self.counters.attributed += 1;
+            self.counters.attributed += n;
         }
         // The kernel's cgroup id names the container when nothing else did.
         if proc.container_id.is_none() {
@@ -210,7 +367,7 @@ impl Pipeline {
                 attribution: enriched.attribution,
             });
         }
-        self.decide(enriched, out)
+        self.decide(enriched, n, out)
     }
 
     /// An inbound connection: the kernel saw it in softirq, so the process is the one that
@@ -260,16 +417,16 @@ impl Pipeline {
             }
         };
         self.counters.connections += 1;
-        self.decide(enriched, out)
+        self.decide(enriched, 1, out)
     }
 
-    fn decide(&mut self, enriched: Enriched, out: &mut Sink) -> Result<()> {
+    fn decide(&mut self, enriched: Enriched, n: u64, out: &mut Sink) -> Result<()> {
         // Every connection goes to the engine (beacons and allow counts need the unscored
         // too); only what it prints is rendered.
         let subject = Subject::from_enriched(&enriched);
-        let outcome = self.engine.decide(&subject, move || enriched);
+        let outcome = self.engine.decide_n(&subject, n, move || enriched);
         if outcome.alert {
-            self.counters.alerts += 1;
+            self.counters.alerts += n;
         }
         self.emit(&outcome.lines, out)
     }
@@ -368,4 +525,37 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::records::tests::{bytes, connect, raw};
+
+    /// The key userspace builds from a record is the one the kernel built from the same
+    /// record, for both families, and a key turns back into the same destination.
+    #[test]
+    fn fold_key_matches_the_kernels() {
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[203, 0, 113, 7]);
+        let ev = raw(AF_INET, d, 4444);
+        let c = connect(&bytes(&ev));
+        let k = fold_key(&c);
+        assert_eq!(
+            k,
+            FoldKey {
+                tgid: ev.header.tgid,
+                family: AF_INET,
+                dport: 4444,
+                start_time_ns: ev.header.start_time_ns,
+                daddr: d,
+            }
+        );
+        assert_eq!((from_key(&k).dst, from_key(&k).dport), (c.dst, 4444));
+        let v6: Ipv6Addr = "::ffff:198.51.100.7".parse().unwrap();
+        let c = connect(&bytes(&raw(AF_INET6, v6.octets(), 8088)));
+        let k = fold_key(&c);
+        assert_eq!((k.family, k.daddr), (AF_INET6, v6.octets()));
+        assert_eq!(from_key(&k).dst, IpAddr::V6(v6));
+    }
 }

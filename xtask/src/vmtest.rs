@@ -74,11 +74,16 @@ const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// depends on the connect hook's own reads. The Atomic cases (IPv4 and IPv6 addresses,
 /// ports, pid, parent, user from the hook's record), a short-lived process attributed
 /// from the kernel's exec record (the hook's process key must match it), and a clean
-/// exit with no program left behind.
-const HOOK_SET: &[(&str, &[&str])] = &[(
-    "matrix",
-    &["one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit"],
-)];
+/// exit with no program left behind. The in-kernel filter and fold, which every connect
+/// hook runs (a benign storm filtered and counted, a reload changing what passes, a
+/// flood folded with exact counts).
+const HOOK_SET: &[(&str, &[&str])] = &[
+    (
+        "matrix",
+        &["one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit"],
+    ),
+    ("filter", &["one_sensor_filter_storm_reload_and_flood"]),
+];
 /// Once per kernel, with no hook forced: `sensor check` reports every hook and names
 /// auto's pick, which is the one alerts carry; what depends on the lifecycle hooks
 /// rather than the connect hook (a burst of short-lived processes, a fileless one, a
@@ -97,6 +102,7 @@ const AUTO_SET: &[(&str, &[&str])] = &[
         ],
     ),
     ("portable", &[]),
+    ("filter", &["all_sees_what_the_filter_would_drop"]),
 ];
 
 #[derive(clap::Args)]

@@ -75,8 +75,8 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
 pub const LOSSES_MAP: &str = "LOSSES";
 pub const LOST_RESERVE: u32 = 0;
-/// UDP datagrams to a standard port (`standard_ports`, DNS among them), dropped in the
-/// kernel and only counted here.
+/// UDP datagrams to a port whose filter bit is set (standard and not C2, DNS among
+/// them), dropped in the kernel and only counted here.
 pub const UDP_STANDARD_DROPPED: u32 = 1;
 /// UDP datagrams after the first per (socket, destination), dropped in the kernel.
 pub const UDP_REPEAT_DROPPED: u32 = 2;
@@ -85,10 +85,94 @@ pub const LOSS_SLOTS: u32 = 3;
 /// Name of the one-slot `u32` array: 1 when the `inet_sock_set_state` program also serves
 /// connects (tp_btf or classic chosen), 0 when it only sees listens and inbound opens.
 pub const STATE_CONNECTS_MAP: &str = "STATE_CONNECTS";
-/// Name of the hash map of standard ports (`u16` -> `u8`) UDP is not reported for.
-pub const UDP_STANDARD_PORTS_MAP: &str = "UDP_STANDARD_PORTS";
-/// Capacity of [`UDP_STANDARD_PORTS_MAP`].
-pub const UDP_STANDARD_PORTS_MAX: u32 = 1024;
+
+/// Name of the per-CPU `u64` array of record counters: per record kind,
+/// [`counter_slot`]`(kind, STAT_*)`, then [`FOLDED_SLOT`] and [`FOLD_TABLE_FULL_SLOT`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Records of a kind the kernel produced (before the filter and the fold).
+pub const STAT_SEEN: u32 = 0;
+/// Connects (TCP, UDP) the filter dropped: they could neither score nor feed a beacon.
+pub const STAT_FILTERED: u32 = 1;
+/// Records written to the ring buffer.
+pub const STAT_EMITTED: u32 = 2;
+/// Records lost: the ring-buffer reserve failed.
+pub const STAT_LOST: u32 = 3;
+const STATS_PER_KIND: u32 = 4;
+/// Record kinds with counters: every [`RecordKind`] value is below this.
+pub const COUNTED_KINDS: u32 = 8;
+/// The counter of `stat` for record kind `kind` (a [`RecordKind`] as `u32`).
+pub const fn counter_slot(kind: u32, stat: u32) -> u32 {
+    kind * STATS_PER_KIND + stat
+}
+/// TCP connects folded in the kernel (counted, not emitted).
+pub const FOLDED_SLOT: u32 = COUNTED_KINDS * STATS_PER_KIND;
+/// TCP connects passed up unfolded because the fold table was full.
+pub const FOLD_TABLE_FULL_SLOT: u32 = FOLDED_SLOT + 1;
+pub const COUNTER_SLOTS: u32 = FOLD_TABLE_FULL_SLOT + 1;
+
+/// Name of the one-slot `u32` array holding the filter generation in force (0 or 1):
+/// userspace fills the other generation's maps completely, then flips this, so a connect
+/// is never judged by a half-written policy.
+pub const FILTER_ACTIVE_MAP: &str = "FILTER_ACTIVE";
+/// Name of the two-slot array of [`FilterSettings`], one per generation.
+pub const FILTER_SETTINGS_MAP: &str = "FILTER_SETTINGS";
+/// Name of the `u64` array of port bits: words `gen * PORT_WORDS ..` are generation
+/// `gen`'s 65,536 bits, bit set = the port is standard and not a C2 port (a connect to it
+/// can neither score nor feed a beacon).
+pub const PORT_BITS_MAP: &str = "PORT_BITS";
+pub const PORT_WORDS: u32 = 65536 / 64;
+/// Names of the LPM tries of excluded networks, per generation: IPv4 (key data 4 bytes,
+/// IPv4-mapped IPv6 destinations are looked up here) and IPv6 (16 bytes).
+pub const EXCLUDED_V4_MAPS: [&str; 2] = ["EXCLUDED_V4_0", "EXCLUDED_V4_1"];
+pub const EXCLUDED_V6_MAPS: [&str; 2] = ["EXCLUDED_V6_0", "EXCLUDED_V6_1"];
+/// Capacity of each excluded-network trie.
+pub const EXCLUDED_MAX: u32 = 4096;
+
+/// One filter generation's switches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FilterSettings {
+    /// 1: drop connects the policy says cannot matter; 0: pass everything (`--all`, or
+    /// before userspace wrote a policy).
+    pub filter: u32,
+    /// 1: fold repeats of a key in the kernel.
+    pub fold: u32,
+    /// The fold period, nanoseconds.
+    pub fold_ns: u64,
+}
+
+/// Name of the fold hash (NOT an LRU: it never evicts silently) of [`FoldKey`] ->
+/// [`FoldValue`].
+pub const FOLD_MAP: &str = "FOLD";
+pub const FOLD_MAX: u32 = 16384;
+/// Only a repeat this soon after its key's previous connect is folded, so every beacon
+/// beat (the beacon detector treats closer connects as one beat) reaches userspace with
+/// its own timestamp.
+pub const FOLD_BURST_NS: u64 = 250_000_000;
+
+/// A process (tgid and start time), a destination and a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FoldKey {
+    pub tgid: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub start_time_ns: u64,
+    /// As in [`Connect::daddr`]: IPv4 in the first 4 bytes, the rest zero.
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FoldKey>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FoldValue {
+    /// CLOCK_BOOTTIME ns of the connect that opened the current window (was emitted).
+    pub window_start_ns: u64,
+    /// CLOCK_BOOTTIME ns of the key's latest connect.
+    pub last_ns: u64,
+    /// Connects folded since the key was created; only ever grows.
+    pub folded: u64,
+}
 /// Name of the read-only global holding [`KernelLayout`].
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 /// Name of the one-slot array holding [`TracepointLayout`]. A map, not a read-only global:
@@ -361,4 +445,7 @@ mod user {
     // holes that could leak uninitialised memory (sizes asserted above and in tests).
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::TracepointLayout {}
+    unsafe impl aya::Pod for super::FilterSettings {}
+    unsafe impl aya::Pod for super::FoldKey {}
+    unsafe impl aya::Pod for super::FoldValue {}
 }

@@ -26,6 +26,7 @@ use crate::{
         users::UserNames,
     },
     kernel::{
+        filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
         load::{self, Environment},
         records,
     },
@@ -88,6 +89,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             clock: BootClock::sync(),
             counters: Default::default(),
             sockets: Default::default(),
+            kernel: Default::default(),
         },
         stats_interval: args.stats_interval,
         max_delay,
@@ -146,7 +148,13 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
     let losses = loaded.take_losses()?;
-    loaded.set_udp_standard_ports(pipeline.engine.policy().standard_ports.iter().copied())?;
+    // Until the first push the filter maps are zero: everything passes, nothing folds.
+    let mut kernel = Kernel {
+        filter: KernelFilter::take(&mut loaded.ebpf)?,
+        counters: CounterReader::take(&mut loaded.ebpf)?,
+        fold: KernelFold::take(&mut loaded.ebpf)?,
+    };
+    kernel.push(&mut pipeline)?;
     // Seed after the lifecycle hooks are attached: every process is then either in /proc
     // now or announced by a record later.
     pipeline.table.seed();
@@ -270,6 +278,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
+                kernel.collect(&mut pipeline, &mut out, false)?;
                 report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
                 pipeline.tick(BootClock::now_unix_ns(), &mut out)?;
                 // The policy file changed under us (a ConfigMap update): reload as SIGHUP does.
@@ -277,7 +286,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 if now_seen != config_seen {
                     config_seen = now_seen;
                     info!("policy file changed: reloading");
-                    reload(config.as_deref(), &mut pipeline, &mut out, &notifier)?;
+                    reload(config.as_deref(), &mut pipeline, &mut kernel, &mut out, &notifier)?;
                 }
                 out.flush()?;
                 publish(&pipeline, &out, lost_reported);
@@ -291,7 +300,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             _ = sighup.recv() => {
                 config_seen = config.as_deref().and_then(file_identity);
-                reload(config.as_deref(), &mut pipeline, &mut out, &notifier)?;
+                reload(config.as_deref(), &mut pipeline, &mut kernel, &mut out, &notifier)?;
                 out.flush()?;
             }
             _ = usr1.recv() => {
@@ -301,6 +310,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
             }
             _ = metrics_tick.tick() => {
+                kernel.read_counts(&mut pipeline);
                 let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported));
                 out.status(&doc, "metric", "sensor-stats")?;
                 out.flush()?;
@@ -310,6 +320,9 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
     notifier.stopping();
+    // The last records and folded counts, so the totals below are the kernel's own.
+    drain(ring.get_mut(), &mut pipeline, &mut out)?;
+    kernel.collect(&mut pipeline, &mut out, true)?;
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
     let Counters {
@@ -359,15 +372,93 @@ fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> 
     Ok(found)
 }
 
-/// SIGHUP or a changed policy file: reload, tell systemd, print the outcome.
+/// The kernel's filter, counters and fold table, owned by the loop.
+struct Kernel {
+    filter: KernelFilter,
+    counters: CounterReader,
+    fold: KernelFold,
+}
+
+impl Kernel {
+    /// Writes the policy in force into the filter generation not in force, then flips.
+    /// A policy the maps cannot hold turns the filter off (everything passes) and is an
+    /// error: the kernel never drops what the engine's policy wants to see.
+    fn push(&mut self, pipeline: &mut Pipeline) -> Result<()> {
+        let cfg = pipeline.engine.config();
+        let fold_ns = u64::try_from(cfg.fold_ns.max(0)).unwrap_or(u64::MAX);
+        let p = FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns);
+        let pushed = p.and_then(|p| self.filter.push(&p).map(|()| p));
+        let p = match pushed {
+            Ok(p) => p,
+            Err(e) => {
+                let open = FilterPolicy::pass_all();
+                let _ = self.filter.push(&open);
+                pipeline.kernel.folding = false;
+                return Err(e.context("kernel filter off: everything passes to userspace"));
+            }
+        };
+        pipeline.kernel.folding = p.settings.fold != 0;
+        pipeline.kernel.filter_pushes += 1;
+        pipeline.kernel.filter_generation = self.filter.generation();
+        Ok(())
+    }
+
+    /// Collects what the kernel folded into the engine, and reads the counters.
+    /// `last`: at exit, everything is taken, whether its first record was seen or not.
+    fn collect(&mut self, pipeline: &mut Pipeline, out: &mut Sink, last: bool) -> Result<()> {
+        if pipeline.kernel.folding {
+            let period = u64::try_from(pipeline.engine.config().fold_ns.max(0)).unwrap_or(0);
+            let now = filter::boot_ns();
+            let side = &pipeline.kernel;
+            // A key's first record waits in the ring buffer a few drains at most.
+            let wait = period.min(5_000_000_000);
+            let deltas = self.fold.collect(now, period, |k, v| {
+                last || side.fold_ready(k, v.window_start_ns, now, wait)
+            });
+            pipeline.kernel.fold_keys = self.fold.keys;
+            pipeline.kernel.fold_keys_deleted = self.fold.deleted;
+            pipeline.kernel_folded(&deltas, now, period, out)?;
+        }
+        self.read_counts(pipeline);
+        Ok(())
+    }
+
+    fn read_counts(&self, pipeline: &mut Pipeline) {
+        match self.counters.read() {
+            Ok(c) => pipeline.kernel.counts = c,
+            Err(e) => {
+                pipeline.kernel.read_errors += 1;
+                warn!("{e:#}; read again at the next interval");
+            }
+        }
+    }
+}
+
+/// SIGHUP or a changed policy file: reload, push the new policy into the kernel's
+/// filter, tell systemd, print the outcome.
 fn reload(
     config: Option<&Path>,
     pipeline: &mut Pipeline,
+    kernel: &mut Kernel,
     out: &mut Sink,
     notifier: &Notifier,
 ) -> Result<()> {
     notifier.reloading();
-    let (doc, action) = pipeline::reload(config, pipeline);
+    let (mut doc, mut action) = pipeline::reload(config, pipeline);
+    if action == "policy-reloaded"
+        && let Err(e) = kernel.push(pipeline)
+    {
+        // The engine has the new policy; the kernel filter is off (everything passes).
+        // Said loudly, counted as a failure.
+        warn!("policy reloaded, but not into the kernel filter: {e:#}");
+        action = "policy-reload-failed";
+        doc = output::status(
+            "state",
+            action,
+            &pipeline.host_name,
+            json!({"error": format!("updating the kernel filter: {e:#}")}),
+        );
+    }
     if action == "policy-reloaded" {
         pipeline.counters.reloads += 1;
     } else {
@@ -393,6 +484,7 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
         policy_reload_failures: c.reload_failures,
         beacons_detected: engine.beacons_detected,
         folded_connections: engine.folded_connections,
+        kernel: pipeline.kernel.counts,
     }
 }
 
@@ -416,6 +508,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
         "sockets": pipeline.sockets.report(),
+        "kernel": pipeline.kernel.report(),
     })
 }
 

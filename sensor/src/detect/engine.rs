@@ -105,6 +105,11 @@ impl<C: Clone> Engine<C> {
         }
     }
 
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
@@ -123,10 +128,24 @@ impl<C: Clone> Engine<C> {
     /// Decides one connection; `make_conn` (what output renders) is only called when a
     /// line will be printed, so the many connections that print nothing cost nothing more.
     pub fn decide(&mut self, subject: &Subject, make_conn: impl FnOnce() -> C) -> Outcome<C> {
+        self.decide_n(subject, 1, make_conn)
+    }
+
+    /// Decides `n` identical connections at once. `n > 1`: repeats the kernel folded
+    /// (collected from its fold table), `subject` standing for the last of them. They are
+    /// counted, rolled up and folded like `n` connections, but not fed to beacon
+    /// detection: the kernel folds a connect only within a burst of the key's previous
+    /// one, which the beacon detector counts as the same beat anyway.
+    pub fn decide_n(
+        &mut self,
+        subject: &Subject,
+        n: u64,
+        make_conn: impl FnOnce() -> C,
+    ) -> Outcome<C> {
         let verdict = score::score(&self.policy, subject);
         let mut lines = self.tick(subject.ts_ns);
-        self.stats.connections += 1;
-        self.window_connections += 1;
+        self.stats.connections += n;
+        self.window_connections += n;
         if self.summary_start.is_none() {
             self.summary_start = Some(subject.ts_ns);
         }
@@ -134,7 +153,8 @@ impl<C: Clone> Engine<C> {
         // Beacons are looked for where T1571 lives: non-standard ports, destinations that
         // are not excluded, traffic no allow rule vouches for.
         // Listens and inbound connections are not the process's own beaconing.
-        let beacon = if verdict.excluded_by.is_none()
+        let beacon = if n == 1
+            && verdict.excluded_by.is_none()
             && matches!(subject.flow, Flow::Connect | Flow::Udp)
             && allow_name.is_none()
             && !self.policy.standard_ports.contains(&subject.port)
@@ -151,8 +171,8 @@ impl<C: Clone> Engine<C> {
         }
         let suppressed = match (&allow_name, risk > 0) {
             (Some(name), true) => {
-                *self.stats.suppressed.entry(name.clone()).or_default() += 1;
-                *self.window_suppressed.entry(name.clone()).or_default() += 1;
+                *self.stats.suppressed.entry(name.clone()).or_default() += n;
+                *self.window_suppressed.entry(name.clone()).or_default() += n;
                 true
             }
             _ => false,
@@ -177,7 +197,7 @@ impl<C: Clone> Engine<C> {
             lines.push(Line::Connection(Box::new(decided)));
             return Outcome { lines, alert };
         }
-        self.stats.alerts += 1;
+        self.stats.alerts += n;
         let key = GroupKey {
             host: subject.host_name.clone().unwrap_or_default(),
             executable: subject.who(),
@@ -191,7 +211,7 @@ impl<C: Clone> Engine<C> {
         let dst = subject.dst.to_string();
         lines.extend(
             self.rollup
-                .add(key, &dst, subject.port, final_risk, subject.ts_ns)
+                .add_n(key, &dst, subject.port, final_risk, subject.ts_ns, n)
                 .into_iter()
                 .map(|s| Line::Rollup(Box::new(s))),
         );
@@ -204,7 +224,7 @@ impl<C: Clone> Engine<C> {
             }))
         });
         let fold_key = (subject.pid, subject.who(), subject.dst, subject.port);
-        let folded = self.fold.offer(fold_key, decided, subject.ts_ns);
+        let folded = self.fold.offer_n(fold_key, decided, subject.ts_ns, n);
         lines.extend(folded.into_iter().map(folded_line));
         lines.extend(beacon_alert);
         Outcome { lines, alert }

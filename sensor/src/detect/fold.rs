@@ -24,18 +24,6 @@ pub struct FoldState {
     pub first_ns: Option<i128>,
 }
 
-impl<T> Folded<T> {
-    fn single(item: T) -> Self {
-        Self {
-            item,
-            state: FoldState {
-                count: 1,
-                first_ns: None,
-            },
-        }
-    }
-}
-
 struct Entry<T> {
     start_ns: i128,
     held: u64,
@@ -69,9 +57,27 @@ impl<T> Fold<T> {
     /// Offers one alert; returns what to print now (possibly nothing, possibly a folded
     /// line of an earlier period as well).
     pub fn offer(&mut self, key: Key, item: T, ts: i128) -> Vec<Folded<T>> {
+        self.offer_n(key, item, ts, 1)
+    }
+
+    /// Offers `n` identical alerts at once: repeats the kernel already folded, collected
+    /// from its fold table, `item` standing for the last of them (at `ts`). Within the
+    /// key's period they join the held repeats; otherwise they are printed now as one
+    /// line counting `n`. The counts are only ever added, never re-counted.
+    pub fn offer_n(&mut self, key: Key, item: T, ts: i128, n: u64) -> Vec<Folded<T>> {
         let mut out = self.advance(ts);
+        if n == 0 {
+            return out;
+        }
+        let now = |item| Folded {
+            item,
+            state: FoldState {
+                count: n,
+                first_ns: None,
+            },
+        };
         if self.period_ns <= 0 {
-            out.push(Folded::single(item));
+            out.push(now(item));
             return out;
         }
         if let Some(e) = self.entries.get_mut(&key) {
@@ -79,8 +85,8 @@ impl<T> Fold<T> {
                 if e.held == 0 {
                     e.first_held_ns = ts;
                 }
-                e.held += 1;
-                self.folded += 1;
+                e.held += n;
+                self.folded += n;
                 e.last = Some(item);
                 return out;
             }
@@ -101,7 +107,8 @@ impl<T> Fold<T> {
                 },
             );
         }
-        out.push(Folded::single(item));
+        self.folded += n - 1;
+        out.push(now(item));
         out
     }
 
@@ -218,6 +225,26 @@ mod tests {
             assert_eq!(count(&out), n, "max_keys {max_keys}");
             assert!(f.entries.len() <= max_keys);
         }
+    }
+
+    #[test]
+    fn kernel_folded_repeats_are_added_once() {
+        let mut f = Fold::new(10 * S, 100);
+        // The kernel emitted the first, folded 999 repeats, collected twice.
+        let mut out = f.offer(key(1), doc(0), 0);
+        out.extend(f.offer_n(key(1), doc(S), S, 600));
+        out.extend(f.offer_n(key(1), doc(2 * S), 2 * S, 399));
+        assert_eq!(out.len(), 1);
+        out.extend(f.advance(11 * S));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].state.count, 999);
+        assert_eq!(out[1].item, 2 * S);
+        // Collected after the period ended: printed at once, counting all of them.
+        out.extend(f.offer_n(key(1), doc(12 * S), 12 * S, 5));
+        assert_eq!(out.last().unwrap().state.count, 5);
+        out.extend(f.flush());
+        assert_eq!(count(&out), 1 + 999 + 5);
+        assert_eq!(f.folded, 999 + 4);
     }
 
     #[test]

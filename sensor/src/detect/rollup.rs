@@ -88,6 +88,19 @@ impl Rollup {
 
     /// Adds one alert; returns the summaries of a window this alert closed.
     pub fn add(&mut self, key: GroupKey, dst: &str, port: u16, risk: u8, ts: i128) -> Vec<Summary> {
+        self.add_n(key, dst, port, risk, ts, 1)
+    }
+
+    /// Adds `n` identical alerts (repeats the kernel folded) at `ts`.
+    pub fn add_n(
+        &mut self,
+        key: GroupKey,
+        dst: &str,
+        port: u16,
+        risk: u8,
+        ts: i128,
+        n: u64,
+    ) -> Vec<Summary> {
         let out = self.advance(ts);
         if self.window_start.is_none() {
             self.window_start = Some(self.align(ts));
@@ -96,8 +109,8 @@ impl Rollup {
         let group = match self.groups.get_mut(&key) {
             Some(g) => g,
             None if full => {
-                self.capped_connections += 1;
-                self.capped_total += 1;
+                self.capped_connections += n;
+                self.capped_total += n;
                 return out;
             }
             None => self.groups.entry(key).or_insert_with(|| Group {
@@ -106,15 +119,15 @@ impl Rollup {
                 ..Default::default()
             }),
         };
-        group.connections += 1;
+        group.connections += n;
         group.first_ns = group.first_ns.min(ts);
         group.last_ns = group.last_ns.max(ts);
         group.max_risk = group.max_risk.max(risk);
-        if let Some(n) = usize::from(risk)
+        if let Some(by) = usize::from(risk)
             .checked_sub(1)
             .and_then(|i| group.by_risk.get_mut(i))
         {
-            *n += 1;
+            *by += n;
         }
         if !group.destinations.contains(dst) {
             if group.destinations.len() < self.cfg.max_distinct {

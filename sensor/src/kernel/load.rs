@@ -181,11 +181,6 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
 }
 
 impl Loaded {
-    /// Pushes the policy's standard ports into the kernel: UDP to them is dropped there.
-    pub fn set_udp_standard_ports(&mut self, ports: impl IntoIterator<Item = u16>) -> Result<()> {
-        sockets::set_udp_standard_ports(&mut self.ebpf, ports)
-    }
-
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf

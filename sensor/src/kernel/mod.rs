@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod btf;
+pub mod filter;
 pub mod layout;
 pub mod load;
 pub mod privileges;

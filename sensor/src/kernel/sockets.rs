@@ -13,10 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf,
-    maps::HashMap,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
-use sensor_common::{KernelLayout, UDP_STANDARD_PORTS_MAP, UDP_STANDARD_PORTS_MAX};
+use sensor_common::KernelLayout;
 
 use crate::kernel::{
     attach::{LifecycleAttach, Probe, prepare_classic},
@@ -131,29 +130,6 @@ pub fn attach_udp(ebpf: &mut Ebpf) -> LifecycleAttach {
         Err(e) => out.passed_over.push((UDP_HOOK, format!("{e:#}"))),
     }
     out
-}
-
-/// Writes the standard ports UDP is not reported for (the policy's `standard_ports`).
-pub fn set_udp_standard_ports(ebpf: &mut Ebpf, ports: impl IntoIterator<Item = u16>) -> Result<()> {
-    let map = ebpf
-        .map_mut(UDP_STANDARD_PORTS_MAP)
-        .with_context(|| format!("map {UDP_STANDARD_PORTS_MAP} missing from the eBPF object"))?;
-    let mut m: HashMap<_, u16, u8> = HashMap::try_from(map)?;
-    let old: Vec<u16> = m.keys().filter_map(Result::ok).collect();
-    let new: Vec<u16> = ports.into_iter().collect();
-    if new.len() > UDP_STANDARD_PORTS_MAX as usize {
-        bail!(
-            "{} standard ports, more than the kernel map holds ({UDP_STANDARD_PORTS_MAX})",
-            new.len()
-        );
-    }
-    for p in old.iter().filter(|p| !new.contains(p)) {
-        m.remove(p).context("updating UDP_STANDARD_PORTS")?;
-    }
-    for p in &new {
-        m.insert(p, 1, 0).context("updating UDP_STANDARD_PORTS")?;
-    }
-    Ok(())
 }
 
 /// The cgroup2 hierarchy's root: from this mount namespace's mountinfo, else the host's

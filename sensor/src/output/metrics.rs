@@ -23,6 +23,8 @@ use prometheus_client::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::kernel::filter::{KIND_NAMES, KernelCounts, STAT_NAMES};
+
 /// `/healthz` turns 503 when the event loop has been silent this long (it ticks every
 /// `--stats-interval`, 1 s by default, even on an idle host).
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -47,11 +49,19 @@ pub struct Snapshot {
     pub policy_reload_failures: u64,
     pub beacons_detected: u64,
     pub folded_connections: u64,
+    /// The kernel's per-kind record counters and its fold counters.
+    pub kernel: KernelCounts,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Severity {
     severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +82,9 @@ pub struct Metrics {
     reload_failures: Counter,
     beacons: Counter,
     folded: Counter,
+    kernel_records: Family<KindOutcome, Counter>,
+    kernel_folded: Counter,
+    kernel_fold_table_full: Counter,
     /// The last snapshot published: counters move by the difference.
     last: Mutex<Snapshot>,
     /// Milliseconds since `start` at the loop's last sign of life.
@@ -130,6 +143,27 @@ impl Metrics {
             "folded_connections",
             "Connections folded into an earlier alert by flood control",
         );
+        let kernel_records = Family::<KindOutcome, Counter>::default();
+        registry.register(
+            "kernel_records",
+            "Records in the kernel by kind and outcome: seen, filtered (could not matter), emitted to the ring buffer, lost (ring buffer full)",
+            kernel_records.clone(),
+        );
+        for (_, kind) in KIND_NAMES {
+            for outcome in STAT_NAMES {
+                let _ = kernel_records.get_or_create(&KindOutcome { kind, outcome });
+            }
+        }
+        let kernel_folded = counter(
+            &mut registry,
+            "kernel_folded_connections",
+            "TCP connects folded in the kernel (counted into an alert, not emitted)",
+        );
+        let kernel_fold_table_full = counter(
+            &mut registry,
+            "kernel_fold_table_full",
+            "TCP connects passed up unfolded because the kernel fold table was full",
+        );
         let hooks = Family::<Hook, Gauge>::default();
         registry.register("hook_info", "The connect hook in use", hooks.clone());
         hooks
@@ -154,6 +188,9 @@ impl Metrics {
             reload_failures,
             beacons,
             folded,
+            kernel_records,
+            kernel_folded,
+            kernel_fold_table_full,
             last: Mutex::new(Snapshot::default()),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
@@ -191,6 +228,25 @@ impl Metrics {
         );
         up(&self.beacons, s.beacons_detected, last.beacons_detected);
         up(&self.folded, s.folded_connections, last.folded_connections);
+        for (kind, name) in KIND_NAMES {
+            let (new, old) = (s.kernel.of(kind), last.kernel.of(kind));
+            for (i, outcome) in STAT_NAMES.into_iter().enumerate() {
+                up(
+                    &self.kernel_records.get_or_create(&KindOutcome {
+                        kind: name,
+                        outcome,
+                    }),
+                    new[i],
+                    old[i],
+                );
+            }
+        }
+        up(&self.kernel_folded, s.kernel.folded, last.kernel.folded);
+        up(
+            &self.kernel_fold_table_full,
+            s.kernel.fold_table_full,
+            last.kernel.fold_table_full,
+        );
         self.table
             .set(i64::try_from(s.process_table_entries).unwrap_or(i64::MAX));
         *last = s.clone();
@@ -327,6 +383,8 @@ mod tests {
         m.publish(&s);
         s.events_seen = 15;
         s.alerts[2] = 5;
+        s.kernel.kinds[sensor_common::RecordKind::Connect as usize] = [2000, 1990, 10, 0];
+        s.kernel.folded = 7;
         m.publish(&s);
         let text = m.render().unwrap();
         assert!(text.contains("t1571_sensor_events_seen_total 15"), "{text}");
@@ -340,6 +398,20 @@ mod tests {
         );
         assert!(
             text.contains("t1571_sensor_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "t1571_sensor_kernel_records_total{kind=\"connect\",outcome=\"filtered\"} 1990"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_kernel_records_total{kind=\"udp\",outcome=\"lost\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_kernel_folded_connections_total 7"),
             "{text}"
         );
         assert!(m.healthy());
