@@ -177,7 +177,7 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
     );
-    let mut out = Sink::new(output);
+    let mut out = Sink::new(output, &pipeline.host_name)?;
     let metrics = match metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::new(loaded.selection.chosen.hook()));
@@ -325,7 +325,8 @@ pub async fn run(opts: Options) -> Result<()> {
         "state",
         "sensor-stopped",
     )?;
-    out.flush()?;
+    // Bounded: a stdout nobody reads must not hold the exit (and the detach) back.
+    out.close(Duration::from_millis(300));
     info!(
         "stopped: {connections} connections ({attributed} attributed), {alerts} alerts, {lost_reported} lost, {malformed} malformed"
     );
@@ -384,10 +385,11 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
     Snapshot {
         events_seen: c.connections,
         events_filtered: c.connections.saturating_sub(c.printed),
-        events_emitted: out.emitted,
+        events_emitted: out.emitted(),
         alerts: c.alerts_by_severity,
         ring_lost: lost,
         output_lost: out.lost(),
+        output_dropped: out.dropped,
         process_table_entries: pipeline.table.len() as u64,
         policy_reloads: c.reloads,
         policy_reload_failures: c.reload_failures,
@@ -407,6 +409,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "malformed_records": c.malformed,
         "lost_events_total": lost,
         "output_lost": out.lost(),
+        "output_dropped": out.dropped,
         "policy_reloads": c.reloads,
         "policy_reload_failures": c.reload_failures,
         "loss_counter_read_errors": c.loss_read_errors,

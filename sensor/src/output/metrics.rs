@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub ring_lost: u64,
     /// Lines an output could not take (journald down, a full queue).
     pub output_lost: u64,
+    /// Lines dropped because the output queue was full (stdout or journald not keeping up).
+    pub output_dropped: u64,
     pub process_table_entries: u64,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
@@ -67,6 +69,7 @@ pub struct Metrics {
     alerts: Family<Severity, Counter>,
     ring_lost: Counter,
     output_lost: Counter,
+    output_dropped: Counter,
     table: Gauge,
     reloads: Counter,
     reload_failures: Counter,
@@ -112,6 +115,11 @@ impl Metrics {
             "output_lost",
             "Lines an output could not take",
         );
+        let output_dropped = counter(
+            &mut registry,
+            "output_dropped",
+            "Lines dropped because the output queue was full (a reader not keeping up)",
+        );
         let table = Gauge::default();
         registry.register(
             "process_table_entries",
@@ -149,6 +157,7 @@ impl Metrics {
             alerts,
             ring_lost,
             output_lost,
+            output_dropped,
             table,
             reloads,
             reload_failures,
@@ -183,6 +192,7 @@ impl Metrics {
         }
         up(&self.ring_lost, s.ring_lost, last.ring_lost);
         up(&self.output_lost, s.output_lost, last.output_lost);
+        up(&self.output_dropped, s.output_dropped, last.output_dropped);
         up(&self.reloads, s.policy_reloads, last.policy_reloads);
         up(
             &self.reload_failures,

@@ -1,0 +1,291 @@
+//! The sensor under conditions an attacker or a broken host can create: a stdout nobody
+//! reads during an alert storm, a `kill -9`, and its capabilities after start-up.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use sensor_tests::{ATTACH_LOCK, Net, Scratch, forced_probe, root_or_skip, sensor_bin};
+use serde_json::Value;
+
+const PUBLIC: &str = "203.0.113.7";
+
+fn public_net() -> Result<Net> {
+    let net = Net::new()?;
+    net.subnet("203.0.113.1", PUBLIC, 24)?;
+    Ok(net)
+}
+
+/// One HTTP GET with a real client (curl), returning (status, body).
+fn http_get(url: &str) -> Result<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((
+        code.trim().parse().context("status code")?,
+        body.to_string(),
+    ))
+}
+
+fn metric(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A `sensor run` whose stdout the test reads only when it wants to: a reader thread
+/// that stops reading while `paused` is set, leaving the pipe full.
+struct Held {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    paused: Arc<AtomicBool>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Held {
+    fn start(args: &[&str]) -> Result<(Self, Value)> {
+        let mut cmd = Command::new(sensor_bin());
+        cmd.arg("run").args(args);
+        if let Some(p) = forced_probe() {
+            cmd.args(["--probe", &p]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the sensor")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut err = child.stderr.take().context("stderr")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let e = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        let started = loop {
+            line.clear();
+            if out.read_line(&mut line)? == 0 {
+                bail!("sensor exited before starting: {}", stderr.lock().unwrap());
+            }
+            let v: Value = serde_json::from_str(&line).context("a stdout line")?;
+            if v["event"]["action"] == "sensor-started" {
+                break v;
+            }
+        };
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        // Paused from the start: nothing reads stdout until the test says so.
+        let paused = Arc::new(AtomicBool::new(true));
+        let (l, p) = (lines.clone(), paused.clone());
+        thread::spawn(move || read_when_allowed(out, &l, &p));
+        Ok((
+            Self {
+                child,
+                lines,
+                paused,
+                stderr,
+            },
+            started,
+        ))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+fn read_when_allowed(
+    mut out: BufReader<ChildStdout>,
+    lines: &Mutex<Vec<String>>,
+    paused: &AtomicBool,
+) {
+    loop {
+        while paused.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let mut line = String::new();
+        match out.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => lines.lock().unwrap().push(line),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` connects to a C2 port (closed) from one process in the client namespace.
+fn storm(net: &Net, connector: &str, n: u64) -> Result<u64> {
+    net.run(connector, &[PUBLIC, "4444", &n.to_string()])?;
+    Ok(n)
+}
+
+/// Alerts in the storm: each line is about 2 KiB, so this is several times what the pipe
+/// (64 KiB) and the output queue (8 MiB) hold together, and few enough for a debug build
+/// to drain from a 16 MiB ring without loss.
+const STORM: u64 = 20_000;
+
+#[test]
+fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
+    if !root_or_skip("backpressure") {
+        return Ok(());
+    }
+    // Exclusive: the storm would flood the ring buffers of other tests' sensors.
+    let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("backpressure")?;
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
+    let net = public_net()?;
+    // Every connect alerts and is printed (no folding): far more than a pipe holds. A
+    // large ring, so that any kernel loss would be the reader's fault, not a burst's.
+    let (sensor, started) = Held::start(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--fold-period",
+        "0",
+        "--ring-buffer-size",
+        "16777216",
+    ])?;
+    let addr = started["sensor"]["metrics"]
+        .as_str()
+        .context("metrics address")?
+        .to_string();
+    let metrics = || -> Result<String> {
+        let (code, body) = http_get(&format!("http://{addr}/metrics"))?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body)
+    };
+    let seen = |b: &str| metric(b, "t1571_sensor_events_seen_total").unwrap_or(0);
+    let dropped = |b: &str| metric(b, "t1571_sensor_output_dropped_total").unwrap_or(0);
+    let lost = |b: &str| metric(b, "t1571_sensor_ring_buffer_lost_total").unwrap_or(0);
+
+    // At least 10 s with nobody reading stdout, from the storm on.
+    let unread = Instant::now();
+    let made = storm(&net, &connector, STORM)?;
+    // The reader drains every connect of the storm while stdout is full: the ring-buffer
+    // reader is never blocked by the writer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let body = metrics()?;
+        if seen(&body) >= made || Instant::now() > deadline {
+            break body;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        seen(&body) >= made,
+        "the reader saw {} of {made} connects while stdout was unread; stderr:\n{}",
+        seen(&body),
+        sensor.stderr.lock().unwrap()
+    );
+    assert_eq!(lost(&body), 0, "kernel losses during the storm");
+    let dropped_while_unread = dropped(&body);
+    assert!(
+        dropped_while_unread > 0,
+        "{made} alerts cannot fit in a pipe and the queue"
+    );
+    assert_eq!(
+        http_get(&format!("http://{addr}/healthz"))?.0,
+        200,
+        "the event loop stalled"
+    );
+    assert!(
+        sensor.stderr.lock().unwrap().contains("output queue full"),
+        "the drop was not said when it started"
+    );
+    eprintln!(
+        "storm: {made} connects, all seen {:?} after it began, {dropped_while_unread} lines dropped, 0 lost",
+        unread.elapsed()
+    );
+    thread::sleep(Duration::from_secs(10).saturating_sub(unread.elapsed()));
+
+    // Read again: the next line out says what was dropped.
+    sensor.paused.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        net.run(&connector, &[PUBLIC, "4444"])?;
+        let found = sensor.lines().iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["event"]["action"] == "output-dropped").then_some(v)
+        });
+        if let Some(v) = found {
+            break v;
+        }
+        if Instant::now() > deadline {
+            bail!("no output-dropped line once stdout was read again");
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report["event"]["kind"], "pipeline_error");
+    let total = report["sensor"]["output_dropped"].as_u64().unwrap();
+    assert!(total >= dropped_while_unread, "{report:#}");
+    assert_eq!(report["sensor"]["dropped_lines"], total, "one run of drops");
+    // Every line that did come out is one JSON object.
+    for l in sensor.lines() {
+        let v: Value = serde_json::from_str(&l).with_context(|| format!("not JSON: {l:?}"))?;
+        assert!(v.is_object());
+    }
+
+    // Block stdout again, fill it, and stop: SIGTERM exits within a second even though
+    // the writer sits in write(2) on a full pipe.
+    sensor.paused.store(true, Ordering::SeqCst);
+    let body = metrics()?;
+    let (before, seen_before) = (dropped(&body), seen(&body));
+    let made = storm(&net, &connector, STORM)?;
+    // The storm drained (a drain batch in a debug build takes long enough to delay a
+    // signal by itself), the queue full again: the writer is blocked in write(2).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = metrics()?;
+        if dropped(&body) > before && seen(&body) >= seen_before + made {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the storm was not drained, or the queue never filled again");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut sensor = sensor;
+    let pid = sensor.child.id();
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = sensor.child.try_wait()? {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!("no exit 5 s after SIGTERM with stdout blocked");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let took = t.elapsed();
+    eprintln!("SIGTERM with stdout blocked: exited in {took:?}");
+    assert!(took < Duration::from_secs(1), "exit took {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", sensor.stderr.lock().unwrap());
+    Ok(())
+}
