@@ -289,3 +289,76 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
     assert_eq!(status.code(), Some(0), "{}", sensor.stderr.lock().unwrap());
     Ok(())
 }
+
+/// `bpftool KIND show -j`: the kernel's programs or links, as bpftool lists them.
+fn bpftool(kind: &str) -> Result<Vec<Value>> {
+    let out = Command::new("bpftool")
+        .args([kind, "show", "-j"])
+        .output()
+        .context("running bpftool (installed by cargo xtask test)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {kind} show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Of `ids`, the programs bpftool still lists, and the links still attached to them.
+fn still_loaded(ids: &[u32]) -> Result<(Vec<Value>, Vec<Value>)> {
+    let has = |v: &Value, key: &str| v[key].as_u64().is_some_and(|id| ids.contains(&(id as u32)));
+    let progs = bpftool("prog")?
+        .into_iter()
+        .filter(|p| has(p, "id"))
+        .collect();
+    let links = bpftool("link")?
+        .into_iter()
+        .filter(|l| has(l, "prog_id"))
+        .collect();
+    Ok((progs, links))
+}
+
+#[test]
+fn kill_9_leaves_no_program_attached() -> Result<()> {
+    if !root_or_skip("kill_9") {
+        return Ok(());
+    }
+    let sensor = sensor_tests::Sensor::start(&[])?;
+    let started = sensor
+        .lines()
+        .into_iter()
+        .find(|v| v["event"]["action"] == "sensor-started")
+        .context("sensor-started")?;
+    let ours = sensor_tests::bpf_programs_of(sensor.pid());
+    assert_eq!(
+        ours.len(),
+        sensor_tests::expected_programs(&started),
+        "programs held by the sensor: {ours:?}"
+    );
+    let (progs, links) = still_loaded(&ours)?;
+    assert_eq!(progs.len(), ours.len(), "bpftool lists: {progs:#?}");
+    // Attached through links the process owns (none pinned). A hook attached through a
+    // perf event on an older kernel has no bpf_link, so not one per program.
+    assert!(!links.is_empty(), "no link to the sensor's programs");
+    let (status, _) = sensor.stop_with(libc::SIGKILL)?;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    // The kernel releases the links and programs once the last fd is closed; the
+    // release itself may be deferred (RCU), so poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (progs, links) = still_loaded(&ours)?;
+        if progs.is_empty() && links.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after kill -9, still loaded: {progs:#?}\nstill attached: {links:#?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -134,6 +134,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     // The listen test runs the real sshd on 2222 in a test namespace, with its own config.
     ("/usr/sbin/sshd", "openssh-server"),
+    // The kill -9 test lists the kernel's programs and links with the kernel's own tool.
+    ("bpftool", "bpftool"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
