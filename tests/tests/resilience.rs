@@ -362,3 +362,137 @@ fn kill_9_leaves_no_program_attached() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn capabilities_are_dropped_after_attach_and_features_still_work() -> Result<()> {
+    if !root_or_skip("dropped_capabilities") {
+        return Ok(());
+    }
+    let scratch = Scratch::new("caps")?;
+    let policy = scratch.dir.join("policy.toml");
+    std::fs::write(&policy, "c2_ports = [4444]\n")?;
+    let net = public_net()?;
+    // The system's python3 (installed by cargo xtask test), which nobody can run; a
+    // python3 first on root's PATH may live under /root.
+    const PYTHON: &str = "/usr/bin/python3";
+    // A process of another user that is already running when the sensor starts: its
+    // executable can only come from /proc/PID/exe (no exec record), which needs
+    // CAP_SYS_PTRACE; its user from the host's passwd.
+    let go = scratch.dir.join("go");
+    let code = format!(
+        "import os,socket,time\nwhile not os.path.exists({go:?}): time.sleep(0.05)\ns=socket.socket()\ns.settimeout(2)\ns.connect_ex(({PUBLIC:?}, 4444))",
+        go = go.to_str().unwrap()
+    );
+    let mut waiting = net
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            &code,
+        ])
+        .spawn()
+        .context("starting python3 as nobody")?;
+    let policy_arg = policy.to_str().unwrap();
+    let mut sensor = sensor_tests::Sensor::start(&["--config", policy_arg])?;
+
+    // Exactly the documented set, in all three sets, and no new privileges.
+    let sets = sensor_tests::capability_sets(sensor.pid())?;
+    let kept = sensor_tests::kept_capabilities()?;
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            sets[set], kept,
+            "{set} {:#x}, expected {kept:#x}",
+            sets[set]
+        );
+    }
+    assert_eq!(sets["CapInh"], 0);
+    assert_eq!(sets["CapAmb"], 0);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid()))?;
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Every thread, not only the main one.
+    for task in std::fs::read_dir(format!("/proc/{}/task", sensor.pid()))? {
+        let tid: u32 = task?.file_name().to_string_lossy().parse()?;
+        let t = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", sensor.pid()))?;
+        let eff = t
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16))
+            .context("CapEff")??;
+        assert_eq!(eff, kept, "thread {tid}");
+    }
+    let started = sensor.wait_for(Duration::from_secs(1), |v| {
+        v["event"]["action"] == "sensor-started"
+    })?;
+    eprintln!("capabilities: {}", started["sensor"]["capabilities"]);
+    assert_eq!(started["sensor"]["capabilities"]["all_kept"], false);
+
+    // Attribution after the drop: the executable through /proc, the user by name.
+    std::fs::write(&go, "")?;
+    let pid = waiting.id();
+    waiting.wait()?;
+    let v = sensor.connection(pid, 4444)?;
+    let python = std::fs::canonicalize(PYTHON)?;
+    assert_eq!(
+        v["process"]["executable"],
+        python.to_str().unwrap(),
+        "{v:#}"
+    );
+    assert_eq!(v["user"]["name"], "nobody", "{v:#}");
+    assert_eq!(v["event"]["kind"], "alert", "{v:#}");
+    let before = v["event"]["risk_score"].as_u64().context("risk_score")?;
+
+    // After the drop: a renamed copy of curl that only its owner, nobody, may execute
+    // and nobody may read (mode 0100), started now. Matching it by content means reading
+    // a file of another user through /proc: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE.
+    let copy = scratch.dir.join("update-agent");
+    std::fs::copy(std::fs::canonicalize("/usr/bin/curl")?, &copy)?;
+    std::os::unix::fs::chown(&copy, Some(65534), Some(65534))?;
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o100))?;
+    let url = format!("http://{PUBLIC}:4444/");
+    let args = [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        copy.to_str().unwrap(),
+    ];
+    let pid = net.run("setpriv", &[&args[..], &["-s", "-m", "2", &url]].concat())?;
+    let c = sensor.connection(pid, 4444)?;
+    assert_eq!(c["process"]["executable"], copy.to_str().unwrap(), "{c:#}");
+    assert_eq!(
+        c["sensor"]["matched"]["high_risk_matched_by"], "content",
+        "{c:#}"
+    );
+    assert_eq!(c["user"]["name"], "nobody", "{c:#}");
+
+    // A reload that changes scoring: 4444 is no longer a C2 port.
+    std::fs::write(&policy, "c2_ports = [9001]\n")?;
+    sensor.signal(libc::SIGHUP);
+    sensor.wait_for(Duration::from_secs(10), |v| {
+        v["event"]["action"] == "policy-reloaded"
+    })?;
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let after = sensor.connection(pid, 4444)?;
+    let risk = after["event"]["risk_score"]
+        .as_u64()
+        .context("risk_score")?;
+    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let new_c2 = sensor.connection(pid, 9001)?;
+    assert_eq!(
+        new_c2["sensor"]["matched"]["known_c2_port"], true,
+        "9001 not a C2 port after the reload: {new_c2:#}"
+    );
+    assert_ne!(
+        after["sensor"]["matched"]["known_c2_port"], true,
+        "4444 still a C2 port after the reload: {after:#}"
+    );
+    assert!(
+        risk < before,
+        "risk {risk} after the reload, {before} before"
+    );
+    let (status, _) = sensor.stop_with(libc::SIGTERM)?;
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}

@@ -27,7 +27,7 @@ use crate::{
     },
     kernel::{
         load::{self, Environment},
-        records,
+        privileges, records,
     },
     output::{
         self,
@@ -96,6 +96,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         output: args.output,
         metrics: args.metrics,
         test_stall: args.test_stall_on_usr1,
+        keep_capabilities: args.keep_capabilities,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -119,6 +120,8 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// SIGUSR1 stalls the loop (tests).
     pub test_stall: bool,
+    /// Keep every capability after attaching (debugging).
+    pub keep_capabilities: bool,
 }
 
 /// What identifies a file's content for the reload watch: a kubelet ConfigMap update swaps
@@ -139,6 +142,7 @@ pub async fn run(opts: Options) -> Result<()> {
         output,
         metrics,
         test_stall,
+        keep_capabilities,
     } = opts;
     let notifier = Notifier::from_env();
     let env = Environment::probe();
@@ -177,11 +181,20 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
     );
+    let metrics_listener = metrics.map(output::metrics::bind).transpose()?;
+    // Capabilities are per thread: dropped while this is the only one, before the output
+    // writer and the metrics server start.
+    let standard = pipeline.engine.policy().standard_ports.clone();
+    let capabilities = privileges::drop_capabilities(keep_capabilities, || {
+        losses.total().is_ok() && loaded.set_udp_standard_ports(standard).is_ok()
+    })
+    .context("dropping capabilities")?;
+    info!("capabilities kept: {}", capabilities.kept.join(" "));
     let mut out = Sink::new(output, &pipeline.host_name)?;
-    let metrics = match metrics {
-        Some(addr) => {
+    let metrics = match metrics_listener {
+        Some(listener) => {
             let m = Arc::new(Metrics::new(loaded.selection.chosen.hook()));
-            let bound = output::metrics::serve(addr, m.clone())?;
+            let bound = output::metrics::serve(listener, m.clone())?;
             info!("metrics and health on http://{bound}/metrics and /healthz");
             Some((m, bound))
         }
@@ -219,6 +232,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "engine": pipeline.engine.config_report(),
         "metrics": metrics.as_ref().map(|(_, addr)| addr.to_string()),
         "output": format!("{output:?}").to_lowercase(),
+        "capabilities": capabilities,
     });
     out.status(
         &output::status("state", "sensor-started", &pipeline.host_name, started),

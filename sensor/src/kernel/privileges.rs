@@ -1,6 +1,8 @@
-//! Whether this process may load and attach eBPF programs: effective capabilities.
+//! Whether this process may load and attach eBPF programs (effective capabilities), and
+//! dropping every capability it no longer needs once they are attached.
 
 use anyhow::{Context, Result};
+use caps::{CapSet, Capability, CapsHashSet};
 use procfs::FromRead;
 
 /// Effective capabilities from /proc/self/status (parsed by the procfs crate).
@@ -44,4 +46,106 @@ pub fn privileges() -> Privileges {
             has(CAP_SYS_ADMIN)
         ),
     }
+}
+
+/// What the sensor still needs once its programs are attached, and why. Everything else
+/// (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, ...) only served the load.
+pub const KEPT: &[(Capability, &str)] = &[
+    (
+        Capability::CAP_SYS_PTRACE,
+        "/proc/PID/exe, /proc/PID/root/..., environ and cmdline of every user's processes",
+    ),
+    (
+        Capability::CAP_DAC_READ_SEARCH,
+        "executables to fingerprint and containers' passwd files, whatever their modes",
+    ),
+];
+
+/// What [`drop_capabilities`] did, for `sensor-started`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dropped {
+    /// The capabilities left in the effective and permitted sets, `CAP_*`, sorted.
+    pub kept: Vec<String>,
+    /// Whether this kernel refuses bpf() on an already-open map without CAP_BPF (kernels
+    /// before the 2023 move of the `unprivileged_bpf_disabled` check out of the syscall
+    /// entry, 6.1 among them): then CAP_BPF is kept for reloads and loss counters.
+    pub bpf_needs_capability: bool,
+    /// Whether the bounding set was cut to `kept` too (needs CAP_SETPCAP, which a systemd
+    /// unit's bounding set may not give; NoNewPrivileges then stops any regain).
+    pub bounding_set_dropped: bool,
+    /// `--keep-capabilities`: nothing was dropped.
+    pub all_kept: bool,
+}
+
+fn names(set: &CapsHashSet) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Drops every capability not in [`KEPT`] from the effective, permitted, inheritable,
+/// ambient and bounding sets, and sets no_new_privs. Capabilities are per thread: call it
+/// while this is the process's only thread. `map_access` reads and writes the sensor's
+/// open maps as a reload does (harmless: the same values again); it is tried with CAP_BPF
+/// and CAP_SYS_ADMIN lowered, and when the kernel refuses, the one of the two held is kept.
+pub fn drop_capabilities(keep_all: bool, map_access: impl FnOnce() -> bool) -> Result<Dropped> {
+    let permitted = caps::read(None, CapSet::Permitted).context("reading the permitted set")?;
+    if keep_all {
+        return Ok(Dropped {
+            kept: names(&permitted),
+            bpf_needs_capability: false,
+            bounding_set_dropped: false,
+            all_kept: true,
+        });
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 {
+        log::warn!(
+            "dropping capabilities with {threads} threads running: only this one's are dropped"
+        );
+    }
+    let bpf_caps = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN];
+    let lowered: CapsHashSet = permitted
+        .iter()
+        .filter(|c| !bpf_caps.contains(c))
+        .copied()
+        .collect();
+    caps::set(None, CapSet::Effective, &lowered).context("lowering the effective set")?;
+    let bpf_needs_capability = !map_access();
+    caps::set(None, CapSet::Effective, &permitted).context("restoring the effective set")?;
+
+    let mut keep: CapsHashSet = KEPT
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| permitted.contains(c))
+        .collect();
+    if bpf_needs_capability && let Some(c) = bpf_caps.iter().find(|c| permitted.contains(c)) {
+        keep.insert(*c);
+    }
+    // The bounding set first: dropping from it needs CAP_SETPCAP, still effective here.
+    let mut bounding_set_dropped = true;
+    for c in caps::read(None, CapSet::Bounding).context("reading the bounding set")? {
+        if !keep.contains(&c) && caps::drop(None, CapSet::Bounding, c).is_err() {
+            bounding_set_dropped = false;
+        }
+    }
+    if !bounding_set_dropped {
+        log::info!(
+            "bounding set left as given (no CAP_SETPCAP); no_new_privs keeps exec from regaining any"
+        );
+    }
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient set")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing the inheritable set")?;
+    caps::set(None, CapSet::Effective, &keep).context("dropping from the effective set")?;
+    caps::set(None, CapSet::Permitted, &keep).context("dropping from the permitted set")?;
+    // SAFETY: prctl with constant integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_NO_NEW_PRIVS)");
+    }
+    Ok(Dropped {
+        kept: names(&keep),
+        bpf_needs_capability,
+        bounding_set_dropped,
+        all_kept: false,
+    })
 }

@@ -225,11 +225,14 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` (so a bad address fails at start-up, naming it) and serves from a thread
-/// of its own until the process exits.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))?;
+/// Binds `addr`, so a bad address fails at start-up, naming it (and a port below 1024
+/// is bound while the sensor still holds its capabilities).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))
+}
+
+/// Serves on `listener` from a thread of its own until the process exits.
+pub fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     listener
         .set_nonblocking(true)
         .context("metrics listener: non-blocking")?;
