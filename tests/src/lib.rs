@@ -163,15 +163,20 @@ impl Net {
     /// A command that runs in the client namespace: its pid is the program's own (setns
     /// happens between fork and exec, no wrapper process).
     pub fn command(&self, program: &str) -> Command {
+        Self::command_in(&self.client_fd, program.as_ref())
+    }
+
+    /// [`Net::command`] for a program whose path need not be UTF-8.
+    pub fn command_os(&self, program: &std::ffi::OsStr) -> Command {
         Self::command_in(&self.client_fd, program)
     }
 
     /// The same in the server namespace: listeners the client connects to run here.
     pub fn server_command(&self, program: &str) -> Command {
-        Self::command_in(&self.server_fd, program)
+        Self::command_in(&self.server_fd, program.as_ref())
     }
 
-    fn command_in(ns: &File, program: &str) -> Command {
+    fn command_in(ns: &File, program: &std::ffi::OsStr) -> Command {
         let mut cmd = Command::new(program);
         let fd = ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe; the fd stays open while `self` lives.
