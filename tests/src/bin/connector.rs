@@ -22,4 +22,11 @@ fn main() {
     for _ in 0..count {
         let _ = TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(2));
     }
+    // CONNECTOR_LINGER_MS: stay alive after connecting, so /proc still has the process.
+    if let Some(ms) = std::env::var("CONNECTOR_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
