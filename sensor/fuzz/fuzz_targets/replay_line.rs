@@ -2,7 +2,7 @@
 //! Any bytes as a recording for `sensor replay`: every line is re-scored or reported as
 //! malformed, and every line printed is one JSON object.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use sensor::{
@@ -13,8 +13,13 @@ use sensor::{
     },
 };
 
+/// Built once: compiling the default policy's patterns per input would be most of the time.
+static POLICY: OnceLock<Arc<Policy>> = OnceLock::new();
+
 fuzz_target!(|data: &[u8]| {
-    let mut engine = Engine::new(Arc::new(Policy::default()), Config::default());
+    let policy = POLICY.get_or_init(|| Arc::new(Policy::default())).clone();
+    // A fresh engine per input: no state carried from one input to the next.
+    let mut engine = Engine::new(policy, Config::default());
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let summary = replay(&mut engine, data, &mut out, &mut err).expect("in-memory replay");
     assert!(summary.lines >= summary.connections + summary.malformed + summary.skipped);
