@@ -353,13 +353,22 @@ pub async fn run(opts: Options) -> Result<()> {
 /// engine windows) and signals are served under a flood too.
 const DRAIN_BATCH: usize = 4096;
 
-/// Handles up to [`DRAIN_BATCH`] records, then flushes the output; returns how many.
+/// Longest one drain runs: when records are slow to handle (a cold /proc, a debug build),
+/// a SIGTERM still waits at most this long for the loop.
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// Handles up to [`DRAIN_BATCH`] records for at most [`DRAIN_TIME`], then flushes the
+/// output; returns how many, or [`DRAIN_BATCH`] when time ran out (more may be waiting).
 fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> Result<usize> {
     let mut found = 0;
+    let deadline = std::time::Instant::now() + DRAIN_TIME;
     while found < DRAIN_BATCH
         && let Some(item) = rb.next()
     {
         found += 1;
+        if found % 64 == 0 && std::time::Instant::now() >= deadline {
+            found = DRAIN_BATCH;
+        }
         let decoded = records::decode(&item);
         drop(item); // give the slot back to the kernel before slow procfs work
         match decoded {
