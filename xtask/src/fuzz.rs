@@ -35,6 +35,10 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             TARGETS.join(", ")
         ),
     };
+    crate::toolchain::ensure(false)?;
+    if !crate::toolchain::have("c++") {
+        bail!("libFuzzer needs a C++ compiler: apt-get install g++ (cargo xtask test installs it)");
+    }
     ensure_cargo_fuzz()?;
     for t in targets {
         fuzz(root, t, args.seconds)?;

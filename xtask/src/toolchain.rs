@@ -125,6 +125,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("python3", "python3"),
     ("gcc", "gcc"),
+    // libFuzzer (C++) for the fuzz targets, built by libfuzzer-sys.
+    ("c++", "g++"),
     ("setpriv", "util-linux"),
     ("/usr/include/stdio.h", "libc6-dev"),
     ("systemd-analyze", "systemd"),
