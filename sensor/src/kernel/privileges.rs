@@ -149,3 +149,68 @@ pub fn drop_capabilities(keep_all: bool, map_access: impl FnOnce() -> bool) -> R
         all_kept: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This thread's capability sets and no_new_privs (capabilities are per thread, so a
+    /// test thread can drop its own without touching the others).
+    fn own_status() -> (u64, u64, u64, bool) {
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let get = |k: &str| {
+            let v = s.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim();
+            u64::from_str_radix(v, 16).unwrap()
+        };
+        (
+            get("CapEff:"),
+            get("CapPrm:"),
+            get("CapBnd:"),
+            s.contains("NoNewPrivs:\t1"),
+        )
+    }
+
+    fn drop_in_a_thread(map_access_works: bool) -> (Dropped, (u64, u64, u64, bool)) {
+        std::thread::spawn(move || {
+            let d = drop_capabilities(false, || map_access_works).unwrap();
+            (d, own_status())
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn full_root() -> bool {
+        let all_held = caps::read(None, CapSet::Permitted).is_ok_and(|p| {
+            p.contains(&Capability::CAP_SETPCAP) && p.contains(&Capability::CAP_BPF)
+        });
+        if !all_held {
+            crate::testing::skip("drop_capabilities", "needs root with every capability");
+        }
+        all_held
+    }
+
+    #[test]
+    fn keeps_exactly_the_documented_set_everywhere() {
+        if !full_root() {
+            return;
+        }
+        let want = (1 << Capability::CAP_SYS_PTRACE.index())
+            | (1 << Capability::CAP_DAC_READ_SEARCH.index());
+        let (d, (eff, prm, bnd, nnp)) = drop_in_a_thread(true);
+        assert_eq!((eff, prm, bnd, nnp), (want, want, want, true));
+        assert_eq!(d.kept, ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]);
+        assert!(d.bounding_set_dropped && !d.bpf_needs_capability && !d.all_kept);
+    }
+
+    #[test]
+    fn keeps_cap_bpf_when_the_kernel_refuses_map_access_without_it() {
+        if !full_root() {
+            return;
+        }
+        let (d, (eff, prm, _, _)) = drop_in_a_thread(false);
+        let bpf = 1 << Capability::CAP_BPF.index();
+        assert!(d.bpf_needs_capability);
+        assert_eq!((eff & bpf, prm & bpf), (bpf, bpf));
+        assert!(d.kept.contains(&"CAP_BPF".to_string()));
+    }
+}
