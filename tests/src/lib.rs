@@ -163,15 +163,20 @@ impl Net {
     /// A command that runs in the client namespace: its pid is the program's own (setns
     /// happens between fork and exec, no wrapper process).
     pub fn command(&self, program: &str) -> Command {
+        Self::command_in(&self.client_fd, program.as_ref())
+    }
+
+    /// [`Net::command`] for a program whose path need not be UTF-8.
+    pub fn command_os(&self, program: &std::ffi::OsStr) -> Command {
         Self::command_in(&self.client_fd, program)
     }
 
     /// The same in the server namespace: listeners the client connects to run here.
     pub fn server_command(&self, program: &str) -> Command {
-        Self::command_in(&self.server_fd, program)
+        Self::command_in(&self.server_fd, program.as_ref())
     }
 
-    fn command_in(ns: &File, program: &str) -> Command {
+    fn command_in(ns: &File, program: &std::ffi::OsStr) -> Command {
         let mut cmd = Command::new(program);
         let fd = ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe; the fd stays open while `self` lives.
@@ -253,7 +258,9 @@ impl Sensor {
     /// Starts `sensor run ARGS` as root with exactly `caps` (`CAP_BPF`, ...) as its
     /// bounding, permitted and effective sets and no new privileges, as a systemd unit's
     /// `CapabilityBoundingSet=` or a pod's `capabilities.add` over `drop: [ALL]` runs it.
-    /// Checks the sets in its /proc status before returning.
+    /// Checks the sets in its /proc status before returning: once attached, the sensor
+    /// keeps only what it still needs ([`kept_capabilities`]) of what it was given; the
+    /// bounding set stays as given (cutting it needs CAP_SETPCAP, not given here).
     pub fn start_with_capabilities(caps: &[&str], args: &[&str]) -> Result<Self> {
         let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
         let mut mask = 0u64;
@@ -277,15 +284,12 @@ impl Sensor {
         .args(args);
         let mut s = Self::spawn(cmd)?;
         s._shared = Some(shared);
-        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))?;
-        for field in ["CapBnd:", "CapPrm:", "CapEff:"] {
-            let hex = status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .with_context(|| format!("no {field} in the sensor's status"))?;
-            let got = u64::from_str_radix(hex.trim(), 16).context("capability mask")?;
-            if got != mask {
-                bail!("{field} {got:#x}, expected exactly {mask:#x} ({caps:?})");
+        let kept = mask & kept_capabilities()?;
+        let sets = capability_sets(s.pid())?;
+        for (field, want) in [("CapBnd", mask), ("CapPrm", kept), ("CapEff", kept)] {
+            let got = sets[field];
+            if got != want {
+                bail!("{field} {got:#x}, expected exactly {want:#x} (given {caps:?})");
             }
         }
         Ok(s)
@@ -449,6 +453,48 @@ pub fn is_connection(v: &Value, pid: u32, port: u16) -> bool {
     v["event"]["action"] == "network-connect"
         && v["process"]["pid"] == pid
         && v["destination"]["port"] == port
+}
+
+/// The capabilities a running sensor keeps once its programs are attached, as a mask:
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (/proc of every process, files whatever their
+/// modes), and CAP_BPF on kernels before 6.5, whose bpf() syscall entry refuses every
+/// command, map access on an open fd included, without it when
+/// kernel.unprivileged_bpf_disabled is set (6.5 moved that check to map and program
+/// creation).
+pub fn kept_capabilities() -> Result<u64> {
+    let mut mask = (1 << cap_number("CAP_SYS_PTRACE")?) | (1 << cap_number("CAP_DAC_READ_SEARCH")?);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("kernel release")?;
+    let minor: u32 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("kernel release")?;
+    let unpriv_disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map(|v| v.trim() != "0")
+        .unwrap_or(true);
+    if (major, minor) < (6, 5) && unpriv_disabled {
+        mask |= 1 << cap_number("CAP_BPF")?;
+    }
+    Ok(mask)
+}
+
+/// CapInh, CapPrm, CapEff, CapBnd and CapAmb of process `pid`, from its /proc status.
+pub fn capability_sets(pid: u32) -> Result<std::collections::HashMap<String, u64>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .filter(|l| l.starts_with("Cap"))
+        .map(|l| {
+            let (k, v) = l.split_once(':').context("a Cap line")?;
+            let v = u64::from_str_radix(v.trim(), 16).context("capability mask")?;
+            Ok((k.to_string(), v))
+        })
+        .collect()
 }
 
 /// A capability's number (linux/capability.h), for the names the shipped manifests use.

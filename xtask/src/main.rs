@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | vmtest`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz | vmtest`.
 //!
 //! Everything a fresh machine lacks beyond the Rust toolchains is installed here:
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
@@ -6,6 +6,7 @@
 
 mod bench;
 mod deb;
+mod fuzz;
 mod image;
 mod python;
 mod siem;
@@ -69,6 +70,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz the policy parser, the replay line parser and the record decoder (cargo fuzz,
+    /// nightly) from the seed corpora in sensor/fuzz/corpus.
+    Fuzz(fuzz::Args),
     /// The integration tests on other kernels, each booted once in a VM (virtme-ng, qemu)
     /// with every chosen hook forced in turn; prints a summary table.
     Vmtest(vmtest::Args),
@@ -132,6 +136,15 @@ fn main() -> Result<()> {
             let siem_python = siem::ensure_test_tools(&root)?;
             let k8s_python = python::venv(&root, "k8s-venv", "deploy/kubernetes/requirements.txt")?;
             cargo(&root, &["build", "-p", "sensor"])?;
+            if args.is_empty() {
+                fuzz::run(
+                    &root,
+                    &fuzz::Args {
+                        seconds: fuzz::SHORT,
+                        target: None,
+                    },
+                )?;
+            }
             // The package test installs what users install: built from this very binary.
             let deb = deb::build(&root, &root.join("target/debug/sensor"))?;
             // The image as shipped (static build, FROM scratch), unpacked for the image test.
@@ -170,6 +183,7 @@ fn main() -> Result<()> {
                 (Err(h), Err(m)) => bail!("{h:#}; and {m:#}"),
             }
         }
+        Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Vmtest(args) => vmtest::vmtest(&root, &args),
         Task::VmGuest { plan } => vmtest::guest(&plan),
     }

@@ -125,6 +125,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("python3", "python3"),
     ("gcc", "gcc"),
+    // libFuzzer (C++) for the fuzz targets, built by libfuzzer-sys.
+    ("c++", "g++"),
     ("setpriv", "util-linux"),
     ("/usr/include/stdio.h", "libc6-dev"),
     ("systemd-analyze", "systemd"),
@@ -134,6 +136,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     // The listen test runs the real sshd on 2222 in a test namespace, with its own config.
     ("/usr/sbin/sshd", "openssh-server"),
+    // The kill -9 test lists the kernel's programs and links with the kernel's own tool.
+    ("bpftool", "bpftool"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with

@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// and watchdog tests).
     #[arg(long, hide = true)]
     pub test_stall_on_usr1: bool,
+    /// Keep every capability after the programs are attached (debugging). By default the
+    /// sensor keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (and CAP_BPF on kernels
+    /// that want it for map access), and sets no_new_privs.
+    #[arg(long)]
+    pub keep_capabilities: bool,
     /// Output format: ECS JSON, or Sysmon Event ID 3 field names for connections
     /// (Image, DestinationIp, ...; the sensor's own events stay ECS).
     #[arg(long, value_enum, default_value = "ecs")]

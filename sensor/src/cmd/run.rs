@@ -28,7 +28,7 @@ use crate::{
     kernel::{
         filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
         load::{self, Environment},
-        records,
+        privileges, records,
     },
     output::{
         self,
@@ -98,6 +98,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         output: args.output,
         metrics: args.metrics,
         test_stall: args.test_stall_on_usr1,
+        keep_capabilities: args.keep_capabilities,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,6 +122,8 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// SIGUSR1 stalls the loop (tests).
     pub test_stall: bool,
+    /// Keep every capability after attaching (debugging).
+    pub keep_capabilities: bool,
 }
 
 /// What identifies a file's content for the reload watch: a kubelet ConfigMap update swaps
@@ -141,6 +144,7 @@ pub async fn run(opts: Options) -> Result<()> {
         output,
         metrics,
         test_stall,
+        keep_capabilities,
     } = opts;
     let notifier = Notifier::from_env();
     let env = Environment::probe();
@@ -185,11 +189,20 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::time::Instant::now() + metrics_interval,
         metrics_interval,
     );
-    let mut out = Sink::new(output);
-    let metrics = match metrics {
-        Some(addr) => {
+    let metrics_listener = metrics.map(output::metrics::bind).transpose()?;
+    // Capabilities are per thread: dropped while this is the only one, before the output
+    // writer and the metrics server start.
+    let standard = pipeline.engine.policy().standard_ports.clone();
+    let capabilities = privileges::drop_capabilities(keep_capabilities, || {
+        losses.total().is_ok() && loaded.set_udp_standard_ports(standard).is_ok()
+    })
+    .context("dropping capabilities")?;
+    info!("capabilities kept: {}", capabilities.kept.join(" "));
+    let mut out = Sink::new(output, &pipeline.host_name)?;
+    let metrics = match metrics_listener {
+        Some(listener) => {
             let m = Arc::new(Metrics::new(loaded.selection.chosen.hook()));
-            let bound = output::metrics::serve(addr, m.clone())?;
+            let bound = output::metrics::serve(listener, m.clone())?;
             info!("metrics and health on http://{bound}/metrics and /healthz");
             Some((m, bound))
         }
@@ -227,6 +240,7 @@ pub async fn run(opts: Options) -> Result<()> {
         "engine": pipeline.engine.config_report(),
         "metrics": metrics.as_ref().map(|(_, addr)| addr.to_string()),
         "output": format!("{output:?}").to_lowercase(),
+        "capabilities": capabilities,
     });
     out.status(
         &output::status("state", "sensor-started", &pipeline.host_name, started),
@@ -338,7 +352,8 @@ pub async fn run(opts: Options) -> Result<()> {
         "state",
         "sensor-stopped",
     )?;
-    out.flush()?;
+    // Bounded: a stdout nobody reads must not hold the exit (and the detach) back.
+    out.close(Duration::from_millis(300));
     info!(
         "stopped: {connections} connections ({attributed} attributed), {alerts} alerts, {lost_reported} lost, {malformed} malformed"
     );
@@ -351,13 +366,22 @@ pub async fn run(opts: Options) -> Result<()> {
 /// engine windows) and signals are served under a flood too.
 const DRAIN_BATCH: usize = 4096;
 
-/// Handles up to [`DRAIN_BATCH`] records, then flushes the output; returns how many.
+/// Longest one drain runs: when records are slow to handle (a cold /proc, a debug build),
+/// a SIGTERM still waits at most this long for the loop.
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// Handles up to [`DRAIN_BATCH`] records for at most [`DRAIN_TIME`], then flushes the
+/// output; returns how many, or [`DRAIN_BATCH`] when time ran out (more may be waiting).
 fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> Result<usize> {
     let mut found = 0;
+    let deadline = std::time::Instant::now() + DRAIN_TIME;
     while found < DRAIN_BATCH
         && let Some(item) = rb.next()
     {
         found += 1;
+        if found % 64 == 0 && std::time::Instant::now() >= deadline {
+            found = DRAIN_BATCH;
+        }
         let decoded = records::decode(&item);
         drop(item); // give the slot back to the kernel before slow procfs work
         match decoded {
@@ -475,10 +499,11 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
     Snapshot {
         events_seen: c.connections,
         events_filtered: c.connections.saturating_sub(c.printed),
-        events_emitted: out.emitted,
+        events_emitted: out.emitted(),
         alerts: c.alerts_by_severity,
         ring_lost: lost,
         output_lost: out.lost(),
+        output_dropped: out.dropped,
         process_table_entries: pipeline.table.len() as u64,
         policy_reloads: c.reloads,
         policy_reload_failures: c.reload_failures,
@@ -499,6 +524,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "malformed_records": c.malformed,
         "lost_events_total": lost,
         "output_lost": out.lost(),
+        "output_dropped": out.dropped,
         "policy_reloads": c.reloads,
         "policy_reload_failures": c.reload_failures,
         "loss_counter_read_errors": c.loss_read_errors,

@@ -157,9 +157,35 @@ pub struct Journal {
     failing: bool,
 }
 
+/// One journal entry, owned: built where the line's summary is, sent by the output writer.
+#[derive(Debug)]
+pub struct Entry {
+    priority: Priority,
+    message: String,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Entry {
+    pub fn new(s: &Summary, ecs_json: &str) -> Self {
+        Self {
+            priority: priority(s),
+            message: message(s),
+            fields: fields(s, ecs_json),
+        }
+    }
+}
+
 impl Journal {
     pub fn send(&mut self, s: &Summary, ecs_json: &str) -> bool {
-        let r = journal_send(priority(s), &message(s), fields(s, ecs_json).into_iter());
+        self.send_entry(&Entry::new(s, ecs_json))
+    }
+
+    pub fn send_entry(&mut self, e: &Entry) -> bool {
+        let r = journal_send(
+            e.priority,
+            &e.message,
+            e.fields.iter().map(|(k, v)| (*k, v.as_str())),
+        );
         match r {
             Ok(()) => {
                 if self.failing {

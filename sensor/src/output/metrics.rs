@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub ring_lost: u64,
     /// Lines an output could not take (journald down, a full queue).
     pub output_lost: u64,
+    /// Lines dropped because the output queue was full (stdout or journald not keeping up).
+    pub output_dropped: u64,
     pub process_table_entries: u64,
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
@@ -77,6 +79,7 @@ pub struct Metrics {
     alerts: Family<Severity, Counter>,
     ring_lost: Counter,
     output_lost: Counter,
+    output_dropped: Counter,
     table: Gauge,
     reloads: Counter,
     reload_failures: Counter,
@@ -124,6 +127,11 @@ impl Metrics {
             &mut registry,
             "output_lost",
             "Lines an output could not take",
+        );
+        let output_dropped = counter(
+            &mut registry,
+            "output_dropped",
+            "Lines dropped because the output queue was full (a reader not keeping up)",
         );
         let table = Gauge::default();
         registry.register(
@@ -183,6 +191,7 @@ impl Metrics {
             alerts,
             ring_lost,
             output_lost,
+            output_dropped,
             table,
             reloads,
             reload_failures,
@@ -220,6 +229,7 @@ impl Metrics {
         }
         up(&self.ring_lost, s.ring_lost, last.ring_lost);
         up(&self.output_lost, s.output_lost, last.output_lost);
+        up(&self.output_dropped, s.output_dropped, last.output_dropped);
         up(&self.reloads, s.policy_reloads, last.policy_reloads);
         up(
             &self.reload_failures,
@@ -271,11 +281,14 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` (so a bad address fails at start-up, naming it) and serves from a thread
-/// of its own until the process exits.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))?;
+/// Binds `addr`, so a bad address fails at start-up, naming it (and a port below 1024
+/// is bound while the sensor still holds its capabilities).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))
+}
+
+/// Serves on `listener` from a thread of its own until the process exits.
+pub fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     listener
         .set_nonblocking(true)
         .context("metrics listener: non-blocking")?;

@@ -11,6 +11,7 @@ pub mod context;
 pub mod journald;
 pub mod listen;
 pub mod metrics;
+pub mod queue;
 mod recorded;
 pub mod redact;
 mod rollup;
