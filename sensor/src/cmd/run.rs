@@ -192,11 +192,14 @@ pub async fn run(opts: Options) -> Result<()> {
     let metrics_listener = metrics.map(output::metrics::bind).transpose()?;
     // Capabilities are per thread: dropped while this is the only one, before the output
     // writer and the metrics server start.
-    let standard = pipeline.engine.policy().standard_ports.clone();
+    // The map-access probe rewrites the filter generation not in force with the policy in
+    // force and flips to it, as a reload does; a refused write leaves the old one in force.
+    let probe_policy = filter_policy(&pipeline)?;
     let capabilities = privileges::drop_capabilities(keep_capabilities, || {
-        losses.total().is_ok() && loaded.set_udp_standard_ports(standard).is_ok()
+        losses.total().is_ok() && kernel.filter.push(&probe_policy).is_ok()
     })
     .context("dropping capabilities")?;
+    pipeline.kernel.filter_generation = kernel.filter.generation();
     info!("capabilities kept: {}", capabilities.kept.join(" "));
     let mut out = Sink::new(output, &pipeline.host_name)?;
     let metrics = match metrics_listener {
@@ -408,10 +411,7 @@ impl Kernel {
     /// A policy the maps cannot hold turns the filter off (everything passes) and is an
     /// error: the kernel never drops what the engine's policy wants to see.
     fn push(&mut self, pipeline: &mut Pipeline) -> Result<()> {
-        let cfg = pipeline.engine.config();
-        let fold_ns = u64::try_from(cfg.fold_ns.max(0)).unwrap_or(u64::MAX);
-        let p = FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns);
-        let pushed = p.and_then(|p| self.filter.push(&p).map(|()| p));
+        let pushed = filter_policy(pipeline).and_then(|p| self.filter.push(&p).map(|()| p));
         let p = match pushed {
             Ok(p) => p,
             Err(e) => {
@@ -582,4 +582,11 @@ fn report_losses(
         *reported = total;
     }
     Ok(())
+}
+
+/// What the kernel filter holds for the engine's policy and settings.
+fn filter_policy(pipeline: &Pipeline) -> Result<FilterPolicy> {
+    let cfg = pipeline.engine.config();
+    let fold_ns = u64::try_from(cfg.fold_ns.max(0)).unwrap_or(u64::MAX);
+    FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns)
 }
