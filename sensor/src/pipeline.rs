@@ -191,9 +191,12 @@ impl Pipeline {
                 pod.uid = cgroup.and_then(kubelet::pod_uid_from_cgroup);
             }
         }
-        let user_name = self
-            .users
-            .name(conn.tgid, conn.uid, proc.container_id.is_some());
+        let user_name = self.users.name(
+            conn.tgid,
+            conn.start_time_ns,
+            conn.uid,
+            proc.container_id.is_some(),
+        );
         let enriched = Enriched {
             conn: conn.clone(),
             proc,
