@@ -29,10 +29,12 @@ pub enum Format {
 pub struct Context {
     pub host: HostInfo,
     pub format: Format,
-    /// Stable per host and agent type (a hash of host.id), so a SIEM can tell sensors apart.
-    agent_id: Option<String>,
     /// Whether `stamp` adds host fields (not in replay: the lines carry their own).
     stamp_host: bool,
+    /// What `stamp` adds, built once (nulls pruned): `ecs`, `agent` and `host`.
+    ecs: Value,
+    agent: Value,
+    host_fields: Map<String, Value>,
 }
 
 /// This run's id: the prefix of every event.id.
@@ -47,15 +49,39 @@ pub fn next_event_id() -> String {
 
 impl Context {
     pub fn new(host: HostInfo, format: Format) -> Self {
+        // Stable per host and agent type (a hash of host.id), so a SIEM can tell sensors apart.
         let agent_id = host
             .id
             .as_deref()
             .map(|id| hex_prefix(&format!("{AGENT_TYPE}\0{id}"), 16));
+        let h_os = &host.os;
+        let mut host_fields = json!({
+            "name": host.hostname,
+            "hostname": host.hostname,
+            "id": host.id,
+            "os": {
+                "type": "linux",
+                "name": h_os.name,
+                "version": h_os.version,
+                "platform": h_os.platform,
+                "family": h_os.family,
+                "full": h_os.full,
+                "kernel": h_os.kernel,
+            },
+        });
+        super::prune(&mut host_fields);
+        let mut agent = json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": agent_id});
+        super::prune(&mut agent);
         Self {
             host,
             format,
-            agent_id,
             stamp_host: true,
+            ecs: json!({"version": ECS_VERSION}),
+            agent,
+            host_fields: match host_fields {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
         }
     }
 
@@ -70,6 +96,24 @@ impl Context {
         );
         cx.stamp_host = false;
         cx
+    }
+
+    /// What `stamp` adds: `ecs`, `agent`, and the `host` fields (nulls pruned), and
+    /// whether it adds host fields at all.
+    pub(crate) fn ecs(&self) -> &Value {
+        &self.ecs
+    }
+
+    pub(crate) fn agent(&self) -> &Value {
+        &self.agent
+    }
+
+    pub(crate) fn host_fields(&self) -> &Map<String, Value> {
+        &self.host_fields
+    }
+
+    pub(crate) fn stamps_host(&self) -> bool {
+        self.stamp_host
     }
 
     pub fn event_id(&self) -> String {
@@ -91,31 +135,11 @@ impl Context {
         let Some(o) = doc.as_object_mut() else {
             return;
         };
-        o.entry("ecs")
-            .or_insert_with(|| json!({"version": ECS_VERSION}));
-        o.entry("agent").or_insert_with(
-            || json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": self.agent_id}),
-        );
+        o.entry("ecs").or_insert_with(|| self.ecs.clone());
+        o.entry("agent").or_insert_with(|| self.agent.clone());
         let host = o.entry("host").or_insert_with(|| json!({}));
         if let Some(h) = host.as_object_mut().filter(|_| self.stamp_host) {
-            let h_os = &self.host.os;
-            let mine = json!({
-                "name": self.host.hostname,
-                "hostname": self.host.hostname,
-                "id": self.host.id,
-                "os": {
-                    "type": "linux",
-                    "name": h_os.name,
-                    "version": h_os.version,
-                    "platform": h_os.platform,
-                    "family": h_os.family,
-                    "full": h_os.full,
-                    "kernel": h_os.kernel,
-                },
-            });
-            if let Value::Object(mine) = mine {
-                merge_missing(h, mine);
-            }
+            merge_missing(h, &self.host_fields);
         }
         if let Some(e) = o.get_mut("event").and_then(Value::as_object_mut) {
             e.entry("id").or_insert_with(|| json!(self.event_id()));
@@ -125,13 +149,13 @@ impl Context {
 }
 
 /// Inserts the keys of `from` that `into` lacks, recursively into objects both have.
-fn merge_missing(into: &mut Map<String, Value>, from: Map<String, Value>) {
+fn merge_missing(into: &mut Map<String, Value>, from: &Map<String, Value>) {
     for (k, v) in from {
-        match (into.get_mut(&k), v) {
+        match (into.get_mut(k), v) {
             (Some(Value::Object(a)), Value::Object(b)) => merge_missing(a, b),
             (Some(_), _) => {}
             (None, v) => {
-                into.insert(k, v);
+                into.insert(k.clone(), v.clone());
             }
         }
     }
@@ -139,10 +163,12 @@ fn merge_missing(into: &mut Map<String, Value>, from: Map<String, Value>) {
 
 /// The first `hex_digits` hex digits of SHA-256(`s`).
 fn hex_prefix(s: &str, hex_digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(s.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out.truncate(hex_digits);
     out
