@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use crate::{
@@ -279,6 +279,7 @@ impl Pipeline {
 
     /// Renders each engine line once and writes it where the sensor's output goes.
     fn emit(&mut self, lines: &[Line<Enriched>], out: &mut Sink) -> Result<()> {
+        let mut buf = Vec::new();
         for line in lines {
             let risk = match line {
                 Line::Connection(d) => {
@@ -295,7 +296,11 @@ impl Pipeline {
             {
                 *n += 1;
             }
-            out.emit(&output::render(line, &self.output), &Summary::of(line))?;
+            buf.clear();
+            output::write(line, &self.output, &mut buf)?;
+            // serde_json writes UTF-8 only.
+            let text = std::str::from_utf8(&buf).context("serialising a line")?;
+            out.emit_line(text, &Summary::of(line))?;
         }
         Ok(())
     }

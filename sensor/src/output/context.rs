@@ -35,6 +35,10 @@ pub struct Context {
     ecs: Value,
     agent: Value,
     host_fields: Map<String, Value>,
+    /// The same, serialised once for the lines written directly.
+    ecs_json: String,
+    agent_json: String,
+    host_json: Vec<(String, String)>,
 }
 
 /// This run's id: the prefix of every event.id.
@@ -72,16 +76,24 @@ impl Context {
         super::prune(&mut host_fields);
         let mut agent = json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": agent_id});
         super::prune(&mut agent);
+        let host_fields = match host_fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let ecs = json!({"version": ECS_VERSION});
         Self {
             host,
             format,
             stamp_host: true,
-            ecs: json!({"version": ECS_VERSION}),
+            ecs_json: ecs.to_string(),
+            agent_json: agent.to_string(),
+            host_json: host_fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            ecs,
             agent,
-            host_fields: match host_fields {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
+            host_fields,
         }
     }
 
@@ -100,16 +112,17 @@ impl Context {
 
     /// What `stamp` adds: `ecs`, `agent`, and the `host` fields (nulls pruned), and
     /// whether it adds host fields at all.
-    pub(crate) fn ecs(&self) -> &Value {
-        &self.ecs
+    pub(crate) fn ecs_json(&self) -> &str {
+        &self.ecs_json
     }
 
-    pub(crate) fn agent(&self) -> &Value {
-        &self.agent
+    pub(crate) fn agent_json(&self) -> &str {
+        &self.agent_json
     }
 
-    pub(crate) fn host_fields(&self) -> &Map<String, Value> {
-        &self.host_fields
+    /// The host fields in key order, each value serialised.
+    pub(crate) fn host_json(&self) -> &[(String, String)] {
+        &self.host_json
     }
 
     pub(crate) fn stamps_host(&self) -> bool {
