@@ -131,8 +131,14 @@ impl Obj<'_> {
                 out.push(b',');
             }
             first = false;
-            string(out, k);
-            out.push(b':');
+            // Keys are field names (ASCII letters, digits, '_', '@'): nothing to escape.
+            debug_assert!(
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_@".contains(&b))
+            );
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
             v.write(out);
         };
         // Byte order, as the BTreeMap of a `Value` object orders its keys. The hot lines
