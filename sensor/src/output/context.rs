@@ -1,9 +1,13 @@
 //! What every line says about who wrote it: `ecs.version`, `agent.*`, `host.*`, a unique
 //! `event.id`, and the chosen output format.
 
-use std::sync::{
-    LazyLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::{
+        LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde_json::{Map, Value, json};
@@ -39,7 +43,12 @@ pub struct Context {
     ecs_json: String,
     agent_json: String,
     host_json: Vec<(String, String)>,
+    /// (pid, start time) -> `process.entity_id`: two SHA-256 per line otherwise.
+    entity_ids: RefCell<HashMap<(u32, u64), String>>,
 }
+
+/// Entity ids remembered at most; the cache is dropped whole past that.
+const MAX_ENTITY_IDS: usize = 4096;
 
 /// This run's id: the prefix of every event.id.
 static RUN_ID: LazyLock<String> = LazyLock::new(run_id);
@@ -94,6 +103,7 @@ impl Context {
             ecs,
             agent,
             host_fields,
+            entity_ids: RefCell::new(HashMap::new()),
         }
     }
 
@@ -136,10 +146,20 @@ impl Context {
     /// `process.entity_id`: stable for one process on one host (pid reuse gives a new one),
     /// the same in every line about it. None when the start time is unknown.
     pub fn entity_id(&self, pid: u32, start_time_ns: u64) -> Option<String> {
-        (start_time_ns != 0).then(|| {
-            let host = self.host.id.as_deref().unwrap_or(&self.host.hostname);
-            hex_prefix(&format!("{host}\0{pid}\0{start_time_ns}"), 32)
-        })
+        if start_time_ns == 0 {
+            return None;
+        }
+        let mut ids = self.entity_ids.borrow_mut();
+        if let Some(id) = ids.get(&(pid, start_time_ns)) {
+            return Some(id.clone());
+        }
+        if ids.len() >= MAX_ENTITY_IDS {
+            ids.clear();
+        }
+        let host = self.host.id.as_deref().unwrap_or(&self.host.hostname);
+        let id = hex_prefix(&format!("{host}\0{pid}\0{start_time_ns}"), 32);
+        ids.insert((pid, start_time_ns), id.clone());
+        Some(id)
     }
 
     /// Adds the writer's fields to a rendered ECS line, keeping any it already has (replayed
