@@ -10,7 +10,7 @@ use std::{
 
 use sensor_common::{AF_INET, AF_INET6, FOLD_MAX, FoldKey};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use crate::{
@@ -348,9 +348,12 @@ impl Pipeline {
                 pod.uid = cgroup.and_then(kubelet::pod_uid_from_cgroup);
             }
         }
-        let user_name = self
-            .users
-            .name(conn.tgid, conn.uid, proc.container_id.is_some());
+        let user_name = self.users.name(
+            conn.tgid,
+            conn.start_time_ns,
+            conn.uid,
+            proc.container_id.is_some(),
+        );
         let enriched = Enriched {
             conn: conn.clone(),
             proc,
@@ -449,7 +452,12 @@ impl Pipeline {
             {
                 *n += 1;
             }
-            out.emit(&output::render(line, &self.output), &Summary::of(line))?;
+            // Owned: the line moves into the output queue.
+            let mut buf = Vec::with_capacity(4096);
+            output::write(line, &self.output, &mut buf)?;
+            // serde_json writes UTF-8 only.
+            let text = String::from_utf8(buf).context("serialising a line")?;
+            out.emit_line(text, &Summary::of(line))?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::enrich::rootfs;
@@ -126,6 +126,14 @@ impl ContainerUsers {
     }
 }
 
+/// How long a process's mount namespace is trusted without a new stat: a process that
+/// moves (setns, unshare) is followed within this, and a connect storm costs one stat of
+/// `/proc/PID/ns/mnt` per process and period instead of one per connect (several µs each
+/// on recent kernels, which build an nsfs inode for every lookup).
+const NS_TTL: Duration = Duration::from_secs(1);
+/// Processes whose namespace is remembered at most.
+const MAX_NS_CACHE: usize = 4096;
+
 /// Whose account database names a process's users.
 pub struct UserNames {
     pub host: Users,
@@ -133,6 +141,8 @@ pub struct UserNames {
     proc_root: PathBuf,
     /// The host's mount namespace (pid 1's), against which a process is "in a container".
     host_ns: Option<u64>,
+    /// (pid, start time) -> its mount namespace (None: gone) and when that was read.
+    ns_cache: HashMap<(u32, u64), (Option<u64>, Instant)>,
 }
 
 impl UserNames {
@@ -143,14 +153,45 @@ impl UserNames {
             containers: ContainerUsers::default(),
             host_ns: mount_ns(&proc_root, 1),
             proc_root,
+            ns_cache: HashMap::new(),
         }
     }
 
-    /// `uid`'s name for process `pid`. `in_container` says what else is known (a container
-    /// id) for a process already gone: its container's users cannot be read, and the
-    /// host's are not its own.
-    pub fn name(&mut self, pid: u32, uid: u32, in_container: bool) -> Option<String> {
-        match mount_ns(&self.proc_root, pid) {
+    /// The mount namespace of the process (`pid`, started at `start_ns`), read at most once
+    /// per [`NS_TTL`]; with an unknown start time (0) the pid alone is no identity: read.
+    fn process_ns(&mut self, pid: u32, start_ns: u64) -> Option<u64> {
+        if start_ns == 0 {
+            return mount_ns(&self.proc_root, pid);
+        }
+        let now = Instant::now();
+        if let Some(&(ns, at)) = self.ns_cache.get(&(pid, start_ns))
+            && now.saturating_duration_since(at) < NS_TTL
+        {
+            return ns;
+        }
+        if self.ns_cache.len() >= MAX_NS_CACHE {
+            self.ns_cache
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < NS_TTL);
+            if self.ns_cache.len() >= MAX_NS_CACHE {
+                self.ns_cache.clear();
+            }
+        }
+        let ns = mount_ns(&self.proc_root, pid);
+        self.ns_cache.insert((pid, start_ns), (ns, now));
+        ns
+    }
+
+    /// `uid`'s name for process `pid` (started at `start_ns`, boot nanoseconds; 0 if
+    /// unknown). `in_container` says what else is known (a container id) for a process
+    /// already gone: its container's users cannot be read, and the host's are not its own.
+    pub fn name(
+        &mut self,
+        pid: u32,
+        start_ns: u64,
+        uid: u32,
+        in_container: bool,
+    ) -> Option<String> {
+        match self.process_ns(pid, start_ns) {
             Some(ns) if Some(ns) != self.host_ns => self
                 .containers
                 .name(&self.proc_root, pid, ns, uid)
@@ -182,11 +223,20 @@ mod tests {
     fn host_process_uses_the_host_database_gone_container_process_none() {
         let mut names = UserNames::new("/etc/passwd", "/proc");
         assert_eq!(
-            names.name(std::process::id(), 0, false).as_deref(),
+            names.name(std::process::id(), 0, 0, false).as_deref(),
             Some("root")
         );
-        assert_eq!(names.name(u32::MAX, 0, true), None);
-        assert_eq!(names.name(u32::MAX, 0, false).as_deref(), Some("root"));
+        assert_eq!(names.name(u32::MAX, 0, 0, true), None);
+        assert_eq!(names.name(u32::MAX, 0, 0, false).as_deref(), Some("root"));
+        // With a start time the namespace is remembered: the same answers, read once.
+        for _ in 0..3 {
+            assert_eq!(
+                names.name(std::process::id(), 7, 0, false).as_deref(),
+                Some("root")
+            );
+            assert_eq!(names.name(u32::MAX, 7, 0, true), None);
+        }
+        assert_eq!(names.ns_cache.len(), 2);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! What every line says about who wrote it: `ecs.version`, `agent.*`, `host.*`, a unique
 //! `event.id`, and the chosen output format.
 
-use std::sync::{
-    LazyLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::{
+        LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use serde_json::{Map, Value, json};
@@ -29,11 +33,22 @@ pub enum Format {
 pub struct Context {
     pub host: HostInfo,
     pub format: Format,
-    /// Stable per host and agent type (a hash of host.id), so a SIEM can tell sensors apart.
-    agent_id: Option<String>,
     /// Whether `stamp` adds host fields (not in replay: the lines carry their own).
     stamp_host: bool,
+    /// What `stamp` adds, built once (nulls pruned): `ecs`, `agent` and `host`.
+    ecs: Value,
+    agent: Value,
+    host_fields: Map<String, Value>,
+    /// The same, serialised once for the lines written directly.
+    ecs_json: String,
+    agent_json: String,
+    host_json: Vec<(String, String)>,
+    /// (pid, start time) -> `process.entity_id`: two SHA-256 per line otherwise.
+    entity_ids: RefCell<HashMap<(u32, u64), String>>,
 }
+
+/// Entity ids remembered at most; the cache is dropped whole past that.
+const MAX_ENTITY_IDS: usize = 4096;
 
 /// This run's id: the prefix of every event.id.
 static RUN_ID: LazyLock<String> = LazyLock::new(run_id);
@@ -47,15 +62,48 @@ pub fn next_event_id() -> String {
 
 impl Context {
     pub fn new(host: HostInfo, format: Format) -> Self {
+        // Stable per host and agent type (a hash of host.id), so a SIEM can tell sensors apart.
         let agent_id = host
             .id
             .as_deref()
             .map(|id| hex_prefix(&format!("{AGENT_TYPE}\0{id}"), 16));
+        let h_os = &host.os;
+        let mut host_fields = json!({
+            "name": host.hostname,
+            "hostname": host.hostname,
+            "id": host.id,
+            "os": {
+                "type": "linux",
+                "name": h_os.name,
+                "version": h_os.version,
+                "platform": h_os.platform,
+                "family": h_os.family,
+                "full": h_os.full,
+                "kernel": h_os.kernel,
+            },
+        });
+        super::prune(&mut host_fields);
+        let mut agent = json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": agent_id});
+        super::prune(&mut agent);
+        let host_fields = match host_fields {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let ecs = json!({"version": ECS_VERSION});
         Self {
             host,
             format,
-            agent_id,
             stamp_host: true,
+            ecs_json: ecs.to_string(),
+            agent_json: agent.to_string(),
+            host_json: host_fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            ecs,
+            agent,
+            host_fields,
+            entity_ids: RefCell::new(HashMap::new()),
         }
     }
 
@@ -72,6 +120,25 @@ impl Context {
         cx
     }
 
+    /// What `stamp` adds: `ecs`, `agent`, and the `host` fields (nulls pruned), and
+    /// whether it adds host fields at all.
+    pub(crate) fn ecs_json(&self) -> &str {
+        &self.ecs_json
+    }
+
+    pub(crate) fn agent_json(&self) -> &str {
+        &self.agent_json
+    }
+
+    /// The host fields in key order, each value serialised.
+    pub(crate) fn host_json(&self) -> &[(String, String)] {
+        &self.host_json
+    }
+
+    pub(crate) fn stamps_host(&self) -> bool {
+        self.stamp_host
+    }
+
     pub fn event_id(&self) -> String {
         next_event_id()
     }
@@ -79,10 +146,20 @@ impl Context {
     /// `process.entity_id`: stable for one process on one host (pid reuse gives a new one),
     /// the same in every line about it. None when the start time is unknown.
     pub fn entity_id(&self, pid: u32, start_time_ns: u64) -> Option<String> {
-        (start_time_ns != 0).then(|| {
-            let host = self.host.id.as_deref().unwrap_or(&self.host.hostname);
-            hex_prefix(&format!("{host}\0{pid}\0{start_time_ns}"), 32)
-        })
+        if start_time_ns == 0 {
+            return None;
+        }
+        let mut ids = self.entity_ids.borrow_mut();
+        if let Some(id) = ids.get(&(pid, start_time_ns)) {
+            return Some(id.clone());
+        }
+        if ids.len() >= MAX_ENTITY_IDS {
+            ids.clear();
+        }
+        let host = self.host.id.as_deref().unwrap_or(&self.host.hostname);
+        let id = hex_prefix(&format!("{host}\0{pid}\0{start_time_ns}"), 32);
+        ids.insert((pid, start_time_ns), id.clone());
+        Some(id)
     }
 
     /// Adds the writer's fields to a rendered ECS line, keeping any it already has (replayed
@@ -91,31 +168,11 @@ impl Context {
         let Some(o) = doc.as_object_mut() else {
             return;
         };
-        o.entry("ecs")
-            .or_insert_with(|| json!({"version": ECS_VERSION}));
-        o.entry("agent").or_insert_with(
-            || json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": self.agent_id}),
-        );
+        o.entry("ecs").or_insert_with(|| self.ecs.clone());
+        o.entry("agent").or_insert_with(|| self.agent.clone());
         let host = o.entry("host").or_insert_with(|| json!({}));
         if let Some(h) = host.as_object_mut().filter(|_| self.stamp_host) {
-            let h_os = &self.host.os;
-            let mine = json!({
-                "name": self.host.hostname,
-                "hostname": self.host.hostname,
-                "id": self.host.id,
-                "os": {
-                    "type": "linux",
-                    "name": h_os.name,
-                    "version": h_os.version,
-                    "platform": h_os.platform,
-                    "family": h_os.family,
-                    "full": h_os.full,
-                    "kernel": h_os.kernel,
-                },
-            });
-            if let Value::Object(mine) = mine {
-                merge_missing(h, mine);
-            }
+            merge_missing(h, &self.host_fields);
         }
         if let Some(e) = o.get_mut("event").and_then(Value::as_object_mut) {
             e.entry("id").or_insert_with(|| json!(self.event_id()));
@@ -125,13 +182,13 @@ impl Context {
 }
 
 /// Inserts the keys of `from` that `into` lacks, recursively into objects both have.
-fn merge_missing(into: &mut Map<String, Value>, from: Map<String, Value>) {
+fn merge_missing(into: &mut Map<String, Value>, from: &Map<String, Value>) {
     for (k, v) in from {
-        match (into.get_mut(&k), v) {
+        match (into.get_mut(k), v) {
             (Some(Value::Object(a)), Value::Object(b)) => merge_missing(a, b),
             (Some(_), _) => {}
             (None, v) => {
-                into.insert(k, v);
+                into.insert(k.clone(), v.clone());
             }
         }
     }
@@ -139,10 +196,12 @@ fn merge_missing(into: &mut Map<String, Value>, from: Map<String, Value>) {
 
 /// The first `hex_digits` hex digits of SHA-256(`s`).
 fn hex_prefix(s: &str, hex_digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(s.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out.truncate(hex_digits);
     out

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod community_id;
 mod connection;
 pub mod context;
+pub mod doc;
 pub mod journald;
 pub mod listen;
 pub mod metrics;
@@ -20,7 +21,7 @@ mod sysmon;
 
 pub use context::{Context, Format};
 
-use std::io::Write;
+use std::{io::Write, sync::LazyLock};
 
 use anyhow::{Context as _, Result};
 use serde_json::{Map, Value, json};
@@ -52,6 +53,11 @@ pub trait Render: Sized {
     fn sysmon(&self, _d: &Decision, _cx: &Context) -> Option<Value> {
         None
     }
+    /// The whole stamped `network-connect` line as a borrowed document, where the source
+    /// has one: [`write`] prints it without building a `Value`.
+    fn connection_doc<'a>(&'a self, _d: &'a Decision, _cx: &'a Context) -> Option<doc::J<'a>> {
+        None
+    }
 }
 
 /// One engine line, in the context's format: a connection as Sysmon Event ID 3 under
@@ -74,9 +80,29 @@ pub fn render<C: listen::Flowed>(line: &Line<C>, cx: &Context) -> Value {
     doc
 }
 
+/// One engine line as [`render`] makes it, serialised into `out` (no newline). A live
+/// connection line in ECS is written straight from its typed parts; the bytes are the
+/// same as `render` and `serde_json` would write.
+pub fn write<C: listen::Flowed>(line: &Line<C>, cx: &Context, out: &mut Vec<u8>) -> Result<()> {
+    if let (Format::Ecs, Line::Connection(d)) = (cx.format, line)
+        && d.conn.flow() == Flow::Connect
+        && let Some(doc) = d.conn.connection_doc(&d.decision, cx)
+    {
+        doc.write(out);
+        return Ok(());
+    }
+    serde_json::to_writer(&mut *out, &render(line, cx)).context("serialising a line")
+}
+
 /// The connection rule, on every connection alert.
 fn connect_rule() -> Value {
     json!({"name": RULE_NAME, "id": RULE_ID, "reference": TECHNIQUE_URL})
+}
+
+/// The same, serialised once.
+fn connect_rule_json() -> &'static str {
+    static RULE: LazyLock<String> = LazyLock::new(|| connect_rule().to_string());
+    &RULE
 }
 
 /// MITRE ATT&CK T1571 under TA0011, as every alert carries it.
@@ -86,6 +112,12 @@ pub fn threat() -> Value {
         "tactic": {"id": ["TA0011"], "name": ["Command and Control"], "reference": [TACTIC_URL]},
         "technique": {"id": ["T1571"], "name": ["Non-Standard Port"], "reference": [TECHNIQUE_URL]},
     })
+}
+
+/// The same, serialised once.
+fn threat_json() -> &'static str {
+    static THREAT: LazyLock<String> = LazyLock::new(|| threat().to_string());
+    &THREAT
 }
 
 /// Which lists matched (`sensor.matched`).

@@ -51,6 +51,7 @@ const SECRET_FLAGS: &[&str] = &[
     "--proxy-password",
 ];
 
+/// An `Inline` regex must not match an argument without ':' or '=' (`redact` skips those).
 pub const PATTERNS: &[Pattern] = &[
     Pattern {
         name: "user-password-flag",
@@ -136,7 +137,9 @@ pub fn redact(args: &mut [String]) -> Vec<&'static str> {
                 }
             }
             (Kind::Inline(_), Some(re)) => {
-                for a in args.iter_mut() {
+                // Every inline pattern needs a ':' or '=' in the argument: most arguments
+                // have neither and skip the regex.
+                for a in args.iter_mut().filter(|a| a.contains([':', '='])) {
                     if re.is_match(a) {
                         let replaced = re.replace_all(a, |c: &regex::Captures| {
                             let keep = c.get(1).map_or("", |m| m.as_str());

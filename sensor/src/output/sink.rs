@@ -78,6 +78,11 @@ impl Sink {
     /// a full queue drops the line and counts it.
     pub fn emit(&mut self, doc: &Value, summary: &Summary) -> Result<()> {
         let line = serde_json::to_string(doc).context("serialising a line")?;
+        self.emit_line(line, summary)
+    }
+
+    /// Queues one line already serialised (one JSON object, no newline).
+    pub fn emit_line(&mut self, line: String, summary: &Summary) -> Result<()> {
         if self.dropping > 0 && !(self.queue.below_half() && self.report_drops()?) {
             self.drop_line();
             return Ok(());
