@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// wakes the sensor when a quarter of the ring buffer is pending or no wakeup was sent
     /// for this long, and a timer armed after busy drains picks up the rest: a busy host
     /// is not charged one wakeup per connect, an idle one no timer. 0 wakes on every record.
-    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, default_value_t = 2, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub max_delay: u64,
     /// How often kernel loss counters are checked, in seconds.
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.01, 3600.0))]
