@@ -588,5 +588,11 @@ fn report_losses(
 fn filter_policy(pipeline: &Pipeline) -> Result<FilterPolicy> {
     let cfg = pipeline.engine.config();
     let fold_ns = u64::try_from(cfg.fold_ns.max(0)).unwrap_or(u64::MAX);
-    FilterPolicy::new(pipeline.engine.policy(), cfg.all, fold_ns)
+    let p = pipeline.engine.policy();
+    FilterPolicy::new(
+        p.kernel_dropped_ports(),
+        &p.excluded_networks,
+        cfg.all,
+        fold_ns,
+    )
 }

@@ -28,8 +28,6 @@ use sensor_common::{
 };
 use serde_json::Value;
 
-use crate::detect::policy::Policy;
-
 /// What the kernel is told: which connects cannot matter, and whether to fold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterPolicy {
@@ -41,15 +39,23 @@ pub struct FilterPolicy {
 }
 
 impl FilterPolicy {
+    /// `dropped_ports`: ports no connect to can score or beacon (the policy's standard
+    /// ports that are not C2 ports; detect decides, this layer only encodes).
+    /// `excluded`: the policy's excluded networks.
     /// `all`: `--all`, every connect passes and none is folded (every one is printed).
     /// `fold_ns`: `--fold-period` (0: no folding).
-    pub fn new(policy: &Policy, all: bool, fold_ns: u64) -> Result<Self> {
+    pub fn new(
+        dropped_ports: impl IntoIterator<Item = u16>,
+        excluded: &[IpNet],
+        all: bool,
+        fold_ns: u64,
+    ) -> Result<Self> {
         let mut port_bits = vec![0u64; PORT_WORDS as usize];
-        for &p in policy.standard_ports.difference(&policy.c2_ports) {
+        for p in dropped_ports {
             port_bits[usize::from(p >> 6)] |= 1 << (p & 63);
         }
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for net in &policy.excluded_networks {
+        for net in excluded {
             match net.trunc() {
                 IpNet::V4(n) => v4.push((n.prefix_len(), n.network().octets())),
                 IpNet::V6(n) => v6.push((n.prefix_len(), n.network().octets())),
@@ -366,16 +372,14 @@ impl KernelFold {
 mod tests {
     use super::*;
 
+    const DROPPED: [u16; 3] = [80, 443, 65535];
+
     #[test]
-    fn port_bits_are_standard_and_not_c2() {
-        let p = Policy::default();
-        let f = FilterPolicy::new(&p, false, 10).unwrap();
+    fn port_bits_are_the_dropped_ports() {
+        let f = FilterPolicy::new(DROPPED, &[], false, 10).unwrap();
         for port in 0..=u16::MAX {
-            let expect = p.standard_ports.contains(&port) && !p.c2_ports.contains(&port);
-            assert_eq!(f.port_dropped(port), expect, "port {port}");
+            assert_eq!(f.port_dropped(port), DROPPED.contains(&port), "port {port}");
         }
-        assert!(f.port_dropped(443));
-        assert!(!f.port_dropped(4444));
         assert_eq!(
             f.settings,
             FilterSettings {
@@ -388,22 +392,19 @@ mod tests {
 
     #[test]
     fn all_turns_filter_and_fold_off() {
-        let f = FilterPolicy::new(&Policy::default(), true, 10).unwrap();
+        let f = FilterPolicy::new(DROPPED, &[], true, 10).unwrap();
         assert_eq!((f.settings.filter, f.settings.fold), (0, 0));
-        let f = FilterPolicy::new(&Policy::default(), false, 0).unwrap();
+        let f = FilterPolicy::new(DROPPED, &[], false, 0).unwrap();
         assert_eq!((f.settings.filter, f.settings.fold), (1, 0));
     }
 
     #[test]
     fn networks_split_by_family_with_host_bits_cleared() {
-        let p = Policy {
-            excluded_networks: vec![
-                "10.1.2.3/8".parse().unwrap(),
-                "2001:db8:1::5/48".parse().unwrap(),
-            ],
-            ..Policy::default()
-        };
-        let f = FilterPolicy::new(&p, false, 0).unwrap();
+        let nets: Vec<IpNet> = vec![
+            "10.1.2.3/8".parse().unwrap(),
+            "2001:db8:1::5/48".parse().unwrap(),
+        ];
+        let f = FilterPolicy::new(DROPPED, &nets, false, 0).unwrap();
         assert_eq!(f.v4, vec![(8, [10, 0, 0, 0])]);
         assert_eq!(f.v6.len(), 1);
         assert_eq!(f.v6[0].0, 48);

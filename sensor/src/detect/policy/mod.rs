@@ -171,6 +171,13 @@ impl Policy {
         file::parse(text)
     }
 
+    /// Ports a connect to can never score nor feed a beacon: standard and not C2 (see
+    /// score.rs: tier 1 needs a C2 port, tier 2 and beacons a port not in `standard_ports`).
+    /// The kernel filter drops connects to them.
+    pub fn kernel_dropped_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.standard_ports.difference(&self.c2_ports).copied()
+    }
+
     /// The first allow rule (in file order) that matches.
     pub fn allow_rule(&self, s: &Subject) -> Option<&AllowRule> {
         self.allow.iter().find(|r| r.matches(s))
@@ -221,6 +228,21 @@ container_ids = ["abc*"]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_dropped_ports_are_standard_and_not_c2() {
+        // Built directly: a policy file may not list a port in both (parse refuses it).
+        let p = Policy {
+            c2_ports: [443, 4444].into(),
+            ..Policy::default()
+        };
+        let dropped: BTreeSet<u16> = p.kernel_dropped_ports().collect();
+        for port in 0..=u16::MAX {
+            let expect = p.standard_ports.contains(&port) && !p.c2_ports.contains(&port);
+            assert_eq!(dropped.contains(&port), expect, "port {port}");
+        }
+        assert!(dropped.contains(&80) && !dropped.contains(&443) && !dropped.contains(&4444));
+    }
 
     const RULES: &str = TEST_RULES;
 
