@@ -205,6 +205,41 @@ impl Net {
         child.wait()?;
         Ok(pid)
     }
+
+    /// One TCP connect from python3 in the client namespace to `addr`:`port` (IPv6 when
+    /// `addr` has a colon), to completion; returns its pid.
+    pub fn python_connect(&self, addr: &str, port: u16) -> Result<u32> {
+        let family = if addr.contains(':') {
+            "AF_INET6"
+        } else {
+            "AF_INET"
+        };
+        let code = format!(
+            "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))"
+        );
+        self.run("python3", &["-c", &code])
+    }
+}
+
+/// One HTTP GET with a real client (curl), returning (status, body).
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((
+        code.trim().parse().context("status code")?,
+        body.to_string(),
+    ))
+}
+
+/// The value of Prometheus sample `name` (no labels) in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for Net {

@@ -31,18 +31,6 @@ fn real_exe(cmd: &str) -> PathBuf {
     std::fs::canonicalize(path.trim()).unwrap()
 }
 
-fn python_connect(net: &Net, addr: &str, port: u16) -> Result<u32> {
-    let family = if addr.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
-    let code = format!(
-        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))"
-    );
-    net.run("python3", &["-c", &code])
-}
-
 fn assert_alert(v: &Value, risk: u64, severity: &str) {
     assert_eq!(v["event"]["kind"], "alert", "{v:#}");
     assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
@@ -123,7 +111,7 @@ fn atomic_2_curl_and_python3_to_8088_are_risk_3() -> Result<()> {
     );
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "curl");
 
-    let py = python_connect(&net, PUBLIC6, 8088)?;
+    let py = net.python_connect(PUBLIC6, 8088)?;
     let v = sensor.connection(py, 8088)?;
     assert_alert(&v, 3, "High");
     let exe = v["process"]["executable"].as_str().unwrap();
@@ -155,7 +143,7 @@ fn tiers_and_standard_ports() -> Result<()> {
     assert!(v["sensor"]["matched"].get("high_risk_executable").is_none());
 
     // Tier 2: high-risk process, non-standard port above 1024.
-    let pid = python_connect(&net, PUBLIC, 5555)?;
+    let pid = net.python_connect(PUBLIC, 5555)?;
     let v = sensor.connection(pid, 5555)?;
     assert_alert(&v, 2, "Medium");
     assert!(
@@ -167,7 +155,7 @@ fn tiers_and_standard_ports() -> Result<()> {
 
     // Not scored: a standard port, and a port that is not above 1024.
     for port in [8080, 1024] {
-        let pid = python_connect(&net, PUBLIC, port)?;
+        let pid = net.python_connect(PUBLIC, port)?;
         assert_unscored(&sensor.connection(pid, port)?);
     }
     // An ordinary program on an ordinary port.
@@ -203,7 +191,7 @@ fn private_destinations_are_excluded_public_ones_are_not() -> Result<()> {
         ("fd00::7", "fc00::/7"),
         ("::ffff:10.0.0.7", "10.0.0.0/8"),
     ] {
-        let pid = python_connect(&net, dst, 4444)?;
+        let pid = net.python_connect(dst, 4444)?;
         let v = sensor.connection(pid, 4444)?;
         assert_unscored(&v);
         assert_eq!(
@@ -212,7 +200,7 @@ fn private_destinations_are_excluded_public_ones_are_not() -> Result<()> {
         );
     }
     for dst in ["172.32.0.7", PUBLIC6, "::ffff:203.0.113.7"] {
-        let pid = python_connect(&net, dst, 4444)?;
+        let pid = net.python_connect(dst, 4444)?;
         let v = sensor.connection(pid, 4444)?;
         assert_alert(&v, 3, "High");
         // An IPv4-mapped address prints as IPv4, the original kept in sensor.*.
@@ -223,7 +211,7 @@ fn private_destinations_are_excluded_public_ones_are_not() -> Result<()> {
         }
     }
     // An IPv4-mapped address is judged, and typed, as IPv4.
-    let pid = python_connect(&net, "::ffff:203.0.113.7", 9001)?;
+    let pid = net.python_connect("::ffff:203.0.113.7", 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["network"]["type"], "ipv4");
     assert_eq!(v["destination"]["ip"], "203.0.113.7");

@@ -77,18 +77,6 @@ fn barrier(sensor: &mut Sensor, net: &Net) -> Result<()> {
     Ok(())
 }
 
-fn python_connect(net: &Net, addr: &str, port: u16) -> Result<u32> {
-    let family = if addr.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
-    let code = format!(
-        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))"
-    );
-    net.run("python3", &["-c", &code])
-}
-
 /// One sensor through the filter's whole story (a sensor start costs a minute in the
 /// emulated VMs, so the matrix runs this once per hook): a benign storm filtered and
 /// counted, a reload that adds a C2 port and an excluded network (IPv4 and IPv4-mapped
@@ -136,7 +124,7 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     // 2. Reload: 8443 becomes a C2 port, 198.51.100.0/24 an excluded network.
     let pid = net.run(&connector, &[PUBLIC, "8443"])?;
     let v4 = net.run(&connector, &[LATER_EXCLUDED, "4444"])?;
-    let v6 = python_connect(&net, "::ffff:198.51.100.7", 4444)?;
+    let v6 = net.python_connect("::ffff:198.51.100.7", 4444)?;
     let alert = sensor.wait_for(WAIT, |v| is_connection(v, v4, 4444))?;
     assert_eq!(alert["event"]["kind"], "alert", "{alert:#}");
     let alert = sensor.wait_for(WAIT, |v| is_connection(v, v6, 4444))?;
@@ -152,7 +140,7 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     assert_eq!(v["event"]["kind"], "alert", "{v:#}");
     assert_eq!(v["event"]["risk_score"], 1, "{v:#}");
     let v4 = net.run(&connector, &[LATER_EXCLUDED, "4444"])?;
-    let v6 = python_connect(&net, "::ffff:198.51.100.7", 4444)?;
+    let v6 = net.python_connect("::ffff:198.51.100.7", 4444)?;
     barrier(&mut sensor, &net)?;
     let after = stats(&mut sensor)?;
     assert!(sensor.connections_of(v4).is_empty(), "excluded at reload");

@@ -39,18 +39,6 @@ fn real_exe(cmd: &str) -> Result<String> {
         .into_owned())
 }
 
-fn python_connect(net: &Net, addr: &str, port: u16) -> Result<u32> {
-    let family = if addr.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
-    let code = format!(
-        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_STREAM)\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))"
-    );
-    net.run("python3", &["-c", &code])
-}
-
 fn assert_alert(v: &Value, risk: u64) {
     assert_eq!(v["event"]["kind"], "alert", "{v:#}");
     assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
@@ -95,7 +83,7 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
     let v = sensor.connection(curl, 8088)?;
     assert_alert(&v, 3);
     assert_eq!(v["process"]["executable"], real_exe("curl")?, "{v:#}");
-    let py = python_connect(&net, PUBLIC6, 8088)?;
+    let py = net.python_connect(PUBLIC6, 8088)?;
     let v = sensor.connection(py, 8088)?;
     assert_alert(&v, 3);
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "python3");

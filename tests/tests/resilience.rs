@@ -13,7 +13,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{ATTACH_LOCK, Net, Scratch, forced_probe, root_or_skip, sensor_bin};
+use sensor_tests::{
+    ATTACH_LOCK, Net, Scratch, forced_probe, http_get, metric, root_or_skip, sensor_bin,
+};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
@@ -22,26 +24,6 @@ fn public_net() -> Result<Net> {
     let net = Net::new()?;
     net.subnet("203.0.113.1", PUBLIC, 24)?;
     Ok(net)
-}
-
-/// One HTTP GET with a real client (curl), returning (status, body).
-fn http_get(url: &str) -> Result<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .context("running curl")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
-    Ok((
-        code.trim().parse().context("status code")?,
-        body.to_string(),
-    ))
-}
-
-fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A `sensor run` whose stdout the test reads only when it wants to: a reader thread

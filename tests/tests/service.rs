@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip, sensor_bin};
+use sensor_tests::{Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin};
 
 const PUBLIC: &str = "192.0.2.7";
 /// The exposure `systemd-analyze security` may give the unit at most.
@@ -277,26 +277,6 @@ fn sd_notify_ready_after_attach_and_watchdog_only_while_the_loop_runs() -> Resul
     let last = notifications(&sock, Duration::from_millis(500));
     assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
     Ok(())
-}
-
-/// One HTTP GET with a real client (curl), returning (status, body).
-fn http_get(url: &str) -> Result<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .context("running curl")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
-    Ok((
-        code.trim().parse().context("status code")?,
-        body.to_string(),
-    ))
-}
-
-fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]
