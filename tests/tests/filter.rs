@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, is_connection, root_or_skip};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const PUBLIC: &str = "203.0.113.7";
 /// Excluded at reload (documentation range, so it alerts until then).
@@ -99,6 +99,13 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
         "--metrics-interval",
         "0.3",
     ])?;
+    let started = sensor.wait_for(WAIT, |v| v["event"]["action"] == "sensor-started")?;
+    let filter = &started["sensor"]["kernel_filter"];
+    assert_eq!(
+        (&filter["filtering"], &filter["folding"]),
+        (&json!(true), &json!(true)),
+        "{started:#}"
+    );
 
     // 1. A benign storm: 2,000 connects to 443 (standard) and 2,000 to a private
     // (excluded) address on the C2 port. None reaches userspace; the kernel counts them.
@@ -222,6 +229,13 @@ fn all_sees_what_the_filter_would_drop() -> Result<()> {
     let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = net()?;
     let mut sensor = Sensor::start(&["--all", "--metrics-interval", "0.3"])?;
+    let started = sensor.wait_for(WAIT, |v| v["event"]["action"] == "sensor-started")?;
+    let filter = &started["sensor"]["kernel_filter"];
+    assert_eq!(
+        (&filter["filtering"], &filter["folding"]),
+        (&json!(false), &json!(false)),
+        "{started:#}"
+    );
     let std_port = net.run(&connector, &[PUBLIC, "443", "3"])?;
     let private = net.run(&connector, &[PRIVATE, "4444"])?;
     let v = sensor.wait_for(WAIT, |v| is_connection(v, std_port, 443))?;

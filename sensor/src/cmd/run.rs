@@ -244,6 +244,11 @@ pub async fn run(opts: Options) -> Result<()> {
         "metrics": metrics.as_ref().map(|(_, addr)| addr.to_string()),
         "output": format!("{output:?}").to_lowercase(),
         "capabilities": capabilities,
+        "kernel_filter": {
+            "filtering": !pipeline.engine.config().all,
+            "folding": pipeline.kernel.folding,
+            "generation": pipeline.kernel.filter_generation,
+        },
     });
     out.status(
         &output::status("state", "sensor-started", &pipeline.host_name, started),
