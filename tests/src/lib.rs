@@ -250,8 +250,9 @@ impl Drop for Net {
     }
 }
 
-/// Tests that flood the host with records (bursts) take this exclusively, so they cannot
-/// overflow the ring buffers of other tests' sensors; every sensor holds it shared.
+/// Tests that flood the host with records (bursts), or count what the whole host does,
+/// take this exclusively, so they cannot overflow the ring buffers of other tests' sensors
+/// nor count their connects; every sensor holds it shared.
 pub static ATTACH_LOCK: RwLock<()> = RwLock::new(());
 
 /// A running `sensor run`, its stdout parsed line by line.

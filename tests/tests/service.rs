@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin};
+use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin};
 
 const PUBLIC: &str = "192.0.2.7";
 /// The exposure `systemd-analyze security` may give the unit at most.
@@ -284,10 +284,12 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
     if !root_or_skip("metrics") {
         return Ok(());
     }
+    // The counter is host-wide: no other test's sensor (and its alerts) may run meanwhile.
+    let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = Net::new()?;
     net.subnet("192.0.2.1", PUBLIC, 24)?;
     // Port 0: the kernel picks a free one; the sensor says which in sensor-started.
-    let mut sensor = Sensor::start(&[
+    let mut sensor = Sensor::start_unlocked(&[
         "--metrics",
         "127.0.0.1:0",
         "--fold-period",
