@@ -222,18 +222,7 @@ pub(crate) fn connect_event_for(
     task: *const u8,
     l: &KernelLayout,
 ) -> ConnectEvent {
-    let mut ev = ConnectEvent {
-        header: Header::EMPTY,
-        data: Connect {
-            family: 0,
-            dport: 0,
-            sport: 0,
-            probe,
-            _pad: 0,
-            daddr: [0; 16],
-            saddr: [0; 16],
-        },
-    };
+    let mut ev = empty_event(probe);
     // SAFETY: the task is only read through probe_read.
     unsafe { fill_header(&mut ev.header, kind, task, l) };
     ev
