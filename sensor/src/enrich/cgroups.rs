@@ -4,14 +4,18 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt,
+    ffi::CString,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use procfs::FromBufRead;
 
-use crate::enrich::container;
+use crate::enrich::container::{self, Trust, untrusted};
 
 /// Directories walked per rescan at most: a runaway tree cannot stall the sensor.
 const MAX_DIRS: usize = 100_000;
@@ -21,6 +25,12 @@ const RESCAN_EVERY: Duration = Duration::from_millis(200);
 const MISS_TTL: Duration = Duration::from_secs(10);
 /// Bound on remembered misses.
 const MAX_MISSES: usize = 4096;
+/// How long a cgroup's trust is remembered. Only root can change what it rests on (the
+/// owners of the directories above a cgroup; cgroups never move between parents), so
+/// this only bounds how late an administrator's `chown` is noticed.
+const TRUST_TTL: Duration = Duration::from_secs(30);
+/// cgroups whose trust is remembered at most; the cache is dropped whole past that.
+const MAX_TRUST: usize = 4096;
 
 pub struct CgroupMap {
     /// The cgroup2 mount point, if there is one.
@@ -29,6 +39,8 @@ pub struct CgroupMap {
     by_id: HashMap<u64, (String, Option<String>)>,
     last_scan: Option<Instant>,
     misses: HashMap<u64, Instant>,
+    /// cgroup id -> the container id its cgroup carries, if trusted, else why not.
+    trust: HashMap<u64, (Result<String, &'static str>, Instant)>,
 }
 
 /// The cgroup2 mount point from a mountinfo file (parsed by the procfs crate).
@@ -64,7 +76,79 @@ impl CgroupMap {
             by_id: HashMap::new(),
             last_scan: None,
             misses: HashMap::new(),
+            trust: HashMap::new(),
         }
+    }
+
+    /// Whether `claimed`, the container id attributed to a task in cgroup `id` (the
+    /// kernel's cgroup2 id of the connect), can be believed: it must be the id that
+    /// cgroup's own path carries, in a segment named as a runtime names it
+    /// ([`container::runtime_layout`]), below directories that are all root's and
+    /// writable by root only. A user given a delegated subtree (systemd's
+    /// `user@UID.service`, any cgroup directory chowned to a user) can create a cgroup
+    /// named after any container there and join it; root-owned directories leave that
+    /// to root. Checked by fstat on each directory opened `O_PATH` from the hierarchy's
+    /// mount down, then the leaf's inode is compared with `id` (the walk reached the
+    /// kernel's cgroup, not one renamed into its old place); remembered per cgroup.
+    pub fn trust(&mut self, id: u64, claimed: &str) -> Trust {
+        if self.root.is_none() {
+            return Trust::Untrusted(untrusted::NO_CGROUP2);
+        }
+        let now = Instant::now();
+        let cached = self
+            .trust
+            .get(&id)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < TRUST_TTL)
+            .map(|(r, _)| r.clone());
+        let result = match cached {
+            Some(r) => r,
+            None => {
+                let r = self.check(id);
+                if self.trust.len() >= MAX_TRUST {
+                    self.trust.clear();
+                }
+                // A cgroup not found yet may appear: only answers about a real cgroup stay.
+                if r != Err(untrusted::CGROUP_UNKNOWN) {
+                    self.trust.insert(id, (r.clone(), now));
+                }
+                r
+            }
+        };
+        match result {
+            Ok(own) if own == claimed => Trust::Trusted,
+            Ok(_) => Trust::Untrusted(untrusted::NOT_KERNEL_CGROUP),
+            Err(why) => Trust::Untrusted(why),
+        }
+    }
+
+    fn check(&mut self, id: u64) -> Result<String, &'static str> {
+        let root = self.root.clone().ok_or(untrusted::NO_CGROUP2)?;
+        let rel = self.path(id).ok_or(untrusted::CGROUP_UNKNOWN)?.to_string();
+        let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        let (at, own) = container::id_segment(&segs).ok_or(untrusted::NOT_KERNEL_CGROUP)?;
+        if !container::runtime_layout(&segs, at) {
+            return Err(untrusted::LAYOUT);
+        }
+        let (mut dir, st) =
+            open_dir(None, root.as_os_str().as_encoded_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
+        if !root_only(&st) {
+            return Err(untrusted::DELEGATED);
+        }
+        let mut ino = st.st_ino;
+        for (i, seg) in segs.iter().enumerate() {
+            let (next, st) =
+                open_dir(Some(&dir), seg.as_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
+            // The id's own directory may be handed to the container (user namespaces);
+            // what is above it decides who could have named it.
+            if i < at && !root_only(&st) {
+                return Err(untrusted::DELEGATED);
+            }
+            (dir, ino) = (next, st.st_ino);
+        }
+        if ino != id {
+            return Err(untrusted::CGROUP_UNKNOWN);
+        }
+        Ok(own)
     }
 
     /// The cgroup path (relative to the hierarchy's root, starting with `/`) of `id`.
@@ -132,6 +216,33 @@ impl CgroupMap {
     }
 }
 
+/// Opens directory `name` (under `at`, or an absolute path) `O_PATH`, never following a
+/// link, and fstats it. Hand-written: std opens files to read them, not `O_PATH` at a fd.
+fn open_dir(at: Option<&OwnedFd>, name: &[u8]) -> Option<(OwnedFd, libc::stat)> {
+    let name = CString::new(name).ok()?;
+    let dirfd = at.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: openat and fstat on a valid NUL-terminated name and owned fds; the stat
+    // buffer is plain data the kernel fills.
+    unsafe {
+        let fd = libc::openat(
+            dirfd,
+            name.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd.as_raw_fd(), &mut st) == 0).then_some((fd, st))
+    }
+}
+
+/// Owned by root and writable by nobody else (a group with write must be root's group).
+fn root_only(st: &libc::stat) -> bool {
+    st.st_uid == 0 && st.st_mode & 0o002 == 0 && (st.st_mode & 0o020 == 0 || st.st_gid == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +292,81 @@ mod tests {
         std::thread::sleep(RESCAN_EVERY);
         assert_eq!(map.path(ino + 1_000_000), None);
         assert!(map.misses.contains_key(&(ino + 1_000_000)));
+    }
+
+    /// A real cgroup tree per case: `<case dir>/mid/<leaf>`, `mid` given `owner` and
+    /// `mode`; the trust of `claimed` for the leaf's cgroup.
+    #[rstest::rstest]
+    #[case::root_owned_runtime_scope(0, 0o755, "docker-{ID}.scope", None, None)]
+    #[case::delegated_to_a_user(4242, 0o755, "docker-{ID}.scope", None, Some(untrusted::DELEGATED))]
+    #[case::root_owned_but_world_writable(
+        0,
+        0o777,
+        "docker-{ID}.scope",
+        None,
+        Some(untrusted::DELEGATED)
+    )]
+    #[case::not_a_runtime_name(0, 0o755, "evil-{ID}.scope", None, Some(untrusted::LAYOUT))]
+    #[case::another_id_claimed(
+        0,
+        0o755,
+        "docker-{ID}.scope",
+        Some("b"),
+        Some(untrusted::NOT_KERNEL_CGROUP)
+    )]
+    fn trust_of_a_real_cgroup(
+        #[case] owner: u32,
+        #[case] mode: u32,
+        #[case] leaf: &str,
+        #[case] claimed: Option<&str>,
+        #[case] want: Option<&str>,
+    ) {
+        use std::os::unix::fs::PermissionsExt;
+        const ID: &str = "4f3c0b1e6a2d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
+        let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
+        let test = "trust_of_a_real_cgroup";
+        let Some(root) = map.root.clone() else {
+            return crate::testing::skip(test, "no cgroup2 mount in /proc/self/mountinfo");
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return crate::testing::skip(test, "creating a cgroup needs root");
+        }
+        let top = root.join(
+            format!(
+                "t1571-unit-trust-{}-{owner}-{mode:o}-{leaf}-{claimed:?}",
+                std::process::id()
+            )
+            .replace(['{', '}', '"', ' '], ""),
+        );
+        let mid = top.join("mid");
+        let dir = mid.join(leaf.replace("{ID}", ID));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&mid, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&mid, std::fs::Permissions::from_mode(mode)).unwrap();
+        let ino = std::fs::metadata(&dir).unwrap().ino();
+        let claimed = claimed.map_or(ID.to_string(), |c| c.repeat(64));
+        let got = map.trust(ino, &claimed);
+        let again = map.trust(ino, &claimed);
+        for d in [&dir, &mid, &top] {
+            let _ = std::fs::remove_dir(d);
+        }
+        assert_eq!(got.reason(), want, "{}", dir.display());
+        assert_eq!(got, again, "remembered");
+        assert_eq!(map.trust.len(), 1);
+    }
+
+    #[test]
+    fn the_root_cgroup_and_unknown_ids_are_untrusted() {
+        let mut map = CgroupMap::new(Path::new("/proc/self/mountinfo"));
+        let want = if map.root.is_some() {
+            untrusted::CGROUP_UNKNOWN
+        } else {
+            untrusted::NO_CGROUP2
+        };
+        assert_eq!(map.trust(1, "x"), Trust::Untrusted(want));
+        assert_eq!(map.trust(u64::MAX, "x"), Trust::Untrusted(want));
+        assert!(map.trust.is_empty(), "a missing cgroup is looked for again");
     }
 
     #[test]
