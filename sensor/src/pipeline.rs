@@ -353,7 +353,7 @@ impl Pipeline {
         let container = proc
             .container_id
             .as_deref()
-            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id));
+            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id, conn.tgid));
         let user = self.users.name(
             conn.tgid,
             conn.start_time_ns,

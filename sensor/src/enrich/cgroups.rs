@@ -90,7 +90,11 @@ impl CgroupMap {
     /// to root. Checked by fstat on each directory opened `O_PATH` from the hierarchy's
     /// mount down, then the leaf's inode is compared with `id` (the walk reached the
     /// kernel's cgroup, not one renamed into its old place); remembered per cgroup.
-    pub fn trust(&mut self, id: u64, claimed: &str) -> Trust {
+    ///
+    /// A cgroup made since the last scan (rescans are rate-limited) is found through
+    /// `/proc/PID/cgroup` of the connecting process `pid` instead: any path will do, as
+    /// the walk must end at the kernel's cgroup.
+    pub fn trust(&mut self, id: u64, claimed: &str, pid: u32) -> Trust {
         if self.root.is_none() {
             return Trust::Untrusted(untrusted::NO_CGROUP2);
         }
@@ -103,7 +107,7 @@ impl CgroupMap {
         let result = match cached {
             Some(r) => r,
             None => {
-                let r = self.check(id);
+                let r = self.check(id, pid);
                 if self.trust.len() >= MAX_TRUST {
                     self.trust.clear();
                 }
@@ -121,32 +125,35 @@ impl CgroupMap {
         }
     }
 
-    fn check(&mut self, id: u64) -> Result<String, &'static str> {
+    fn check(&mut self, id: u64, pid: u32) -> Result<String, &'static str> {
         let root = self.root.clone().ok_or(untrusted::NO_CGROUP2)?;
-        let rel = self.path(id).ok_or(untrusted::CGROUP_UNKNOWN)?.to_string();
+        let rel = match self.path(id) {
+            Some(p) => p.to_string(),
+            None => proc_cgroup2_path(pid).ok_or(untrusted::CGROUP_UNKNOWN)?,
+        };
         let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-        let (at, own) = container::id_segment(&segs).ok_or(untrusted::NOT_KERNEL_CGROUP)?;
-        if !container::runtime_layout(&segs, at) {
-            return Err(untrusted::LAYOUT);
-        }
+        // Every directory from the mount down: whose it is, and is the last the kernel's?
         let (mut dir, st) =
             open_dir(None, root.as_os_str().as_encoded_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
-        if !root_only(&st) {
-            return Err(untrusted::DELEGATED);
-        }
+        let mut owners = vec![root_only(&st)];
         let mut ino = st.st_ino;
-        for (i, seg) in segs.iter().enumerate() {
+        for seg in &segs {
             let (next, st) =
                 open_dir(Some(&dir), seg.as_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
-            // The id's own directory may be handed to the container (user namespaces);
-            // what is above it decides who could have named it.
-            if i < at && !root_only(&st) {
-                return Err(untrusted::DELEGATED);
-            }
+            owners.push(root_only(&st));
             (dir, ino) = (next, st.st_ino);
         }
         if ino != id {
             return Err(untrusted::CGROUP_UNKNOWN);
+        }
+        let (at, own) = container::id_segment(&segs).ok_or(untrusted::NOT_KERNEL_CGROUP)?;
+        if !container::runtime_layout(&segs, at) {
+            return Err(untrusted::LAYOUT);
+        }
+        // owners[i] is the directory above segs[i]. The id's own directory may be handed
+        // to the container (user namespaces); what is above it decides who named it.
+        if !owners[..=at].iter().all(|&r| r) {
+            return Err(untrusted::DELEGATED);
         }
         Ok(own)
     }
@@ -214,6 +221,18 @@ impl CgroupMap {
             );
         }
     }
+}
+
+/// The cgroup2 path (`0::` line) of process `pid`, as this process's cgroup namespace
+/// shows it.
+fn proc_cgroup2_path(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }
 
 /// Opens directory `name` (under `at`, or an absolute path) `O_PATH`, never following a
@@ -346,8 +365,8 @@ mod tests {
         std::fs::set_permissions(&mid, std::fs::Permissions::from_mode(mode)).unwrap();
         let ino = std::fs::metadata(&dir).unwrap().ino();
         let claimed = claimed.map_or(ID.to_string(), |c| c.repeat(64));
-        let got = map.trust(ino, &claimed);
-        let again = map.trust(ino, &claimed);
+        let got = map.trust(ino, &claimed, 0);
+        let again = map.trust(ino, &claimed, 0);
         for d in [&dir, &mid, &top] {
             let _ = std::fs::remove_dir(d);
         }
@@ -364,8 +383,10 @@ mod tests {
         } else {
             untrusted::NO_CGROUP2
         };
-        assert_eq!(map.trust(1, "x"), Trust::Untrusted(want));
-        assert_eq!(map.trust(u64::MAX, "x"), Trust::Untrusted(want));
+        // No path known for either, and this process's own path leads elsewhere.
+        assert_eq!(map.trust(1, "x", 0), Trust::Untrusted(want));
+        let me = std::process::id();
+        assert_eq!(map.trust(u64::MAX, "x", me), Trust::Untrusted(want));
         assert!(map.trust.is_empty(), "a missing cgroup is looked for again");
     }
 
