@@ -5,10 +5,14 @@
 //! the pod and namespace found from it). Each attack runs for real, next to the same
 //! rule matching the genuine thing, so the test fails if the rule never matched.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Cgroup2, Net, Scratch, Sensor, contained, root_or_skip};
+use sensor_tests::{Cgroup2, Net, Scratch, Sensor, contained, root_or_skip, sensor_bin};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.89";
@@ -57,6 +61,54 @@ fn line_of(sensor: &mut Sensor, mut cmd: Command) -> Result<Value> {
         bail!("the connecting process failed ({status}); its line: {v:?}");
     }
     v
+}
+
+/// `lines` through `sensor replay --all --config CONFIG`: the connection lines out, each
+/// with its `event.kind` and `sensor.allow_rule`.
+fn replayed(config: &str, lines: &[Value]) -> Result<Vec<Value>> {
+    let mut child = Command::new(sensor_bin())
+        .args(["replay", "--all", "--config", config, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting sensor replay")?;
+    let input: String = lines.iter().map(|v| format!("{v}\n")).collect();
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("replay failed: {out:?}");
+    }
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).context("replay printed a non-JSON line"))
+        .filter(|v| {
+            v.as_ref()
+                .map_or(true, |v| v["event"]["action"] == "network-connect")
+        })
+        .collect()
+}
+
+/// A replayed line keeps the trust it was recorded with: the forged one stays an alert,
+/// the genuine one stays allowed, and the genuine one stripped of its provenance
+/// (`sensor.<key>`) gains nothing (an alert).
+fn replay_keeps_trust(config: &str, forged: &Value, genuine: &Value, key: &str) -> Result<()> {
+    let mut stripped = genuine.clone();
+    stripped["sensor"]
+        .as_object_mut()
+        .context("sensor object")?
+        .remove(key);
+    let out = replayed(config, &[forged.clone(), genuine.clone(), stripped])?;
+    let kinds: Vec<&Value> = out.iter().map(|v| &v["event"]["kind"]).collect();
+    assert_eq!(kinds, ["alert", "event", "alert"], "{out:#?}");
+    assert!(out[0]["sensor"].get("allow_rule").is_none(), "{out:#?}");
+    assert!(out[1]["sensor"]["allow_rule"].is_string(), "{out:#?}");
+    assert!(out[2]["sensor"].get("allow_rule").is_none(), "{out:#?}");
+    Ok(())
 }
 
 #[test]
@@ -117,7 +169,7 @@ fn a_container_passwd_name_does_not_satisfy_a_users_rule() -> Result<()> {
     assert_eq!(genuine["sensor"]["user"]["name_source"], "host");
     assert_eq!(genuine["event"]["kind"], "event", "{genuine:#}");
     assert_eq!(genuine["sensor"]["allow_rule"], "host backups");
-    Ok(())
+    replay_keeps_trust(&config, &forged, &genuine, "user")
 }
 
 /// Removes `dirs` (deepest first) whatever happened; cgroup directories go with rmdir.
@@ -230,7 +282,7 @@ fn delegated_cgroup_cannot_claim_a_container_id(cg: &Cgroup2, case: u128) -> Res
     assert_eq!(g["sensor"]["container"]["trusted"], true, "{g:#}");
     assert_eq!(g["event"]["kind"], "event", "{g:#}");
     assert_eq!(g["sensor"]["allow_rule"], "payments container");
-    Ok(())
+    replay_keeps_trust(&config, &f, &g, "container")
 }
 
 #[test]

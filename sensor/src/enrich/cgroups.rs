@@ -43,14 +43,24 @@ pub struct CgroupMap {
     trust: HashMap<u64, (Result<String, &'static str>, Instant)>,
 }
 
-/// The cgroup2 mount point from a mountinfo file (parsed by the procfs crate).
+/// The cgroup2 mount point from a mountinfo file (parsed by the procfs crate): a mount
+/// of the hierarchy's root, as a pod's namespaced view (root `/kubepods/...`) shows only
+/// its own cgroup and names paths relative to it.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     let mounts = procfs::process::MountInfos::from_buf_read(mountinfo.as_bytes()).ok()?;
     mounts
         .0
         .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
+        .find(|m| m.fs_type == "cgroup2" && m.root == "/")
         .map(|m| m.mount_point)
+}
+
+/// The node's cgroup2 root through `/proc/1/root`, for a sensor in a pod (hostPID) whose
+/// own mount is namespaced.
+fn host_cgroup2_mount() -> Option<PathBuf> {
+    let p = cgroup2_mount(&std::fs::read_to_string("/proc/1/mountinfo").ok()?)?;
+    let via = Path::new("/proc/1/root").join(p.strip_prefix("/").unwrap_or(&p));
+    via.is_dir().then_some(via)
 }
 
 impl CgroupMap {
@@ -62,7 +72,8 @@ impl CgroupMap {
                 log::warn!("reading {}: {e}", mountinfo.display());
                 None
             }
-        };
+        }
+        .or_else(host_cgroup2_mount);
         match &root {
             Some(r) => log::debug!("cgroup2 hierarchy at {}", r.display()),
             // Said once, at start-up.
@@ -132,6 +143,10 @@ impl CgroupMap {
             None => proc_cgroup2_path(pid).ok_or(untrusted::CGROUP_UNKNOWN)?,
         };
         let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+        // A path from outside this cgroup namespace (`/../..`) leads nowhere we can check.
+        if segs.iter().any(|s| matches!(*s, "." | "..")) {
+            return Err(untrusted::CGROUP_UNKNOWN);
+        }
         // Every directory from the mount down: whose it is, and is the last the kernel's?
         let (mut dir, st) =
             open_dir(None, root.as_os_str().as_encoded_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
@@ -279,6 +294,9 @@ mod tests {
             None
         );
         assert_eq!(cgroup2_mount("garbage"), None);
+        // A pod's namespaced mount is not the hierarchy's root.
+        let pod = "24 30 0:22 /kubepods/x /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pod), None);
     }
 
     #[test]
