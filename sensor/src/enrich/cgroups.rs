@@ -138,39 +138,19 @@ impl CgroupMap {
 
     fn check(&mut self, id: u64, pid: u32) -> Result<String, &'static str> {
         let root = self.root.clone().ok_or(untrusted::NO_CGROUP2)?;
-        let rel = match self.path(id) {
-            Some(p) => p.to_string(),
-            None => proc_cgroup2_path(pid).ok_or(untrusted::CGROUP_UNKNOWN)?,
+        // The scanned path, else (not scanned yet, or renamed since) the process's own.
+        let scanned = self.path(id).map(str::to_string);
+        let r = match &scanned {
+            Some(rel) => check_path(&root, rel, id),
+            None => Err(untrusted::CGROUP_UNKNOWN),
         };
-        let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-        // A path from outside this cgroup namespace (`/../..`) leads nowhere we can check.
-        if segs.iter().any(|s| matches!(*s, "." | "..")) {
-            return Err(untrusted::CGROUP_UNKNOWN);
+        if r != Err(untrusted::CGROUP_UNKNOWN) {
+            return r;
         }
-        // Every directory from the mount down: whose it is, and is the last the kernel's?
-        let (mut dir, st) =
-            open_dir(None, root.as_os_str().as_encoded_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
-        let mut owners = vec![root_only(&st)];
-        let mut ino = st.st_ino;
-        for seg in &segs {
-            let (next, st) =
-                open_dir(Some(&dir), seg.as_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
-            owners.push(root_only(&st));
-            (dir, ino) = (next, st.st_ino);
+        match proc_cgroup2_path(pid) {
+            Some(rel) if Some(&rel) != scanned.as_ref() => check_path(&root, &rel, id),
+            _ => r,
         }
-        if ino != id {
-            return Err(untrusted::CGROUP_UNKNOWN);
-        }
-        let (at, own) = container::id_segment(&segs).ok_or(untrusted::NOT_KERNEL_CGROUP)?;
-        if !container::runtime_layout(&segs, at) {
-            return Err(untrusted::LAYOUT);
-        }
-        // owners[i] is the directory above segs[i]. The id's own directory may be handed
-        // to the container (user namespaces); what is above it decides who named it.
-        if !owners[..=at].iter().all(|&r| r) {
-            return Err(untrusted::DELEGATED);
-        }
-        Ok(own)
     }
 
     /// The cgroup path (relative to the hierarchy's root, starting with `/`) of `id`.
@@ -236,6 +216,38 @@ impl CgroupMap {
             );
         }
     }
+}
+
+/// The trust of the cgroup at `rel` under `root`, if it is cgroup `id`: every directory
+/// from the mount down opened `O_PATH` and fstat'd, the last one's inode compared with `id`.
+fn check_path(root: &Path, rel: &str, id: u64) -> Result<String, &'static str> {
+    let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+    // A path from outside this cgroup namespace (`/../..`) leads nowhere we can check.
+    if segs.iter().any(|s| matches!(*s, "." | "..")) {
+        return Err(untrusted::CGROUP_UNKNOWN);
+    }
+    let (mut dir, st) =
+        open_dir(None, root.as_os_str().as_encoded_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
+    let mut owners = vec![root_only(&st)];
+    let mut ino = st.st_ino;
+    for seg in &segs {
+        let (next, st) = open_dir(Some(&dir), seg.as_bytes()).ok_or(untrusted::CGROUP_UNKNOWN)?;
+        owners.push(root_only(&st));
+        (dir, ino) = (next, st.st_ino);
+    }
+    if ino != id {
+        return Err(untrusted::CGROUP_UNKNOWN);
+    }
+    let (at, own) = container::id_segment(&segs).ok_or(untrusted::NOT_KERNEL_CGROUP)?;
+    if !container::runtime_layout(&segs, at) {
+        return Err(untrusted::LAYOUT);
+    }
+    // owners[i] is the directory above segs[i]. The id's own directory may be handed to
+    // the container (user namespaces); what is above it decides who named it.
+    if !owners[..=at].iter().all(|&r| r) {
+        return Err(untrusted::DELEGATED);
+    }
+    Ok(own)
 }
 
 /// The cgroup2 path (`0::` line) of process `pid`, as this process's cgroup namespace
@@ -406,6 +418,12 @@ mod tests {
         let me = std::process::id();
         assert_eq!(map.trust(u64::MAX, "x", me), Trust::Untrusted(want));
         assert!(map.trust.is_empty(), "a missing cgroup is looked for again");
+        // A path from outside the sensor's cgroup namespace is never walked.
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            check_path(root, "/../../x", 1),
+            Err(untrusted::CGROUP_UNKNOWN)
+        );
     }
 
     #[test]
