@@ -194,7 +194,11 @@ impl Enricher {
         if let Some(id) = &proc.container_id {
             proc.pod = self.pods.lookup(id).cloned();
         }
-        let user_name = self.users.name(
+        let container = proc
+            .container_id
+            .as_deref()
+            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id, conn.tgid));
+        let user = self.users.name(
             conn.tgid,
             conn.start_time_ns,
             conn.uid,
@@ -203,7 +207,11 @@ impl Enricher {
         Enriched {
             conn: conn.clone(),
             proc,
-            user_name,
+            provenance: sensor::enrich::Provenance {
+                user_name: user.as_ref().map(|u| u.source),
+                container,
+            },
+            user_name: user.map(|u| u.name),
             host_name: self.host_name.clone(),
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),

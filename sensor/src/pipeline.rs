@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::{
     detect::{decision::Line, engine::Engine, policy::Policy, subject::Subject},
     enrich::{
-        Enriched,
+        Enriched, Provenance,
         kubelet::{self, Pods},
         procfs::ProcessInfo,
         proctable::ProcTable,
@@ -74,6 +74,7 @@ struct Listener {
     conn: Connection,
     proc: ProcessInfo,
     user_name: Option<String>,
+    provenance: Provenance,
     attribution: Option<&'static str>,
 }
 
@@ -348,16 +349,26 @@ impl Pipeline {
                 pod.uid = cgroup.and_then(kubelet::pod_uid_from_cgroup);
             }
         }
-        let user_name = self.users.name(
+        // Whether the id is the runtime's, judged on the kernel's cgroup of this connect.
+        let container = proc
+            .container_id
+            .as_deref()
+            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id, conn.tgid));
+        let user = self.users.name(
             conn.tgid,
             conn.start_time_ns,
             conn.uid,
             proc.container_id.is_some(),
         );
+        let provenance = Provenance {
+            user_name: user.as_ref().map(|u| u.source),
+            container,
+        };
         let enriched = Enriched {
             conn: conn.clone(),
             proc,
-            user_name,
+            user_name: user.map(|u| u.name),
+            provenance,
             host_name: self.host_name.clone(),
             attribution: source,
             unix_ns: self.clock.to_unix_ns(conn.boot_ns),
@@ -367,6 +378,7 @@ impl Pipeline {
                 conn: conn.clone(),
                 proc: enriched.proc.clone(),
                 user_name: enriched.user_name.clone(),
+                provenance: enriched.provenance,
                 attribution: enriched.attribution,
             });
         }
@@ -390,6 +402,7 @@ impl Pipeline {
                     conn: c,
                     proc: l.proc.clone(),
                     user_name: l.user_name.clone(),
+                    provenance: l.provenance,
                     host_name: self.host_name.clone(),
                     attribution: l.attribution.map(|_| "listen-record"),
                     unix_ns,
@@ -413,6 +426,7 @@ impl Pipeline {
                     conn: c,
                     proc: ProcessInfo::default(),
                     user_name: None,
+                    provenance: Provenance::default(),
                     host_name: self.host_name.clone(),
                     attribution: None,
                     unix_ns,

@@ -291,6 +291,21 @@ impl Sensor {
         Ok(s)
     }
 
+    /// Starts `sensor run ARGS` after `prepare` has set up its command (a namespace to
+    /// enter, say).
+    pub fn start_prepared(
+        args: &[&str],
+        prepare: impl FnOnce(&mut Command) -> Result<()>,
+    ) -> Result<Self> {
+        let shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = Command::new(sensor_bin());
+        cmd.arg("run").args(args).args(probe_args(args));
+        prepare(&mut cmd)?;
+        let mut s = Self::spawn(cmd)?;
+        s._shared = Some(shared);
+        Ok(s)
+    }
+
     /// Starts `sensor run ARGS` as root with exactly `caps` (`CAP_BPF`, ...) as its
     /// bounding, permitted and effective sets and no new privileges, as a systemd unit's
     /// `CapabilityBoundingSet=` or a pod's `capabilities.add` over `drop: [ALL]` runs it.
@@ -749,4 +764,109 @@ pub fn loaded_program_ids() -> Vec<u32> {
         .filter_map(Result::ok)
         .map(|p| p.id())
         .collect()
+}
+
+/// The cgroup2 hierarchy for a test: the host's mount (unified, or hybrid under
+/// `/sys/fs/cgroup/unified`) or, where there is none (or when asked), one mounted in a
+/// private mount namespace that a helper process holds, so the host's mounts stay as they
+/// are. `root` reaches it from the test (through the holder's `/proc/PID/root`);
+/// [`Cgroup2::enter`] puts a command (the sensor) where it is mounted.
+pub struct Cgroup2 {
+    pub root: PathBuf,
+    holder: Option<Child>,
+    ns: Option<File>,
+    _dir: Option<Scratch>,
+}
+
+impl Cgroup2 {
+    /// The host's cgroup2 mount, else a private one.
+    pub fn find_or_mount() -> Result<Self> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let host = mi.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2").then_some(())?;
+            pre.split_whitespace().nth(4).map(PathBuf::from)
+        });
+        match host {
+            Some(root) => Ok(Self {
+                root,
+                holder: None,
+                ns: None,
+                _dir: None,
+            }),
+            None => Self::mount_privately(),
+        }
+    }
+
+    /// A cgroup2 mount of its own, in a private mount namespace.
+    pub fn mount_privately() -> Result<Self> {
+        let dir = Scratch::new("cgroup2")?;
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t cgroup2 cgroup2 \"$1\" && echo mounted && exec sleep 3600")
+            .arg("sh")
+            .arg(&dir.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting unshare (util-linux)")?;
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().context("holder stdout")?).read_line(&mut line)?;
+        let pid = holder.id();
+        let mut me = Self {
+            root: PathBuf::from(format!("/proc/{pid}/root")).join(
+                dir.dir
+                    .strip_prefix("/")
+                    .context("scratch directory is not absolute")?,
+            ),
+            ns: None,
+            holder: Some(holder),
+            _dir: Some(dir),
+        };
+        if line.trim() != "mounted" {
+            bail!("mounting cgroup2 in a private mount namespace failed");
+        }
+        me.ns = Some(
+            File::open(format!("/proc/{pid}/ns/mnt")).context("opening the holder's mount ns")?,
+        );
+        Ok(me)
+    }
+
+    /// `path` (under `root`) as a process in the hierarchy's mount namespace names it.
+    pub fn inside(&self, path: &std::path::Path) -> PathBuf {
+        match &self.holder {
+            Some(h) => {
+                let prefix = PathBuf::from(format!("/proc/{}/root", h.id()));
+                path.strip_prefix(&prefix)
+                    .map_or_else(|_| path.to_path_buf(), |p| PathBuf::from("/").join(p))
+            }
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// Makes `cmd` run in the mount namespace where this hierarchy is mounted (nothing
+    /// to do for the host's own).
+    pub fn enter(&self, cmd: &mut Command) -> Result<()> {
+        let Some(ns) = &self.ns else { return Ok(()) };
+        let fd = ns.try_clone()?;
+        // SAFETY: setns is async-signal-safe; `fd` moves into the closure and stays open.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        if let Some(h) = &mut self.holder {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
 }

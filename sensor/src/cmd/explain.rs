@@ -15,6 +15,7 @@ use crate::{
     enrich::{
         identity::{Identities, suspicious_location},
         procfs::exe_name,
+        users::NameSource,
     },
     output::clock::BootClock,
 };
@@ -88,10 +89,14 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         pid: None,
         parent_executable: a.parent,
         user_id,
+        // A what-if: the name is taken as the host's account, the container as the
+        // runtime's (live and replayed lines carry what was actually seen).
+        user_name_source: user_name.as_ref().map(|_| NameSource::Host),
         user_name,
         dst: a.dst,
         port: a.port,
         host_name: a.host,
+        container_trusted: true,
         container_id: a.container,
         kubernetes_namespace: a.k8s_namespace,
         pod_name: a.pod,

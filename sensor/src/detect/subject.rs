@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    enrich::{Enriched, procfs::exe_name},
+    enrich::{Enriched, procfs::exe_name, users::NameSource},
     kernel::records::Flow,
 };
 
@@ -25,12 +25,19 @@ pub struct Subject {
     pub comm: Option<String>,
     pub pid: Option<u64>,
     pub parent_executable: Option<String>,
+    /// The kernel's uid (`user.id`).
     pub user_id: Option<u32>,
     pub user_name: Option<String>,
+    /// Whose account database named the user: only a host-database name satisfies a
+    /// `users` name pattern (a container's passwd is its root's to write).
+    pub user_name_source: Option<NameSource>,
     pub dst: IpAddr,
     pub port: u16,
     pub host_name: Option<String>,
     pub container_id: Option<String>,
+    /// Whether `container_id`, and the pod and namespace found from it, are the
+    /// runtime's: only then do container, pod and namespace conditions hold.
+    pub container_trusted: bool,
     pub kubernetes_namespace: Option<String>,
     /// The pod's name (`orchestrator.resource.name`).
     pub pod_name: Option<String>,
@@ -97,10 +104,12 @@ impl Subject {
             parent_executable: None,
             user_id: None,
             user_name: None,
+            user_name_source: None,
             dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 0,
             host_name: None,
             container_id: None,
+            container_trusted: false,
             kubernetes_namespace: None,
             pod_name: None,
             content_match: None,
@@ -134,10 +143,12 @@ impl Subject {
             parent_executable: e.proc.parent_executable.clone(),
             user_id: Some(e.conn.uid),
             user_name: e.user_name.clone(),
+            user_name_source: e.provenance.user_name,
             dst,
             port,
             host_name: Some(e.host_name.clone()),
             container_id: e.proc.container_id.clone(),
+            container_trusted: e.provenance.container.is_some_and(|t| t.is_trusted()),
             kubernetes_namespace: e.proc.pod.as_ref().map(|p| p.namespace.clone()),
             pod_name: e.proc.pod.as_ref().map(|p| p.name.clone()),
             content_match: e.proc.content_match.clone(),
@@ -193,6 +204,12 @@ impl Subject {
             parent_executable: text(doc, "/process/parent/executable"),
             user_id,
             user_name: text(doc, "/user/name"),
+            // A replayed line keeps the trust it was recorded with, never more: a line
+            // without these fields (older, or not the sensor's) gets none.
+            user_name_source: text(doc, "/sensor/user/name_source")
+                .as_deref()
+                .and_then(NameSource::parse),
+            container_trusted: doc.pointer("/sensor/container/trusted") == Some(&Value::Bool(true)),
             dst,
             port,
             host_name: text(doc, "/host/name"),

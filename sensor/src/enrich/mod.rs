@@ -12,7 +12,10 @@ pub mod proctable;
 pub mod rootfs;
 pub mod users;
 
-use crate::{enrich::procfs::ProcessInfo, kernel::records::Connection};
+use crate::{
+    enrich::{container::Trust, procfs::ProcessInfo, users::NameSource},
+    kernel::records::Connection,
+};
 
 /// Where a connection's process attribution came from.
 pub type Attribution = Option<&'static str>;
@@ -24,9 +27,20 @@ pub struct Enriched {
     pub conn: Connection,
     pub proc: ProcessInfo,
     pub user_name: Option<String>,
+    /// Where `user_name` came from and whether `proc.container_id` can be believed.
+    pub provenance: Provenance,
     pub host_name: String,
     /// Where the attribution came from (kernel-exec, kernel-fork, procfs), None if nowhere.
     pub attribution: Attribution,
     /// Wall-clock time of the connect, Unix nanoseconds.
     pub unix_ns: i128,
+}
+
+/// What allow rules may believe of a connection's user name and container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// Whose account database gave the user name (None: no name).
+    pub user_name: Option<NameSource>,
+    /// Whether the container id is the runtime's (None: no container id).
+    pub container: Option<Trust>,
 }

@@ -62,6 +62,46 @@ impl Users {
         }
         self.names.get(&uid).map(String::as_str)
     }
+
+    /// The name as last read, without looking at the file again.
+    pub fn cached(&self, uid: u32) -> Option<&str> {
+        self.names.get(&uid).map(String::as_str)
+    }
+}
+
+/// Whose account database gave a user name: allow rules believe only the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// The host's account database names the kernel's uid so (for a process in a
+    /// container, its own passwd says the same).
+    Host,
+    /// Only the container's own passwd, which its root writes, names it so.
+    Container,
+}
+
+impl NameSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameSource::Host => "host",
+            NameSource::Container => "container",
+        }
+    }
+
+    /// From a recorded line's `sensor.user.name_source`; anything else is no source.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "host" => Some(NameSource::Host),
+            "container" => Some(NameSource::Container),
+            _ => None,
+        }
+    }
+}
+
+/// A user name and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName {
+    pub name: String,
+    pub source: NameSource,
 }
 
 /// `name:x:uid:gid:gecos:home:shell` lines; malformed lines are skipped.
@@ -184,20 +224,34 @@ impl UserNames {
     /// `uid`'s name for process `pid` (started at `start_ns`, boot nanoseconds; 0 if
     /// unknown). `in_container` says what else is known (a container id) for a process
     /// already gone: its container's users cannot be read, and the host's are not its own.
+    /// A name from a container's passwd is the host's only where the host's database
+    /// (as last read) gives the kernel's uid the same name: the kernel uid is what the
+    /// host's account is, whatever a container calls it.
     pub fn name(
         &mut self,
         pid: u32,
         start_ns: u64,
         uid: u32,
         in_container: bool,
-    ) -> Option<String> {
+    ) -> Option<UserName> {
         match self.process_ns(pid, start_ns) {
-            Some(ns) if Some(ns) != self.host_ns => self
-                .containers
-                .name(&self.proc_root, pid, ns, uid)
-                .map(str::to_string),
+            Some(ns) if Some(ns) != self.host_ns => {
+                let name = self.containers.name(&self.proc_root, pid, ns, uid)?;
+                let source = if self.host.cached(uid) == Some(name) {
+                    NameSource::Host
+                } else {
+                    NameSource::Container
+                };
+                Some(UserName {
+                    name: name.to_string(),
+                    source,
+                })
+            }
             None if in_container => None,
-            _ => self.host.name(uid).map(str::to_string),
+            _ => self.host.name(uid).map(|n| UserName {
+                name: n.to_string(),
+                source: NameSource::Host,
+            }),
         }
     }
 }
@@ -222,21 +276,57 @@ mod tests {
     #[test]
     fn host_process_uses_the_host_database_gone_container_process_none() {
         let mut names = UserNames::new("/etc/passwd", "/proc");
-        assert_eq!(
-            names.name(std::process::id(), 0, 0, false).as_deref(),
-            Some("root")
-        );
+        let root = Some(UserName {
+            name: "root".into(),
+            source: NameSource::Host,
+        });
+        assert_eq!(names.name(std::process::id(), 0, 0, false), root);
         assert_eq!(names.name(u32::MAX, 0, 0, true), None);
-        assert_eq!(names.name(u32::MAX, 0, 0, false).as_deref(), Some("root"));
+        assert_eq!(names.name(u32::MAX, 0, 0, false), root);
         // With a start time the namespace is remembered: the same answers, read once.
         for _ in 0..3 {
-            assert_eq!(
-                names.name(std::process::id(), 7, 0, false).as_deref(),
-                Some("root")
-            );
+            assert_eq!(names.name(std::process::id(), 7, 0, false), root);
             assert_eq!(names.name(u32::MAX, 7, 0, true), None);
         }
         assert_eq!(names.ns_cache.len(), 2);
+    }
+
+    /// A fake proc tree: pid 1 (the host's mount namespace) and pid 77 in a container
+    /// whose passwd maps 4242 (and 34, as the host does) to `backup`.
+    #[rstest::rstest]
+    #[case::container_name_for_a_uid_the_host_calls_otherwise(77, 4242, Some(("backup", NameSource::Container)))]
+    #[case::container_agrees_with_the_host(77, 34, Some(("backup", NameSource::Host)))]
+    #[case::container_only_name(77, 35, Some(("daemon2", NameSource::Container)))]
+    #[case::host_process(1, 34, Some(("backup", NameSource::Host)))]
+    #[case::host_process_unknown_uid(1, 4242, None)]
+    fn name_provenance(
+        #[case] pid: u32,
+        #[case] uid: u32,
+        #[case] want: Option<(&str, NameSource)>,
+    ) {
+        let dir =
+            std::env::temp_dir().join(format!("t1571-users-{}-{pid}-{uid}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let host = "root:x:0:0::/:/bin/sh\nbackup:x:34:34::/:/bin/sh\ndaemon:x:35:35::/:/bin/sh\n";
+        let container = "root:x:0:0::/:/bin/sh\nbackup:x:4242:1::/:/bin/sh\nbackup:x:34:1::/:/bin/sh\n\
+             daemon2:x:35:1::/:/bin/sh\n";
+        for (p, passwd) in [(1, host), (77, container)] {
+            let d = dir.join(format!("proc/{p}"));
+            std::fs::create_dir_all(d.join("ns")).unwrap();
+            std::fs::create_dir_all(d.join("root/etc")).unwrap();
+            // Its inode stands for the mount namespace.
+            std::fs::write(d.join("ns/mnt"), "").unwrap();
+            std::fs::write(d.join("root/etc/passwd"), passwd).unwrap();
+        }
+        std::fs::write(dir.join("passwd"), host).unwrap();
+        let mut names = UserNames::new(dir.join("passwd"), dir.join("proc"));
+        let got = names.name(pid, 0, uid, false);
+        let _ = std::fs::remove_dir_all(&dir);
+        let want = want.map(|(n, source)| UserName {
+            name: n.into(),
+            source,
+        });
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -138,6 +138,9 @@ fn parts(e: &Enriched, cx: &Context) -> Map<String, Value> {
             "resource": {"type": "pod", "name": pod.name, "id": pod.uid},
         })),
         "sensor": {
+            // What allow rules believed of the user name and container id above.
+            "container": e.provenance.container.map(|t| json!({"trusted": t.is_trusted(), "reason": t.reason()})),
+            "user": e.provenance.user_name.map(|s| json!({"name_source": s.as_str()})),
             "redacted": (!pr.redacted.is_empty()).then_some(&pr.redacted),
             "truncated": (!pr.truncated.is_empty()).then_some(&pr.truncated),
             "destination": {"original_ip": dst_original},
@@ -333,7 +336,17 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     sdst.put("original_ip", dst_original);
     let mut ssrc = Obj::with_capacity(1);
     ssrc.put("original_ip", src_original);
-    let mut sensor = Obj::with_capacity(14);
+    let scontainer = e.provenance.container.map(|t| {
+        let mut o = Obj::with_capacity(2);
+        o.put("reason", t.reason()).put("trusted", t.is_trusted());
+        o
+    });
+    let suser = e.provenance.user_name.map(|s| {
+        let mut o = Obj::with_capacity(1);
+        o.put("name_source", s.as_str());
+        o
+    });
+    let mut sensor = Obj::with_capacity(16);
     sensor
         .put("allow_rule", d.allow_rule.as_deref())
         .put(
@@ -341,6 +354,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             d.beacon.as_ref().map(|b| J::val(output::beacon_fields(b))),
         )
         .put("cgroup_id", c.cgroup_id)
+        .put("container", scontainer)
         .put("destination", sdst)
         .put("folded_count", d.fold.map(|f| f.count))
         .put("matched", matched)
@@ -350,7 +364,8 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
         .put("severity", d.severity())
         .put("source", ssrc)
         .put("truncated", names(truncated))
-        .put("unknown_fields", J::Arr(unknown));
+        .put("unknown_fields", J::Arr(unknown))
+        .put("user", suser);
 
     let mut doc = Obj::with_capacity(17);
     doc.put("@timestamp", clock::rfc3339(e.unix_ns))
@@ -462,7 +477,12 @@ mod tests {
     use super::*;
     use crate::{
         detect::{decision::Decided, policy::Policy, score::score, subject::Subject},
-        enrich::procfs::ProcessInfo,
+        enrich::{
+            Provenance,
+            container::{Trust, untrusted},
+            procfs::ProcessInfo,
+            users::NameSource,
+        },
         kernel::records::tests::{bytes, connect, raw},
         output::{RULE_NAME, write_line},
     };
@@ -475,6 +495,7 @@ mod tests {
             conn: connect(&bytes(&raw)),
             proc: proc.clone(),
             user_name: Some("alice".into()),
+            provenance: Default::default(),
             host_name: "h".into(),
             attribution: None,
             unix_ns: 0,
@@ -587,6 +608,7 @@ mod tests {
             conn: connect(&bytes(&raw)),
             proc: ProcessInfo::default(),
             user_name: None,
+            provenance: Default::default(),
             host_name: "h".into(),
             attribution: None,
             unix_ns: 0,
@@ -680,6 +702,10 @@ mod tests {
             conn: c,
             proc,
             user_name: Some("alice".into()),
+            provenance: Provenance {
+                user_name: Some(NameSource::Host),
+                container: Some(Trust::Trusted),
+            },
             host_name: "h".into(),
             attribution: None,
             unix_ns: 1_800_000_000_000_000_123,
@@ -699,6 +725,21 @@ mod tests {
         };
         let obs = Subject::from_enriched(&e);
         assert_eq!(obs, Subject::from_doc(&line(&e)).unwrap());
+        assert!(obs.container_trusted && obs.user_name_source == Some(NameSource::Host));
+        // What was not trusted live is not trusted replayed.
+        let forged = Enriched {
+            provenance: Provenance {
+                user_name: Some(NameSource::Container),
+                container: Some(Trust::Untrusted(untrusted::DELEGATED)),
+            },
+            ..e.clone()
+        };
+        let doc = line(&forged);
+        assert_eq!(doc["sensor"]["container"]["reason"], "delegated-cgroup");
+        let replayed = Subject::from_doc(&doc).unwrap();
+        assert_eq!(Subject::from_enriched(&forged), replayed);
+        assert!(!replayed.container_trusted);
+        assert_eq!(replayed.user_name_source, Some(NameSource::Container));
         // Content and location identity survive a record-and-replay round trip.
         assert_eq!(
             (obs.content_match.as_deref(), obs.location.as_deref()),
@@ -707,6 +748,7 @@ mod tests {
         let gone = Enriched {
             proc: ProcessInfo::default(),
             user_name: None,
+            provenance: Provenance::default(),
             ..e
         };
         assert_eq!(
@@ -789,6 +831,16 @@ mod tests {
                     let e = Enriched {
                         conn: connect(&bytes(ev)),
                         proc: proc.clone(),
+                        provenance: Provenance {
+                            user_name: user.as_ref().map(|_| match ev.data.dport {
+                                4444 => NameSource::Host,
+                                _ => NameSource::Container,
+                            }),
+                            container: proc.container_id.as_ref().map(|_| match ev.data.dport {
+                                4444 => Trust::Trusted,
+                                _ => Trust::Untrusted(untrusted::LAYOUT),
+                            }),
+                        },
                         user_name: user,
                         host_name: "h".into(),
                         attribution: Some("kernel-exec"),

@@ -138,6 +138,7 @@ mod tests {
                 ..Default::default()
             },
             user_name: None,
+            provenance: Default::default(),
             host_name: "h".into(),
             attribution: None,
             unix_ns: 0,

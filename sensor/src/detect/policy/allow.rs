@@ -8,7 +8,7 @@ use crate::{
         policy::{glob::Pattern, schedule::Schedule},
         subject::Subject,
     },
-    enrich::procfs::exe_name,
+    enrich::{procfs::exe_name, users::NameSource},
     kernel::records::canonical,
 };
 
@@ -91,6 +91,25 @@ fn any_glob(patterns: &[Pattern], value: Option<&str>) -> bool {
     value.is_some_and(|v| patterns.iter().any(|p| p.is_match(v)))
 }
 
+/// A uid (all digits) is the kernel's, believed wherever the process runs; a name pattern
+/// holds only for a name the host's account database gave: a container's passwd, which its
+/// root writes, can call any uid `backup`.
+fn user_matches(rule: &Pattern, s: &Subject) -> bool {
+    match rule.as_str().parse::<u32>() {
+        Ok(uid) => s.user_id == Some(uid),
+        Err(_) => {
+            s.user_name_source == Some(NameSource::Host)
+                && s.user_name.as_deref().is_some_and(|n| rule.is_match(n))
+        }
+    }
+}
+
+/// A container, pod or namespace value, only when the container id is the runtime's: a
+/// user-delegated cgroup can carry any container's id, and the pod is looked up from it.
+fn trusted<'a>(s: &Subject, v: &'a Option<String>) -> Option<&'a str> {
+    v.as_deref().filter(|_| s.container_trusted)
+}
+
 impl AllowRule {
     pub fn matches(&self, s: &Subject) -> bool {
         let action = s.flow.action();
@@ -104,11 +123,7 @@ impl AllowRule {
                 || exe_matches(&self.executables, s.executable.as_deref()))
             && (self.parent_executables.is_empty()
                 || exe_matches(&self.parent_executables, s.parent_executable.as_deref()))
-            && (self.users.is_empty()
-                || self.users.iter().any(|u| match u.as_str().parse::<u32>() {
-                    Ok(uid) => s.user_id == Some(uid),
-                    Err(_) => s.user_name.as_deref().is_some_and(|n| u.is_match(n)),
-                }))
+            && (self.users.is_empty() || self.users.iter().any(|u| user_matches(u, s)))
             && (self.destination_networks.is_empty() || {
                 let d = canonical(s.dst);
                 self.destination_networks.iter().any(|n| n.contains(&d))
@@ -116,13 +131,13 @@ impl AllowRule {
             && (self.destination_ports.is_empty()
                 || self.destination_ports.iter().any(|r| r.contains(s.port)))
             && (self.container_ids.is_empty()
-                || any_glob(&self.container_ids, s.container_id.as_deref()))
+                || any_glob(&self.container_ids, trusted(s, &s.container_id)))
             && (self.kubernetes_namespaces.is_empty()
                 || any_glob(
                     &self.kubernetes_namespaces,
-                    s.kubernetes_namespace.as_deref(),
+                    trusted(s, &s.kubernetes_namespace),
                 ))
-            && (self.pod_names.is_empty() || any_glob(&self.pod_names, s.pod_name.as_deref()))
+            && (self.pod_names.is_empty() || any_glob(&self.pod_names, trusted(s, &s.pod_name)))
             && (self.host_names.is_empty() || any_glob(&self.host_names, s.host_name.as_deref()))
             && self
                 .schedule
@@ -298,6 +313,7 @@ mod tests {
         let monday_0800z = 1_795_392_000 + 8 * 3600;
         let mut s = subject("/usr/bin/nc", 4444);
         s.user_name = Some("pentester".into());
+        s.user_name_source = Some(NameSource::Host);
         s.ts_ns = i128::from(monday_0800z) * 1_000_000_000;
         assert_eq!(hit(&s).as_deref(), Some("pentest"));
         s.ts_ns = i128::from(monday_0800z + 8 * 3600) * 1_000_000_000; // 18:00 local
@@ -321,6 +337,7 @@ mod tests {
         let mut s = subject("/usr/bin/curl", 9001);
         assert_eq!(hit(&s), None, "namespace unknown: no match");
         s.kubernetes_namespace = Some("monitoring".into());
+        s.container_trusted = true;
         assert_eq!(hit(&s).as_deref(), Some("k8s agent"));
 
         let mut s = subject("/usr/bin/curl", 9001);
@@ -328,9 +345,64 @@ mod tests {
         s.parent_executable = Some("/usr/bin/make".into());
         assert_eq!(hit(&s), None, "container unknown");
         s.container_id = Some("abcdef".into());
+        s.container_trusted = true;
         assert_eq!(hit(&s).as_deref(), Some("ci hosts"));
         s.host_name = Some("prod-1".into());
         assert_eq!(hit(&s), None);
+    }
+
+    /// Who a `users` condition believes: a uid is the kernel's anywhere; a name only from
+    /// the host's account database.
+    #[rstest::rstest]
+    #[case::host_name(&["backup"], Some(34), Some("backup"), Some(NameSource::Host), true)]
+    #[case::container_passwd_name(&["backup"], Some(4242), Some("backup"), Some(NameSource::Container), false)]
+    #[case::replayed_name_of_unknown_source(&["backup"], Some(34), Some("backup"), None, false)]
+    #[case::glob_on_a_host_name(&["back*"], Some(34), Some("backup"), Some(NameSource::Host), true)]
+    #[case::uid_in_a_container(&["4242"], Some(4242), Some("backup"), Some(NameSource::Container), true)]
+    #[case::uid_with_no_name(&["4242"], Some(4242), None, None, true)]
+    #[case::uid_differs(&["34"], Some(4242), Some("backup"), Some(NameSource::Host), false)]
+    #[case::name_or_uid(&["backup", "4242"], Some(4242), Some("backup"), Some(NameSource::Container), true)]
+    #[case::no_name(&["backup"], Some(34), None, None, false)]
+    fn users_condition(
+        #[case] users: &[&str],
+        #[case] uid: Option<u32>,
+        #[case] name: Option<&str>,
+        #[case] source: Option<NameSource>,
+        #[case] matches: bool,
+    ) {
+        let mut rule = AllowRule::empty();
+        rule.users = users.iter().map(|u| Pattern::new(u).unwrap()).collect();
+        let s = Subject {
+            user_id: uid,
+            user_name: name.map(str::to_string),
+            user_name_source: source,
+            ..subject("/usr/bin/nc", 4444)
+        };
+        assert_eq!(rule.matches(&s), matches);
+    }
+
+    /// Container, pod and namespace conditions hold only for a trusted container id.
+    #[rstest::rstest]
+    #[case::trusted_id("container_ids", true, true)]
+    #[case::forged_id("container_ids", false, false)]
+    #[case::trusted_pod("pod_names", true, true)]
+    #[case::pod_of_a_forged_id("pod_names", false, false)]
+    #[case::trusted_namespace("kubernetes_namespaces", true, true)]
+    #[case::namespace_of_a_forged_id("kubernetes_namespaces", false, false)]
+    fn container_conditions_need_a_trusted_id(
+        #[case] key: &str,
+        #[case] trusted: bool,
+        #[case] matches: bool,
+    ) {
+        let p = Policy::parse(&format!("[[allow]]\nname = \"r\"\n{key} = [\"abc*\"]\n")).unwrap();
+        let s = Subject {
+            container_id: Some("abcdef".into()),
+            pod_name: Some("abc-0".into()),
+            kubernetes_namespace: Some("abc".into()),
+            container_trusted: trusted,
+            ..subject("/usr/bin/nc", 4444)
+        };
+        assert_eq!(p.allow_rule(&s).is_some(), matches);
     }
 
     /// Property: for random rules built from a seeded generator, a subject built to satisfy
@@ -369,6 +441,7 @@ mod tests {
             let good = Subject {
                 executable: Some(exe.clone()),
                 user_name: Some(user.clone()),
+                user_name_source: Some(NameSource::Host),
                 dst: "198.51.100.9".parse().unwrap(),
                 port,
                 ..Subject::named(None, "")
