@@ -149,6 +149,9 @@ pub struct EngineArgs {
     /// keeps the last 33 connection times per destination).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=33))]
     pub beacon_min_connections: u32,
+    /// Destinations (executable, address, port) the beacon detector tracks at most.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub beacon_max_keys: u32,
 }
 
 impl EngineArgs {
@@ -162,6 +165,7 @@ impl EngineArgs {
             },
             beacon: beacon::Config {
                 min_connections: self.beacon_min_connections as usize,
+                max_keys: self.beacon_max_keys as usize,
                 ..d.beacon
             },
             fold_ns: self.fold_period.as_nanos() as i128,

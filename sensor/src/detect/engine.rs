@@ -66,6 +66,7 @@ pub struct ConfigReport {
     pub rollup_window_seconds: f64,
     pub fold_period_seconds: f64,
     pub beacon_min_connections: usize,
+    pub beacon_max_keys: usize,
     pub allow_rules: usize,
     pub all_connections: bool,
 }
@@ -283,6 +284,7 @@ impl<C: Clone> Engine<C> {
             rollup_window_seconds: self.cfg.rollup.window_ns as f64 / 1e9,
             fold_period_seconds: self.cfg.fold_ns as f64 / 1e9,
             beacon_min_connections: self.cfg.beacon.min_connections,
+            beacon_max_keys: self.cfg.beacon.max_keys,
             allow_rules: self.policy.allow.len(),
             all_connections: self.cfg.all,
         }
