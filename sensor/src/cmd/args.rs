@@ -149,7 +149,9 @@ pub struct EngineArgs {
     /// keeps the last 33 connection times per destination).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=33))]
     pub beacon_min_connections: u32,
-    /// Destinations (executable, address, port) the beacon detector tracks at most.
+    /// Destinations (executable, address, port) the beacon detector tracks at most (and
+    /// 1.5 KiB each of memory); one executable holds at most a quarter of them, and a full
+    /// tracker evicts from the executable holding the most.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
     pub beacon_max_keys: u32,
 }
