@@ -77,8 +77,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "stdout")]
     pub output: Output,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`) on this
-    /// address, e.g. 127.0.0.1:9464. Off by default.
-    #[arg(long, value_name = "ADDR")]
+    /// address, e.g. 127.0.0.1:9464 (an IPv6 address may come without brackets, as
+    /// `$(POD_IP):9464` gives it). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<SocketAddr>,
     /// `host.name` in every line. In a pod, the node's name from the downward API
     /// (NODE_NAME); default: the kernel's host name.
