@@ -136,11 +136,6 @@ impl Detector {
         self.table.keys()
     }
 
-    /// Executables holding keys.
-    pub fn executables(&self) -> usize {
-        self.table.executables()
-    }
-
     /// Estimated bytes the tracker holds.
     pub fn bytes(&self) -> usize {
         self.table.bytes()
@@ -496,11 +491,6 @@ mod tests {
         let e = d.evictions();
         assert!(e.memory_budget > 0, "{e:?}");
         assert_eq!(d.evicted(), 10_000 - d.keys() as u64);
-        eprintln!(
-            "4 KiB names: {} keys, {} executables, {} bytes, {e:?}",
-            d.keys(),
-            d.executables(),
-            d.bytes()
-        );
+        eprintln!("4 KiB names: {} keys, {} bytes, {e:?}", d.keys(), d.bytes());
     }
 }

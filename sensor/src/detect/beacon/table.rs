@@ -126,11 +126,6 @@ impl Table {
         self.tracks.len()
     }
 
-    /// Executables holding keys.
-    pub fn executables(&self) -> usize {
-        self.owners.len()
-    }
-
     /// Estimated bytes held (keys with full windows of times, executable names).
     pub fn bytes(&self) -> usize {
         self.bytes
