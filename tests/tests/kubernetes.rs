@@ -98,6 +98,35 @@ fn daemonset(docs: &[Value]) -> Result<&Value> {
         .context("no DaemonSet rendered")
 }
 
+/// `sensor ARGS --dry-run` with the container's args, `$(POD_IP)` expanded to `pod_ip`.
+fn expand_and_dry_run(name: &str, c: &Value, pod_ip: &str) -> Result<()> {
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(|a| a.replace("$(POD_IP)", pod_ip)))
+        // The ConfigMap's mount, where the policy file the kustomization ships lands.
+        .map(|a| {
+            a.replace(
+                "/etc/t1571-sensor/",
+                &format!("{}/", configmap_dir().display()),
+            )
+        })
+        .collect();
+    assert!(!args.iter().any(|a| a.contains("$(")), "{args:?}");
+    let out = Command::new(sensor_bin())
+        .args(&args)
+        .arg("--dry-run")
+        .output()
+        .context("running the sensor")?;
+    assert!(
+        out.status.success(),
+        "{name}: sensor {args:?} --dry-run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
     let Some(python) = python() else {
@@ -153,30 +182,66 @@ fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
                     && v["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")),
             "{c:#}"
         );
-        // What the DaemonSet asks of the binary, the binary accepts (parsed, not run).
-        let args: Vec<String> = c["args"]
-            .as_array()
-            .context("args")?
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            // The ConfigMap's mount, where the policy file the kustomization ships lands.
-            .map(|a| {
-                a.replace(
-                    "/etc/t1571-sensor/",
-                    &format!("{}/", configmap_dir().display()),
-                )
-            })
-            .collect();
-        let out = Command::new(sensor_bin())
-            .args(&args)
-            .arg("--dry-run")
-            .output()
-            .context("running the sensor")?;
+        // Metrics on the pod's own address (the downward API's status.podIP), guarded by
+        // a NetworkPolicy that admits only the scraper's pods, on the metrics port only.
         assert!(
-            out.status.success(),
-            "{name}: sensor {args:?} --dry-run: {}",
-            String::from_utf8_lossy(&out.stderr)
+            c["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v["name"] == "POD_IP"
+                    && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP")),
+            "{c:#}"
         );
+        assert!(
+            c["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a == "--metrics=$(POD_IP):9464")),
+            "{c:#}"
+        );
+        assert_ne!(
+            spec["hostNetwork"], true,
+            "metrics would be on the node's network"
+        );
+        let np = docs
+            .iter()
+            .find(|d| d["kind"] == "NetworkPolicy")
+            .context("no NetworkPolicy")?;
+        assert_eq!(
+            np["spec"]["podSelector"]["matchLabels"],
+            ds["spec"]["selector"]["matchLabels"]
+        );
+        assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+        let rules = np["spec"]["ingress"].as_array().context("ingress")?;
+        assert_eq!(rules.len(), 1, "{np:#}");
+        assert_eq!(
+            rules[0]["ports"],
+            serde_json::json!([{"port": "metrics", "protocol": "TCP"}])
+        );
+        let from = rules[0]["from"].as_array().context("from")?;
+        assert_eq!(
+            from.len(),
+            1,
+            "one peer, both selectors in it (AND): {np:#}"
+        );
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+        assert_eq!(
+            from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            "prometheus"
+        );
+        // The parameters' ConfigMap is kustomize's (local-config), never applied.
+        assert!(
+            !docs
+                .iter()
+                .any(|d| d["metadata"]["name"] == "t1571-sensor-scraper"),
+            "{name}"
+        );
+        // What the DaemonSet asks of the binary, the binary accepts (parsed, not run),
+        // with $(VAR) expanded as the kubelet does: POD_IP a pod address of each family.
+        for pod_ip in ["10.42.0.7", "fd00:42::7"] {
+            expand_and_dry_run(name, c, pod_ip)?;
+        }
     }
     // The validator rejects what it should: a misspelt field fails strict validation.
     let bad = render("privileged")?.replace("hostPID: true", "hostPIDs: true");

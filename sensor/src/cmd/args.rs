@@ -77,8 +77,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "stdout")]
     pub output: Output,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/healthz`) on this
-    /// address, e.g. 127.0.0.1:9464. Off by default.
-    #[arg(long, value_name = "ADDR")]
+    /// address, e.g. 127.0.0.1:9464 (an IPv6 address may come without brackets, as
+    /// `$(POD_IP):9464` gives it). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics: Option<SocketAddr>,
     /// `host.name` in every line. In a pod, the node's name from the downward API
     /// (NODE_NAME); default: the kernel's host name.
@@ -149,6 +150,11 @@ pub struct EngineArgs {
     /// keeps the last 33 connection times per destination).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=33))]
     pub beacon_min_connections: u32,
+    /// Destinations (executable, address, port) the beacon detector tracks at most (and
+    /// 1.5 KiB each of memory); one executable holds at most a quarter of them, and a full
+    /// tracker evicts from the executable holding the most.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub beacon_max_keys: u32,
 }
 
 impl EngineArgs {
@@ -162,6 +168,7 @@ impl EngineArgs {
             },
             beacon: beacon::Config {
                 min_connections: self.beacon_min_connections as usize,
+                max_keys: self.beacon_max_keys as usize,
                 ..d.beacon
             },
             fold_ns: self.fold_period.as_nanos() as i128,

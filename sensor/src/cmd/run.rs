@@ -513,6 +513,9 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
         policy_reloads: c.reloads,
         policy_reload_failures: c.reload_failures,
         beacons_detected: engine.beacons_detected,
+        beacon_keys: engine.beacon_keys as u64,
+        beacon_tracker_bytes: engine.beacon_tracker_bytes as u64,
+        beacon_evictions: engine.beacon_keys_evicted_by_reason,
         folded_connections: engine.folded_connections,
         kernel: pipeline.kernel.counts,
     }

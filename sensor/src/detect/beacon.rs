@@ -15,12 +15,14 @@
 //!
 //! Connections closer than 250 ms to the previous one on the same key count towards the
 //! total but not as a new gap (a client opening two sockets per beat is one beat).
-//! Memory is bounded: at most [`Config::max_keys`] keys, least recently seen evicted first.
+//! Memory is bounded in keys and bytes, and fair per executable ([`table`]): one program
+//! churning destinations evicts its own keys, never another's beacon.
 
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    net::IpAddr,
-};
+mod table;
+
+use std::{collections::VecDeque, net::IpAddr};
+
+pub use table::Evictions;
 
 /// Gaps kept per key: enough for stable quartiles, small enough to bound memory.
 /// Connection times kept per key: WINDOW + 1 times, WINDOW gaps. `--beacon-min-connections`
@@ -34,10 +36,18 @@ pub const MAX_SKEW: f64 = 0.9;
 const SKEW_RESOLUTION: f64 = 0.1;
 const MIN_GAP_RATIO: f64 = 0.5;
 
+/// Byte budget per key of [`Config::max_keys`] when none is set (6 MiB for 4096 keys): a
+/// key with its full window of times costs about 0.8 KiB, so the budget binds only when
+/// executable names are long.
+pub const BYTES_PER_KEY: usize = 1536;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub min_connections: usize,
+    /// Keys tracked at most; one executable holds at most a quarter of them.
     pub max_keys: usize,
+    /// Estimated bytes held at most; `None`: [`BYTES_PER_KEY`] per key.
+    pub max_bytes: Option<usize>,
 }
 
 impl Default for Config {
@@ -45,7 +55,20 @@ impl Default for Config {
         Self {
             min_connections: 10,
             max_keys: 4096,
+            max_bytes: None,
         }
+    }
+}
+
+impl Config {
+    /// Keys one executable holds at most.
+    pub fn quota(&self) -> usize {
+        (self.max_keys / 4).max(1)
+    }
+
+    pub fn byte_budget(&self) -> usize {
+        self.max_bytes
+            .unwrap_or(self.max_keys.saturating_mul(BYTES_PER_KEY))
     }
 }
 
@@ -94,85 +117,50 @@ pub fn round_ms(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-struct Track {
-    times: VecDeque<i128>,
-    connections: u64,
-    first_seen_ns: i128,
-    flagged: bool,
-    seq: u64,
-}
-
 pub struct Detector {
     cfg: Config,
-    tracks: HashMap<Key, Track>,
-    /// Recency order for eviction: seq -> key.
-    order: BTreeMap<u64, Key>,
-    seq: u64,
-    pub evicted: u64,
+    table: table::Table,
     pub detected: u64,
 }
 
 impl Detector {
     pub fn new(cfg: Config) -> Self {
         Self {
+            table: table::Table::new(cfg.max_keys, cfg.quota(), cfg.byte_budget()),
             cfg,
-            tracks: HashMap::new(),
-            order: BTreeMap::new(),
-            seq: 0,
-            evicted: 0,
             detected: 0,
         }
     }
 
     pub fn keys(&self) -> usize {
-        self.tracks.len()
+        self.table.keys()
+    }
+
+    /// Estimated bytes the tracker holds.
+    pub fn bytes(&self) -> usize {
+        self.table.bytes()
+    }
+
+    /// Keys evicted, by reason.
+    pub fn evictions(&self) -> Evictions {
+        self.table.evictions
+    }
+
+    /// Keys evicted in total.
+    pub fn evicted(&self) -> u64 {
+        self.table.evictions.total()
     }
 
     /// Records one connection at `ts_ns` (Unix ns) and says whether the key beacons.
     pub fn observe(&mut self, key: Key, ts_ns: i128) -> Option<Beacon> {
-        self.seq += 1;
-        let seq = self.seq;
-        if !self.tracks.contains_key(&key) {
-            while self.tracks.len() >= self.cfg.max_keys.max(1) {
-                let Some((_, old)) = self.order.pop_first() else {
-                    break;
-                };
-                self.tracks.remove(&old);
-                self.evicted += 1;
-            }
-            self.tracks.insert(
-                key.clone(),
-                Track {
-                    times: VecDeque::with_capacity(WINDOW + 1),
-                    connections: 0,
-                    first_seen_ns: ts_ns,
-                    flagged: false,
-                    seq,
-                },
-            );
-        }
-        let track = self.tracks.get_mut(&key)?;
-        self.order.remove(&track.seq);
-        track.seq = seq;
-        self.order.insert(seq, key);
-
-        track.connections += 1;
-        track.first_seen_ns = track.first_seen_ns.min(ts_ns);
-        let burst = track.times.iter().any(|&t| (t - ts_ns).abs() < BURST_NS);
-        if !burst {
-            // Keep the times sorted: events from different CPUs can arrive slightly out of order.
-            let pos = track.times.partition_point(|&t| t < ts_ns);
-            track.times.insert(pos, ts_ns);
-            if track.times.len() > WINDOW + 1 {
-                track.times.pop_front();
-            }
-        }
+        let (who, dst, port) = key;
+        let min = self.cfg.min_connections.max(3);
+        let track = self.table.record(&who, dst, port, ts_ns)?;
         let last_seen_ns = track.times.back().copied().unwrap_or(ts_ns).max(ts_ns);
-        let enough = track.times.len() >= self.cfg.min_connections.max(3);
+        let enough = track.times.len() >= min;
         let stats = enough.then(|| gap_stats(&track.times)).flatten();
         let regular = stats.is_some_and(|s| s.regular() && min_gap_ok(&track.times, &s));
-        let was = track.flagged;
-        track.flagged = regular;
+        let was = std::mem::replace(&mut track.flagged, regular);
         match (regular, stats) {
             (true, Some(stats)) => {
                 if !was {
@@ -247,6 +235,8 @@ pub fn gap_stats(times: &VecDeque<i128>) -> Option<Stats> {
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
     use crate::testrng::Rng;
 
@@ -399,6 +389,7 @@ mod tests {
         let mut d = Detector::new(Config {
             min_connections: WINDOW + 1,
             max_keys: 10,
+            max_bytes: None,
         });
         let hits: Vec<bool> = (0..40i128)
             .map(|i| d.observe(key(), i * 60 * S).is_some())
@@ -411,35 +402,95 @@ mod tests {
         );
     }
 
+    /// A 10-beat beacon of `beacon_exe` at `interval_s`, with `churn` new destinations
+    /// of `churner` between every two beats (the first `quiet_beats` beats without churn),
+    /// in a tracker of `max_keys`: the connection flagged, if any.
+    fn beacon_under_churn(
+        max_keys: usize,
+        interval_s: i128,
+        churn: u32,
+        churner: &str,
+        quiet_beats: i128,
+    ) -> (Option<usize>, Detector) {
+        let mut d = Detector::new(Config {
+            max_keys,
+            ..Config::default()
+        });
+        let mut n = 0u32;
+        let mut flagged = None;
+        for beat in 0..10i128 {
+            let t = beat * interval_s * S;
+            if d.observe(key(), t).is_some() && flagged.is_none() {
+                flagged = Some(beat as usize + 1);
+            }
+            if beat < quiet_beats {
+                continue;
+            }
+            for i in 0..churn {
+                n += 1;
+                let dst = IpAddr::from([198, 51, 100, (n % 250) as u8]);
+                let at = t + i128::from(i + 1) * interval_s * S / i128::from(churn + 1);
+                d.observe((churner.into(), dst, 20_000 + (n / 250) as u16), at);
+            }
+        }
+        (flagged, d)
+    }
+
+    #[rstest]
+    // The case: ~70 new keys a second against a 60 s beacon, 4096 keys.
+    #[case::seventy_per_second_vs_60s(4096, 60, 70 * 60)]
+    #[case::two_hundred_per_second_vs_1s(64, 1, 200)]
+    #[case::ten_times_the_tracker_per_beat(100, 5, 1000)]
+    #[case::smallest_tracker(4, 1, 50)]
+    fn a_beacon_survives_another_executable_churning(
+        #[case] max_keys: usize,
+        #[case] interval_s: i128,
+        #[case] churn: u32,
+    ) {
+        let (flagged, d) = beacon_under_churn(max_keys, interval_s, churn, "/usr/bin/storm", 0);
+        assert_eq!(flagged, Some(10), "evictions {:?}", d.evictions());
+        assert!(d.keys() <= max_keys);
+        // The churner only ever evicted its own keys, and is held to its quota.
+        assert_eq!(d.evicted(), d.evictions().executable_quota);
+        assert!(d.evicted() > 0);
+    }
+
+    #[rstest]
+    #[case::churn_from_the_start(0, None)]
+    #[case::churn_after_the_second_beat(2, Some(10))]
+    fn the_same_executable_churning_evicts_beats_only_of_fewer(
+        #[case] quiet_beats: i128,
+        #[case] expect: Option<usize>,
+    ) {
+        // One program's keys compete among themselves, fewest beats out first: a beacon
+        // that has two beats outlives any number of one-beat keys; its very first beat
+        // is one key among the churn (the limit of fairness per executable).
+        let (flagged, d) = beacon_under_churn(64, 1, 200, "/usr/bin/bash", quiet_beats);
+        assert_eq!(flagged, expect, "{:?}", d.evictions());
+    }
+
     #[test]
-    fn memory_is_bounded_and_evictions_counted() {
-        let mut d = Detector::new(Config {
-            min_connections: 10,
+    fn memory_is_bounded_in_keys_and_bytes() {
+        let cfg = Config {
             max_keys: 100,
-        });
+            ..Config::default()
+        };
+        let mut d = Detector::new(cfg);
         for i in 0..10_000u32 {
-            d.observe(
-                ("x".into(), IpAddr::from(i.to_be_bytes()), 9001),
-                i128::from(i) * S,
-            );
+            // 100 executables with 4 KiB names, each connecting to 100 destinations.
+            let who = format!("/{}{}", "x".repeat(4000), i % 100);
+            for beat in 0..3 {
+                d.observe(
+                    (who.clone(), IpAddr::from(i.to_be_bytes()), 9001),
+                    i128::from(i) * S + beat * S,
+                );
+            }
+            assert!(d.keys() <= 100);
+            assert!(d.bytes() <= cfg.byte_budget(), "{} bytes", d.bytes());
         }
-        assert_eq!(d.keys(), 100);
-        assert_eq!(d.evicted, 9_900);
-        // The most recently used key survives eviction.
-        let mut d = Detector::new(Config {
-            min_connections: 10,
-            max_keys: 2,
-        });
-        for i in 0..10i128 {
-            d.observe(key(), i * 10 * S);
-            d.observe(
-                ("y".into(), IpAddr::from((i as u32).to_be_bytes()), 1),
-                i * 10 * S + 1,
-            );
-        }
-        assert!(
-            d.observe(key(), 100 * S).is_some(),
-            "hot key kept its history"
-        );
+        let e = d.evictions();
+        assert!(e.memory_budget > 0, "{e:?}");
+        assert_eq!(d.evicted(), 10_000 - d.keys() as u64);
+        eprintln!("4 KiB names: {} keys, {} bytes, {e:?}", d.keys(), d.bytes());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::detect::{
-    beacon::Beacon,
+    beacon::{self, Beacon},
     fold::FoldState,
     rollup,
     score::{Verdict, severity},
@@ -92,6 +92,9 @@ pub struct StatsReport {
     pub beaconing_connections: u64,
     pub beacon_keys: usize,
     pub beacon_keys_evicted: u64,
+    pub beacon_keys_evicted_by_reason: beacon::Evictions,
+    /// The beacon tracker's estimated memory.
+    pub beacon_tracker_bytes: usize,
     pub folded_connections: u64,
     pub fold_table_full: u64,
     pub rollup_windows: u64,

@@ -66,6 +66,7 @@ pub struct ConfigReport {
     pub rollup_window_seconds: f64,
     pub fold_period_seconds: f64,
     pub beacon_min_connections: usize,
+    pub beacon_max_keys: usize,
     pub allow_rules: usize,
     pub all_connections: bool,
 }
@@ -283,6 +284,7 @@ impl<C: Clone> Engine<C> {
             rollup_window_seconds: self.cfg.rollup.window_ns as f64 / 1e9,
             fold_period_seconds: self.cfg.fold_ns as f64 / 1e9,
             beacon_min_connections: self.cfg.beacon.min_connections,
+            beacon_max_keys: self.cfg.beacon.max_keys,
             allow_rules: self.policy.allow.len(),
             all_connections: self.cfg.all,
         }
@@ -299,7 +301,9 @@ impl<C: Clone> Engine<C> {
             beacons_detected: self.beacons.detected,
             beaconing_connections: self.stats.beaconing_connections,
             beacon_keys: self.beacons.keys(),
-            beacon_keys_evicted: self.beacons.evicted,
+            beacon_keys_evicted: self.beacons.evicted(),
+            beacon_keys_evicted_by_reason: self.beacons.evictions(),
+            beacon_tracker_bytes: self.beacons.bytes(),
             folded_connections: self.fold.folded,
             fold_table_full: self.fold.table_full,
             rollup_windows: self.rollup.windows_emitted,

@@ -5,11 +5,14 @@
 //!
 //! The event loop publishes a [`Snapshot`] of its counters after every drain and tick:
 //! the hot path only bumps plain integers, and the registry is touched once a batch.
+//! The listener itself is bounded in connections, bytes and time ([`serve`]).
+
+mod serve;
 
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -21,9 +24,12 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::kernel::filter::{KIND_NAMES, KernelCounts, STAT_NAMES};
+pub use self::serve::{MAX_CONNECTIONS, serve};
+use crate::{
+    detect::beacon::Evictions,
+    kernel::filter::{KIND_NAMES, KernelCounts, STAT_NAMES},
+};
 
 /// `/healthz` turns 503 when the event loop has been silent this long (it ticks every
 /// `--stats-interval`, 1 s by default, even on an idle host).
@@ -50,6 +56,9 @@ pub struct Snapshot {
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
     pub beacons_detected: u64,
+    pub beacon_keys: u64,
+    pub beacon_tracker_bytes: u64,
+    pub beacon_evictions: Evictions,
     pub folded_connections: u64,
     /// The kernel's per-kind record counters and its fold counters.
     pub kernel: KernelCounts,
@@ -64,6 +73,11 @@ struct Severity {
 struct KindOutcome {
     kind: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,10 +98,15 @@ pub struct Metrics {
     reloads: Counter,
     reload_failures: Counter,
     beacons: Counter,
+    beacon_keys: Gauge,
+    beacon_bytes: Gauge,
+    beacon_evicted: Family<Reason, Counter>,
     folded: Counter,
     kernel_records: Family<KindOutcome, Counter>,
     kernel_folded: Counter,
     kernel_fold_table_full: Counter,
+    /// The listener's own counters, moved by its thread.
+    listener: Listener,
     /// The last snapshot published: counters move by the difference.
     last: Mutex<Snapshot>,
     /// Milliseconds since `start` at the loop's last sign of life.
@@ -96,6 +115,20 @@ pub struct Metrics {
 }
 
 const SEVERITIES: [&str; 3] = ["low", "medium", "high"];
+const EVICTION_REASONS: [&str; 3] = ["executable_quota", "tracker_full", "memory_budget"];
+
+fn by_reason(e: &Evictions) -> [u64; 3] {
+    [e.executable_quota, e.tracker_full, e.memory_budget]
+}
+
+/// What the metrics listener met: failed accepts (each one a retry after a back-off),
+/// connections cut to stay within [`MAX_CONNECTIONS`], exchanges past their deadline.
+struct Listener {
+    accept_errors: Counter,
+    cut: Counter,
+    timed_out: Counter,
+    open: Gauge,
+}
 
 impl Metrics {
     pub fn new(hook: &str) -> Self {
@@ -146,6 +179,50 @@ impl Metrics {
             "Policy reloads refused (the old policy kept)",
         );
         let beacons = counter(&mut registry, "beacons_detected", "Beacons detected");
+        let beacon_keys = Gauge::default();
+        registry.register(
+            "beacon_keys",
+            "Destinations (executable, address, port) the beacon tracker holds",
+            beacon_keys.clone(),
+        );
+        let beacon_bytes = Gauge::default();
+        registry.register(
+            "beacon_tracker_bytes",
+            "The beacon tracker's estimated memory, bytes",
+            beacon_bytes.clone(),
+        );
+        let beacon_evicted = Family::<Reason, Counter>::default();
+        registry.register(
+            "beacon_keys_evicted",
+            "Beacon tracker keys evicted: executable_quota (an executable's own, over its quota), tracker_full and memory_budget (from the executable holding the most)",
+            beacon_evicted.clone(),
+        );
+        for reason in EVICTION_REASONS {
+            let _ = beacon_evicted.get_or_create(&Reason { reason });
+        }
+        let listener = Listener {
+            accept_errors: counter(
+                &mut registry,
+                "metrics_accept_errors",
+                "Failed accepts on the metrics listener (EMFILE...), each retried after a back-off",
+            ),
+            cut: counter(
+                &mut registry,
+                "metrics_connections_cut",
+                "Metrics connections closed unanswered to admit a newer one (at most 32 open)",
+            ),
+            timed_out: counter(
+                &mut registry,
+                "metrics_connections_timed_out",
+                "Metrics connections closed for not completing an exchange within 1 s",
+            ),
+            open: Gauge::default(),
+        };
+        registry.register(
+            "metrics_connections_open",
+            "Metrics connections open at the last accept",
+            listener.open.clone(),
+        );
         let folded = counter(
             &mut registry,
             "folded_connections",
@@ -196,10 +273,14 @@ impl Metrics {
             reloads,
             reload_failures,
             beacons,
+            beacon_keys,
+            beacon_bytes,
+            beacon_evicted,
             folded,
             kernel_records,
             kernel_folded,
             kernel_fold_table_full,
+            listener,
             last: Mutex::new(Snapshot::default()),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
@@ -238,6 +319,20 @@ impl Metrics {
         );
         up(&self.beacons, s.beacons_detected, last.beacons_detected);
         up(&self.folded, s.folded_connections, last.folded_connections);
+        let (new, old) = (
+            by_reason(&s.beacon_evictions),
+            by_reason(&last.beacon_evictions),
+        );
+        for (i, reason) in EVICTION_REASONS.into_iter().enumerate() {
+            up(
+                &self.beacon_evicted.get_or_create(&Reason { reason }),
+                new[i],
+                old[i],
+            );
+        }
+        let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.beacon_keys, s.beacon_keys);
+        gauge(&self.beacon_bytes, s.beacon_tracker_bytes);
         for (kind, name) in KIND_NAMES {
             let (new, old) = (s.kernel.of(kind), last.kernel.of(kind));
             for (i, outcome) in STAT_NAMES.into_iter().enumerate() {
@@ -281,104 +376,25 @@ impl Metrics {
     }
 }
 
+/// `--metrics ADDR`: `IP:PORT`, `[IPV6]:PORT`, or an IPv6 address without brackets, the
+/// port after its last colon (what `$(POD_IP):9464` gives on an IPv6 pod network).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().or_else(|_| {
+        s.rsplit_once(':')
+            .and_then(|(ip, port)| {
+                Some(SocketAddr::new(
+                    ip.parse::<std::net::Ipv6Addr>().ok()?.into(),
+                    port.parse().ok()?,
+                ))
+            })
+            .ok_or_else(|| format!("{s:?} is not IP:PORT"))
+    })
+}
+
 /// Binds `addr`, so a bad address fails at start-up, naming it (and a port below 1024
 /// is bound while the sensor still holds its capabilities).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: bind"))
-}
-
-/// Serves on `listener` from a thread of its own until the process exits.
-pub fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    listener
-        .set_nonblocking(true)
-        .context("metrics listener: non-blocking")?;
-    let bound = listener.local_addr().context("metrics listener address")?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    log::error!("metrics endpoint: starting its runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(accept_loop(listener, metrics));
-        })
-        .context("starting the metrics thread")?;
-    Ok(bound)
-}
-
-async fn accept_loop(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("metrics endpoint: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            // A client that sends nothing is dropped after a second.
-            let _ = tokio::time::timeout(Duration::from_secs(1), answer(stream, &m)).await;
-        });
-    }
-}
-
-/// One request, one response, connection closed. Hand-written because two fixed GET
-/// routes do not justify an HTTP framework in a node agent.
-async fn answer(mut stream: tokio::net::TcpStream, m: &Metrics) -> std::io::Result<()> {
-    let mut buf = [0u8; 1024];
-    let mut n = 0;
-    // The request line and headers, bounded: only the first line matters.
-    while n < buf.len() {
-        let read = stream.read(&mut buf[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].contains(&b'\n') {
-            break;
-        }
-    }
-    let line = String::from_utf8_lossy(&buf[..n]);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match (line.starts_with("GET "), path) {
-        (true, "/metrics") => match m.render() {
-            Ok(b) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                b,
-            ),
-            Err(e) => (
-                "500 Internal Server Error",
-                "text/plain",
-                format!("{e:#}\n"),
-            ),
-        },
-        (true, "/healthz") if m.healthy() => ("200 OK", "text/plain", "ok\n".into()),
-        (true, "/healthz") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "stalled: the ring buffer is not being drained\n".into(),
-        ),
-        (true, _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -398,6 +414,8 @@ mod tests {
         s.alerts[2] = 5;
         s.kernel.kinds[sensor_common::RecordKind::Connect as usize] = [2000, 1990, 10, 0];
         s.kernel.folded = 7;
+        s.beacon_evictions.executable_quota = 9;
+        s.beacon_tracker_bytes = 1234;
         m.publish(&s);
         let text = m.render().unwrap();
         assert!(text.contains("t1571_sensor_events_seen_total 15"), "{text}");
@@ -427,6 +445,38 @@ mod tests {
             text.contains("t1571_sensor_kernel_folded_connections_total 7"),
             "{text}"
         );
+        assert!(
+            text.contains("t1571_sensor_beacon_keys_evicted_total{reason=\"executable_quota\"} 9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_beacon_keys_evicted_total{reason=\"tracker_full\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_beacon_tracker_bytes 1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t1571_sensor_metrics_accept_errors_total 0"),
+            "{text}"
+        );
         assert!(m.healthy());
+    }
+
+    #[rstest::rstest]
+    #[case::v4("127.0.0.1:9464", Some("127.0.0.1:9464"))]
+    #[case::v6_bracketed("[2001:db8::7]:9464", Some("[2001:db8::7]:9464"))]
+    #[case::v6_bare_as_pod_ip_gives_it("2001:db8::7:9464", Some("[2001:db8::7]:9464"))]
+    #[case::v6_loopback_bare("::1:9464", Some("[::1]:9464"))]
+    #[case::no_port("192.0.2.7", None)]
+    #[case::bare_v6_without_port("2001:db8::7", None)]
+    #[case::unexpanded_variable("$(POD_IP):9464", None)]
+    fn metrics_addresses(#[case] given: &str, #[case] want: Option<&str>) {
+        let got = parse_addr(given).map(|a| a.to_string());
+        match want {
+            Some(w) => assert_eq!(got.as_deref(), Ok(w)),
+            None => assert!(got.unwrap_err().contains(given)),
+        }
     }
 }
