@@ -52,7 +52,9 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
             packages.join(", ")
         );
     }
-    run(Command::new("apt-get").args(["update", "-q"]).args(APT_LOCK_WAIT))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .args(APT_LOCK_WAIT))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(APT_LOCK_WAIT)

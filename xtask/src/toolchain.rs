@@ -149,8 +149,6 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("file", "file"),
     // The cgroup v1 test mounts its own hierarchy.
     ("mount", "mount"),
-    // The forged-journal test writes the native protocol as nobody.
-    ("logger", "bsdutils"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
@@ -188,7 +186,9 @@ pub fn ensure_test_programs() -> Result<()> {
             missing.join(", ")
         );
     }
-    run(Command::new("apt-get").args(["update", "-q"]).args(APT_LOCK_WAIT))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .args(APT_LOCK_WAIT))?;
     let services: Vec<&str> = NO_SERVICE
         .iter()
         .filter(|(p, _)| missing.contains(p))
