@@ -454,7 +454,12 @@ fn forged_entry_is_not_shown(how: Started) -> Result<()> {
 
     // 2. The forgery: every field the sensor wrote, the executable swapped for a marker,
     // and journald's own fields claimed too (journald drops those from a client).
-    let marker = format!("/usr/bin/forged-{}", std::process::id());
+    // Distinct per test: both run in this one process.
+    let marker = format!(
+        "/usr/bin/forged-{}-{}",
+        std::process::id(),
+        if cgroup.is_some() { "unit" } else { "pid" }
+    );
     let real_exe = real["SENSOR_PROCESS_EXECUTABLE"]
         .as_str()
         .context("SENSOR_PROCESS_EXECUTABLE")?

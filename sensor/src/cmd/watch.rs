@@ -34,9 +34,9 @@ pub struct WatchArgs {
     /// and uid 0, or `--pid` and uid 0; never by identifier, which any user can write.
     #[arg(long, conflicts_with = "live")]
     journal: bool,
-    /// The sensor's systemd unit, in the journal.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_UNIT, conflicts_with_all = ["file", "live", "pid"])]
-    unit: String,
+    /// The sensor's systemd unit, in the journal [default: t1571-sensor.service].
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["file", "live", "pid"])]
+    unit: Option<String>,
     /// A sensor started by hand (as root), by its process id, in the journal of this boot.
     #[arg(long, value_name = "PID", conflicts_with_all = ["file", "live"])]
     pid: Option<u32>,
@@ -306,14 +306,15 @@ pub fn run(args: WatchArgs) -> Result<()> {
         process: args.process.clone(),
         port: args.port,
     };
-    let origin = match args.pid {
-        Some(pid) => Origin::Pid(pid),
-        None => Origin::Unit(args.unit.clone()),
+    let origin = match (args.pid, &args.unit) {
+        (Some(pid), _) => Origin::Pid(pid),
+        (None, unit) => Origin::Unit(unit.as_deref().unwrap_or(DEFAULT_UNIT).to_string()),
     };
     let source = source::open(&source::Choice {
         file: args.file.as_deref(),
         live: args.live,
-        journal: args.journal || args.pid.is_some() || args.unit != DEFAULT_UNIT,
+        // Naming the sensor names the journal as the source.
+        journal: args.journal || args.pid.is_some() || args.unit.is_some(),
         origin,
     })?;
     let mut state = State::new(filter);
