@@ -1,14 +1,25 @@
 //! `sensor watch` in a real terminal: tmux runs it, send-keys types, capture-pane reads
 //! the screen. An alert from a real connect appears, a filter hides it, q quits; without a
-//! terminal it prints plain lines.
+//! terminal it prints plain lines. From a real journald it shows the sensor's own alerts
+//! and not an entry an unprivileged user forged with the sensor's identifier and fields,
+//! and a hostile process name reaches neither the screen nor a pipe as control characters.
 
 use std::{
-    process::Command,
+    ffi::{CString, OsStr},
+    io::Read,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{ATTACH_LOCK, Net, root_or_skip, sensor_bin};
+use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, forced_probe, root_or_skip, sensor_bin};
+use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.44";
 
@@ -18,7 +29,12 @@ struct Tmux {
 
 impl Tmux {
     fn start(cmd: &str) -> Result<Self> {
-        let name = format!("t1571-watch-{}", std::process::id());
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "t1571-watch-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         let ok = Command::new("tmux")
             .args([
                 "new-session",
@@ -168,4 +184,418 @@ fn without_a_terminal_it_prints_plain_lines() -> Result<()> {
     drop(child.stdin.take());
     assert_eq!(child.wait_with_output()?.stdout, b"");
     Ok(())
+}
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// A systemd-journald for the test: the running one, else one started here (and stopped
+/// when dropped).
+struct Journald {
+    child: Option<Child>,
+}
+
+impl Journald {
+    fn ensure() -> Result<Self> {
+        if Path::new(JOURNAL_SOCKET).exists()
+            && std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.connect(JOURNAL_SOCKET))
+                .is_ok()
+        {
+            return Ok(Self { child: None });
+        }
+        let child = Command::new("/lib/systemd/systemd-journald")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting systemd-journald (package systemd)")?;
+        let journald = Self { child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(JOURNAL_SOCKET))
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("systemd-journald did not open {JOURNAL_SOCKET}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(journald)
+    }
+
+    /// The first entry matching `matches` (FIELD=value, ANDed), waiting for it.
+    fn entry(&self, matches: &[&str]) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new("journalctl")
+                .args(["-o", "json", "--all", "--no-pager"])
+                .args(matches)
+                .output()
+                .context("running journalctl")?;
+            if let Some(v) = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("no journal entry for {matches:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cgroup named the way systemd names a service, in every hierarchy journald may read a
+/// process's unit from (cgroup2, and the v1 `name=systemd` one of a hybrid layout): a
+/// process in it has that `_SYSTEMD_UNIT` in its journal entries, as under systemd.
+struct UnitCgroup {
+    unit: String,
+    /// (slice, unit) directories per hierarchy.
+    dirs: Vec<(PathBuf, PathBuf)>,
+}
+
+impl UnitCgroup {
+    fn new() -> Result<Self> {
+        let pid = std::process::id();
+        let unit = format!("t1571-sensor-test-{pid}.service");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let mut dirs = Vec::new();
+        for l in mountinfo.lines() {
+            let Some((pre, post)) = l.split_once(" - ") else {
+                continue;
+            };
+            let mut post = post.split_whitespace();
+            let fstype = post.next().unwrap_or_default();
+            let options = post.nth(1).unwrap_or_default();
+            let wanted = fstype == "cgroup2"
+                || (fstype == "cgroup" && options.split(',').any(|o| o == "name=systemd"));
+            let Some(mount) = pre.split_whitespace().nth(4) else {
+                continue;
+            };
+            if wanted {
+                let slice = Path::new(mount).join(format!("t1571-test-{pid}.slice"));
+                let dir = slice.join(&unit);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                dirs.push((slice, dir));
+            }
+        }
+        if dirs.is_empty() {
+            bail!("no cgroup2 or name=systemd hierarchy mounted");
+        }
+        Ok(Self { unit, dirs })
+    }
+
+    /// Makes `cmd` join the cgroup before it execs.
+    fn join(&self, cmd: &mut Command) -> Result<()> {
+        let procs: Vec<CString> = self
+            .dirs
+            .iter()
+            .map(|(_, d)| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?;
+        // SAFETY: only open, write and close between fork and exec, on paths made before.
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        for (slice, dir) in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+            let _ = std::fs::remove_dir(slice);
+        }
+    }
+}
+
+/// The native protocol's datagram for `fields` (a value with a newline in the binary form).
+fn native_datagram(fields: &[(String, String)]) -> Vec<u8> {
+    let mut d = Vec::new();
+    for (k, v) in fields {
+        if v.contains('\n') {
+            d.extend_from_slice(k.as_bytes());
+            d.push(b'\n');
+            d.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            d.extend_from_slice(v.as_bytes());
+        } else {
+            d.extend_from_slice(format!("{k}={v}").as_bytes());
+        }
+        d.push(b'\n');
+    }
+    d
+}
+
+/// `sensor watch ARGS` with stdout a pipe; everything it writes, collected.
+struct PipedWatch {
+    child: Child,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl PipedWatch {
+    fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(sensor_bin())
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sensor watch")?;
+        let mut stdout = child.stdout.take().context("watch stdout")?;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Ok(Self { child, out })
+    }
+
+    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.out.lock().unwrap().clone();
+            if pred(&String::from_utf8_lossy(&out)) {
+                return Ok(out);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "watch never printed {what}:\n{}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PipedWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the test's sensor is found in the journal.
+enum Started {
+    /// By hand: `--pid`.
+    ByHand,
+    /// In a unit's cgroup: `--unit`. The forger joins the same cgroup, so only `_UID`
+    /// tells its entry from the sensor's.
+    AsUnit,
+}
+
+/// The sensor's real alerts through `sensor watch --journal`, and not the forged one.
+fn forged_entry_is_not_shown(how: Started) -> Result<()> {
+    let _shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    let journal = Journald::ensure()?;
+    let scratch = Scratch::new("watch-journal")?;
+    let net = Net::new()?;
+    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let cgroup = match how {
+        Started::AsUnit => Some(UnitCgroup::new()?),
+        Started::ByHand => None,
+    };
+    let mut cmd = Command::new(sensor_bin());
+    cmd.args(["run", "--output", "both"]);
+    if let Some(p) = forced_probe() {
+        cmd.args(["--probe", &p]);
+    }
+    if let Some(cg) = &cgroup {
+        cg.join(&mut cmd)?;
+    }
+    let mut sensor = Sensor::spawn(cmd)?;
+    let sensor_pid = sensor.pid().to_string();
+    let watch_args: Vec<String> = match &cgroup {
+        Some(cg) => vec!["--unit".into(), cg.unit.clone()],
+        None => vec!["--pid".into(), sensor_pid.clone()],
+    };
+    let from_sensor = format!("_PID={sensor_pid}");
+
+    // 1. A real alert, and its journal entry: the forger copies it.
+    let first = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.connection(first, 4444)?;
+    let first_match = format!("SENSOR_PROCESS_PID={first}");
+    let real = journal.entry(&[&from_sensor, &first_match])?;
+    if let Some(cg) = &cgroup {
+        assert_eq!(real["_SYSTEMD_UNIT"], cg.unit.as_str(), "{real:#}");
+    }
+
+    // 2. The forgery: every field the sensor wrote, the executable swapped for a marker,
+    // and journald's own fields claimed too (journald drops those from a client).
+    // Distinct per test: both run in this one process.
+    let marker = format!(
+        "/usr/bin/forged-{}-{}",
+        std::process::id(),
+        if cgroup.is_some() { "unit" } else { "pid" }
+    );
+    let real_exe = real["SENSOR_PROCESS_EXECUTABLE"]
+        .as_str()
+        .context("SENSOR_PROCESS_EXECUTABLE")?
+        .to_string();
+    let mut ecs: Value = serde_json::from_str(
+        real["SENSOR_ECS_JSON"]
+            .as_str()
+            .context("SENSOR_ECS_JSON")?,
+    )?;
+    ecs["process"]["executable"] = marker.clone().into();
+    let mut fields: Vec<(String, String)> = real
+        .as_object()
+        .context("entry")?
+        .iter()
+        .filter(|(k, _)| !k.starts_with('_'))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.replace(&real_exe, &marker))))
+        .collect();
+    for (k, v) in &mut fields {
+        if k == "SENSOR_ECS_JSON" {
+            *v = ecs.to_string();
+        }
+    }
+    fields.push(("_UID".into(), "0".into()));
+    fields.push(("_PID".into(), sensor_pid.clone()));
+    fields.push((
+        "_SYSTEMD_UNIT".into(),
+        cgroup
+            .as_ref()
+            .map_or("t1571-sensor.service".into(), |c| c.unit.clone()),
+    ));
+    fields.push(("_COMM".into(), "sensor".into()));
+    let datagram = scratch.dir.join("forged.bin");
+    std::fs::write(&datagram, native_datagram(&fields))?;
+    // As nobody; it stays alive until its entry is in, so journald reads its cgroup.
+    let code = format!(
+        "import socket,sys\nd=open({:?},'rb').read()\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.sendto(d,{JOURNAL_SOCKET:?})\nsys.stdin.read()\n",
+        datagram.to_str().context("scratch path")?
+    );
+    let mut forger = Command::new("setpriv");
+    forger
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &code,
+        ])
+        .stdin(Stdio::piped());
+    if let Some(cg) = &cgroup {
+        cg.join(&mut forger)?;
+    }
+    let mut forger = forger.spawn().context("starting the forger")?;
+    let forged_match = format!("SENSOR_PROCESS_EXECUTABLE={marker}");
+    let forged = journal.entry(&[&forged_match]);
+    drop(forger.stdin.take());
+    forger.wait()?;
+    let forged = forged?;
+    // It is a forgery the old selection (`-t t1571-sensor`) would take for an alert.
+    assert_eq!(forged["SYSLOG_IDENTIFIER"], "t1571-sensor", "{forged:#}");
+    assert_eq!(forged["SENSOR_RISK_SCORE"], real["SENSOR_RISK_SCORE"]);
+    assert_eq!(
+        forged["_UID"], "65534",
+        "journald kept a claimed _UID: {forged:#}"
+    );
+    if let Some(cg) = &cgroup {
+        assert_eq!(forged["_SYSTEMD_UNIT"], cg.unit.as_str(), "{forged:#}");
+    } else {
+        assert_ne!(forged["_PID"], sensor_pid.as_str(), "{forged:#}");
+    }
+
+    // 3. A second real alert, after the forgery, from a process whose name is a terminal
+    // attack: a screen clear and a carriage return.
+    let hostile = scratch.dir.join(OsStr::from_bytes(b"upd\x1b[2J\rate"));
+    std::fs::copy(env!("CARGO_BIN_EXE_connector"), &hostile)?;
+    let second = net.run(hostile.to_str().context("hostile path")?, &[PUBLIC, "4444"])?;
+    sensor.connection(second, 4444)?;
+    let second_match = format!("SENSOR_PROCESS_PID={second}");
+    journal.entry(&[&from_sensor, &second_match])?;
+    let escaped = r"upd\x1b[2J\x0date";
+
+    // 4. Through a pipe: both real alerts, the name escaped, no forgery.
+    let args: Vec<&str> = ["--journal"]
+        .into_iter()
+        .chain(watch_args.iter().map(String::as_str))
+        .collect();
+    let piped = PipedWatch::start(&args)?;
+    let (pid1, pid2) = (format!("(pid {first},"), format!("(pid {second},"));
+    let out = piped.wait("both real alerts", |s| {
+        s.contains(&pid1) && s.contains(&pid2)
+    })?;
+    drop(piped);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains(&marker),
+        "the forged entry was shown:\n{text}"
+    );
+    assert!(
+        !out.contains(&0x1b) && !out.contains(&b'\r'),
+        "control characters reached the pipe:\n{text:?}"
+    );
+    let row = text.lines().find(|l| l.contains(&pid2)).context("row")?;
+    assert!(row.contains(escaped), "{row}");
+
+    // 5. On a terminal (--unit/--pid mean the journal): the same.
+    let tmux = Tmux::start(&format!(
+        "{} watch {}",
+        sensor_bin().display(),
+        watch_args.join(" ")
+    ))?;
+    let screen = tmux.wait("both real alerts", |s| {
+        s.contains(&first.to_string()) && s.contains(escaped)
+    })?;
+    assert!(
+        !screen.contains(&marker),
+        "the forged entry was shown:\n{screen}"
+    );
+    assert!(screen.contains("t1571-sensor watch"), "{screen}");
+    drop(tmux);
+    drop(sensor);
+    drop(cgroup);
+    Ok(())
+}
+
+#[test]
+fn forged_journal_entry_is_not_shown_for_a_sensor_started_by_hand() -> Result<()> {
+    if !root_or_skip("watch_forged_pid") {
+        return Ok(());
+    }
+    forged_entry_is_not_shown(Started::ByHand)
+}
+
+#[test]
+fn forged_journal_entry_is_not_shown_for_the_sensor_unit() -> Result<()> {
+    if !root_or_skip("watch_forged_unit") {
+        return Ok(());
+    }
+    forged_entry_is_not_shown(Started::AsUnit)
 }

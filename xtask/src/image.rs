@@ -46,16 +46,7 @@ pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
     }
     // mimalloc, the static build's allocator, is C: built with musl-gcc (.cargo/config.toml).
     if !crate::toolchain::have("musl-gcc") {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "musl-tools",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        crate::siem::apt_install(&["musl-tools"])?;
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -83,10 +74,7 @@ fn engine() -> Result<&'static str> {
     if ok(Command::new("docker").arg("info")) {
         return Ok("docker");
     }
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends", "podman"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    crate::siem::apt_install(&["podman"])?;
     Ok("podman")
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     python,
-    toolchain::{have, run},
+    toolchain::{APT_LOCK_WAIT, have, run},
 };
 
 /// The pySigma venv's interpreter, made or updated first.
@@ -52,9 +52,12 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
             packages.join(", ")
         );
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .args(APT_LOCK_WAIT))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(APT_LOCK_WAIT)
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }

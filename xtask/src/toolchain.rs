@@ -117,8 +117,11 @@ pub fn ensure(force: bool) -> Result<()> {
     Ok(())
 }
 
-/// What the integration tests use: (a command, or an absolute path for a file that is no
-/// command, such as a header; the Debian package that provides it).
+/// What the host tests run: (a command, or an absolute path where a test uses that path; the
+/// Debian package that provides it). Installed before any host test starts; the other steps
+/// of `cargo xtask test` that run first add rsyslog and rsyslog-elasticsearch (siem.rs),
+/// python3-venv (python.rs), musl-tools and podman (image.rs). Only the VM step's own tools
+/// (qemu, kmod, virtme-ng: vmtest.rs) come later, and no host test runs them.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nc", "netcat-openbsd"),
@@ -138,12 +141,24 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/sbin/sshd", "openssh-server"),
     // The kill -9 test lists the kernel's programs and links with the kernel's own tool.
     ("bpftool", "bpftool"),
+    // The evasion test runs a busybox applet through a symlink to this very path.
+    ("/bin/busybox", "busybox-static"),
+    // The sshd test makes its host key.
+    ("ssh-keygen", "openssh-client"),
+    // The image test checks the binary is static.
+    ("file", "file"),
+    // The cgroup v1 test mounts its own hierarchy.
+    ("mount", "mount"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
 /// /usr/sbin/policy-rc.d forbidding starts, and the unit disabled, so the tests' own
 /// instance is the only one.
 const NO_SERVICE: &[(&str, &[&str])] = &[("openssh-server", &["ssh.service", "ssh.socket"])];
+
+/// Another apt run on the machine (a second `cargo xtask test`, unattended upgrades) holds
+/// the lock for a while: wait for it instead of failing.
+pub(crate) const APT_LOCK_WAIT: &[&str] = &["-o", "DPkg::Lock::Timeout=600"];
 
 pub(crate) fn have(what: &str) -> bool {
     if what.starts_with('/') {
@@ -171,7 +186,9 @@ pub fn ensure_test_programs() -> Result<()> {
             missing.join(", ")
         );
     }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .args(APT_LOCK_WAIT))?;
     let services: Vec<&str> = NO_SERVICE
         .iter()
         .filter(|(p, _)| missing.contains(p))
@@ -190,6 +207,7 @@ pub fn ensure_test_programs() -> Result<()> {
     }
     let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(APT_LOCK_WAIT)
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"));
     if guard {

@@ -1,38 +1,45 @@
 //! `sensor watch`: the live view a sysadmin runs over ssh. A refreshing terminal table
 //! (ratatui on crossterm): alerts newest first in severity colours, the current window's
 //! top processes, destinations and ports, and counters. Lines come from the journal
-//! (`journalctl -f`), a file, stdin, or a sensor this command starts itself (`--live`).
-//! Filter by severity, process and port; pause; quit on q. When stdout is not a terminal,
-//! matching alerts are printed as plain lines instead.
+//! (`journalctl -f`, only entries journald attributes to the sensor), a file, stdin, or a
+//! sensor this command starts itself (`--live`). Filter by severity, process and port;
+//! pause; quit on q. When stdout is not a terminal, matching alerts are printed as plain
+//! lines instead. Either way every text from an alert passes [`printable`] first.
+
+mod source;
+mod tui;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
-    io::{BufRead, BufReader, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use ratatui::{
-    Frame,
-    crossterm::event::{self, Event, KeyCode, KeyEventKind},
-    layout::{Constraint, Layout},
-    style::{Color, Modifier, Style},
-    text::Line,
-    widgets::{Block, Borders, Paragraph, Row, Table},
-};
+use ratatui::style::Color;
 use serde_json::Value;
+
+pub use source::{DEFAULT_UNIT, Entry, Origin};
+use source::{Input, Source};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
     /// Read JSON lines from this file (followed as it grows); `-` for stdin.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["journal", "live"])]
     file: Option<PathBuf>,
-    /// Follow the sensor service's entries in the journal (the default on a terminal).
+    /// Follow the sensor's entries in the journal (the default on a terminal). Entries are
+    /// taken only when journald itself attributes them to the sensor: the unit (`--unit`)
+    /// and uid 0, or `--pid` and uid 0; never by identifier, which any user can write.
     #[arg(long, conflicts_with = "live")]
     journal: bool,
+    /// The sensor's systemd unit, in the journal [default: t1571-sensor.service].
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["file", "live", "pid"])]
+    unit: Option<String>,
+    /// A sensor started by hand (as root), by its process id, in the journal of this boot.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["file", "live"])]
+    pid: Option<u32>,
     /// Start a sensor in-process-tree (`sensor run`, as root) and watch its output.
     #[arg(long)]
     live: bool,
@@ -72,7 +79,35 @@ impl MinSeverity {
     }
 }
 
-/// One alert as the view shows it.
+/// Text from an alert made safe for a terminal, the same for the table and for plain
+/// lines: control characters (C0, DEL, C1: cursor moves, screen clears, carriage returns,
+/// OSC titles) and bidirectional overrides (text that reads other than it is) become
+/// visible escapes, and a backslash is doubled so an escape cannot be faked.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    fn bidi(c: char) -> bool {
+        matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    fn hostile(c: char) -> bool {
+        c.is_control() || bidi(c) || matches!(c, '\\' | '\u{2028}' | '\u{2029}')
+    }
+    if !s.chars().any(hostile) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if hostile(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One alert as the view shows it (every text through [`printable`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
     pub time: String,
@@ -91,17 +126,19 @@ impl Alert {
         if v["event"]["kind"] != "alert" {
             return None;
         }
-        let s = |p: &Value| p.as_str().unwrap_or("").to_string();
+        let s = |p: &Value| printable(p.as_str().unwrap_or("")).into_owned();
         Some(Self {
             time: s(&v["@timestamp"]),
             risk: v["event"]["risk_score"].as_u64().unwrap_or(0),
             executable: s(&v["process"]["executable"]),
             pid: v["process"]["pid"].as_u64().unwrap_or(0),
-            user: v["user"]["name"]
-                .as_str()
-                .or(v["user"]["id"].as_str())
-                .unwrap_or("")
-                .to_string(),
+            user: printable(
+                v["user"]["name"]
+                    .as_str()
+                    .or(v["user"]["id"].as_str())
+                    .unwrap_or(""),
+            )
+            .into_owned(),
             destination: s(&v["destination"]["ip"]),
             port: v["destination"]["port"].as_u64().unwrap_or(0),
             reason: s(&v["event"]["reason"]),
@@ -169,6 +206,8 @@ pub struct State {
     alert_count: u64,
     lost: u64,
     bad_lines: u64,
+    /// Journal entries journald does not attribute to the sensor (never shown).
+    untrusted: u64,
     rate: (Instant, u64, f64),
     pub paused: bool,
     pub filter: Filter,
@@ -182,9 +221,26 @@ impl State {
             alert_count: 0,
             lost: 0,
             bad_lines: 0,
+            untrusted: 0,
             rate: (Instant::now(), 0, 0.0),
             paused: false,
             filter,
+        }
+    }
+
+    /// Takes one input from a source; returns the alert it carried, if any.
+    fn take(&mut self, input: Input) -> Option<Alert> {
+        match input {
+            Input::Line(line) => self.feed(&line),
+            Input::Other => None,
+            Input::Untrusted => {
+                self.untrusted += 1;
+                None
+            }
+            Input::Bad => {
+                self.bad_lines += 1;
+                None
+            }
         }
     }
 
@@ -244,110 +300,29 @@ impl State {
     }
 }
 
-/// Where lines come from; a child process (journalctl or a sensor) is killed on drop.
-struct Source {
-    lines: mpsc::Receiver<String>,
-    child: Option<Child>,
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn reader_thread(r: impl std::io::Read + Send + 'static, follow: bool) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) if follow => std::thread::sleep(Duration::from_millis(200)),
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(line.trim_end().to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-fn spawn_lines(mut cmd: Command, what: &str) -> Result<Source> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let out = child.stdout.take().context("child stdout")?;
-    Ok(Source {
-        lines: reader_thread(out, false),
-        child: Some(child),
-    })
-}
-
-fn open(args: &WatchArgs) -> Result<Source> {
-    if let Some(path) = &args.file {
-        if path.as_os_str() == "-" {
-            return Ok(Source {
-                lines: reader_thread(std::io::stdin(), false),
-                child: None,
-            });
-        }
-        let f = std::fs::File::open(path).with_context(|| format!("--file {}", path.display()))?;
-        return Ok(Source {
-            lines: reader_thread(f, true),
-            child: None,
-        });
-    }
-    if args.live {
-        let exe = std::env::current_exe().context("finding the sensor binary")?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("run");
-        return spawn_lines(cmd, "sensor run");
-    }
-    if !args.journal && !std::io::stdin().is_terminal() {
-        return Ok(Source {
-            lines: reader_thread(std::io::stdin(), false),
-            child: None,
-        });
-    }
-    // The journal: each alert entry carries the whole document in SENSOR_ECS_JSON.
-    let mut cmd = Command::new("journalctl");
-    cmd.args([
-        "-f",
-        "-n",
-        "200",
-        "-o",
-        "cat",
-        "--output-fields=SENSOR_ECS_JSON",
-        "-t",
-        crate::output::journald::ALERT_IDENTIFIER,
-    ]);
-    spawn_lines(cmd, "journalctl (is systemd-journald running?)")
-}
-
 pub fn run(args: WatchArgs) -> Result<()> {
     let filter = Filter {
         severity: args.severity,
         process: args.process.clone(),
         port: args.port,
     };
-    let source = open(&args)?;
+    let origin = match (args.pid, &args.unit) {
+        (Some(pid), _) => Origin::Pid(pid),
+        (None, unit) => Origin::Unit(unit.as_deref().unwrap_or(DEFAULT_UNIT).to_string()),
+    };
+    let source = source::open(&source::Choice {
+        file: args.file.as_deref(),
+        live: args.live,
+        // Naming the sensor names the journal as the source.
+        journal: args.journal || args.pid.is_some() || args.unit.is_some(),
+        origin,
+    })?;
     let mut state = State::new(filter);
     if !std::io::stdout().is_terminal() {
         return plain(&source, &mut state);
     }
     let mut terminal = ratatui::try_init().context("opening the terminal")?;
-    let r = tui(&source, &mut state, &mut terminal);
+    let r = tui::tui(&source, &mut state, &mut terminal);
     ratatui::restore();
     r
 }
@@ -355,8 +330,14 @@ pub fn run(args: WatchArgs) -> Result<()> {
 /// Not a terminal: one plain line per matching alert, until the source ends.
 fn plain(source: &Source, state: &mut State) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for line in source.lines.iter() {
-        if let Some(a) = state.feed(&line)
+    for input in source.lines.iter() {
+        if input == Input::Untrusted {
+            eprintln!(
+                "sensor watch: skipped a journal entry journald does not attribute to the sensor ({} so far)",
+                state.untrusted + 1
+            );
+        }
+        if let Some(a) = state.take(input)
             && state.filter.shows(&a)
         {
             writeln!(out, "{}", a.plain()).context("writing to stdout")?;
@@ -364,185 +345,6 @@ fn plain(source: &Source, state: &mut State) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Text being typed into a filter.
-enum Typing {
-    None,
-    Process(String),
-    Port(String),
-}
-
-fn tui(source: &Source, state: &mut State, terminal: &mut ratatui::DefaultTerminal) -> Result<()> {
-    let mut typing = Typing::None;
-    loop {
-        while let Ok(line) = source.lines.try_recv() {
-            state.feed(&line);
-        }
-        terminal
-            .draw(|f| draw(f, state, &typing))
-            .context("drawing")?;
-        if !event::poll(Duration::from_millis(250)).context("reading the terminal")? {
-            continue;
-        }
-        // Resize events just fall through to the next draw.
-        let Event::Key(key) = event::read().context("reading the terminal")? else {
-            continue;
-        };
-        if key.kind != KeyEventKind::Press {
-            continue;
-        }
-        typing = match (typing, key.code) {
-            (Typing::None, KeyCode::Char('q')) => return Ok(()),
-            (Typing::None, KeyCode::Char(' ' | 'p')) => {
-                state.paused = !state.paused;
-                Typing::None
-            }
-            (Typing::None, KeyCode::Char('s')) => {
-                state.filter.severity = state.filter.severity.next();
-                Typing::None
-            }
-            (Typing::None, KeyCode::Char('/')) => Typing::Process(String::new()),
-            (Typing::None, KeyCode::Char(':')) => Typing::Port(String::new()),
-            (Typing::None, KeyCode::Char('c')) => {
-                state.filter.process = None;
-                state.filter.port = None;
-                Typing::None
-            }
-            (Typing::Process(t), KeyCode::Enter) => {
-                state.filter.process = (!t.is_empty()).then_some(t);
-                Typing::None
-            }
-            (Typing::Port(t), KeyCode::Enter) => {
-                state.filter.port = t.parse().ok();
-                Typing::None
-            }
-            (Typing::Process(_) | Typing::Port(_), KeyCode::Esc) => Typing::None,
-            (Typing::Process(mut t), KeyCode::Backspace) => {
-                t.pop();
-                Typing::Process(t)
-            }
-            (Typing::Port(mut t), KeyCode::Backspace) => {
-                t.pop();
-                Typing::Port(t)
-            }
-            (Typing::Process(mut t), KeyCode::Char(c)) if t.len() < 256 => {
-                t.push(c);
-                Typing::Process(t)
-            }
-            (Typing::Port(mut t), KeyCode::Char(c)) if c.is_ascii_digit() && t.len() < 5 => {
-                t.push(c);
-                Typing::Port(t)
-            }
-            (t, _) => t,
-        };
-    }
-}
-
-fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
-    let [head, body, foot] = Layout::vertical([
-        Constraint::Length(3),
-        Constraint::Min(6),
-        Constraint::Length(8),
-    ])
-    .areas(f.area());
-    let rate = state.events_per_second();
-    let filter = format!(
-        "severity >= {:?}{}{}",
-        state.filter.severity,
-        state
-            .filter
-            .process
-            .as_deref()
-            .map(|p| format!(", process ~ {p}"))
-            .unwrap_or_default(),
-        state
-            .filter
-            .port
-            .map(|p| format!(", port {p}"))
-            .unwrap_or_default()
-    );
-    let prompt = match typing {
-        Typing::None => String::new(),
-        Typing::Process(t) => format!("  process filter: {t}_"),
-        Typing::Port(t) => format!("  port filter: {t}_"),
-    };
-    let status = format!(
-        "events/s {rate:.1}  alerts {}  lost {}  bad lines {}  [{filter}]{}{prompt}",
-        state.alert_count,
-        state.lost,
-        state.bad_lines,
-        if state.paused { "  PAUSED" } else { "" },
-    );
-    f.render_widget(
-        Paragraph::new(vec![
-            Line::from(status),
-            Line::from("q quit  p pause  s severity  / process  : port  c clear"),
-        ])
-        .block(
-            Block::default()
-                .borders(Borders::BOTTOM)
-                .title("t1571-sensor watch"),
-        ),
-        head,
-    );
-    let rows: Vec<Row> = state
-        .shown()
-        .take(usize::from(body.height))
-        .map(|a| {
-            Row::new(vec![
-                a.severity().to_string(),
-                a.time.get(11..19).unwrap_or(&a.time).to_string(),
-                a.executable.clone(),
-                a.pid.to_string(),
-                a.user.clone(),
-                format!("{}:{}", a.destination, a.port),
-            ])
-            .style(Style::default().fg(a.colour()))
-        })
-        .collect();
-    f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Percentage(40),
-                Constraint::Length(8),
-                Constraint::Length(10),
-                Constraint::Percentage(30),
-            ],
-        )
-        .header(
-            Row::new(vec!["sev", "time", "process", "pid", "user", "destination"])
-                .style(Style::default().add_modifier(Modifier::BOLD)),
-        )
-        .block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title("alerts, newest first"),
-        ),
-        body,
-    );
-    let [a, b, c] = Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(foot);
-    for (area, title, top) in [
-        (a, "top processes", state.top(6, |x| x.executable.clone())),
-        (
-            b,
-            "top destinations",
-            state.top(6, |x| x.destination.clone()),
-        ),
-        (c, "top ports", state.top(6, |x| x.port.to_string())),
-    ] {
-        let lines: Vec<Line> = top
-            .into_iter()
-            .map(|(k, n)| Line::from(format!("{n:>6}  {k}")))
-            .collect();
-        f.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
-            area,
-        );
-    }
 }
 
 /// Checks the arguments before anything starts (used by the CLI's validation).
@@ -584,5 +386,24 @@ mod tests {
         assert!(s.feed("not json").is_none());
         assert_eq!(s.bad_lines, 1);
         assert_eq!(s.events, 1);
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_shown_escaped() {
+        assert!(matches!(printable("/usr/bin/nc"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("/tmp/a\x1b[2J\rb\u{9b}c\u{202e}d\\e\u{7f}"),
+            r"/tmp/a\x1b[2J\x0db\u{009b}c\u{202e}d\\e\x7f"
+        );
+        // The alert's texts and so both the table and the plain line carry the escapes.
+        let hostile = LINE.replace("/usr/bin/nc.openbsd", "/usr/bin/nc\\u001b[2J\\r");
+        let mut s = State::new(Filter {
+            severity: MinSeverity::Low,
+            process: None,
+            port: None,
+        });
+        let a = s.feed(&hostile).unwrap();
+        assert_eq!(a.executable, r"/usr/bin/nc\x1b[2J\x0d");
+        assert!(!a.plain().contains(['\x1b', '\r']));
     }
 }
