@@ -870,3 +870,119 @@ impl Drop for Cgroup2 {
         }
     }
 }
+
+impl Sensor {
+    /// The address `--metrics HOST:0` bound, from the `sensor-started` line.
+    pub fn metrics_address(&mut self) -> Result<String> {
+        let started = self.wait_for(Duration::from_secs(5), |v| {
+            v["event"]["action"] == "sensor-started"
+        })?;
+        started["sensor"]["metrics"]
+            .as_str()
+            .map(str::to_string)
+            .context("sensor-started names no metrics address")
+    }
+}
+
+/// `sensor replay ARGS` with `input` on stdin: (stdout JSON lines, stderr). Fails when
+/// replay fails or prints a line that is not JSON.
+pub fn replay(args: &[&str], input: &str) -> Result<(Vec<Value>, String)> {
+    use std::io::Write;
+    let mut child = Command::new(sensor_bin())
+        .arg("replay")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting sensor replay")?;
+    child
+        .stdin
+        .take()
+        .context("replay's stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("replay failed: {out:?}");
+    }
+    let lines = String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).context("replay printed a non-JSON line"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((lines, String::from_utf8(out.stderr)?))
+}
+
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// A systemd-journald for the test: the running one, else one started here (and stopped
+/// when dropped). Entries are read back with journalctl.
+pub struct Journald {
+    child: Option<Child>,
+}
+
+fn journal_socket_answers() -> bool {
+    std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.connect(JOURNAL_SOCKET))
+        .is_ok()
+}
+
+impl Journald {
+    pub fn ensure() -> Result<Self> {
+        if journal_socket_answers() {
+            return Ok(Self { child: None });
+        }
+        let child = Command::new("/lib/systemd/systemd-journald")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting systemd-journald (package systemd)")?;
+        let journald = Self { child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !journal_socket_answers() {
+            if Instant::now() > deadline {
+                bail!("systemd-journald did not open {JOURNAL_SOCKET}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(journald)
+    }
+
+    /// Entries matching `matches` (FIELD=value; journalctl ANDs different fields), as JSON
+    /// objects, waiting up to 15 s for at least `want`.
+    pub fn entries(&self, matches: &[&str], want: usize) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new("journalctl")
+                .args(["-o", "json", "--all", "--no-pager"])
+                .args(matches)
+                .output()
+                .context("running journalctl")?;
+            let v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if v.len() >= want || Instant::now() > deadline {
+                return Ok(v);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The first entry matching `matches`, waiting for it.
+    pub fn entry(&self, matches: &[&str]) -> Result<Value> {
+        self.entries(matches, 1)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("no journal entry for {matches:?}"))
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -21,13 +21,7 @@ const IDLE: usize = 400;
 /// A sensor serving metrics on a loopback port the kernel picks: (sensor, address).
 fn metrics_sensor() -> Result<(Sensor, SocketAddr)> {
     let mut sensor = Sensor::start(&["--metrics", "127.0.0.1:0"])?;
-    let started = sensor.wait_for(Duration::from_secs(5), |v| {
-        v["event"]["action"] == "sensor-started"
-    })?;
-    let addr = started["sensor"]["metrics"]
-        .as_str()
-        .context("metrics address")?
-        .parse()?;
+    let addr = sensor.metrics_address()?.parse()?;
     Ok((sensor, addr))
 }
 

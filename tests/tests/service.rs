@@ -5,7 +5,9 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin};
+use sensor_tests::{
+    ATTACH_LOCK, Journald, Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin,
+};
 
 const PUBLIC: &str = "192.0.2.7";
 /// The exposure `systemd-analyze security` may give the unit at most.
@@ -72,13 +74,7 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
             "127.0.0.1:0",
         ],
     )?;
-    let started = sensor.wait_for(Duration::from_secs(5), |v| {
-        v["event"]["action"] == "sensor-started"
-    })?;
-    let addr = started["sensor"]["metrics"]
-        .as_str()
-        .context("metrics address")?
-        .to_string();
+    let addr = sensor.metrics_address()?;
     assert_eq!(http_get(&format!("http://{addr}/healthz"))?.0, 200);
     // Alerts flow.
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
@@ -97,69 +93,6 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())
-}
-
-/// A systemd-journald for the test: the running one, else one started here (and stopped
-/// when dropped). Entries are read back with journalctl.
-struct Journald {
-    child: Option<std::process::Child>,
-}
-
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
-impl Journald {
-    fn ensure() -> Result<Self> {
-        if std::path::Path::new(JOURNAL_SOCKET).exists()
-            && std::os::unix::net::UnixDatagram::unbound()
-                .and_then(|s| s.connect(JOURNAL_SOCKET))
-                .is_ok()
-        {
-            return Ok(Self { child: None });
-        }
-        let child = Command::new("/lib/systemd/systemd-journald")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting systemd-journald (package systemd)")?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !std::path::Path::new(JOURNAL_SOCKET).exists() {
-            if std::time::Instant::now() > deadline {
-                bail!("systemd-journald did not create {JOURNAL_SOCKET}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child: Some(child) })
-    }
-
-    /// Entries matching `matches` (FIELD=value), as JSON objects, waiting for `want`.
-    fn entries(&self, matches: &[&str], want: usize) -> Result<Vec<serde_json::Value>> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("journalctl")
-                .args(["-o", "json", "--all", "--no-pager"])
-                .args(matches)
-                .output()
-                .context("running journalctl")?;
-            let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            if v.len() >= want || std::time::Instant::now() > deadline {
-                return Ok(v);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[test]
@@ -296,13 +229,7 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
         "0",
         "--test-stall-on-usr1",
     ])?;
-    let started = sensor.wait_for(Duration::from_secs(5), |v| {
-        v["event"]["action"] == "sensor-started"
-    })?;
-    let addr = started["sensor"]["metrics"]
-        .as_str()
-        .context("metrics address")?
-        .to_string();
+    let addr = sensor.metrics_address()?;
     let high = "t1571_sensor_alerts_total{severity=\"high\"}";
     let (code, body) = http_get(&format!("http://{addr}/metrics"))?;
     assert_eq!(code, 200, "{body}");

@@ -18,7 +18,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, forced_probe, root_or_skip, sensor_bin};
+use sensor_tests::{
+    ATTACH_LOCK, JOURNAL_SOCKET, Journald, Net, Scratch, Sensor, forced_probe, root_or_skip,
+    sensor_bin,
+};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.44";
@@ -184,75 +187,6 @@ fn without_a_terminal_it_prints_plain_lines() -> Result<()> {
     drop(child.stdin.take());
     assert_eq!(child.wait_with_output()?.stdout, b"");
     Ok(())
-}
-
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-
-/// A systemd-journald for the test: the running one, else one started here (and stopped
-/// when dropped).
-struct Journald {
-    child: Option<Child>,
-}
-
-impl Journald {
-    fn ensure() -> Result<Self> {
-        if Path::new(JOURNAL_SOCKET).exists()
-            && std::os::unix::net::UnixDatagram::unbound()
-                .and_then(|s| s.connect(JOURNAL_SOCKET))
-                .is_ok()
-        {
-            return Ok(Self { child: None });
-        }
-        let child = Command::new("/lib/systemd/systemd-journald")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting systemd-journald (package systemd)")?;
-        let journald = Self { child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixDatagram::unbound()
-            .and_then(|s| s.connect(JOURNAL_SOCKET))
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("systemd-journald did not open {JOURNAL_SOCKET}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(journald)
-    }
-
-    /// The first entry matching `matches` (FIELD=value, ANDed), waiting for it.
-    fn entry(&self, matches: &[&str]) -> Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let out = Command::new("journalctl")
-                .args(["-o", "json", "--all", "--no-pager"])
-                .args(matches)
-                .output()
-                .context("running journalctl")?;
-            if let Some(v) = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            {
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                bail!("no journal entry for {matches:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A cgroup named the way systemd names a service, in every hierarchy journald may read a
