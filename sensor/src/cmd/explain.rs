@@ -14,6 +14,7 @@ use crate::{
     },
     enrich::{
         identity::{Identities, suspicious_location},
+        packages::Packages,
         procfs::exe_name,
     },
     output::clock::BootClock,
@@ -78,12 +79,17 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         Identities::scan(|n| high_risk_entry(&policy, n), std::path::Path::new("/"))
             .content_match(std::path::Path::new(&a.exe), None);
     let location = suspicious_location(&a.exe, None).map(str::to_string);
+    // And is it one no package installed (the host's dpkg lists)?
+    let unmanaged = Packages::load(std::path::Path::new("/"))
+        .is_managed(&a.exe)
+        .map(|m| !m);
     let subject = Subject {
         ts_ns,
         flow: crate::kernel::records::Flow::Connect,
         comm: Some(exe_name(&a.exe).to_string()),
         content_match,
         location,
+        unmanaged,
         executable: Some(a.exe),
         pid: None,
         parent_executable: a.parent,

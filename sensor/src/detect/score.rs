@@ -1,6 +1,10 @@
 //! The T1571 scoring model, exactly the reference's three tiers:
 //! risk 3 = high-risk process and known C2 port; 2 = high-risk process on a non-standard
-//! port above 1024; 1 = known C2 port only. Excluded destinations score 0.
+//! port above 1024; 1 = known C2 port only. Excluded destinations score 0. One tier of
+//! this sensor's own: an unmanaged executable (no package installed it, and it is not
+//! under a trusted path: `[unmanaged]`) on a known C2 port scores `[unmanaged] risk`
+//! (Medium by default) instead of 1, so a modified copy of a tool that no fingerprint
+//! matches is not left at Low.
 //!
 //! Listening sockets (and inbound connections to them) are scored on the local port with
 //! the same tiers (a high-risk process listening on a C2 port is a bind shell: 3), plus a
@@ -15,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     detect::{policy::Policy, subject::Subject},
+    enrich::identity::normalize,
     kernel::records::{Flow, canonical},
 };
 
@@ -54,6 +59,9 @@ pub struct Verdict {
     /// Listens: bound to loopback only, so scored one tier less.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub loopback_only: bool,
+    /// The executable is unmanaged (see [`unmanaged`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unmanaged: bool,
 }
 
 /// A known service on a port that is not its own.
@@ -108,6 +116,12 @@ impl Verdict {
                 ports.join(", ")
             ));
         }
+        if self.unmanaged {
+            out.push(
+                "unmanaged executable: not in the package database nor under a trusted path ([unmanaged])"
+                    .to_string(),
+            );
+        }
         if self.loopback_only {
             out.push("loopback-only listener (one tier less)".to_string());
         }
@@ -138,6 +152,26 @@ fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
         .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
 }
 
+/// Whether the subject's executable is unmanaged: enrichment found it in no package's
+/// file list (a container's files are never judged: unknown) and it lies under none of
+/// the policy's trusted paths, its path normalised first so `..` cannot reach one.
+pub fn unmanaged(policy: &Policy, s: &Subject) -> bool {
+    s.unmanaged == Some(true)
+        && s.executable.as_deref().is_some_and(|exe| {
+            let exe = normalize(exe.strip_suffix(" (deleted)").unwrap_or(exe));
+            !policy
+                .unmanaged
+                .trusted_paths
+                .iter()
+                .any(|p| p.is_match(&exe))
+        })
+}
+
+/// The tier of a known C2 port alone: 1, or the unmanaged tier.
+fn c2_port_tier(policy: &Policy, unmanaged: bool) -> u8 {
+    if unmanaged { policy.unmanaged.risk } else { 1 }
+}
+
 /// Scores one connection, listen or inbound connection.
 pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
     match subject.flow {
@@ -154,6 +188,7 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
     let high_risk = high_risk(policy, subject);
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
+    let unmanaged = unmanaged(policy, subject);
     let service_away = subject.exe_name().and_then(|name| {
         let ports = policy.service_ports.get(name)?;
         (!ports.contains(&port)).then(|| ServiceAway {
@@ -164,11 +199,12 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
     let tier: u8 = match (high_risk.is_some(), known_c2_port, non_standard_port) {
         (true, true, _) => 3,
         (true, false, true) => 2,
-        _ if service_away.is_some() => 2,
-        (_, true, _) => 1,
+        _ if service_away.is_some() => 2.max(c2_port_tier(policy, unmanaged && known_c2_port)),
+        (_, true, _) => c2_port_tier(policy, unmanaged),
         _ => 0,
     };
     let loopback_only = canonical(subject.dst).is_loopback();
+    let unmanaged = unmanaged && known_c2_port && high_risk.is_none();
     Verdict {
         risk: if loopback_only {
             tier.saturating_sub(1)
@@ -181,6 +217,7 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
         excluded_by: None,
         service_away,
         loopback_only,
+        unmanaged,
     }
 }
 
@@ -190,21 +227,25 @@ fn score_connect(policy: &Policy, subject: &Subject) -> Verdict {
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
     let excluded_by = excluded_network(policy, dst);
+    let unmanaged = unmanaged(policy, subject);
     let risk = if excluded_by.is_some() {
         0
     } else {
         match (high_risk.is_some(), known_c2_port, non_standard_port) {
             (true, true, _) => 3,
             (true, false, true) => 2,
-            (_, true, _) => 1,
+            (_, true, _) => c2_port_tier(policy, unmanaged),
             _ => 0,
         }
     };
+    // Said only where it made the tier.
+    let unmanaged = unmanaged && known_c2_port && high_risk.is_none() && excluded_by.is_none();
     Verdict {
         risk,
         known_c2_port,
         non_standard_port,
         high_risk,
+        unmanaged,
         excluded_by,
         service_away: None,
         loopback_only: false,
@@ -405,6 +446,89 @@ mod tests {
         let v = sc(&p, &Subject::named(None, "curl"), dst, 5555);
         assert_eq!(v.risk, 2);
         assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
+    }
+
+    fn unmanaged_subject(exe: &str, unmanaged: Option<bool>) -> Subject {
+        Subject {
+            unmanaged,
+            ..Subject::named(Some(exe), "x")
+        }
+    }
+
+    #[rstest::rstest]
+    // Unmanaged on a C2 port: Medium, said in the reasons.
+    #[case("/var/lib/x/update-agent", Some(true), 4444, 2, true)]
+    // Managed, or unknown (a container): the C2 port alone.
+    #[case("/var/lib/x/update-agent", Some(false), 4444, 1, false)]
+    #[case("/var/lib/x/update-agent", None, 4444, 1, false)]
+    // Under a trusted path, with or without `..` spelling: the C2 port alone...
+    #[case("/opt/vendor/agent", Some(true), 4444, 1, false)]
+    #[case("/usr/local/bin/git", Some(true), 4444, 1, false)]
+    // ...but no spelling reaches a trusted path from outside one.
+    #[case("/opt/../var/lib/agent", Some(true), 4444, 2, true)]
+    // Not a C2 port: no tier of its own.
+    #[case("/var/lib/x/update-agent", Some(true), 5555, 0, false)]
+    #[case("/var/lib/x/update-agent", Some(true), 443, 0, false)]
+    // A high-risk program keeps its own tiers.
+    #[case("/var/lib/x/python3", Some(true), 4444, 3, false)]
+    fn unmanaged_tier(
+        #[case] exe: &str,
+        #[case] flag: Option<bool>,
+        #[case] port: u16,
+        #[case] risk: u8,
+        #[case] said: bool,
+    ) {
+        let v = sc(
+            &Policy::default(),
+            &unmanaged_subject(exe, flag),
+            PUBLIC.parse().unwrap(),
+            port,
+        );
+        assert_eq!((v.risk, v.unmanaged), (risk, said), "{exe} {port}");
+        assert_eq!(
+            v.reasons()
+                .iter()
+                .any(|r| r.contains("unmanaged executable")),
+            said
+        );
+    }
+
+    #[test]
+    fn unmanaged_tier_is_configurable() {
+        let dst = PUBLIC.parse().unwrap();
+        let s = unmanaged_subject("/srv/agents/a", Some(true));
+        let p = Policy::parse("[unmanaged]\nrisk = 3\n").unwrap();
+        assert_eq!(sc(&p, &s, dst, 4444).risk, 3);
+        let p = Policy::parse("[unmanaged]\ntrusted_paths = [\"/srv/agents/*\"]\n").unwrap();
+        assert_eq!(sc(&p, &s, dst, 4444).risk, 1);
+        // The defaults went with the replaced list.
+        assert_eq!(
+            sc(&p, &unmanaged_subject("/opt/x", Some(true)), dst, 4444).risk,
+            2
+        );
+        // Listens: a bind shell by an unmanaged executable on a C2 port.
+        let l = unmanaged_subject("/srv/x", Some(true))
+            .to("0.0.0.0".parse().unwrap(), 4444)
+            .as_flow(Flow::Listen);
+        assert_eq!(score(&Policy::default(), &l).risk, 2);
+        for (text, msg) in [
+            (
+                "[unmanaged]\nrisk = 0\n",
+                "line 2, column 8: unmanaged risk 0 is not 1",
+            ),
+            ("[unmanaged]\nrisk = 4\n", "unmanaged risk 4"),
+            (
+                "[unmanaged]\ntrusted_paths = [\"opt/*\"]\n",
+                "line 2, column 18: unmanaged trusted_paths entry \"opt/*\" must be an absolute",
+            ),
+            ("[unmanaged]\ntrusted = []\n", "unknown field `trusted`"),
+        ] {
+            let e = format!("{:#}", Policy::parse(text).unwrap_err());
+            assert!(e.contains(msg), "{text:?}: {e}");
+        }
+        // `policy show` prints it, and what it prints parses back to the same policy.
+        let p = Policy::parse("[unmanaged]\nrisk = 3\ntrusted_paths = [\"/srv/*\"]\n").unwrap();
+        assert_eq!(Policy::parse(&p.to_toml().unwrap()).unwrap(), p);
     }
 
     #[test]
