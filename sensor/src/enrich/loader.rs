@@ -117,12 +117,14 @@ pub fn is_loader(executable: Option<&str>, content_match: Option<&str>) -> bool 
     content_match == Some(LOADER) || executable.map(exe_name).is_some_and(is_loader_name)
 }
 
-/// Resolves the program a loader process `tgid` runs. `alive`: /proc still shows this
-/// process (same start time), so its maps and root are its own.
+/// Resolves the program a loader process `tgid` (child of `ppid`) runs. `alive`: /proc
+/// still shows this process (same start time), so its maps and root are its own; a
+/// process gone keeps the arguments' claim, its path looked up in the parent's root
+/// (as the exec'd path is: `exe::resolve_on_disk`), unverified.
 pub fn resolve(
     procfs: &Procfs,
     ids: &mut Identities,
-    tgid: u32,
+    (tgid, ppid): (u32, u32),
     alive: bool,
     loader: &str,
     args: Option<&[String]>,
@@ -164,27 +166,20 @@ pub fn resolve(
         program = format!("{}/{program}", cwd.display());
     }
     let program = normalize(&program);
-    if !alive {
-        return Run {
-            location: suspicious_location(&program, None),
-            program: Some(program),
-            content_match: None,
-            ..unresolved(Check::Gone)
-        };
-    }
-    let root = procfs.root_of(tgid);
+    let root = procfs.root_of(if alive { tgid } else { ppid });
     let Ok(fd) = rootfs::open_path_in(&root, &program) else {
         return Run {
             location: suspicious_location(&program, None),
             program: Some(program),
             content_match: None,
-            ..unresolved(Check::Mismatch)
+            ..unresolved(if alive { Check::Mismatch } else { Check::Gone })
         };
     };
     let meta = rootfs::fstat(&fd).ok();
-    let mapped = meta.as_ref().is_some_and(|m| {
-        read_maps(&dir.with_file_name("maps")).is_some_and(|t| maps_file(&t, m.dev(), m.ino()))
-    });
+    let mapped = alive
+        && meta.as_ref().is_some_and(|m| {
+            read_maps(&dir.with_file_name("maps")).is_some_and(|t| maps_file(&t, m.dev(), m.ino()))
+        });
     let shown = if rootfs::is_our_root(&root) {
         rootfs::fd_path(&fd).unwrap_or(program)
     } else {
@@ -198,7 +193,11 @@ pub fn resolve(
         loader: loader.to_string(),
         location: suspicious_location(&shown, nlink),
         program: Some(shown),
-        check: if mapped { Check::Maps } else { Check::Mismatch },
+        check: match (alive, mapped) {
+            (false, _) => Check::Gone,
+            (true, true) => Check::Maps,
+            (true, false) => Check::Mismatch,
+        },
         // A program that is itself a loader (`ld.so ld.so python3`) stays unknown.
         content_match: content_match.filter(|c| c != LOADER),
     }
@@ -295,7 +294,7 @@ mod tests {
         let run = resolve(
             &procfs,
             &mut ids,
-            std::process::id(),
+            (std::process::id(), 1),
             true,
             "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
             Some(&args),
@@ -307,17 +306,39 @@ mod tests {
         let run = resolve(
             &procfs,
             &mut ids,
-            std::process::id(),
+            (std::process::id(), 1),
             true,
             "ld.so",
             Some(&args),
         );
         assert_eq!(run.check, Check::Mismatch);
         // Gone: the claim, unverified.
-        let run = resolve(&procfs, &mut ids, u32::MAX, false, "ld.so", Some(&args));
+        let run = resolve(
+            &procfs,
+            &mut ids,
+            (u32::MAX, u32::MAX),
+            false,
+            "ld.so",
+            Some(&args),
+        );
         assert_eq!(
             (run.check, run.program.as_deref()),
             (Check::Gone, Some("/bin/sh"))
+        );
+        // Gone, its parent alive: the claim looked up in the parent's root, still unverified.
+        let me = std::process::id();
+        let run = resolve(
+            &procfs,
+            &mut ids,
+            (u32::MAX, me),
+            false,
+            "ld.so",
+            Some(&args),
+        );
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert_eq!(
+            (run.check, run.program.as_deref()),
+            (Check::Gone, sh.to_str())
         );
     }
 }

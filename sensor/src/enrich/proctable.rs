@@ -298,12 +298,12 @@ impl ProcTable {
         if !loader::is_loader(e.executable.as_deref(), e.content_match.as_deref()) {
             return None;
         }
-        let (exe, args) = (e.executable.clone()?, e.args.clone());
+        let (exe, args, ppid) = (e.executable.clone()?, e.args.clone(), e.ppid);
         let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
         let run = Arc::new(loader::resolve(
             &self.procfs,
             &mut self.identities,
-            key.tgid,
+            (key.tgid, ppid),
             alive,
             &exe,
             args.as_deref(),
