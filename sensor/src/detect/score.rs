@@ -18,8 +18,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
-    detect::{policy::Policy, subject::Subject},
-    enrich::identity::normalize,
+    detect::{policy::Policy, subject::Subject, unmanaged::unmanaged},
     kernel::records::{Flow, canonical},
 };
 
@@ -150,21 +149,6 @@ fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
         .iter()
         .find(|p| p.is_match(exe))
         .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
-}
-
-/// Whether the subject's executable is unmanaged: enrichment found it in no package's
-/// file list (a container's files are never judged: unknown) and it lies under none of
-/// the policy's trusted paths, its path normalised first so `..` cannot reach one.
-pub fn unmanaged(policy: &Policy, s: &Subject) -> bool {
-    s.unmanaged == Some(true)
-        && s.executable.as_deref().is_some_and(|exe| {
-            let exe = normalize(exe.strip_suffix(" (deleted)").unwrap_or(exe));
-            !policy
-                .unmanaged
-                .trusted_paths
-                .iter()
-                .any(|p| p.is_match(&exe))
-        })
 }
 
 /// The tier of a known C2 port alone: 1, or the unmanaged tier.
@@ -448,87 +432,47 @@ mod tests {
         assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
     }
 
-    fn unmanaged_subject(exe: &str, unmanaged: Option<bool>) -> Subject {
-        Subject {
-            unmanaged,
-            ..Subject::named(Some(exe), "x")
-        }
-    }
-
     #[rstest::rstest]
-    // Unmanaged on a C2 port: Medium, said in the reasons.
-    #[case("/var/lib/x/update-agent", Some(true), 4444, 2, true)]
-    // Managed, or unknown (a container): the C2 port alone.
-    #[case("/var/lib/x/update-agent", Some(false), 4444, 1, false)]
-    #[case("/var/lib/x/update-agent", None, 4444, 1, false)]
-    // Under a trusted path, with or without `..` spelling: the C2 port alone...
-    #[case("/opt/vendor/agent", Some(true), 4444, 1, false)]
-    #[case("/usr/local/bin/git", Some(true), 4444, 1, false)]
-    // ...but no spelling reaches a trusted path from outside one.
-    #[case("/opt/../var/lib/agent", Some(true), 4444, 2, true)]
-    // Not a C2 port: no tier of its own.
-    #[case("/var/lib/x/update-agent", Some(true), 5555, 0, false)]
-    #[case("/var/lib/x/update-agent", Some(true), 443, 0, false)]
-    // A high-risk program keeps its own tiers.
-    #[case("/var/lib/x/python3", Some(true), 4444, 3, false)]
+    // An unmanaged executable on a C2 port: the unmanaged tier, said in the reasons.
+    #[case(Some(true), 4444, 2, true)]
+    #[case(Some(false), 4444, 1, false)]
+    #[case(None, 4444, 1, false)]
+    // Not a C2 port: nothing of its own.
+    #[case(Some(true), 5555, 0, false)]
     fn unmanaged_tier(
-        #[case] exe: &str,
         #[case] flag: Option<bool>,
         #[case] port: u16,
         #[case] risk: u8,
         #[case] said: bool,
     ) {
-        let v = sc(
-            &Policy::default(),
-            &unmanaged_subject(exe, flag),
-            PUBLIC.parse().unwrap(),
-            port,
-        );
-        assert_eq!((v.risk, v.unmanaged), (risk, said), "{exe} {port}");
+        let s = Subject {
+            unmanaged: flag,
+            ..Subject::named(Some("/var/lib/x/update-agent"), "x")
+        };
+        let v = sc(&Policy::default(), &s, PUBLIC.parse().unwrap(), port);
+        assert_eq!((v.risk, v.unmanaged), (risk, said));
         assert_eq!(
             v.reasons()
                 .iter()
                 .any(|r| r.contains("unmanaged executable")),
             said
         );
-    }
-
-    #[test]
-    fn unmanaged_tier_is_configurable() {
-        let dst = PUBLIC.parse().unwrap();
-        let s = unmanaged_subject("/srv/agents/a", Some(true));
+        // Configurable; a high-risk program keeps its own tiers; listens alike.
         let p = Policy::parse("[unmanaged]\nrisk = 3\n").unwrap();
-        assert_eq!(sc(&p, &s, dst, 4444).risk, 3);
-        let p = Policy::parse("[unmanaged]\ntrusted_paths = [\"/srv/agents/*\"]\n").unwrap();
-        assert_eq!(sc(&p, &s, dst, 4444).risk, 1);
-        // The defaults went with the replaced list.
         assert_eq!(
-            sc(&p, &unmanaged_subject("/opt/x", Some(true)), dst, 4444).risk,
-            2
+            sc(&p, &s, PUBLIC.parse().unwrap(), port).risk,
+            if said { 3 } else { risk }
         );
-        // Listens: a bind shell by an unmanaged executable on a C2 port.
-        let l = unmanaged_subject("/srv/x", Some(true))
-            .to("0.0.0.0".parse().unwrap(), 4444)
-            .as_flow(Flow::Listen);
-        assert_eq!(score(&Policy::default(), &l).risk, 2);
-        for (text, msg) in [
-            (
-                "[unmanaged]\nrisk = 0\n",
-                "line 2, column 8: unmanaged risk 0 is not 1",
-            ),
-            ("[unmanaged]\nrisk = 4\n", "unmanaged risk 4"),
-            (
-                "[unmanaged]\ntrusted_paths = [\"opt/*\"]\n",
-                "line 2, column 18: unmanaged trusted_paths entry \"opt/*\" must be an absolute",
-            ),
-            ("[unmanaged]\ntrusted = []\n", "unknown field `trusted`"),
-        ] {
-            let e = format!("{:#}", Policy::parse(text).unwrap_err());
-            assert!(e.contains(msg), "{text:?}: {e}");
-        }
-        // `policy show` prints it, and what it prints parses back to the same policy.
-        let p = Policy::parse("[unmanaged]\nrisk = 3\ntrusted_paths = [\"/srv/*\"]\n").unwrap();
-        assert_eq!(Policy::parse(&p.to_toml().unwrap()).unwrap(), p);
+        let py = Subject {
+            executable: Some("/var/lib/x/python3".into()),
+            ..s.clone()
+        };
+        assert_eq!(
+            sc(&Policy::default(), &py, PUBLIC.parse().unwrap(), 4444).risk,
+            3
+        );
+        let l = s.to("0.0.0.0".parse().unwrap(), port).as_flow(Flow::Listen);
+        assert_eq!(score(&Policy::default(), &l).risk, risk);
     }
 
     #[test]
