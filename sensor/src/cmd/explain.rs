@@ -205,6 +205,9 @@ pub fn explain(policy: &Policy, obs: &Subject) -> Explanation {
     );
     let tier = match (v.excluded_by.is_some(), v.risk) {
         (true, _) => "excluded destination: risk 0".to_string(),
+        (_, r) if v.unmanaged => format!(
+            "unmanaged executable (no package installed it, under no trusted path) and known C2 port: risk {r} ([unmanaged])"
+        ),
         (_, 3) => "high-risk process and known C2 port: risk 3".into(),
         (_, 2) => "high-risk process on a non-standard port: risk 2".into(),
         (_, 1) => "known C2 port, process not high-risk: risk 1".into(),
