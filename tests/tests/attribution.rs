@@ -77,10 +77,12 @@ fn connect_then_exit_at_once_keeps_path_command_line_and_parent() -> Result<()> 
         std::env::current_exe()?.to_str().unwrap()
     );
     assert_eq!(v["sensor"]["process"]["attribution"], "kernel-exec");
+    // Built here, so no package installed it: the unmanaged tier (Medium), not the C2 port's 1.
     assert_eq!(
-        v["event"]["risk_score"], 1,
-        "an unlisted program to a C2 port: {v:#}"
+        v["event"]["risk_score"], 2,
+        "an unlisted, unmanaged program to a C2 port: {v:#}"
     );
+    assert_eq!(v["sensor"]["process"]["unmanaged"], true, "{v:#}");
     Ok(())
 }
 

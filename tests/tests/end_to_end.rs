@@ -135,12 +135,32 @@ fn tiers_and_standard_ports() -> Result<()> {
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--all"])?;
 
-    // Tier 1: a program on no list, to a known C2 port.
-    let pid = net.run(&connector, &[PUBLIC, "4444"])?;
+    // Tier 1: a package-managed program on no list, to a known C2 port.
+    let ssh = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=2",
+        "-F",
+        "/dev/null",
+        "-p",
+        "4444",
+        PUBLIC,
+    ];
+    let pid = net.run("/usr/bin/ssh", &ssh)?;
     let v = sensor.connection(pid, 4444)?;
     assert_alert(&v, 1, "Low");
-    assert_eq!(v["process"]["name"], "connector");
+    assert_eq!(v["process"]["name"], "ssh");
     assert!(v["sensor"]["matched"].get("high_risk_executable").is_none());
+    // The same for a program no package installed: the unmanaged tier, Medium.
+    let pid = net.run(&connector, &[PUBLIC, "4444"])?;
+    let v = sensor.connection(pid, 4444)?;
+    assert_alert(&v, 2, "Medium");
+    assert_eq!(v["process"]["name"], "connector");
+    assert_eq!(
+        v["sensor"]["matched"]["unmanaged_executable"], true,
+        "{v:#}"
+    );
 
     // Tier 2: high-risk process, non-standard port above 1024.
     let pid = net.python_connect(PUBLIC, 5555)?;

@@ -108,9 +108,10 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
         "{v:#}"
     );
     assert_eq!(v["process"]["parent"]["pid"], std::process::id());
+    // A test build no package installed: the unmanaged tier.
     assert_eq!(
-        v["event"]["risk_score"], 1,
-        "unlisted program, C2 port: {v:#}"
+        v["event"]["risk_score"], 2,
+        "unlisted unmanaged program, C2 port: {v:#}"
     );
 
     // Clean exit: every program the sensor reported attaching goes with it.

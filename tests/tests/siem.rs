@@ -41,7 +41,12 @@ const SYSMON_TIER2: &str = "ccede6fc-1dcf-41e0-b1de-0301432fabbe";
 const SYSMON_TIER1: &str = "7c9bc3a8-bf5f-41f6-972e-92cbdf6f88db";
 const SYSMON_FILELESS: &str = "d314527a-5896-47e9-a334-5b26af8cc4a1";
 
+// The connector (a test build) is trusted here, so it stays the tier-1 case the rules
+// are checked with (the unmanaged tier would make it Medium).
 const POLICY: &str = r#"
+[unmanaged]
+trusted_paths = ["/var/lib/t1571-sensor-tests/*"]
+
 [[allow]]
 name = "siem-test-allowed"
 reason = "a known service on 6667: suppressed by the host's policy"

@@ -14,6 +14,7 @@ use crate::{
     },
     enrich::{
         identity::{Identities, suspicious_location},
+        packages::Packages,
         procfs::exe_name,
         users::NameSource,
     },
@@ -79,12 +80,17 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         Identities::scan(|n| high_risk_entry(&policy, n), std::path::Path::new("/"))
             .content_match(std::path::Path::new(&a.exe), None);
     let location = suspicious_location(&a.exe, None).map(str::to_string);
+    // And is it one no package installed (the host's dpkg lists)?
+    let unmanaged = Packages::load(std::path::Path::new("/"))
+        .is_managed(&a.exe)
+        .map(|m| !m);
     let subject = Subject {
         ts_ns,
         flow: crate::kernel::records::Flow::Connect,
         comm: Some(exe_name(&a.exe).to_string()),
         content_match,
         location,
+        unmanaged,
         executable: Some(a.exe),
         pid: None,
         parent_executable: a.parent,
@@ -204,6 +210,9 @@ pub fn explain(policy: &Policy, obs: &Subject) -> Explanation {
     );
     let tier = match (v.excluded_by.is_some(), v.risk) {
         (true, _) => "excluded destination: risk 0".to_string(),
+        (_, r) if v.unmanaged => format!(
+            "unmanaged executable (no package installed it, under no trusted path) and known C2 port: risk {r} ([unmanaged])"
+        ),
         (_, 3) => "high-risk process and known C2 port: risk 3".into(),
         (_, 2) => "high-risk process on a non-standard port: risk 2".into(),
         (_, 1) => "known C2 port, process not high-risk: risk 1".into(),

@@ -22,8 +22,8 @@ use crate::{
     cmd::{args::host_root, notify::Notifier},
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
     enrich::{
-        host::HostInfo, identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable,
-        users::UserNames,
+        host::HostInfo, identity, kubelet::Pods, packages::Packages, procfs::Procfs,
+        proctable::ProcTable, users::UserNames,
     },
     kernel::{
         filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
@@ -60,6 +60,14 @@ pub fn main(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let identities = identity::Identities::scan(|name| high_risk_entry(&policy, name), &host_root);
+    let mut table = ProcTable::new(
+        Procfs::new(args.proc_root.clone()),
+        identities,
+        args.max_processes as usize,
+        args.exit_grace,
+    );
+    // The host's package-managed files, for the unmanaged-executable tier.
+    table.packages = Packages::load(&host_root);
     let max_delay = Duration::from_millis(args.max_delay);
     let opts = Options {
         load: load::Options {
@@ -76,12 +84,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         },
         pipeline: Pipeline {
             engine: Engine::new(Arc::new(policy), args.engine.config(args.all)),
-            table: ProcTable::new(
-                Procfs::new(args.proc_root.clone()),
-                identities,
-                args.max_processes as usize,
-                args.exit_grace,
-            ),
+            table,
             users: UserNames::new(host_root.join("etc/passwd"), &args.proc_root),
             pods: Pods::new(&host_root),
             host_name: host_name.clone(),

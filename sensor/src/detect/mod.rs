@@ -9,3 +9,4 @@ pub mod policy;
 pub mod rollup;
 pub mod score;
 pub mod subject;
+pub mod unmanaged;

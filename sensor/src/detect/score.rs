@@ -1,6 +1,10 @@
 //! The T1571 scoring model, exactly the reference's three tiers:
 //! risk 3 = high-risk process and known C2 port; 2 = high-risk process on a non-standard
-//! port above 1024; 1 = known C2 port only. Excluded destinations score 0.
+//! port above 1024; 1 = known C2 port only. Excluded destinations score 0. One tier of
+//! this sensor's own: an unmanaged executable (no package installed it, and it is not
+//! under a trusted path: `[unmanaged]`) on a known C2 port scores `[unmanaged] risk`
+//! (Medium by default) instead of 1, so a modified copy of a tool that no fingerprint
+//! matches is not left at Low.
 //!
 //! Listening sockets (and inbound connections to them) are scored on the local port with
 //! the same tiers (a high-risk process listening on a C2 port is a bind shell: 3), plus a
@@ -14,7 +18,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
-    detect::{policy::Policy, subject::Subject},
+    detect::{policy::Policy, subject::Subject, unmanaged::unmanaged},
     kernel::records::{Flow, canonical},
 };
 
@@ -54,6 +58,9 @@ pub struct Verdict {
     /// Listens: bound to loopback only, so scored one tier less.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub loopback_only: bool,
+    /// The executable is unmanaged (see [`unmanaged`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unmanaged: bool,
 }
 
 /// A known service on a port that is not its own.
@@ -108,6 +115,12 @@ impl Verdict {
                 ports.join(", ")
             ));
         }
+        if self.unmanaged {
+            out.push(
+                "unmanaged executable: not in the package database nor under a trusted path ([unmanaged])"
+                    .to_string(),
+            );
+        }
         if self.loopback_only {
             out.push("loopback-only listener (one tier less)".to_string());
         }
@@ -138,6 +151,11 @@ fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
         .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
 }
 
+/// The tier of a known C2 port alone: 1, or the unmanaged tier.
+fn c2_port_tier(policy: &Policy, unmanaged: bool) -> u8 {
+    if unmanaged { policy.unmanaged.risk } else { 1 }
+}
+
 /// Scores one connection, listen or inbound connection.
 pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
     match subject.flow {
@@ -154,6 +172,7 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
     let high_risk = high_risk(policy, subject);
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
+    let unmanaged = unmanaged(policy, subject);
     let service_away = subject.exe_name().and_then(|name| {
         let ports = policy.service_ports.get(name)?;
         (!ports.contains(&port)).then(|| ServiceAway {
@@ -164,11 +183,12 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
     let tier: u8 = match (high_risk.is_some(), known_c2_port, non_standard_port) {
         (true, true, _) => 3,
         (true, false, true) => 2,
-        _ if service_away.is_some() => 2,
-        (_, true, _) => 1,
+        _ if service_away.is_some() => 2.max(c2_port_tier(policy, unmanaged && known_c2_port)),
+        (_, true, _) => c2_port_tier(policy, unmanaged),
         _ => 0,
     };
     let loopback_only = canonical(subject.dst).is_loopback();
+    let unmanaged = unmanaged && known_c2_port && high_risk.is_none();
     Verdict {
         risk: if loopback_only {
             tier.saturating_sub(1)
@@ -181,6 +201,7 @@ fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
         excluded_by: None,
         service_away,
         loopback_only,
+        unmanaged,
     }
 }
 
@@ -190,21 +211,25 @@ fn score_connect(policy: &Policy, subject: &Subject) -> Verdict {
     let known_c2_port = policy.c2_ports.contains(&port);
     let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
     let excluded_by = excluded_network(policy, dst);
+    let unmanaged = unmanaged(policy, subject);
     let risk = if excluded_by.is_some() {
         0
     } else {
         match (high_risk.is_some(), known_c2_port, non_standard_port) {
             (true, true, _) => 3,
             (true, false, true) => 2,
-            (_, true, _) => 1,
+            (_, true, _) => c2_port_tier(policy, unmanaged),
             _ => 0,
         }
     };
+    // Said only where it made the tier.
+    let unmanaged = unmanaged && known_c2_port && high_risk.is_none() && excluded_by.is_none();
     Verdict {
         risk,
         known_c2_port,
         non_standard_port,
         high_risk,
+        unmanaged,
         excluded_by,
         service_away: None,
         loopback_only: false,
@@ -405,6 +430,49 @@ mod tests {
         let v = sc(&p, &Subject::named(None, "curl"), dst, 5555);
         assert_eq!(v.risk, 2);
         assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
+    }
+
+    #[rstest::rstest]
+    // An unmanaged executable on a C2 port: the unmanaged tier, said in the reasons.
+    #[case(Some(true), 4444, 2, true)]
+    #[case(Some(false), 4444, 1, false)]
+    #[case(None, 4444, 1, false)]
+    // Not a C2 port: nothing of its own.
+    #[case(Some(true), 5555, 0, false)]
+    fn unmanaged_tier(
+        #[case] flag: Option<bool>,
+        #[case] port: u16,
+        #[case] risk: u8,
+        #[case] said: bool,
+    ) {
+        let s = Subject {
+            unmanaged: flag,
+            ..Subject::named(Some("/var/lib/x/update-agent"), "x")
+        };
+        let v = sc(&Policy::default(), &s, PUBLIC.parse().unwrap(), port);
+        assert_eq!((v.risk, v.unmanaged), (risk, said));
+        assert_eq!(
+            v.reasons()
+                .iter()
+                .any(|r| r.contains("unmanaged executable")),
+            said
+        );
+        // Configurable; a high-risk program keeps its own tiers; listens alike.
+        let p = Policy::parse("[unmanaged]\nrisk = 3\n").unwrap();
+        assert_eq!(
+            sc(&p, &s, PUBLIC.parse().unwrap(), port).risk,
+            if said { 3 } else { risk }
+        );
+        let py = Subject {
+            executable: Some("/var/lib/x/python3".into()),
+            ..s.clone()
+        };
+        assert_eq!(
+            sc(&Policy::default(), &py, PUBLIC.parse().unwrap(), 4444).risk,
+            3
+        );
+        let l = s.to("0.0.0.0".parse().unwrap(), port).as_flow(Flow::Listen);
+        assert_eq!(score(&Policy::default(), &l).risk, risk);
     }
 
     #[test]

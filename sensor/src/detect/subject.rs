@@ -45,6 +45,8 @@ pub struct Subject {
     pub content_match: Option<String>,
     /// A suspicious executable location (`sensor.process.location`).
     pub location: Option<String>,
+    /// Not in the host's package database (`sensor.process.unmanaged`); None: unknown.
+    pub unmanaged: Option<bool>,
 }
 
 /// Parses an RFC 3339 time with an offset (`Z`, `+HH:MM` or `-HH:MM`) to Unix
@@ -114,6 +116,7 @@ impl Subject {
             pod_name: None,
             content_match: None,
             location: None,
+            unmanaged: None,
         }
     }
 
@@ -153,6 +156,7 @@ impl Subject {
             pod_name: e.proc.pod.as_ref().map(|p| p.name.clone()),
             content_match: e.proc.content_match.clone(),
             location: e.proc.location.map(str::to_string),
+            unmanaged: e.proc.unmanaged,
         }
     }
 
@@ -215,6 +219,9 @@ impl Subject {
             host_name: text(doc, "/host/name"),
             content_match: text(doc, "/sensor/process/content_match"),
             location: text(doc, "/sensor/process/location"),
+            unmanaged: doc
+                .pointer("/sensor/process/unmanaged")
+                .and_then(Value::as_bool),
             container_id: text(doc, "/container/id"),
             kubernetes_namespace: text(doc, "/orchestrator/namespace"),
             pod_name: text(doc, "/orchestrator/resource/name"),

@@ -1,7 +1,9 @@
 //! The host the sensor watches, for ECS `host.*`: machine-id and os-release read through the
 //! host's root (`--host-root`), hostname and kernel release from /proc/sys/kernel.
 
-use std::{fs::File, io::Read, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{fs::File, io::Read, path::Path};
+
+use crate::enrich::rootfs;
 
 /// Longest file read here: machine-id is 33 bytes, os-release a few hundred.
 const MAX_READ: u64 = 64 * 1024;
@@ -53,14 +55,9 @@ impl HostInfo {
 /// A small regular file's text: never a link (the host root's files are not the sensor's to
 /// trust), never a FIFO (non-blocking open), at most MAX_READ bytes.
 fn read_small(path: &Path) -> Option<String> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
+    // O_PATH first: the type is checked before anything is opened for reading.
+    let fd = rootfs::open_path_with(path, libc::O_NOFOLLOW).ok()?;
+    let (f, _) = rootfs::reopen_regular(&fd, MAX_READ).ok()?;
     let mut buf = Vec::new();
     Read::take(&f as &File, MAX_READ)
         .read_to_end(&mut buf)

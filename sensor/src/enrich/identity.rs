@@ -11,8 +11,8 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{Read, Seek},
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
-    path::Path,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
 };
 
 use log::debug;
@@ -24,6 +24,8 @@ use object::{
     },
 };
 use sha2::{Digest, Sha256};
+
+use crate::enrich::rootfs;
 
 /// Directories the host's own tools live in.
 const BIN_DIRS: &[&str] = &[
@@ -41,6 +43,8 @@ const CACHE_CAP: usize = 16_384;
 /// Bounds on what the ELF note walk reads.
 const MAX_PHDRS: usize = 256;
 const MAX_NOTE_BYTES: u64 = 64 << 10;
+/// Entries read per directory at start-up.
+const MAX_DIR_ENTRIES: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileKey {
@@ -64,16 +68,37 @@ impl FileKey {
     }
 }
 
-/// Opens `path` without blocking (a FIFO swapped in cannot hang the sensor) and accepts
-/// only a regular file, and only the inode `expect_ino` when given.
-fn open_regular(path: &Path, expect_ino: Option<u64>) -> Option<(File, std::fs::Metadata)> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || expect_ino.is_some_and(|ino| ino != meta.ino()) {
+/// A file to identify: a path the sensor's own root resolves (`/proc/PID/exe`, a magic
+/// link followed on purpose), or an `O_PATH` fd already opened inside a process's root.
+#[derive(Debug)]
+pub enum ExeFile {
+    Path(PathBuf),
+    Fd(OwnedFd),
+}
+
+impl From<PathBuf> for ExeFile {
+    fn from(p: PathBuf) -> Self {
+        ExeFile::Path(p)
+    }
+}
+
+/// Executables larger than this are not opened for identification.
+const MAX_EXECUTABLE: u64 = 1 << 30;
+
+/// Opens `file` for reading only once an `O_PATH` fstat showed a regular file of bounded
+/// size (a device node swapped in is never opened; see [`rootfs`]), non-blocking, and
+/// only the inode `expect_ino` when given.
+fn open_regular(file: &ExeFile, expect_ino: Option<u64>) -> Option<(File, std::fs::Metadata)> {
+    let opened;
+    let fd = match file {
+        ExeFile::Path(p) => {
+            opened = rootfs::open_path(p).ok()?;
+            &opened
+        }
+        ExeFile::Fd(fd) => fd,
+    };
+    let (f, meta) = rootfs::reopen_regular(fd, MAX_EXECUTABLE).ok()?;
+    if expect_ino.is_some_and(|ino| ino != meta.ino()) {
         return None;
     }
     Some((f, meta))
@@ -138,6 +163,36 @@ pub struct Identities {
     sizes: HashSet<u64>,
     cache: HashMap<FileKey, Option<String>>,
     pub known_files: usize,
+    /// Dynamic loaders fingerprinted (their content match is [`LOADER`]).
+    pub known_loaders: usize,
+}
+
+/// The content match the identities give a fingerprinted dynamic loader (a renamed copy
+/// included), and the high-risk name of a loader whose program is unknown.
+pub const LOADER: &str = "ld.so";
+
+/// A dynamic loader's file name: `ld-linux*.so*`, `ld-*.so*`, `ld.so`, `ld-musl-*.so*`.
+pub fn is_loader_name(name: &str) -> bool {
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    name == "ld.so" || (name.starts_with("ld-") && name.contains(".so"))
+}
+
+/// Where loaders live: the classic and multiarch library directories.
+fn loader_dirs(host_root: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = ["lib", "lib64", "lib32", "usr/lib", "usr/lib64", "usr/lib32"]
+        .map(String::from)
+        .to_vec();
+    for base in ["lib", "usr/lib"] {
+        if let Ok(entries) = rootfs::list_dir(host_root, base, MAX_DIR_ENTRIES) {
+            dirs.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.name.contains("-linux-"))
+                    .map(|e| format!("{base}/{}", e.name)),
+            );
+        }
+    }
+    dirs
 }
 
 impl Identities {
@@ -150,17 +205,22 @@ impl Identities {
             sizes: HashSet::new(),
             cache: HashMap::new(),
             known_files: 0,
+            known_loaders: 0,
         };
         let mut seen = HashSet::new();
         for dir in BIN_DIRS {
-            let Ok(entries) = std::fs::read_dir(host_root.join(dir)) else {
+            // Listed and opened inside the host root: its links cannot reach the sensor's.
+            let Ok(entries) = rootfs::list_dir(host_root, dir, MAX_DIR_ENTRIES) else {
                 continue;
             };
-            for e in entries.flatten() {
-                let Some(entry) = entry_of(&e.file_name().to_string_lossy()) else {
+            for e in entries {
+                let Some(entry) = entry_of(&e.name) else {
                     continue;
                 };
-                let Some((f, meta)) = open_regular(&e.path(), None) else {
+                let Ok(fd) = rootfs::open_path_in(host_root, &format!("{dir}/{}", e.name)) else {
+                    continue;
+                };
+                let Some((f, meta)) = open_regular(&ExeFile::Fd(fd), None) else {
                     continue;
                 };
                 if !seen.insert((meta.dev(), meta.ino())) {
@@ -178,7 +238,35 @@ impl Identities {
                 me.known_files += 1;
             }
         }
-        debug!("fingerprinted {} high-risk executables", me.known_files);
+        // The host's dynamic loaders, so a renamed copy of ld.so is still known as one.
+        for dir in loader_dirs(host_root) {
+            let Ok(entries) = rootfs::list_dir(host_root, &dir, MAX_DIR_ENTRIES) else {
+                continue;
+            };
+            for e in entries.iter().filter(|e| is_loader_name(&e.name)) {
+                let Ok(fd) = rootfs::open_path_in(host_root, &format!("{dir}/{}", e.name)) else {
+                    continue;
+                };
+                let Some((f, meta)) = open_regular(&ExeFile::Fd(fd), None) else {
+                    continue;
+                };
+                if !seen.insert((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                if let Some(id) = build_id(&f) {
+                    me.by_build_id.insert(id, LOADER.to_string());
+                }
+                if let Some(h) = sha256(&f, meta.size()) {
+                    me.by_sha256.insert(h, LOADER.to_string());
+                    me.sizes.insert(meta.size());
+                }
+                me.known_loaders += 1;
+            }
+        }
+        debug!(
+            "fingerprinted {} high-risk executables and {} dynamic loaders",
+            me.known_files, me.known_loaders
+        );
         me
     }
 
@@ -186,7 +274,16 @@ impl Identities {
     /// `path` may be a `/proc/PID/exe` link (it reaches the mapped file, even deleted);
     /// `expect_ino` rejects a file swapped in at the path since the kernel mapped it.
     pub fn content_match(&mut self, path: &Path, expect_ino: Option<u64>) -> Option<String> {
-        let (f, meta) = open_regular(path, expect_ino)?;
+        self.content_match_file(&ExeFile::Path(path.to_path_buf()), expect_ino)
+    }
+
+    /// [`Identities::content_match`] for a file to open by path or already opened `O_PATH`.
+    pub fn content_match_file(
+        &mut self,
+        file: &ExeFile,
+        expect_ino: Option<u64>,
+    ) -> Option<String> {
+        let (f, meta) = open_regular(file, expect_ino)?;
         let key = FileKey::of(&meta);
         if let Some(hit) = self.cache.get(&key) {
             return hit.clone();
@@ -208,17 +305,44 @@ impl Identities {
     }
 }
 
-/// Where an executable lives, when that alone makes it suspicious.
+/// `path` normalised lexically, as the kernel would walk it were every component a
+/// directory: `//` and `.` dropped, `..` taking one component off (never above `/`). A
+/// relative path stays relative. Used before classifying a path by its prefix, so
+/// `/usr/../tmp/x` is judged as `/tmp/x`.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let body = parts.join("/");
+    if path.starts_with('/') {
+        format!("/{body}")
+    } else {
+        body
+    }
+}
+
+/// Where an executable lives, when that alone makes it suspicious. The path is normalised
+/// first, so no `..` or `//` spelling moves it out of a writable location.
 pub fn suspicious_location(exe: &str, nlink: Option<u32>) -> Option<&'static str> {
+    let deleted = exe.ends_with(" (deleted)");
+    let exe = normalize(exe.strip_suffix(" (deleted)").unwrap_or(exe));
+    let under = |dir: &str| exe.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
     if exe.starts_with("/memfd:") {
         Some("memfd")
-    } else if exe.starts_with("/dev/fd/") || exe.starts_with("/proc/self/fd/") {
+    } else if under("/dev/fd") || under("/proc/self/fd") || under("/proc/thread-self/fd") {
         Some("fd")
-    } else if exe.ends_with(" (deleted)") || nlink == Some(0) {
+    } else if deleted || nlink == Some(0) {
         Some("deleted")
-    } else if exe.starts_with("/dev/shm/") {
+    } else if under("/dev/shm") {
         Some("dev_shm")
-    } else if exe.starts_with("/tmp/") || exe.starts_with("/var/tmp/") {
+    } else if under("/tmp") || under("/var/tmp") {
         Some("tmp")
     } else {
         None
@@ -229,23 +353,40 @@ pub fn suspicious_location(exe: &str, nlink: Option<u32>) -> Option<&'static str
 mod tests {
     use super::*;
 
-    #[test]
-    fn locations() {
-        assert_eq!(
-            suspicious_location("/memfd:x (deleted)", None),
-            Some("memfd")
-        );
-        assert_eq!(suspicious_location("/dev/fd/3", Some(0)), Some("fd"));
-        assert_eq!(
-            suspicious_location("/usr/bin/x (deleted)", None),
-            Some("deleted")
-        );
-        assert_eq!(suspicious_location("/usr/bin/x", Some(0)), Some("deleted"));
-        assert_eq!(suspicious_location("/dev/shm/x", Some(1)), Some("dev_shm"));
-        assert_eq!(suspicious_location("/tmp/x", Some(1)), Some("tmp"));
-        assert_eq!(suspicious_location("/var/tmp/x", Some(1)), Some("tmp"));
-        assert_eq!(suspicious_location("/usr/bin/curl", Some(1)), None);
-        assert_eq!(suspicious_location("/tmpfoo/x", None), None);
+    #[rstest::rstest]
+    #[case("/memfd:x (deleted)", None, Some("memfd"))]
+    #[case("/dev/fd/3", Some(0), Some("fd"))]
+    #[case("/proc/self/fd/3", None, Some("fd"))]
+    #[case("/usr/bin/x (deleted)", None, Some("deleted"))]
+    #[case("/usr/bin/x", Some(0), Some("deleted"))]
+    #[case("/dev/shm/x", Some(1), Some("dev_shm"))]
+    #[case("/tmp/x", Some(1), Some("tmp"))]
+    #[case("/var/tmp/x", Some(1), Some("tmp"))]
+    #[case("/usr/bin/curl", Some(1), None)]
+    #[case("/tmpfoo/x", None, None)]
+    // No spelling dodges the check.
+    #[case("/usr/../tmp/x", Some(1), Some("tmp"))]
+    #[case("//tmp/x", Some(1), Some("tmp"))]
+    #[case("/tmp/./x", Some(1), Some("tmp"))]
+    #[case("/var/tmp/../tmp/x", Some(1), Some("tmp"))]
+    #[case("/../../tmp/x", Some(1), Some("tmp"))]
+    #[case("/usr/bin/../../dev/shm/.x/y", Some(1), Some("dev_shm"))]
+    #[case("/./dev//fd/3", None, Some("fd"))]
+    #[case("/tmp/../usr/bin/curl", Some(1), None)]
+    fn locations(#[case] exe: &str, #[case] nlink: Option<u32>, #[case] want: Option<&str>) {
+        assert_eq!(suspicious_location(exe, nlink), want, "{exe}");
+    }
+
+    #[rstest::rstest]
+    #[case("/usr/../tmp/x", "/tmp/x")]
+    #[case("//tmp/x", "/tmp/x")]
+    #[case("/tmp/./x", "/tmp/x")]
+    #[case("/var/tmp/../tmp/x", "/var/tmp/x")]
+    #[case("/..", "/")]
+    #[case("/a/b/", "/a/b")]
+    #[case("a/../b", "b")]
+    fn normalises_lexically(#[case] path: &str, #[case] want: &str) {
+        assert_eq!(normalize(path), want);
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod exe;
 pub mod host;
 pub mod identity;
 pub mod kubelet;
+pub mod loader;
+pub mod packages;
 pub mod procfs;
 pub mod proctable;
 pub mod rootfs;

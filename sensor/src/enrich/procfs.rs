@@ -30,6 +30,12 @@ pub struct ProcessInfo {
     pub pod: Option<crate::enrich::kubelet::Pod>,
     /// The container runtime its cgroup names (containerd, cri-o, docker, podman).
     pub container_runtime: Option<&'static str>,
+    /// The dynamic loader the kernel exec'd when `executable` is the program it ran.
+    pub loader: Option<String>,
+    /// How that program was checked (maps, mismatch, process-gone, unresolved).
+    pub loader_check: Option<&'static str>,
+    /// Not in the host's package database (None: unknown, e.g. in a container).
+    pub unmanaged: Option<bool>,
 }
 
 impl ProcessInfo {

@@ -15,6 +15,8 @@ use crate::{
     enrich::cgroups::CgroupMap,
     enrich::exe::resolve_on_disk,
     enrich::identity::{Identities, suspicious_location},
+    enrich::loader,
+    enrich::packages::Packages,
     enrich::procfs::{self, ProcessInfo, Procfs},
     kernel::records::{Exec, Task},
 };
@@ -81,6 +83,10 @@ pub struct ProcTable {
     pub identities: Identities,
     /// cgroup id -> path, for the container of a process /proc no longer shows.
     pub cgroups: CgroupMap,
+    /// Processes started through the dynamic loader, resolved at their first connect.
+    loaded: HashMap<Key, Arc<loader::Run>>,
+    /// The host's package-managed files, for the unmanaged-executable tier.
+    pub packages: Packages,
     ns_per_tick: u64,
     grace: Duration,
     capacity: usize,
@@ -100,6 +106,8 @@ impl ProcTable {
             procfs,
             identities,
             cgroups: CgroupMap::new(Path::new("/proc/self/mountinfo")),
+            loaded: HashMap::new(),
+            packages: Packages::unknown("not loaded"),
             ns_per_tick,
             grace,
             capacity: capacity.max(1),
@@ -210,6 +218,7 @@ impl ProcTable {
 
     fn remove(&mut self, k: Key) {
         self.entries.remove(&k);
+        self.loaded.remove(&k);
         if self.by_pid.get(&k.tgid) == Some(&k.start) {
             self.by_pid.remove(&k.tgid);
         }
@@ -222,7 +231,7 @@ impl ProcTable {
         // The executable: /proc's link while the process lives (symlinks resolved, memfd
         // named), else the exec'd path resolved on disk if it is the inode the kernel mapped.
         let (executable, identity_path) = if alive && let Some(exe) = self.procfs.exe(key.tgid) {
-            (Some(exe), Some(self.procfs.exe_link(key.tgid)))
+            (Some(exe), Some(self.procfs.exe_link(key.tgid).into()))
         } else {
             let parent_root = self.procfs.root_of(e.task.ppid);
             match resolve_on_disk(&e.filename, e.exe_dev, e.exe_ino, &parent_root) {
@@ -240,7 +249,7 @@ impl ProcTable {
         let content_match = identity_path
             .and_then(|p| {
                 self.identities
-                    .content_match(&p, (e.exe_ino != 0).then_some(e.exe_ino))
+                    .content_match_file(&p, (e.exe_ino != 0).then_some(e.exe_ino))
             })
             .map(Arc::from);
         // Kernel argv is capped; /proc has the whole line while the process lives.
@@ -277,6 +286,30 @@ impl ProcTable {
                 exited: None,
             },
         );
+    }
+
+    /// A process the kernel exec'd as a dynamic loader: the program it runs, resolved once
+    /// (see [`loader`]) and kept while the entry lives.
+    fn loader_run(&mut self, key: Key) -> Option<Arc<loader::Run>> {
+        if let Some(r) = self.loaded.get(&key) {
+            return Some(r.clone());
+        }
+        let e = self.entries.get(&key)?;
+        if !loader::is_loader(e.executable.as_deref(), e.content_match.as_deref()) {
+            return None;
+        }
+        let (exe, args, ppid) = (e.executable.clone()?, e.args.clone(), e.ppid);
+        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
+        let run = Arc::new(loader::resolve(
+            &self.procfs,
+            &mut self.identities,
+            (key.tgid, ppid),
+            alive,
+            &exe,
+            args.as_deref(),
+        ));
+        self.loaded.insert(key, run.clone());
+        Some(run)
     }
 
     pub fn on_fork(&mut self, t: &Task) {
@@ -353,6 +386,7 @@ impl ProcTable {
         if blank && self.load_from_procfs(key).is_none() && !self.entries.contains_key(&key) {
             return None;
         }
+        let run = self.loader_run(key);
         let e = self.entries.get(&key)?;
         let mut info = ProcessInfo {
             executable: e.executable.as_deref().map(str::to_string),
@@ -370,6 +404,22 @@ impl ProcTable {
             // Filled by the pipeline from the container id.
             pod: None,
             container_runtime: None,
+            loader: None,
+            loader_check: None,
+            unmanaged: None,
+        };
+        if let Some(run) = run {
+            // The program the loader ran is the process's executable; the loader beside it.
+            info.executable = run.program.clone();
+            info.content_match = run.content_match.clone();
+            info.location = run.location;
+            info.loader = Some(run.loader.clone());
+            info.loader_check = Some(run.check.as_str());
+        }
+        // Only the host's own files are in its package database; a container's are not.
+        info.unmanaged = match (&info.executable, &info.container_id) {
+            (Some(exe), None) => self.packages.is_managed(exe).map(|m| !m),
+            _ => None,
         };
         let mut next = e.parent;
         for _ in 0..ANCESTRY_DEPTH {

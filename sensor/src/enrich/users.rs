@@ -40,7 +40,8 @@ impl Users {
             return;
         }
         self.mtime = mtime;
-        match std::fs::read(&self.path) {
+        // Type and size checked before it is opened for reading (never a device node).
+        match rootfs::read_path(&self.path, MAX_PASSWD) {
             Ok(b) => self.names = parse_passwd(&String::from_utf8_lossy(&b)),
             Err(e) => {
                 // Said once per failing streak, counted every time.

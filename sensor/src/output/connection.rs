@@ -300,7 +300,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     let mut group = Obj::with_capacity(1);
     group.put("id", c.gid.to_string());
 
-    let mut sprocess = Obj::with_capacity(6);
+    let mut sprocess = Obj::with_capacity(9);
     sprocess
         .put(
             "ancestors",
@@ -314,9 +314,12 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
         )
         .put("lineage", lineage(p))
-        .put("location", p.location);
+        .put("loader", p.loader.as_deref())
+        .put("loader_check", p.loader_check)
+        .put("location", p.location)
+        .put("unmanaged", p.unmanaged);
     let v = &d.verdict;
-    let mut matched = Obj::with_capacity(5);
+    let mut matched = Obj::with_capacity(6);
     matched
         .put("excluded_network", v.excluded_by.map(|n| n.to_string()))
         .put(
@@ -328,7 +331,8 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             v.high_risk.as_ref().map(|h| J::val(json!(h.matched_by))),
         )
         .put("known_c2_port", v.known_c2_port)
-        .put("non_standard_port", v.non_standard_port);
+        .put("non_standard_port", v.non_standard_port)
+        .put("unmanaged_executable", v.unmanaged.then_some(true));
     let names = |v: Vec<&'static str>| {
         (!v.is_empty()).then(|| J::Arr(v.into_iter().map(J::from).collect()))
     };
@@ -445,6 +449,9 @@ impl Render for Enriched {
                 "content_match": p.content_match,
                 "location": p.location,
                 "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+                "loader": p.loader,
+                "loader_check": p.loader_check,
+                "unmanaged": p.unmanaged,
             },
             "probe": c.probe.map(|p| p.hook()),
             "cgroup_id": c.cgroup_id,
@@ -810,6 +817,9 @@ mod tests {
                 container: "c".into(),
             }),
             container_runtime: Some("containerd"),
+            loader: Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
+            loader_check: Some("maps"),
+            unmanaged: Some(true),
         };
         let beacon = Beacon {
             stats: Stats {

@@ -128,6 +128,7 @@ fn matched(v: &Verdict) -> Value {
         "known_c2_port": v.known_c2_port,
         "non_standard_port": v.non_standard_port,
         "excluded_network": v.excluded_by.map(|n| n.to_string()),
+        "unmanaged_executable": v.unmanaged.then_some(true),
     })
 }
 

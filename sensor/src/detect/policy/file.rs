@@ -29,6 +29,8 @@ struct PolicyFile {
     /// Replaces the built-in services table.
     service_ports: Option<BTreeMap<String, SVec<u16>>>,
     writable_locations: Option<SVec<String>>,
+    /// The unmanaged-executable tier: its risk and trusted paths (each replacing the default).
+    unmanaged: Option<Spanned<UnmanagedFile>>,
     /// Same lists, added to (not replacing) the defaults or the replaced lists above.
     extend: Option<ExtendFile>,
     #[serde(default)]
@@ -45,6 +47,13 @@ struct ExtendFile {
     /// Services added, or their port lists extended.
     service_ports: Option<BTreeMap<String, SVec<u16>>>,
     writable_locations: Option<SVec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnmanagedFile {
+    risk: Option<Spanned<i64>>,
+    trusted_paths: Option<SVec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +225,42 @@ pub(super) fn parse(text: &str) -> Result<Policy> {
         let pat = Pattern::new(loc.get_ref()).map_err(|e| src.err(loc.span(), e))?;
         if !p.writable_locations.contains(&pat) {
             p.writable_locations.push(pat);
+        }
+    }
+
+    if let Some(u) = &file.unmanaged {
+        let u = u.get_ref();
+        if let Some(r) = &u.risk {
+            p.unmanaged.risk = u8::try_from(*r.get_ref())
+                .ok()
+                .filter(|r| (1..=3).contains(r))
+                .ok_or_else(|| {
+                    src.err(
+                        r.span(),
+                        format!(
+                            "unmanaged risk {} is not 1 (no tier of its own), 2 (Medium) or 3 (High)",
+                            r.get_ref()
+                        ),
+                    )
+                })?;
+        }
+        if let Some(paths) = &u.trusted_paths {
+            p.unmanaged.trusted_paths.clear();
+            for t in paths.get_ref() {
+                if !t.get_ref().starts_with('/') {
+                    return Err(src.err(
+                        t.span(),
+                        format!(
+                            "unmanaged trusted_paths entry {:?} must be an absolute path pattern",
+                            t.get_ref()
+                        ),
+                    ));
+                }
+                let pat = Pattern::new(t.get_ref()).map_err(|e| src.err(t.span(), e))?;
+                if !p.unmanaged.trusted_paths.contains(&pat) {
+                    p.unmanaged.trusted_paths.push(pat);
+                }
+            }
         }
     }
 

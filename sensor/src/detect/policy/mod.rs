@@ -94,8 +94,39 @@ pub struct Policy {
     /// User-writable places where no installed program lives: a binary run from one is
     /// high-risk by location, whatever its name (a static implant in `~/.cache`).
     pub writable_locations: Vec<Pattern>,
+    /// The tier of executables no package installed (`[unmanaged]`).
+    pub unmanaged: Unmanaged,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
+}
+
+/// Unmanaged executables: not in the host's package database (dpkg's lists; see
+/// `enrich::packages`) and not under a trusted path. One connecting to (or listening
+/// on) a known C2 port scores `risk` instead of the C2 port's 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unmanaged {
+    /// 1 (no tier of its own) to 3.
+    pub risk: u8,
+    /// Where software is installed by hand or by other managers: never "unmanaged".
+    pub trusted_paths: Vec<Pattern>,
+}
+
+/// An unmanaged executable on a known C2 port: Medium.
+pub const DEFAULT_UNMANAGED_RISK: u8 = 2;
+
+/// Root-owned places software is installed outside the package manager.
+pub const DEFAULT_TRUSTED_PATHS: &[&str] = &["/usr/local/*", "/opt/*", "/snap/*", "/nix/store/*"];
+
+impl Default for Unmanaged {
+    fn default() -> Self {
+        Self {
+            risk: DEFAULT_UNMANAGED_RISK,
+            trusted_paths: DEFAULT_TRUSTED_PATHS
+                .iter()
+                .filter_map(|p| Pattern::new(p).ok())
+                .collect(),
+        }
+    }
 }
 
 /// Writable locations (shell-style, `*` spans directories). /tmp, /var/tmp, /dev/shm and
@@ -153,6 +184,7 @@ impl Default for Policy {
                 .iter()
                 .map(|(n, p)| (n.to_string(), p.iter().copied().collect()))
                 .collect(),
+            unmanaged: Unmanaged::default(),
             allow: Vec::new(),
         }
     }
