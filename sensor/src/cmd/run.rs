@@ -19,7 +19,7 @@ use tokio::{
 
 pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
-    cmd::{args::host_root, notify::Notifier},
+    cmd::{args::host_root, notify::Notifier, stall::LoopStall},
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
     enrich::{
         host::HostInfo, identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable,
@@ -259,9 +259,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let running = format!("running; {}", loaded.selection.chosen.hook());
     notifier.ready(&running);
     info!("{running} (SIGINT or SIGTERM to stop)");
+    let stall = LoopStall::default();
     let publish = |pipeline: &Pipeline, out: &Sink, lost: u64| {
         if let Some((m, _)) = &metrics {
             m.publish(&snapshot(pipeline, out, lost));
+            m.loop_stall(stall.max());
         }
     };
 
@@ -269,6 +271,7 @@ pub async fn run(opts: Options) -> Result<()> {
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
+                let _turn = stall.turn();
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
@@ -284,6 +287,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some(fd) => fd.readable_mut().await,
                 None => std::future::pending().await,
             } } => {
+                let _turn = stall.turn();
                 let mut guard = guard.context("waiting on the kernel log")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
@@ -293,11 +297,13 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             } } => {
+                let _turn = stall.turn();
                 let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 recheck = if found == DRAIN_BATCH { Some(tokio::time::Instant::now()) } else { arm(found) };
             }
             _ = tick.tick() => {
+                let _turn = stall.turn();
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
                 kernel.collect(&mut pipeline, &mut out, false)?;
@@ -321,19 +327,22 @@ pub async fn run(opts: Options) -> Result<()> {
                 notifier.watchdog();
             }
             _ = sighup.recv() => {
+                let _turn = stall.turn();
                 config_seen = config.as_deref().and_then(file_identity);
                 reload(config.as_deref(), &mut pipeline, &mut kernel, &mut out, &notifier)?;
                 out.flush()?;
             }
             _ = usr1.recv() => {
+                let _turn = stall.turn();
                 if test_stall {
                     warn!("SIGUSR1 (test hook): stalling the event loop for 10 s");
                     std::thread::sleep(Duration::from_secs(10));
                 }
             }
             _ = metrics_tick.tick() => {
+                let _turn = stall.turn();
                 kernel.read_counts(&mut pipeline);
-                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported));
+                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported, &stall));
                 out.status(&doc, "metric", "sensor-stats")?;
                 out.flush()?;
             }
@@ -354,7 +363,7 @@ pub async fn run(opts: Options) -> Result<()> {
         malformed,
         ..
     } = pipeline.counters;
-    let stopped = counters_json(&pipeline, &out, lost_reported);
+    let stopped = counters_json(&pipeline, &out, lost_reported, &stall);
     out.status(
         &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
         "state",
@@ -519,7 +528,12 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
 }
 
 /// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.
-fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Value {
+fn counters_json(
+    pipeline: &Pipeline,
+    out: &Sink,
+    lost: u64,
+    stall: &LoopStall,
+) -> serde_json::Value {
     let c = pipeline.counters;
     let table = pipeline.table.stats();
     json!({
@@ -540,6 +554,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "engine": pipeline.engine.report(),
         "sockets": pipeline.sockets.report(),
         "kernel": pipeline.kernel.report(),
+        "loop": {"max_stall_ms": stall.max_ms()},
     })
 }
 
