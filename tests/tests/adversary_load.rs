@@ -117,8 +117,9 @@ const CONTAINED_UID: u32 = 4321;
 /// A passwd of exactly [`PASSWD_BYTES`]: as many short, distinct entries as fit (what
 /// costs a parser the most per byte), `appuser` among them.
 fn big_passwd() -> Vec<u8> {
-    let mut out = format!("root:x:0:0::/:/bin/sh\nappuser:x:{CONTAINED_UID}:{CONTAINED_UID}::/:/bin/sh\n")
-        .into_bytes();
+    let mut out =
+        format!("root:x:0:0::/:/bin/sh\nappuser:x:{CONTAINED_UID}:{CONTAINED_UID}::/:/bin/sh\n")
+            .into_bytes();
     let mut uid = 100_000u32;
     loop {
         let line = format!("u{uid}:x:{uid}:{uid}::/:\n");
@@ -196,14 +197,19 @@ fn check_alerts(found: &HashMap<u32, Value>, pids: &[u32], phase: &str) -> Vec<S
     let mut problems = Vec::new();
     let missing = pids.iter().filter(|p| !found.contains_key(p)).count();
     if missing > 0 {
-        problems.push(format!("{phase}: {missing} of {} connects not reported", pids.len()));
+        problems.push(format!(
+            "{phase}: {missing} of {} connects not reported",
+            pids.len()
+        ));
     }
     let not_alerts = found
         .values()
         .filter(|v| v["event"]["kind"] != "alert")
         .count();
     if not_alerts > 0 {
-        problems.push(format!("{phase}: {not_alerts} connects reported but not as alerts"));
+        problems.push(format!(
+            "{phase}: {not_alerts} connects reported but not as alerts"
+        ));
     }
     problems
 }
@@ -391,7 +397,9 @@ fn hashing_attack_does_not_stall_the_event_loop() -> Result<()> {
                     .write(true)
                     .open(&attack)?
                     .set_modified(SystemTime::now())?;
-                Command::new(&attack).status().context("running the attack file")?;
+                Command::new(&attack)
+                    .status()
+                    .context("running the attack file")?;
                 execs += 1;
             }
             Ok(execs)
@@ -476,10 +484,9 @@ fn flood_case(kind: Flood) -> Result<()> {
     let flood = flood.to_string_lossy().into_owned();
     let net = public_net()?;
     let mut sensor = Sensor::start_unlocked(&["--metrics", "127.0.0.1:0"])?;
-    let addr = sensor
-        .wait_for(Duration::from_secs(1), |v| {
-            v["event"]["action"] == "sensor-started"
-        })?["sensor"]["metrics"]
+    let addr = sensor.wait_for(Duration::from_secs(1), |v| {
+        v["event"]["action"] == "sensor-started"
+    })?["sensor"]["metrics"]
         .as_str()
         .context("metrics address")?
         .to_string();
@@ -518,10 +525,19 @@ fn flood_case(kind: Flood) -> Result<()> {
         .count();
     let named = found
         .values()
-        .filter(|v| v["process"]["name"].as_str().is_some_and(|n| n.starts_with("nc")))
+        .filter(|v| {
+            v["process"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("nc"))
+        })
         .count();
+    let others: Vec<String> = found
+        .values()
+        .map(|v| format!("{}", v["process"]["executable"]))
+        .filter(|e| !e.contains("/nc"))
+        .collect();
     eprintln!(
-        "MEASURED flood {name}: {}/{} nc connects reported ({alerts} alerts, {named} attributed to nc); lost {}",
+        "MEASURED flood {name}: {}/{} nc connects reported ({alerts} alerts, {named} attributed to nc, others {others:?}); kernel records {}",
         found.len(),
         pids.len(),
         lost_by_kind(&body)

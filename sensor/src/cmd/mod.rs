@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod check;
+pub mod drain;
 pub mod explain;
 pub mod notify;
 pub mod policy;

@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use log::{info, warn};
 use serde_json::json;
 use tokio::{
@@ -19,7 +18,12 @@ use tokio::{
 
 pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
-    cmd::{args::host_root, notify::Notifier, stall::LoopStall},
+    cmd::{
+        args::host_root,
+        drain::{DRAIN_BATCH, Merge},
+        notify::Notifier,
+        stall::LoopStall,
+    },
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
     enrich::{
         host::HostInfo, identity, kubelet::Pods, procfs::Procfs, proctable::ProcTable,
@@ -28,7 +32,7 @@ use crate::{
     kernel::{
         filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
         load::{self, Environment},
-        privileges, records,
+        privileges,
     },
     output::{
         self,
@@ -151,6 +155,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut loaded = load::load(&load, &env)?;
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
+    let mut connect_ring = watch(loaded.take_connect_ring()?)
+        .context("registering the connect ring buffer with tokio")?;
+    let mut merge = Merge::default();
     let losses = loaded.take_losses()?;
     // Until the first push the filter maps are zero: everything passes, nothing folds.
     let mut kernel = Kernel {
@@ -273,10 +280,22 @@ pub async fn run(opts: Options) -> Result<()> {
             guard = ring.readable_mut() => {
                 let _turn = stall.turn();
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                let found = merge.drain(connect_ring.get_mut(), guard.get_inner_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 if found == DRAIN_BATCH {
                     // More may be waiting: come back at once, after the other branches.
+                    recheck = Some(tokio::time::Instant::now());
+                } else {
+                    guard.clear_ready();
+                    recheck = arm(found).or(recheck);
+                }
+            }
+            guard = connect_ring.readable_mut() => {
+                let _turn = stall.turn();
+                let mut guard = guard.context("waiting on the connect ring buffer")?;
+                let found = merge.drain(guard.get_inner_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
+                publish(&pipeline, &out, lost_reported);
+                if found == DRAIN_BATCH {
                     recheck = Some(tokio::time::Instant::now());
                 } else {
                     guard.clear_ready();
@@ -298,7 +317,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 None => std::future::pending().await,
             } } => {
                 let _turn = stall.turn();
-                let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
+                let found = merge.drain(connect_ring.get_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 recheck = if found == DRAIN_BATCH { Some(tokio::time::Instant::now()) } else { arm(found) };
             }
@@ -352,7 +371,12 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     notifier.stopping();
     // The last records and folded counts, so the totals below are the kernel's own.
-    drain(ring.get_mut(), &mut pipeline, &mut out)?;
+    merge.finish(
+        connect_ring.get_mut(),
+        ring.get_mut(),
+        &mut pipeline,
+        &mut out,
+    )?;
     kernel.collect(&mut pipeline, &mut out, true)?;
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
@@ -377,40 +401,6 @@ pub async fn run(opts: Options) -> Result<()> {
     // Dropping `loaded` detaches and unloads every program.
     drop(loaded);
     Ok(())
-}
-
-/// Records handled per drain before the loop yields, so timers (expiry, loss reports,
-/// engine windows) and signals are served under a flood too.
-const DRAIN_BATCH: usize = 4096;
-
-/// Longest one drain runs: when records are slow to handle (a cold /proc, a debug build),
-/// a SIGTERM still waits at most this long for the loop.
-const DRAIN_TIME: Duration = Duration::from_millis(100);
-
-/// Handles up to [`DRAIN_BATCH`] records for at most [`DRAIN_TIME`], then flushes the
-/// output; returns how many, or [`DRAIN_BATCH`] when time ran out (more may be waiting).
-fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> Result<usize> {
-    let mut found = 0;
-    let deadline = std::time::Instant::now() + DRAIN_TIME;
-    while found < DRAIN_BATCH
-        && let Some(item) = rb.next()
-    {
-        found += 1;
-        if found % 64 == 0 && std::time::Instant::now() >= deadline {
-            found = DRAIN_BATCH;
-        }
-        let decoded = records::decode(&item);
-        drop(item); // give the slot back to the kernel before slow procfs work
-        match decoded {
-            Ok(record) => pipeline.handle(&record, out)?,
-            Err(e) => {
-                pipeline.counters.malformed += 1;
-                warn!("dropped a malformed ring buffer record: {e:#}");
-            }
-        }
-    }
-    out.flush()?;
-    Ok(found)
 }
 
 /// The kernel's filter, counters and fold table, owned by the loop.
