@@ -27,7 +27,7 @@ const DRAIN_TIME: Duration = Duration::from_millis(100);
 
 /// Connects read from their ring and not yet handled: at most this many (the rest wait in
 /// the kernel ring, which counts its own losses).
-const PENDING_MAX: usize = 4096;
+const PENDING_MAX: usize = 1024;
 
 /// The connects read ahead of the other ring.
 #[derive(Default)]
@@ -55,6 +55,20 @@ impl Merge {
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<usize> {
+        let mut budget = Budget::new();
+        let more = self.drain_in(connects, events, &mut budget, pipeline, out)?;
+        Ok(if more { DRAIN_BATCH } else { budget.found })
+    }
+
+    /// [`Merge::drain`] within `budget`; true when more may be waiting.
+    fn drain_in(
+        &mut self,
+        connects: &mut RingBuf<MapData>,
+        events: &mut RingBuf<MapData>,
+        budget: &mut Budget,
+        pipeline: &mut Pipeline,
+        out: &mut Sink,
+    ) -> Result<bool> {
         // The connects first: what the other ring holds now covers everything before them.
         while self.pending.len() < PENDING_MAX
             && let Some(item) = connects.next()
@@ -66,41 +80,36 @@ impl Merge {
                 Err(e) => malformed(pipeline, &e),
             }
         }
-        let mut found = 0;
-        let deadline = std::time::Instant::now() + DRAIN_TIME;
         let mut more = false;
-        while found < DRAIN_BATCH {
-            if found % 64 == 63 && std::time::Instant::now() >= deadline {
+        loop {
+            if budget.spent() {
                 more = true;
                 break;
             }
             let Some(item) = events.next() else {
                 break;
             };
-            found += 1;
+            budget.found += 1;
             let decoded = records::decode(&item);
             drop(item); // give the slot back to the kernel before slow procfs work
             match decoded {
                 Ok(record) => {
-                    let at = boot_ns(&record);
-                    found += self.handle_pending(Some(at), pipeline, out)?;
+                    self.handle_pending(Some(boot_ns(&record)), budget, pipeline, out)?;
                     pipeline.handle(&record, out)?;
                 }
                 Err(e) => malformed(pipeline, &e),
             }
         }
-        more |= found >= DRAIN_BATCH;
         if !more {
             // The other ring is empty: nothing happened before the connects left.
-            found += self.handle_pending(None, pipeline, out)?;
+            self.handle_pending(None, budget, pipeline, out)?;
         }
-        more |= !self.pending.is_empty();
         out.flush()?;
-        Ok(if more { DRAIN_BATCH } else { found })
+        Ok(more || !self.pending.is_empty())
     }
 
-    /// At exit: one last drain (bounded, as every drain), then every connect read ahead,
-    /// in order or not: the loop is over.
+    /// At exit: one last drain, then the connects read ahead, in order or not (the loop is
+    /// over), all within one drain's time.
     pub fn finish(
         &mut self,
         connects: &mut RingBuf<MapData>,
@@ -108,28 +117,52 @@ impl Merge {
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<()> {
-        self.drain(connects, events, pipeline, out)?;
-        self.handle_pending(None, pipeline, out)?;
+        let mut budget = Budget::new();
+        self.drain_in(connects, events, &mut budget, pipeline, out)?;
+        self.handle_pending(None, &mut budget, pipeline, out)?;
         out.flush()
     }
 
-    /// Handles the pending connects that happened before `before` (all when None).
+    /// Handles the pending connects that happened before `before` (all when None), while
+    /// the budget lasts.
     fn handle_pending(
         &mut self,
         before: Option<u64>,
+        budget: &mut Budget,
         pipeline: &mut Pipeline,
         out: &mut Sink,
-    ) -> Result<usize> {
-        let mut n = 0;
-        while let Some((at, _)) = self.pending.front()
+    ) -> Result<()> {
+        while !budget.spent()
+            && let Some((at, _)) = self.pending.front()
             && before.is_none_or(|b| *at <= b)
         {
             if let Some((_, r)) = self.pending.pop_front() {
                 pipeline.handle(&r, out)?;
-                n += 1;
+                budget.found += 1;
             }
         }
-        Ok(n)
+        Ok(())
+    }
+}
+
+/// What one drain may still do: [`DRAIN_BATCH`] records within [`DRAIN_TIME`].
+struct Budget {
+    found: usize,
+    deadline: std::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            found: 0,
+            deadline: std::time::Instant::now() + DRAIN_TIME,
+        }
+    }
+
+    /// The clock is read every 16 records: it stays out of the per-record cost.
+    fn spent(&self) -> bool {
+        self.found >= DRAIN_BATCH
+            || (self.found % 16 == 15 && std::time::Instant::now() >= self.deadline)
     }
 }
 
