@@ -19,8 +19,8 @@ use sensor_common::{
 use crate::{
     filter::{active, filtered, folded},
     maps::{
-        EVENTS, LAYOUT, STATE_CONNECTS, count_emitted, count_loss, count_seen, submit_flags,
-        tp_layout,
+        CONNECTS, EVENTS, LAYOUT, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
+        count_seen, submit_flags, tp_layout,
     },
     task::{fill_header, read},
 };
@@ -228,12 +228,24 @@ pub(crate) fn connect_event_for(
     ev
 }
 
+/// TCP connects go to their own ring; listens, inbound opens and UDP to the shared one.
 #[inline(always)]
 pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
-    match EVENTS.reserve::<ConnectEvent>(0) {
+    let connect = ev.header.kind == RecordKind::Connect as u32;
+    // One reserve call per map: each call site sees a constant map.
+    let reserved = if connect {
+        CONNECTS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    match reserved {
         Some(mut slot) => {
             slot.write(*ev);
-            slot.submit(submit_flags());
+            slot.submit(if connect {
+                connect_submit_flags()
+            } else {
+                submit_flags()
+            });
             count_emitted(ev.header.kind);
             if ev.header.kind == RecordKind::Connect as u32 {
                 debug!(

@@ -14,9 +14,13 @@ use sensor_common::{
     counter_slot,
 };
 
-/// Resized by userspace at load time (`--ring-buffer-size`).
+/// Every record but TCP connects. Resized by userspace at load time (`--ring-buffer-size`).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// TCP connects only, so no flood of another kind can push one out. Resized likewise.
+#[map]
+pub(crate) static CONNECTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU loss counters; userspace sums and reports them.
 #[map]
@@ -81,10 +85,10 @@ static WAKEUP_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static MAX_DELAY_NS: Global<u64> = Global::new(0);
 
-/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns). Shared by all CPUs; a race
-/// only costs an extra wakeup.
+/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns), per ring (EVENTS,
+/// CONNECTS). Shared by all CPUs; a race only costs an extra wakeup.
 #[map]
-static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Submit flags. A wakeup is forced when a quarter ring is pending or none was sent for
 /// MAX_DELAY_NS (so the first record after a quiet spell wakes the reader at once);
@@ -92,17 +96,28 @@ static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 /// picks the batch up within MAX_DELAY_NS. Idle hosts cost no wakeups at all.
 #[inline(always)]
 pub(crate) fn submit_flags() -> u64 {
+    ring_submit_flags(&EVENTS, 0)
+}
+
+/// [`submit_flags`] for the [`CONNECTS`] ring.
+#[inline(always)]
+pub(crate) fn connect_submit_flags() -> u64 {
+    ring_submit_flags(&CONNECTS, 1)
+}
+
+#[inline(always)]
+fn ring_submit_flags(ring: &RingBuf, slot: u32) -> u64 {
     let threshold = WAKEUP_BYTES.load();
     if threshold == 0 {
         return 0;
     }
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(slot) else {
         return 0;
     };
-    // SAFETY: helper without arguments; `last` points into our own one-slot array.
+    // SAFETY: helper without arguments; `last` points into our own array.
     let now = unsafe { bpf_ktime_get_ns() };
     let stale = unsafe { now.wrapping_sub(*last) } >= MAX_DELAY_NS.load();
-    if stale || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+    if stale || ring.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
         unsafe { *last = now };
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -70,8 +70,11 @@ pub const AF_INET6: u16 = 10;
 
 pub const TASK_COMM_LEN: usize = 16;
 
-/// Name of the ring buffer map carrying every [`Event`].
+/// Name of the ring buffer map carrying every record but TCP connects.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the ring buffer map carrying TCP connect records only: a flood of another kind
+/// (UDP sweeps, accept loops, exec storms) cannot push a connect out.
+pub const CONNECTS_MAP: &str = "CONNECTS";
 /// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
 pub const LOSSES_MAP: &str = "LOSSES";
 pub const LOST_RESERVE: u32 = 0;

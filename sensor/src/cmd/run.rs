@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use log::{info, warn};
 use serde_json::json;
 use tokio::{
@@ -19,7 +18,12 @@ use tokio::{
 
 pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
-    cmd::{args::host_root, notify::Notifier},
+    cmd::{
+        args::host_root,
+        drain::{DRAIN_BATCH, Merge},
+        notify::Notifier,
+        stall::LoopStall,
+    },
     detect::{engine::Engine, policy::Policy, score::high_risk_entry},
     enrich::{
         host::HostInfo, identity, kubelet::Pods, packages::Packages, procfs::Procfs,
@@ -28,7 +32,7 @@ use crate::{
     kernel::{
         filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
         load::{self, Environment},
-        privileges, records,
+        privileges,
     },
     output::{
         self,
@@ -154,6 +158,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut loaded = load::load(&load, &env)?;
     let mut ring =
         watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
+    let mut connect_ring = watch(loaded.take_connect_ring()?)
+        .context("registering the connect ring buffer with tokio")?;
+    let mut merge = Merge::default();
     let losses = loaded.take_losses()?;
     // Until the first push the filter maps are zero: everything passes, nothing folds.
     let mut kernel = Kernel {
@@ -262,9 +269,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let running = format!("running; {}", loaded.selection.chosen.hook());
     notifier.ready(&running);
     info!("{running} (SIGINT or SIGTERM to stop)");
+    let stall = LoopStall::default();
     let publish = |pipeline: &Pipeline, out: &Sink, lost: u64| {
         if let Some((m, _)) = &metrics {
             m.publish(&snapshot(pipeline, out, lost));
+            m.loop_stall(stall.max());
         }
     };
 
@@ -272,11 +281,24 @@ pub async fn run(opts: Options) -> Result<()> {
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
+                let _turn = stall.turn();
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let found = drain(guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                let found = merge.drain(connect_ring.get_mut(), guard.get_inner_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 if found == DRAIN_BATCH {
                     // More may be waiting: come back at once, after the other branches.
+                    recheck = Some(tokio::time::Instant::now());
+                } else {
+                    guard.clear_ready();
+                    recheck = arm(found).or(recheck);
+                }
+            }
+            guard = connect_ring.readable_mut() => {
+                let _turn = stall.turn();
+                let mut guard = guard.context("waiting on the connect ring buffer")?;
+                let found = merge.drain(guard.get_inner_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
+                publish(&pipeline, &out, lost_reported);
+                if found == DRAIN_BATCH {
                     recheck = Some(tokio::time::Instant::now());
                 } else {
                     guard.clear_ready();
@@ -287,6 +309,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some(fd) => fd.readable_mut().await,
                 None => std::future::pending().await,
             } } => {
+                let _turn = stall.turn();
                 let mut guard = guard.context("waiting on the kernel log")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
@@ -296,11 +319,13 @@ pub async fn run(opts: Options) -> Result<()> {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             } } => {
-                let found = drain(ring.get_mut(), &mut pipeline, &mut out)?;
+                let _turn = stall.turn();
+                let found = merge.drain(connect_ring.get_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 recheck = if found == DRAIN_BATCH { Some(tokio::time::Instant::now()) } else { arm(found) };
             }
             _ = tick.tick() => {
+                let _turn = stall.turn();
                 pipeline.clock = BootClock::sync();
                 pipeline.table.expire(std::time::Instant::now());
                 kernel.collect(&mut pipeline, &mut out, false)?;
@@ -324,19 +349,22 @@ pub async fn run(opts: Options) -> Result<()> {
                 notifier.watchdog();
             }
             _ = sighup.recv() => {
+                let _turn = stall.turn();
                 config_seen = config.as_deref().and_then(file_identity);
                 reload(config.as_deref(), &mut pipeline, &mut kernel, &mut out, &notifier)?;
                 out.flush()?;
             }
             _ = usr1.recv() => {
+                let _turn = stall.turn();
                 if test_stall {
                     warn!("SIGUSR1 (test hook): stalling the event loop for 10 s");
                     std::thread::sleep(Duration::from_secs(10));
                 }
             }
             _ = metrics_tick.tick() => {
+                let _turn = stall.turn();
                 kernel.read_counts(&mut pipeline);
-                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported));
+                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported, &stall));
                 out.status(&doc, "metric", "sensor-stats")?;
                 out.flush()?;
             }
@@ -346,7 +374,12 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     notifier.stopping();
     // The last records and folded counts, so the totals below are the kernel's own.
-    drain(ring.get_mut(), &mut pipeline, &mut out)?;
+    merge.finish(
+        connect_ring.get_mut(),
+        ring.get_mut(),
+        &mut pipeline,
+        &mut out,
+    )?;
     kernel.collect(&mut pipeline, &mut out, true)?;
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;
@@ -357,7 +390,7 @@ pub async fn run(opts: Options) -> Result<()> {
         malformed,
         ..
     } = pipeline.counters;
-    let stopped = counters_json(&pipeline, &out, lost_reported);
+    let stopped = counters_json(&pipeline, &out, lost_reported, &stall);
     out.status(
         &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
         "state",
@@ -371,40 +404,6 @@ pub async fn run(opts: Options) -> Result<()> {
     // Dropping `loaded` detaches and unloads every program.
     drop(loaded);
     Ok(())
-}
-
-/// Records handled per drain before the loop yields, so timers (expiry, loss reports,
-/// engine windows) and signals are served under a flood too.
-const DRAIN_BATCH: usize = 4096;
-
-/// Longest one drain runs: when records are slow to handle (a cold /proc, a debug build),
-/// a SIGTERM still waits at most this long for the loop.
-const DRAIN_TIME: Duration = Duration::from_millis(100);
-
-/// Handles up to [`DRAIN_BATCH`] records for at most [`DRAIN_TIME`], then flushes the
-/// output; returns how many, or [`DRAIN_BATCH`] when time ran out (more may be waiting).
-fn drain(rb: &mut RingBuf<MapData>, pipeline: &mut Pipeline, out: &mut Sink) -> Result<usize> {
-    let mut found = 0;
-    let deadline = std::time::Instant::now() + DRAIN_TIME;
-    while found < DRAIN_BATCH
-        && let Some(item) = rb.next()
-    {
-        found += 1;
-        if found % 64 == 0 && std::time::Instant::now() >= deadline {
-            found = DRAIN_BATCH;
-        }
-        let decoded = records::decode(&item);
-        drop(item); // give the slot back to the kernel before slow procfs work
-        match decoded {
-            Ok(record) => pipeline.handle(&record, out)?,
-            Err(e) => {
-                pipeline.counters.malformed += 1;
-                warn!("dropped a malformed ring buffer record: {e:#}");
-            }
-        }
-    }
-    out.flush()?;
-    Ok(found)
 }
 
 /// The kernel's filter, counters and fold table, owned by the loop.
@@ -525,7 +524,12 @@ fn snapshot(pipeline: &Pipeline, out: &Sink, lost: u64) -> Snapshot {
 }
 
 /// The sensor's counters, for `sensor-stats` metrics and the `sensor-stopped` event.
-fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Value {
+fn counters_json(
+    pipeline: &Pipeline,
+    out: &Sink,
+    lost: u64,
+    stall: &LoopStall,
+) -> serde_json::Value {
     let c = pipeline.counters;
     let table = pipeline.table.stats();
     json!({
@@ -546,6 +550,7 @@ fn counters_json(pipeline: &Pipeline, out: &Sink, lost: u64) -> serde_json::Valu
         "engine": pipeline.engine.report(),
         "sockets": pipeline.sockets.report(),
         "kernel": pipeline.kernel.report(),
+        "loop": {"max_stall_ms": stall.max_ms()},
     })
 }
 

@@ -8,8 +8,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use sensor_common::{
-    EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE, MAX_DELAY_GLOBAL,
-    WAKEUP_GLOBAL,
+    CONNECTS_MAP, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE,
+    MAX_DELAY_GLOBAL, WAKEUP_GLOBAL,
 };
 
 use crate::{
@@ -112,7 +112,10 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
             &u64::try_from(opts.max_delay.as_nanos()).unwrap_or(u64::MAX),
             true,
         )
+        // Both rings get the size: connects have one of their own (no other kind's flood
+        // can push them out), everything else shares the other.
         .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
+        .map_max_entries(CONNECTS_MAP, opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps, ring buffer)")
 }
@@ -181,12 +184,22 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
 }
 
 impl Loaded {
+    /// The ring of every record but TCP connects.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
+        self.take_ring(EVENTS_MAP)
+    }
+
+    /// The ring of TCP connects.
+    pub fn take_connect_ring(&mut self) -> Result<RingBuf<MapData>> {
+        self.take_ring(CONNECTS_MAP)
+    }
+
+    fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map(EVENTS_MAP)
-            .context("ring buffer map missing")?;
-        RingBuf::try_from(map).context("EVENTS is not a ring buffer")
+            .take_map(name)
+            .with_context(|| format!("ring buffer map {name} missing"))?;
+        RingBuf::try_from(map).with_context(|| format!("{name} is not a ring buffer"))
     }
 
     pub fn take_losses(&mut self) -> Result<LossCounter> {

@@ -107,6 +107,8 @@ pub struct Metrics {
     kernel_fold_table_full: Counter,
     /// The listener's own counters, moved by its thread.
     listener: Listener,
+    /// The event loop's longest turn so far (cmd::stall).
+    loop_max_stall: Gauge<f64, AtomicU64>,
     /// The last snapshot published: counters move by the difference.
     last: Mutex<Snapshot>,
     /// Milliseconds since `start` at the loop's last sign of life.
@@ -260,6 +262,12 @@ impl Metrics {
             // Present at 0 from the start, so rate() works from the first alert.
             let _ = alerts.get_or_create(&Severity { severity });
         }
+        let loop_max_stall = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "loop_max_stall_seconds",
+            "The event loop's longest single turn since start (every record waited that long)",
+            loop_max_stall.clone(),
+        );
         Self {
             registry,
             events_seen,
@@ -281,10 +289,16 @@ impl Metrics {
             kernel_folded,
             kernel_fold_table_full,
             listener,
+            loop_max_stall,
             last: Mutex::new(Snapshot::default()),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
         }
+    }
+
+    /// The event loop's longest turn so far.
+    pub fn loop_stall(&self, max: Duration) {
+        self.loop_max_stall.set(max.as_secs_f64());
     }
 
     /// Publishes the loop's totals (and counts as its sign of life).
