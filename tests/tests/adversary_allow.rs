@@ -5,14 +5,10 @@
 //! the pod and namespace found from it). Each attack runs for real, next to the same
 //! rule matching the genuine thing, so the test fails if the rule never matched.
 
-use std::{
-    io::Write,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Cgroup2, Net, Scratch, Sensor, contained, root_or_skip, sensor_bin};
+use sensor_tests::{Cgroup2, Net, Scratch, Sensor, contained, replay, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.89";
@@ -66,31 +62,12 @@ fn line_of(sensor: &mut Sensor, mut cmd: Command) -> Result<Value> {
 /// `lines` through `sensor replay --all --config CONFIG`: the connection lines out, each
 /// with its `event.kind` and `sensor.allow_rule`.
 fn replayed(config: &str, lines: &[Value]) -> Result<Vec<Value>> {
-    let mut child = Command::new(sensor_bin())
-        .args(["replay", "--all", "--config", config, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting sensor replay")?;
     let input: String = lines.iter().map(|v| format!("{v}\n")).collect();
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("replay failed: {out:?}");
-    }
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).context("replay printed a non-JSON line"))
-        .filter(|v| {
-            v.as_ref()
-                .map_or(true, |v| v["event"]["action"] == "network-connect")
-        })
-        .collect()
+    let (out, _) = replay(&["--all", "--config", config, "-"], &input)?;
+    Ok(out
+        .into_iter()
+        .filter(|v| v["event"]["action"] == "network-connect")
+        .collect())
 }
 
 /// A replayed line keeps the trust it was recorded with: the forged one stays an alert,

@@ -3,15 +3,10 @@
 //! policy, and SIGHUP swaps the policy (or keeps it when the new file is invalid).
 //! Same network rule as end_to_end.rs: documentation addresses inside test namespaces.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip, sensor_bin};
+use sensor_tests::{Net, Scratch, Sensor, replay, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
@@ -35,31 +30,6 @@ fn temp_file(name: &str, text: &str) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("t1571-engine-{}-{name}", std::process::id()));
     std::fs::write(&path, text)?;
     Ok(path)
-}
-
-/// `sensor replay ARGS` with `input` on stdin: (stdout JSON lines, stderr).
-fn replay(args: &[&str], input: &str) -> Result<(Vec<Value>, String)> {
-    let mut child = Command::new(sensor_bin())
-        .arg("replay")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting sensor replay")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    assert!(out.status.success(), "replay failed: {out:?}");
-    let lines = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<Value>, _>>()
-        .context("replay printed a line that is not JSON")?;
-    Ok((lines, String::from_utf8(out.stderr)?))
 }
 
 fn action<'a>(lines: &'a [Value], a: &str) -> Vec<&'a Value> {
@@ -196,11 +166,10 @@ fn recorded_run_replays_under_a_new_policy() -> Result<()> {
     assert_eq!(v["event"]["kind"], "event", "{v:#}");
     assert_eq!(v["sensor"]["allow_rule"], "pentest");
     assert_eq!(conn(&out, curl)["event"]["risk_score"], 3);
-    assert_eq!(
-        conn(&out, quiet)["event"]["risk_score"],
-        1,
-        "5555 is now a C2 port"
-    );
+    // The connector is a program no package installed: on a C2 port, the unmanaged tier.
+    let q = conn(&out, quiet);
+    assert_eq!(q["event"]["risk_score"], 2, "5555 is now a C2 port: {q:#}");
+    assert_eq!(q["sensor"]["matched"]["unmanaged_executable"], true, "{q:#}");
     let summary = action(&out, "replay-summary");
     let s = &summary[0]["sensor"];
     assert_eq!(s["replay"]["connections"], 3);
