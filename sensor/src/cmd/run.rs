@@ -546,7 +546,7 @@ fn counters_json(
         "passwd_read_errors": pipeline.users.host.read_errors,
         "container_passwd_unreadable": pipeline.users.containers.unreadable,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
-        "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
+        "process_table": {"entries": table.entries, "bytes": table.bytes, "max_bytes": table.max_bytes, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
         "sockets": pipeline.sockets.report(),
         "kernel": pipeline.kernel.report(),

@@ -4,19 +4,19 @@
 
 use std::{
     fs,
-    io::Read,
     path::{Path, PathBuf},
 };
 
 use procfs::FromRead;
 
-use crate::{enrich::container, kernel::records::split_argv};
+use crate::{enrich::container, kernel::argv::Argv};
 
 /// What is known about one process. `None` means unknown (gone, or unreadable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub executable: Option<String>,
-    pub args: Option<Vec<String>>,
+    /// The command line, bounded in bytes and shared (see [`Argv`]).
+    pub args: Option<Argv>,
     pub ppid: Option<u32>,
     pub parent_executable: Option<String>,
     pub container_id: Option<String>,
@@ -39,8 +39,9 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// The kept arguments joined by spaces.
     pub fn command_line(&self) -> Option<String> {
-        self.args.as_ref().map(|a| a.join(" "))
+        self.args.as_ref().map(Argv::join)
     }
 }
 
@@ -99,7 +100,7 @@ impl Procfs {
         read_link(&self.exe_link(pid))
     }
 
-    pub fn cmdline(&self, pid: u32) -> Option<Vec<String>> {
+    pub fn cmdline(&self, pid: u32) -> Option<Argv> {
         read_cmdline(&self.dir(pid).join("cmdline"))
     }
 
@@ -167,23 +168,11 @@ fn read_link(path: &Path) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// A command line is the process's to size (up to the kernel's argument limit): at most
-/// this much of it is read, and the last argument kept is cut there.
-const MAX_CMDLINE: u64 = 64 << 10;
-
-/// NUL-separated argv, read with a bound; invalid UTF-8 is replaced, not dropped.
-fn read_cmdline(path: &Path) -> Option<Vec<String>> {
-    let mut raw = Vec::new();
-    fs::File::open(path)
-        .ok()?
-        .take(MAX_CMDLINE)
-        .read_to_end(&mut raw)
-        .ok()?;
-    if raw.is_empty() {
-        // Kernel threads and zombies have no command line.
-        return None;
-    }
-    Some(split_argv(&raw))
+/// A command line is the process's to size (up to the kernel's argument limit): a
+/// bounded start of it is kept and the rest only counted (see [`Argv::read`]). Kernel
+/// threads and zombies have none.
+fn read_cmdline(path: &Path) -> Option<Argv> {
+    Argv::read(fs::File::open(path).ok()?)
 }
 
 /// Basename of an executable path, keeping a ` (deleted)` marker off the name.
@@ -224,7 +213,7 @@ mod tests {
         let info = procfs.lookup_ticks(me, Some(start), 0).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.executable.as_deref(), exe.to_str());
-        assert!(info.args.unwrap()[0].contains("sensor"));
+        assert!(info.args.unwrap().iter().next().unwrap().contains("sensor"));
         assert_eq!(info.ppid, Some(std::os::unix::process::parent_id()));
         assert!(procfs.pids().contains(&me));
         // A start time that is not ours means "another process with this pid".

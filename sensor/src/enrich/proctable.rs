@@ -18,7 +18,10 @@ use crate::{
     enrich::loader,
     enrich::packages::Packages,
     enrich::procfs::{self, ProcessInfo, Procfs},
-    kernel::records::{Exec, Task},
+    kernel::{
+        argv::Argv,
+        records::{Exec, Task},
+    },
 };
 
 /// Process identity: tgid and start time in clock ticks (the granularity /proc shows, so
@@ -56,7 +59,8 @@ pub struct Entry {
     pub parent: Option<Key>,
     pub ppid: u32,
     pub executable: Option<Arc<str>>,
-    pub args: Option<Arc<[String]>>,
+    /// Bounded in bytes; shared with forks and with every connect's `ProcessInfo`.
+    pub args: Option<Argv>,
     pub container_id: Option<Arc<str>>,
     /// The high-risk entry this executable is a copy of, by content.
     pub content_match: Option<Arc<str>>,
@@ -66,9 +70,42 @@ pub struct Entry {
     pub exited: Option<Instant>,
 }
 
+impl Entry {
+    /// The bytes this entry accounts for: its slot and its strings, argv in full even when
+    /// shared with a fork's parent (an upper bound: what it would cost were it the last).
+    fn bytes(&self) -> usize {
+        ENTRY_FIXED
+            + self.executable.as_deref().map_or(0, str::len)
+            + self.args.as_ref().map_or(0, Argv::heap_bytes)
+            + self.container_id.as_deref().map_or(0, str::len)
+            + self.content_match.as_deref().map_or(0, str::len)
+    }
+}
+
+/// An entry's fixed cost: the entry, its key, its `by_pid` slot and hash-table overhead.
+const ENTRY_FIXED: usize = std::mem::size_of::<Entry>()
+    + 2 * std::mem::size_of::<Key>()
+    + std::mem::size_of::<(u32, u64)>()
+    + 16;
+
+/// A loader run's bytes (see [`Entry::bytes`]).
+fn run_bytes(r: &loader::Run) -> usize {
+    std::mem::size_of::<loader::Run>()
+        + r.loader.len()
+        + r.program.as_deref().map_or(0, str::len)
+        + r.content_match.as_deref().map_or(0, str::len)
+}
+
+/// The table's default bound in bytes (entries, strings, argv, loader runs): what an
+/// unprivileged user can grow it to with huge command lines, whatever the entry count.
+pub const DEFAULT_MAX_BYTES: usize = 24 << 20;
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     pub entries: usize,
+    /// Bytes accounted for (see [`Entry::bytes`]) and the bound.
+    pub bytes: usize,
+    pub max_bytes: usize,
     pub evicted: u64,
     pub expired: u64,
 }
@@ -90,6 +127,9 @@ pub struct ProcTable {
     ns_per_tick: u64,
     grace: Duration,
     capacity: usize,
+    /// Bytes of entries and loader runs, and their bound.
+    bytes: usize,
+    max_bytes: usize,
     pub evicted: u64,
     pub expired: u64,
 }
@@ -111,9 +151,16 @@ impl ProcTable {
             ns_per_tick,
             grace,
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes: DEFAULT_MAX_BYTES,
             evicted: 0,
             expired: 0,
         }
+    }
+
+    /// Bounds the table's bytes (see [`Stats::bytes`]); entries are evicted past it.
+    pub fn set_max_bytes(&mut self, max: usize) {
+        self.max_bytes = max;
     }
 
     pub fn key(&self, tgid: u32, start_ns: u64) -> Key {
@@ -134,6 +181,8 @@ impl ProcTable {
     pub fn stats(&self) -> Stats {
         Stats {
             entries: self.entries.len(),
+            bytes: self.bytes,
+            max_bytes: self.max_bytes,
             evicted: self.evicted,
             expired: self.expired,
         }
@@ -169,7 +218,7 @@ impl ProcTable {
                 .as_deref()
                 .and_then(|e| suspicious_location(e, None)),
             executable: info.executable.map(Arc::from),
-            args: info.args.map(Arc::from),
+            args: info.args,
             container_id: info.container_id.map(Arc::from),
             content_match,
             source: Source::Procfs,
@@ -183,8 +232,23 @@ impl ProcTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.evict_one();
         }
+        let bytes = entry.bytes();
         self.by_pid.insert(key.tgid, key.start);
-        self.entries.insert(key, entry);
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.bytes();
+        }
+        self.bytes += bytes;
+        // Over the byte bound: the longest-exited first, then any but the new one.
+        while self.bytes > self.max_bytes && self.entries.len() > 1 {
+            let Some(victim) = self
+                .pop_exited(|_| true)
+                .or_else(|| self.entries.keys().find(|k| **k != key).copied())
+            else {
+                break;
+            };
+            self.remove(victim);
+            self.evicted += 1;
+        }
     }
 
     /// Makes room: the longest-exited entry, else any (a full table of live processes
@@ -217,8 +281,12 @@ impl ProcTable {
     }
 
     fn remove(&mut self, k: Key) {
-        self.entries.remove(&k);
-        self.loaded.remove(&k);
+        if let Some(e) = self.entries.remove(&k) {
+            self.bytes -= e.bytes();
+        }
+        if let Some(r) = self.loaded.remove(&k) {
+            self.bytes -= run_bytes(&r);
+        }
         if self.by_pid.get(&k.tgid) == Some(&k.start) {
             self.by_pid.remove(&k.tgid);
         }
@@ -254,9 +322,11 @@ impl ProcTable {
             .map(Arc::from);
         // Kernel argv is capped; /proc has the whole line while the process lives.
         let args = if alive
-            && e.args.as_ref().is_none_or(|a| {
-                a.iter().map(|s| s.len() + 1).sum::<usize>() >= sensor_common::ARGS_LEN - 1
-            }) {
+            && e
+                .args
+                .as_ref()
+                .is_none_or(|a| a.raw_len() >= sensor_common::ARGS_LEN - 1)
+        {
             self.procfs.cmdline(key.tgid).or_else(|| e.args.clone())
         } else {
             e.args.clone()
@@ -278,7 +348,7 @@ impl ProcTable {
                 parent,
                 ppid: e.task.ppid,
                 executable: executable.map(Arc::from),
-                args: args.map(Arc::from),
+                args,
                 container_id,
                 content_match,
                 location,
@@ -306,9 +376,12 @@ impl ProcTable {
             (key.tgid, ppid),
             alive,
             &exe,
-            args.as_deref(),
+            args.as_ref(),
         ));
-        self.loaded.insert(key, run.clone());
+        self.bytes += run_bytes(&run);
+        if let Some(old) = self.loaded.insert(key, run.clone()) {
+            self.bytes -= run_bytes(&old);
+        }
         Some(run)
     }
 
@@ -390,7 +463,7 @@ impl ProcTable {
         let e = self.entries.get(&key)?;
         let mut info = ProcessInfo {
             executable: e.executable.as_deref().map(str::to_string),
-            args: e.args.as_deref().map(<[String]>::to_vec),
+            args: e.args.clone(),
             ppid: Some(if kernel_ppid != 0 {
                 kernel_ppid
             } else {
@@ -486,7 +559,7 @@ mod tests {
         Exec {
             task: task(tgid, start_ns, ppid, pstart_ns),
             filename: file.into(),
-            args: Some(vec![file.into(), "arg".into()]),
+            args: Some([file, "arg"].into_iter().collect()),
             exe_ino: 0,
             exe_dev: 0,
             exe_nlink: Some(1),
