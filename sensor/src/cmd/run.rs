@@ -545,6 +545,8 @@ fn counters_json(
         "loss_counter_read_errors": c.loss_read_errors,
         "passwd_read_errors": pipeline.users.host.read_errors,
         "container_passwd_unreadable": pipeline.users.containers.unreadable,
+        "container_users": pipeline.users.containers.report(),
+        "cgroup_scans_cut": pipeline.table.cgroups.scans_cut,
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "bytes": table.bytes, "max_bytes": table.max_bytes, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),

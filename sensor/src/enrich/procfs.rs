@@ -39,6 +39,22 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Heap bytes this description holds, its argv in full though shared (an upper
+    /// bound, for caches that keep descriptions).
+    pub fn heap_bytes(&self) -> usize {
+        let s = |o: &Option<String>| o.as_deref().map_or(0, str::len);
+        s(&self.executable)
+            + self.args.as_ref().map_or(0, Argv::heap_bytes)
+            + s(&self.parent_executable)
+            + s(&self.container_id)
+            + s(&self.content_match)
+            + s(&self.loader)
+            + self.ancestors.iter().map(|a| a.len() + 24).sum::<usize>()
+            + self.pod.as_ref().map_or(0, |p| {
+                p.namespace.len() + p.name.len() + p.container.len() + s(&p.uid)
+            })
+    }
+
     /// The kept arguments joined by spaces.
     pub fn command_line(&self) -> Option<String> {
         self.args.as_ref().map(Argv::join)

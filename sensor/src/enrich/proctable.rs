@@ -644,6 +644,30 @@ mod tests {
     }
 
     #[test]
+    fn bounded_in_bytes_whatever_the_argv() {
+        let mut t = table(1000);
+        t.set_max_bytes(64 << 10);
+        let huge = "x\0".repeat(30_000);
+        for pid in 1..=100 {
+            let mut e = exec(pid, pid as u64 * S, 0, 0, "/bin/holder");
+            e.args = Argv::parse(huge.as_bytes());
+            t.on_exec(&e);
+            assert!(t.stats().bytes <= 64 << 10, "{:?}", t.stats());
+        }
+        // About 8 KiB each: a handful fit, the rest were evicted and counted.
+        assert!((5..=8).contains(&t.len()), "{}", t.len());
+        assert_eq!(t.stats().evicted as usize, 100 - t.len());
+        let (info, _) = t.resolve(100, 100 * S, 0).unwrap();
+        assert_eq!(info.args.as_ref().map(Argv::count), Some(30_000));
+        // What is removed is given back.
+        for pid in 1..=100 {
+            t.on_exit(&task(pid, pid as u64 * S, 0, 0));
+        }
+        t.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!((t.len(), t.stats().bytes), (0, 0));
+    }
+
+    #[test]
     fn memfd_and_tmp_are_flagged() {
         let mut t = table(10);
         let mut e = exec(60, 6 * S, 1, 0, "/dev/fd/3");
