@@ -16,12 +16,12 @@ use std::{
 };
 
 pub use crate::enrich::identity::{LOADER, is_loader_name};
-use crate::kernel::argv::Argv;
 use crate::enrich::{
     identity::{ExeFile, Identities, normalize, suspicious_location},
     procfs::{Procfs, exe_name},
     rootfs,
 };
+use crate::kernel::argv::Argv;
 
 /// Bound on the `/proc/PID/maps` text read (a large program maps a few hundred lines).
 const MAX_MAPS: u64 = 4 << 20;
@@ -226,7 +226,6 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-
     #[rstest]
     #[case("/lib64/ld-linux-x86-64.so.2 /usr/bin/python3 -c x", Some(("/usr/bin/python3", None)))]
     #[case("ld.so --argv0 innocent /usr/bin/python3 -c x", Some(("/usr/bin/python3", Some("innocent"))))]
@@ -282,9 +281,12 @@ mod tests {
         let procfs = Procfs::new("/proc");
         let me = std::fs::canonicalize("/proc/self/exe").unwrap();
         let mut ids = Identities::scan(|_| None, Path::new("/nonexistent"));
-        let args: Argv = ["/lib64/ld-linux-x86-64.so.2".into(), me.display().to_string()]
-            .into_iter()
-            .collect();
+        let args: Argv = [
+            "/lib64/ld-linux-x86-64.so.2".into(),
+            me.display().to_string(),
+        ]
+        .into_iter()
+        .collect();
         let run = resolve(
             &procfs,
             &mut ids,

@@ -36,6 +36,9 @@ pub struct ProcessInfo {
     pub loader_check: Option<&'static str>,
     /// Not in the host's package database (None: unknown, e.g. in a container).
     pub unmanaged: Option<bool>,
+    /// `pending` while the executable's hash is being taken, `skipped-budget` when it was
+    /// not (see `identity::IdState`); None once known.
+    pub identity: Option<&'static str>,
 }
 
 impl ProcessInfo {

@@ -14,7 +14,7 @@ use std::{
 use crate::{
     enrich::cgroups::CgroupMap,
     enrich::exe::resolve_on_disk,
-    enrich::identity::{Identities, suspicious_location},
+    enrich::identity::{ExeFile, IdState, Identities, suspicious_location},
     enrich::loader,
     enrich::packages::Packages,
     enrich::procfs::{self, ProcessInfo, Procfs},
@@ -68,6 +68,8 @@ pub struct Entry {
     pub location: Option<&'static str>,
     pub source: Source,
     pub exited: Option<Instant>,
+    /// Whether `content_match` is final, or the file's hash is still being taken.
+    pub identity: IdState,
 }
 
 impl Entry {
@@ -206,10 +208,7 @@ impl ProcTable {
             .ppid
             .and_then(|p| self.by_pid.get(&p).map(|&start| Key { tgid: p, start }));
         let proc_exe = self.procfs.exe_link(key.tgid);
-        let content_match = self
-            .identities
-            .content_match(&proc_exe, None)
-            .map(Arc::from);
+        let (content_match, identity) = self.identities.identify(&ExeFile::Path(proc_exe), None);
         let entry = Entry {
             parent,
             ppid: info.ppid.unwrap_or(0),
@@ -220,9 +219,10 @@ impl ProcTable {
             executable: info.executable.map(Arc::from),
             args: info.args,
             container_id: info.container_id.map(Arc::from),
-            content_match,
+            content_match: content_match.map(Arc::from),
             source: Source::Procfs,
             exited: None,
+            identity,
         };
         self.insert(key, entry);
         self.entries.get(&key)
@@ -314,16 +314,13 @@ impl ProcTable {
         let location = executable
             .as_deref()
             .and_then(|x| suspicious_location(x, e.exe_nlink));
-        let content_match = identity_path
-            .and_then(|p| {
-                self.identities
-                    .content_match_file(&p, (e.exe_ino != 0).then_some(e.exe_ino))
-            })
-            .map(Arc::from);
+        let (content_match, identity) = identity_path.map_or((None, IdState::Known), |p| {
+            self.identities
+                .identify(&p, (e.exe_ino != 0).then_some(e.exe_ino))
+        });
         // Kernel argv is capped; /proc has the whole line while the process lives.
         let args = if alive
-            && e
-                .args
+            && e.args
                 .as_ref()
                 .is_none_or(|a| a.raw_len() >= sensor_common::ARGS_LEN - 1)
         {
@@ -350,12 +347,34 @@ impl ProcTable {
                 executable: executable.map(Arc::from),
                 args,
                 container_id,
-                content_match,
+                content_match: content_match.map(Arc::from),
                 location,
                 source: Source::Exec,
                 exited: None,
+                identity,
             },
         );
+    }
+
+    /// An entry whose file the worker was hashing takes its answer, once there.
+    fn settle_identity(&mut self, key: Key) {
+        let Some(IdState::Pending(file)) = self.entries.get(&key).map(|e| &e.identity) else {
+            return;
+        };
+        let settled = self.identities.settled(&file.clone());
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let before = e.bytes();
+        match settled {
+            Ok(m) => {
+                e.content_match = m.map(Arc::from);
+                e.identity = IdState::Known;
+            }
+            Err(state) => e.identity = state,
+        }
+        let after = e.bytes();
+        self.bytes = self.bytes + after - before;
     }
 
     /// A process the kernel exec'd as a dynamic loader: the program it runs, resolved once
@@ -410,6 +429,7 @@ impl ProcTable {
                 location: None,
                 source: Source::Fork,
                 exited: None,
+                identity: IdState::Known,
             },
         };
         self.insert(key, entry);
@@ -459,6 +479,7 @@ impl ProcTable {
         if blank && self.load_from_procfs(key).is_none() && !self.entries.contains_key(&key) {
             return None;
         }
+        self.settle_identity(key);
         let run = self.loader_run(key);
         let e = self.entries.get(&key)?;
         let mut info = ProcessInfo {
@@ -480,6 +501,7 @@ impl ProcTable {
             loader: None,
             loader_check: None,
             unmanaged: None,
+            identity: e.identity.as_str(),
         };
         if let Some(run) = run {
             // The program the loader ran is the process's executable; the loader beside it.

@@ -227,7 +227,8 @@ impl ContainerUsers {
                 self.flushed += 1;
             }
             self.bytes += bytes;
-            self.names.insert((ns, uid), name.map(String::into_boxed_str));
+            self.names
+                .insert((ns, uid), name.map(String::into_boxed_str));
         }
         self.names.get(&(ns, uid))?.as_deref()
     }

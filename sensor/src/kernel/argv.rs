@@ -37,8 +37,16 @@ impl Argv {
             return None;
         }
         let nuls = raw.iter().filter(|&&b| b == 0).count();
-        let count = if raw.last() == Some(&0) { nuls } else { nuls + 1 };
-        Some(Self::from_prefix(&raw[..raw.len().min(KEEP)], raw.len(), count))
+        let count = if raw.last() == Some(&0) {
+            nuls
+        } else {
+            nuls + 1
+        };
+        Some(Self::from_prefix(
+            &raw[..raw.len().min(KEEP)],
+            raw.len(),
+            count,
+        ))
     }
 
     /// From the first bytes of an argv of `raw_len` bytes holding `count` arguments.

@@ -331,7 +331,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     let mut group = Obj::with_capacity(1);
     group.put("id", c.gid.to_string());
 
-    let mut sprocess = Obj::with_capacity(9);
+    let mut sprocess = Obj::with_capacity(10);
     sprocess
         .put(
             "ancestors",
@@ -344,6 +344,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             "fileless",
             p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
         )
+        .put("identity", p.identity)
         .put("lineage", lineage(p))
         .put("loader", p.loader.as_deref())
         .put("loader_check", p.loader_check)
@@ -480,6 +481,7 @@ impl Render for Enriched {
                 "content_match": p.content_match,
                 "location": p.location,
                 "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+                "identity": p.identity,
                 "loader": p.loader,
                 "loader_check": p.loader_check,
                 "unmanaged": p.unmanaged,
@@ -885,6 +887,7 @@ mod tests {
             loader: Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
             loader_check: Some("maps"),
             unmanaged: Some(true),
+            identity: Some("pending"),
         };
         let beacon = Beacon {
             stats: Stats {
