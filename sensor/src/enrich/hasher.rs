@@ -15,41 +15,41 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::enrich::identity::FileKey;
-
 /// Files waiting for the worker at most (the one it hashes not counted).
 pub const QUEUE: usize = 4;
 /// Bytes hashed per second at most: one core is never taken whole, whatever is exec'd.
 pub const BYTES_PER_SEC: u64 = 128 << 20;
 
-struct Job {
-    key: FileKey,
+struct Job<K> {
+    key: K,
     file: File,
+    size: u64,
 }
 
-/// The worker's answer: the file's hash, None if it could not be read whole.
-pub type Done = (FileKey, Option<[u8; 32]>);
+/// The worker's answer: the file's key (the caller's), its hash, None if it could not be
+/// read whole.
+pub type Done<K> = (K, Option<[u8; 32]>);
 
-/// The loop's side of the worker.
-pub struct Hasher {
-    jobs: SyncSender<Job>,
-    results: Receiver<Done>,
+/// The loop's side of the worker; `K` names a file for the caller.
+pub struct Hasher<K> {
+    jobs: SyncSender<Job<K>>,
+    results: Receiver<Done<K>>,
     /// Files handed over, skipped for a full queue (or a dead worker), and hashed.
     pub queued: u64,
     pub skipped: u64,
     pub hashed: u64,
 }
 
-impl Hasher {
+impl<K: Send + 'static> Hasher<K> {
     /// Starts the worker; None if the thread cannot be spawned.
     pub fn spawn(queue: usize, bytes_per_sec: u64) -> Option<Self> {
-        let (jobs, rx) = sync_channel::<Job>(queue);
-        let (tx, results) = sync_channel::<Done>(queue + 2);
+        let (jobs, rx) = sync_channel::<Job<K>>(queue);
+        let (tx, results) = sync_channel::<Done<K>>(queue + 2);
         thread::Builder::new()
             .name("hasher".into())
             .spawn(move || {
                 for job in rx {
-                    let h = sha256_throttled(&job.file, job.key.size, bytes_per_sec);
+                    let h = sha256_throttled(&job.file, job.size, bytes_per_sec);
                     // The loop gone: nothing to tell.
                     if tx.send((job.key, h)).is_err() {
                         break;
@@ -67,9 +67,9 @@ impl Hasher {
         })
     }
 
-    /// Hands `file` over; false (counted) when the queue is full.
-    pub fn submit(&mut self, key: FileKey, file: File) -> bool {
-        match self.jobs.try_send(Job { key, file }) {
+    /// Hands `file` (its first `size` bytes) over; false (counted) when the queue is full.
+    pub fn submit(&mut self, key: K, file: File, size: u64) -> bool {
+        match self.jobs.try_send(Job { key, file, size }) {
             Ok(()) => {
                 self.queued += 1;
                 true
@@ -82,7 +82,7 @@ impl Hasher {
     }
 
     /// The answers ready now, without waiting.
-    pub fn ready(&mut self) -> Vec<Done> {
+    pub fn ready(&mut self) -> Vec<Done<K>> {
         let mut out = Vec::new();
         loop {
             match self.results.try_recv() {
@@ -134,21 +134,19 @@ pub fn sha256_throttled(mut f: &File, size: u64, rate: u64) -> Option<[u8; 32]> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn hashes_off_the_caller_within_its_budget() {
         let path = std::env::temp_dir().join(format!("t1571-hasher-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
-        let key = || FileKey::of(&std::fs::metadata(&path).unwrap());
         let want = sha256_throttled(&File::open(&path).unwrap(), 1 << 20, 0).unwrap();
         // 1 MiB at 4 MiB/s: about 250 ms, the caller never waits.
         let mut h = Hasher::spawn(1, 4 << 20).unwrap();
         let t = Instant::now();
-        assert!(h.submit(key(), File::open(&path).unwrap()));
+        assert!(h.submit(7u64, File::open(&path).unwrap(), 1 << 20));
         // One in the worker, one queued, then the queue is full: skipped, counted.
         let mut accepted = 1;
-        while h.submit(key(), File::open(&path).unwrap()) {
+        while h.submit(7u64, File::open(&path).unwrap(), 1 << 20) {
             accepted += 1;
             assert!(accepted <= 3);
         }
@@ -164,11 +162,7 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert!(
-            got.iter()
-                .all(|(k, d)| *d == Some(want) && k.ino == key().ino)
-        );
-        assert_eq!(key().size, std::fs::metadata(&path).unwrap().size());
+        assert!(got.iter().all(|(k, d)| *d == Some(want) && *k == 7));
         let _ = std::fs::remove_file(&path);
     }
 }

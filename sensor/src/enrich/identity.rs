@@ -183,7 +183,7 @@ pub struct Identities {
     sizes: HashSet<u64>,
     cache: HashMap<FileKey, Known>,
     /// Whole-file hashes off the loop; None: hashed inline (one-shot commands, tests).
-    pub hasher: Option<Hasher>,
+    pub hasher: Option<Hasher<FileKey>>,
     pub known_files: usize,
     /// Dynamic loaders fingerprinted (their content match is [`LOADER`]).
     pub known_loaders: usize,
@@ -345,7 +345,7 @@ impl Identities {
         }
         match self.hasher.as_mut() {
             Some(h) => {
-                if h.submit(key.clone(), f) {
+                if h.submit(key.clone(), f, meta.size()) {
                     self.remember(key.clone(), Known::Pending);
                     (None, IdState::Pending(key))
                 } else {
