@@ -475,6 +475,51 @@ mod tests {
         assert_eq!(normalize(path), want);
     }
 
+    /// A file sized like a known binary is hashed by the worker: pending at first, then
+    /// its answer is in the cache; the caller never waits.
+    #[test]
+    fn hashing_is_pending_then_settled() {
+        let dir = std::env::temp_dir().join(format!("t1571-pending-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        let known = vec![1u8; 1 << 20];
+        std::fs::write(dir.join("usr/bin/node"), &known).unwrap();
+        std::fs::write(dir.join("copy"), &known).unwrap();
+        std::fs::write(dir.join("other"), vec![2u8; 1 << 20]).unwrap();
+        let mut ids = Identities::scan(|n| (n == "node").then(|| "node".into()), &dir);
+        assert_eq!(ids.known_files, 1);
+        ids.start_hasher();
+        for (file, want) in [("copy", Some("node".to_string())), ("other", None)] {
+            let (m, state) = ids.identify(&ExeFile::Path(dir.join(file)), None);
+            let IdState::Pending(key) = state else {
+                panic!("{file}: {state:?}")
+            };
+            assert_eq!((m, state_str(&ids, &key)), (None, Some("pending")));
+            let t = std::time::Instant::now();
+            let got = loop {
+                match ids.settled(&key) {
+                    Ok(m) => break m,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+                assert!(t.elapsed().as_secs() < 20);
+            };
+            assert_eq!(got, want, "{file}");
+            // Known from now on, without the worker.
+            assert_eq!(
+                ids.identify(&ExeFile::Path(dir.join(file)), None),
+                (want, IdState::Known)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn state_str(ids: &Identities, key: &FileKey) -> Option<&'static str> {
+        match ids.cache.get(key) {
+            Some(Known::Pending) => IdState::Pending(key.clone()).as_str(),
+            _ => None,
+        }
+    }
+
     #[test]
     fn reads_build_ids_from_elf_notes() {
         let sh = File::open(std::fs::canonicalize("/bin/sh").unwrap()).unwrap();
