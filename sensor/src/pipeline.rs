@@ -63,6 +63,8 @@ pub struct Sockets {
     pub udp: u64,
     /// Listeners forgotten to keep the table bounded.
     pub listeners_evicted: u64,
+    /// Bytes the listeners hold (see [`Listener::bytes`]).
+    listener_bytes: usize,
     /// UDP datagrams the kernel dropped and counted: to standard ports, and repeats.
     pub kernel_udp_dropped: (u64, u64),
 }
@@ -80,6 +82,19 @@ struct Listener {
 
 /// Listeners kept: one per listening (address, port); more are evicted, counted.
 const MAX_LISTENERS: usize = 4096;
+/// Bytes the listeners may hold: a process with long paths and a deep ancestry listening
+/// on thousands of ports would otherwise keep a copy of them per port.
+const MAX_LISTENER_BYTES: usize = 4 << 20;
+
+impl Listener {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + 64
+            + self.conn.comm.len()
+            + self.proc.heap_bytes()
+            + self.user_name.as_deref().map_or(0, str::len)
+    }
+}
 
 impl Sockets {
     /// For `sensor-stats` and `sensor-stopped`.
@@ -88,6 +103,7 @@ impl Sockets {
             "listens": self.listens,
             "listeners": self.listeners.len(),
             "listeners_evicted": self.listeners_evicted,
+            "listener_bytes": self.listener_bytes,
             "inbound": self.inbound,
             "inbound_unattributed": self.inbound_unattributed,
             "udp": self.udp,
@@ -98,14 +114,20 @@ impl Sockets {
 
     fn remember(&mut self, l: Listener) {
         let key = (canonical(l.conn.src), l.conn.sport);
-        if !self.listeners.contains_key(&key)
-            && self.listeners.len() >= MAX_LISTENERS
-            && let Some(k) = self.listeners.keys().next().copied()
+        let bytes = l.bytes();
+        if let Some(old) = self.listeners.insert(key, l) {
+            self.listener_bytes -= old.bytes();
+        }
+        self.listener_bytes += bytes;
+        while (self.listeners.len() > MAX_LISTENERS || self.listener_bytes > MAX_LISTENER_BYTES)
+            && self.listeners.len() > 1
+            && let Some(k) = self.listeners.keys().find(|k| **k != key).copied()
         {
-            self.listeners.remove(&k);
+            if let Some(old) = self.listeners.remove(&k) {
+                self.listener_bytes -= old.bytes();
+            }
             self.listeners_evicted += 1;
         }
-        self.listeners.insert(key, l);
     }
 
     /// The listener an inbound connection reached: on its exact local address, else on

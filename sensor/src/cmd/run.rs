@@ -63,7 +63,10 @@ pub fn main(args: RunArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let identities = identity::Identities::scan(|name| high_risk_entry(&policy, name), &host_root);
+    let mut identities =
+        identity::Identities::scan(|name| high_risk_entry(&policy, name), &host_root);
+    // Whole-file hashes of executables are taken off the event loop from here on.
+    identities.start_hasher();
     let mut table = ProcTable::new(
         Procfs::new(args.proc_root.clone()),
         identities,
@@ -545,8 +548,11 @@ fn counters_json(
         "loss_counter_read_errors": c.loss_read_errors,
         "passwd_read_errors": pipeline.users.host.read_errors,
         "container_passwd_unreadable": pipeline.users.containers.unreadable,
+        "container_users": pipeline.users.containers.report(),
+        "cgroup_scans_cut": pipeline.table.cgroups.scans_cut,
+        "hashing": pipeline.table.identities.hasher.as_ref().map(|h| h.report()),
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
-        "process_table": {"entries": table.entries, "evicted": table.evicted, "expired": table.expired},
+        "process_table": {"entries": table.entries, "bytes": table.bytes, "max_bytes": table.max_bytes, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),
         "sockets": pipeline.sockets.report(),
         "kernel": pipeline.kernel.report(),

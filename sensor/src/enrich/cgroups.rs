@@ -19,6 +19,10 @@ use crate::enrich::container::{self, Trust, untrusted};
 
 /// Directories walked per rescan at most: a runaway tree cannot stall the sensor.
 const MAX_DIRS: usize = 100_000;
+/// Bytes of paths a rescan keeps (the map and the walk's queue): a user's delegated
+/// subtree (systemd's `user@UID.service`) can nest long names, each path longer than the
+/// one above it.
+const MAX_SCAN_BYTES: usize = 8 << 20;
 /// A miss rescans at most this often (a new container's cgroup appears between scans).
 const RESCAN_EVERY: Duration = Duration::from_millis(200);
 /// An id a rescan did not find is not looked for again for this long (removed cgroups).
@@ -41,6 +45,8 @@ pub struct CgroupMap {
     misses: HashMap<u64, Instant>,
     /// cgroup id -> the container id its cgroup carries, if trusted, else why not.
     trust: HashMap<u64, (Result<String, &'static str>, Instant)>,
+    /// Rescans stopped at [`MAX_DIRS`] or [`MAX_SCAN_BYTES`].
+    pub scans_cut: u64,
 }
 
 /// The cgroup2 mount point from a mountinfo file (parsed by the procfs crate): a mount
@@ -88,6 +94,7 @@ impl CgroupMap {
             last_scan: None,
             misses: HashMap::new(),
             trust: HashMap::new(),
+            scans_cut: 0,
         }
     }
 
@@ -191,9 +198,13 @@ impl CgroupMap {
         // Breadth first: if the cap is reached, it is deep, unusual subtrees that are cut.
         let mut queue = std::collections::VecDeque::from([root.clone()]);
         let mut seen = 0;
+        // Bytes of paths kept in the map plus those waiting in the queue.
+        let mut bytes = 0usize;
         while let Some(dir) = queue.pop_front() {
             seen += 1;
-            if seen > MAX_DIRS {
+            bytes = bytes.saturating_sub(dir.as_os_str().len());
+            if seen > MAX_DIRS || bytes > MAX_SCAN_BYTES {
+                self.scans_cut += 1;
                 break;
             }
             let Ok(meta) = std::fs::metadata(&dir) else {
@@ -204,16 +215,21 @@ impl CgroupMap {
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_default();
             let container = container::id_from_cgroup_path(&rel);
+            bytes += rel.len() + container.as_ref().map_or(0, String::len) + 64;
             self.by_id.insert(meta.ino(), (rel, container));
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            queue.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
+            for e in entries.flatten() {
+                if bytes > MAX_SCAN_BYTES {
+                    break;
+                }
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let p = e.path();
+                    bytes += p.as_os_str().len();
+                    queue.push_back(p);
+                }
+            }
         }
     }
 }

@@ -5,12 +5,13 @@
 //! and SHA-256 of the whole file. A process's executable is identified once per (device,
 //! inode, mtime, size): its build-id costs a few small reads of the ELF headers and notes,
 //! and the whole file is hashed only when its size is that of a known binary (a hash can
-//! only match then), so no file can make the sensor read much.
+//! only match then), so no file can make the sensor read much. That hash is never taken
+//! on the event loop: a worker ([`hasher`]) does it, and until it answers the process's
+//! identity is `pending` (or `skipped-budget` when the worker's queue was full).
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::{Read, Seek},
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
@@ -23,9 +24,8 @@ use object::{
         elf::{FileHeader, ProgramHeader},
     },
 };
-use sha2::{Digest, Sha256};
 
-use crate::enrich::rootfs;
+use crate::enrich::{hasher::Hasher, rootfs};
 
 /// Directories the host's own tools live in.
 const BIN_DIRS: &[&str] = &[
@@ -139,20 +139,40 @@ fn notes_build_id<Elf: FileHeader<Endian = Endianness>>(
     None
 }
 
-fn sha256(mut f: &File, size: u64) -> Option<[u8; 32]> {
-    // The build-id reader moved the file position.
-    f.rewind().ok()?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut r = f.take(size);
-    loop {
-        let n = r.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
+fn sha256(f: &File, size: u64) -> Option<[u8; 32]> {
+    crate::enrich::hasher::sha256_throttled(f, size, 0)
+}
+
+/// What is known of a file's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// Identified: the high-risk entry it is a copy of, if any.
+    Done(Option<String>),
+    /// Its hash is being taken by the worker.
+    Pending,
+}
+
+/// How far a process's executable was identified.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdState {
+    /// As far as it can be (the content match, if any, is known).
+    #[default]
+    Known,
+    /// The worker is hashing the file (its key, to look the answer up later).
+    Pending(FileKey),
+    /// The worker's queue was full: the file was not hashed.
+    Skipped,
+}
+
+impl IdState {
+    /// `sensor.process.identity` on the line; None once known.
+    pub fn as_str(&self) -> Option<&'static str> {
+        match self {
+            IdState::Known => None,
+            IdState::Pending(_) => Some("pending"),
+            IdState::Skipped => Some("skipped-budget"),
         }
-        hasher.update(&buf[..n]);
     }
-    Some(hasher.finalize().into())
 }
 
 /// Known high-risk binaries by fingerprint, and a cache of identified files.
@@ -161,7 +181,9 @@ pub struct Identities {
     by_sha256: HashMap<[u8; 32], String>,
     /// Sizes of the fingerprinted binaries: only a file of one of these sizes is hashed.
     sizes: HashSet<u64>,
-    cache: HashMap<FileKey, Option<String>>,
+    cache: HashMap<FileKey, Known>,
+    /// Whole-file hashes off the loop; None: hashed inline (one-shot commands, tests).
+    pub hasher: Option<Hasher<FileKey>>,
     pub known_files: usize,
     /// Dynamic loaders fingerprinted (their content match is [`LOADER`]).
     pub known_loaders: usize,
@@ -204,6 +226,7 @@ impl Identities {
             by_sha256: HashMap::new(),
             sizes: HashSet::new(),
             cache: HashMap::new(),
+            hasher: None,
             known_files: 0,
             known_loaders: 0,
         };
@@ -277,31 +300,94 @@ impl Identities {
         self.content_match_file(&ExeFile::Path(path.to_path_buf()), expect_ino)
     }
 
-    /// [`Identities::content_match`] for a file to open by path or already opened `O_PATH`.
+    /// [`Identities::content_match`] for a file to open by path or already opened `O_PATH`
+    /// (a hash still pending or skipped counts as no match here).
     pub fn content_match_file(
         &mut self,
         file: &ExeFile,
         expect_ino: Option<u64>,
     ) -> Option<String> {
-        let (f, meta) = open_regular(file, expect_ino)?;
+        self.identify(file, expect_ino).0
+    }
+
+    /// Hashes on the worker, starting it (see [`hasher`]).
+    pub fn start_hasher(&mut self) {
+        self.hasher = Hasher::spawn(
+            crate::enrich::hasher::QUEUE,
+            crate::enrich::hasher::BYTES_PER_SEC,
+        );
+    }
+
+    /// The content match of `file` and how far it is known: a build-id is read here (a
+    /// few small reads); a whole-file hash is handed to the worker when there is one.
+    pub fn identify(
+        &mut self,
+        file: &ExeFile,
+        expect_ino: Option<u64>,
+    ) -> (Option<String>, IdState) {
+        self.collect();
+        let Some((f, meta)) = open_regular(file, expect_ino) else {
+            return (None, IdState::Known);
+        };
         let key = FileKey::of(&meta);
-        if let Some(hit) = self.cache.get(&key) {
-            return hit.clone();
+        match self.cache.get(&key) {
+            Some(Known::Done(hit)) => return (hit.clone(), IdState::Known),
+            Some(Known::Pending) => return (None, IdState::Pending(key)),
+            None => {}
         }
-        let found = build_id(&f)
-            .and_then(|id| self.by_build_id.get(&id).cloned())
-            .or_else(|| {
-                self.sizes
-                    .contains(&meta.size())
-                    .then(|| sha256(&f, meta.size()))
-                    .flatten()
-                    .and_then(|h| self.by_sha256.get(&h).cloned())
-            });
+        if let Some(found) = build_id(&f).and_then(|id| self.by_build_id.get(&id).cloned()) {
+            self.remember(key, Known::Done(Some(found.clone())));
+            return (Some(found), IdState::Known);
+        }
+        if !self.sizes.contains(&meta.size()) {
+            self.remember(key, Known::Done(None));
+            return (None, IdState::Known);
+        }
+        match self.hasher.as_mut() {
+            Some(h) => {
+                if h.submit(key.clone(), f, meta.size()) {
+                    self.remember(key.clone(), Known::Pending);
+                    (None, IdState::Pending(key))
+                } else {
+                    // Not remembered: the next process of this file tries again.
+                    (None, IdState::Skipped)
+                }
+            }
+            None => {
+                let found = sha256(&f, meta.size()).and_then(|h| self.by_sha256.get(&h).cloned());
+                self.remember(key, Known::Done(found.clone()));
+                (found, IdState::Known)
+            }
+        }
+    }
+
+    /// What became of a file handed to the worker: Some(match) once hashed (None inside:
+    /// no match), None while it is still hashed. A file the cache forgot counts as skipped.
+    pub fn settled(&mut self, key: &FileKey) -> Result<Option<String>, IdState> {
+        self.collect();
+        match self.cache.get(key) {
+            Some(Known::Done(m)) => Ok(m.clone()),
+            Some(Known::Pending) => Err(IdState::Pending(key.clone())),
+            None => Err(IdState::Skipped),
+        }
+    }
+
+    /// Takes the worker's answers into the cache.
+    fn collect(&mut self) {
+        let Some(h) = self.hasher.as_mut() else {
+            return;
+        };
+        for (key, digest) in h.ready() {
+            let found = digest.and_then(|d| self.by_sha256.get(&d).cloned());
+            self.remember(key, Known::Done(found));
+        }
+    }
+
+    fn remember(&mut self, key: FileKey, k: Known) {
         if self.cache.len() >= CACHE_CAP {
             self.cache.clear(); // crude but bounded; refilled on demand
         }
-        self.cache.insert(key, found.clone());
-        found
+        self.cache.insert(key, k);
     }
 }
 
@@ -387,6 +473,51 @@ mod tests {
     #[case("a/../b", "b")]
     fn normalises_lexically(#[case] path: &str, #[case] want: &str) {
         assert_eq!(normalize(path), want);
+    }
+
+    /// A file sized like a known binary is hashed by the worker: pending at first, then
+    /// its answer is in the cache; the caller never waits.
+    #[test]
+    fn hashing_is_pending_then_settled() {
+        let dir = std::env::temp_dir().join(format!("t1571-pending-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        let known = vec![1u8; 1 << 20];
+        std::fs::write(dir.join("usr/bin/node"), &known).unwrap();
+        std::fs::write(dir.join("copy"), &known).unwrap();
+        std::fs::write(dir.join("other"), vec![2u8; 1 << 20]).unwrap();
+        let mut ids = Identities::scan(|n| (n == "node").then(|| "node".into()), &dir);
+        assert_eq!(ids.known_files, 1);
+        ids.start_hasher();
+        for (file, want) in [("copy", Some("node".to_string())), ("other", None)] {
+            let (m, state) = ids.identify(&ExeFile::Path(dir.join(file)), None);
+            let IdState::Pending(key) = state else {
+                panic!("{file}: {state:?}")
+            };
+            assert_eq!((m, state_str(&ids, &key)), (None, Some("pending")));
+            let t = std::time::Instant::now();
+            let got = loop {
+                match ids.settled(&key) {
+                    Ok(m) => break m,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+                assert!(t.elapsed().as_secs() < 20);
+            };
+            assert_eq!(got, want, "{file}");
+            // Known from now on, without the worker.
+            assert_eq!(
+                ids.identify(&ExeFile::Path(dir.join(file)), None),
+                (want, IdState::Known)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn state_str(ids: &Identities, key: &FileKey) -> Option<&'static str> {
+        match ids.cache.get(key) {
+            Some(Known::Pending) => IdState::Pending(key.clone()).as_str(),
+            _ => None,
+        }
     }
 
     #[test]

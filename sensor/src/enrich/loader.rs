@@ -21,11 +21,10 @@ use crate::enrich::{
     procfs::{Procfs, exe_name},
     rootfs,
 };
+use crate::kernel::argv::Argv;
 
 /// Bound on the `/proc/PID/maps` text read (a large program maps a few hundred lines).
 const MAX_MAPS: u64 = 4 << 20;
-/// Bound on a command line re-read from /proc when the exec record's was cut.
-const MAX_CMDLINE_ARGS: usize = 4096;
 
 /// What the loader's arguments say it was asked to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +40,12 @@ pub struct Claim {
 /// does not; `--verify`, `--list`, `--list-tunables`, `--list-diagnostics`, `--help`,
 /// `--version` run no program. musl: `--library-path`, `--preload`, `--argv0` take a
 /// value, `--list` runs none. An unknown option makes either loader refuse: no claim.
-pub fn parse(args: &[String]) -> Option<Claim> {
+pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<Claim> {
     let mut argv0 = None;
-    let mut it = args.iter().skip(1);
+    let mut it = args.into_iter().skip(1);
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--argv0" => argv0 = Some(it.next()?.clone()),
+        match a {
+            "--argv0" => argv0 = Some(it.next()?.to_string()),
             "--library-path"
             | "--preload"
             | "--audit"
@@ -58,7 +57,7 @@ pub fn parse(args: &[String]) -> Option<Claim> {
             "--inhibit-cache" => {}
             "--" => {
                 return it.next().map(|p| Claim {
-                    program: p.clone(),
+                    program: p.to_string(),
                     argv0,
                 });
             }
@@ -127,7 +126,7 @@ pub fn resolve(
     (tgid, ppid): (u32, u32),
     alive: bool,
     loader: &str,
-    args: Option<&[String]>,
+    args: Option<&Argv>,
 ) -> Run {
     let unresolved = |check| Run {
         loader: loader.to_string(),
@@ -137,13 +136,12 @@ pub fn resolve(
         location: suspicious_location(loader, None),
     };
     // The exec record's argv is capped: /proc has the whole line while the process lives.
-    let claim = args.and_then(parse).or_else(|| {
+    // Only whole arguments: a cut one names no program.
+    let claim = args.and_then(|a| parse(a.complete())).or_else(|| {
         alive
             .then(|| procfs.cmdline(tgid))
             .flatten()
-            .filter(|a| a.len() <= MAX_CMDLINE_ARGS)
-            .as_deref()
-            .and_then(parse)
+            .and_then(|a| parse(a.complete()))
     });
     let Some(claim) = claim else {
         return unresolved(Check::Unresolved);
@@ -228,10 +226,6 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    fn v(s: &str) -> Vec<String> {
-        s.split(' ').map(str::to_string).collect()
-    }
-
     #[rstest]
     #[case("/lib64/ld-linux-x86-64.so.2 /usr/bin/python3 -c x", Some(("/usr/bin/python3", None)))]
     #[case("ld.so --argv0 innocent /usr/bin/python3 -c x", Some(("/usr/bin/python3", Some("innocent"))))]
@@ -245,7 +239,7 @@ mod tests {
     #[case("ld.so --no-such-option /bin/sh", None)]
     #[case("ld.so", None)]
     fn parses_loader_arguments(#[case] argv: &str, #[case] want: Option<(&str, Option<&str>)>) {
-        let got = parse(&v(argv));
+        let got = parse(argv.split(' '));
         assert_eq!(
             got.as_ref()
                 .map(|c| (c.program.as_str(), c.argv0.as_deref())),
@@ -287,10 +281,12 @@ mod tests {
         let procfs = Procfs::new("/proc");
         let me = std::fs::canonicalize("/proc/self/exe").unwrap();
         let mut ids = Identities::scan(|_| None, Path::new("/nonexistent"));
-        let args = vec![
+        let args: Argv = [
             "/lib64/ld-linux-x86-64.so.2".into(),
             me.display().to_string(),
-        ];
+        ]
+        .into_iter()
+        .collect();
         let run = resolve(
             &procfs,
             &mut ids,
@@ -302,7 +298,7 @@ mod tests {
         assert_eq!(run.check, Check::Maps, "{run:?}");
         assert_eq!(run.program.as_deref(), me.to_str());
         // A file this process does not map: read, and said not to match.
-        let args = vec!["ld.so".into(), "/bin/sh".into()];
+        let args: Argv = ["ld.so", "/bin/sh"].into_iter().collect();
         let run = resolve(
             &procfs,
             &mut ids,

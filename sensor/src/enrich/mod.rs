@@ -4,6 +4,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod exe;
+pub mod hasher;
 pub mod host;
 pub mod identity;
 pub mod kubelet;

@@ -4,19 +4,19 @@
 
 use std::{
     fs,
-    io::Read,
     path::{Path, PathBuf},
 };
 
 use procfs::FromRead;
 
-use crate::{enrich::container, kernel::records::split_argv};
+use crate::{enrich::container, kernel::argv::Argv};
 
 /// What is known about one process. `None` means unknown (gone, or unreadable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub executable: Option<String>,
-    pub args: Option<Vec<String>>,
+    /// The command line, bounded in bytes and shared (see [`Argv`]).
+    pub args: Option<Argv>,
     pub ppid: Option<u32>,
     pub parent_executable: Option<String>,
     pub container_id: Option<String>,
@@ -36,11 +36,31 @@ pub struct ProcessInfo {
     pub loader_check: Option<&'static str>,
     /// Not in the host's package database (None: unknown, e.g. in a container).
     pub unmanaged: Option<bool>,
+    /// `pending` while the executable's hash is being taken, `skipped-budget` when it was
+    /// not (see `identity::IdState`); None once known.
+    pub identity: Option<&'static str>,
 }
 
 impl ProcessInfo {
+    /// Heap bytes this description holds, its argv in full though shared (an upper
+    /// bound, for caches that keep descriptions).
+    pub fn heap_bytes(&self) -> usize {
+        let s = |o: &Option<String>| o.as_deref().map_or(0, str::len);
+        s(&self.executable)
+            + self.args.as_ref().map_or(0, Argv::heap_bytes)
+            + s(&self.parent_executable)
+            + s(&self.container_id)
+            + s(&self.content_match)
+            + s(&self.loader)
+            + self.ancestors.iter().map(|a| a.len() + 24).sum::<usize>()
+            + self.pod.as_ref().map_or(0, |p| {
+                p.namespace.len() + p.name.len() + p.container.len() + s(&p.uid)
+            })
+    }
+
+    /// The kept arguments joined by spaces.
     pub fn command_line(&self) -> Option<String> {
-        self.args.as_ref().map(|a| a.join(" "))
+        self.args.as_ref().map(Argv::join)
     }
 }
 
@@ -99,7 +119,7 @@ impl Procfs {
         read_link(&self.exe_link(pid))
     }
 
-    pub fn cmdline(&self, pid: u32) -> Option<Vec<String>> {
+    pub fn cmdline(&self, pid: u32) -> Option<Argv> {
         read_cmdline(&self.dir(pid).join("cmdline"))
     }
 
@@ -167,23 +187,11 @@ fn read_link(path: &Path) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// A command line is the process's to size (up to the kernel's argument limit): at most
-/// this much of it is read, and the last argument kept is cut there.
-const MAX_CMDLINE: u64 = 64 << 10;
-
-/// NUL-separated argv, read with a bound; invalid UTF-8 is replaced, not dropped.
-fn read_cmdline(path: &Path) -> Option<Vec<String>> {
-    let mut raw = Vec::new();
-    fs::File::open(path)
-        .ok()?
-        .take(MAX_CMDLINE)
-        .read_to_end(&mut raw)
-        .ok()?;
-    if raw.is_empty() {
-        // Kernel threads and zombies have no command line.
-        return None;
-    }
-    Some(split_argv(&raw))
+/// A command line is the process's to size (up to the kernel's argument limit): a
+/// bounded start of it is kept and the rest only counted (see [`Argv::read`]). Kernel
+/// threads and zombies have none.
+fn read_cmdline(path: &Path) -> Option<Argv> {
+    Argv::read(fs::File::open(path).ok()?)
 }
 
 /// Basename of an executable path, keeping a ` (deleted)` marker off the name.
@@ -224,7 +232,7 @@ mod tests {
         let info = procfs.lookup_ticks(me, Some(start), 0).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.executable.as_deref(), exe.to_str());
-        assert!(info.args.unwrap()[0].contains("sensor"));
+        assert!(info.args.unwrap().iter().next().unwrap().contains("sensor"));
         assert_eq!(info.ppid, Some(std::os::unix::process::parent_id()));
         assert!(procfs.pids().contains(&me));
         // A start time that is not ours means "another process with this pid".

@@ -14,11 +14,14 @@ use std::{
 use crate::{
     enrich::cgroups::CgroupMap,
     enrich::exe::resolve_on_disk,
-    enrich::identity::{Identities, suspicious_location},
+    enrich::identity::{ExeFile, IdState, Identities, suspicious_location},
     enrich::loader,
     enrich::packages::Packages,
     enrich::procfs::{self, ProcessInfo, Procfs},
-    kernel::records::{Exec, Task},
+    kernel::{
+        argv::Argv,
+        records::{Exec, Task},
+    },
 };
 
 /// Process identity: tgid and start time in clock ticks (the granularity /proc shows, so
@@ -56,7 +59,8 @@ pub struct Entry {
     pub parent: Option<Key>,
     pub ppid: u32,
     pub executable: Option<Arc<str>>,
-    pub args: Option<Arc<[String]>>,
+    /// Bounded in bytes; shared with forks and with every connect's `ProcessInfo`.
+    pub args: Option<Argv>,
     pub container_id: Option<Arc<str>>,
     /// The high-risk entry this executable is a copy of, by content.
     pub content_match: Option<Arc<str>>,
@@ -64,11 +68,46 @@ pub struct Entry {
     pub location: Option<&'static str>,
     pub source: Source,
     pub exited: Option<Instant>,
+    /// Whether `content_match` is final, or the file's hash is still being taken.
+    pub identity: IdState,
 }
+
+impl Entry {
+    /// The bytes this entry accounts for: its slot and its strings, argv in full even when
+    /// shared with a fork's parent (an upper bound: what it would cost were it the last).
+    fn bytes(&self) -> usize {
+        ENTRY_FIXED
+            + self.executable.as_deref().map_or(0, str::len)
+            + self.args.as_ref().map_or(0, Argv::heap_bytes)
+            + self.container_id.as_deref().map_or(0, str::len)
+            + self.content_match.as_deref().map_or(0, str::len)
+    }
+}
+
+/// An entry's fixed cost: the entry, its key, its `by_pid` slot and hash-table overhead.
+const ENTRY_FIXED: usize = std::mem::size_of::<Entry>()
+    + 2 * std::mem::size_of::<Key>()
+    + std::mem::size_of::<(u32, u64)>()
+    + 16;
+
+/// A loader run's bytes (see [`Entry::bytes`]).
+fn run_bytes(r: &loader::Run) -> usize {
+    std::mem::size_of::<loader::Run>()
+        + r.loader.len()
+        + r.program.as_deref().map_or(0, str::len)
+        + r.content_match.as_deref().map_or(0, str::len)
+}
+
+/// The table's default bound in bytes (entries, strings, argv, loader runs): what an
+/// unprivileged user can grow it to with huge command lines, whatever the entry count.
+pub const DEFAULT_MAX_BYTES: usize = 24 << 20;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     pub entries: usize,
+    /// Bytes accounted for (see [`Entry::bytes`]) and the bound.
+    pub bytes: usize,
+    pub max_bytes: usize,
     pub evicted: u64,
     pub expired: u64,
 }
@@ -90,6 +129,9 @@ pub struct ProcTable {
     ns_per_tick: u64,
     grace: Duration,
     capacity: usize,
+    /// Bytes of entries and loader runs, and their bound.
+    bytes: usize,
+    max_bytes: usize,
     pub evicted: u64,
     pub expired: u64,
 }
@@ -111,9 +153,16 @@ impl ProcTable {
             ns_per_tick,
             grace,
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes: DEFAULT_MAX_BYTES,
             evicted: 0,
             expired: 0,
         }
+    }
+
+    /// Bounds the table's bytes (see [`Stats::bytes`]); entries are evicted past it.
+    pub fn set_max_bytes(&mut self, max: usize) {
+        self.max_bytes = max;
     }
 
     pub fn key(&self, tgid: u32, start_ns: u64) -> Key {
@@ -134,6 +183,8 @@ impl ProcTable {
     pub fn stats(&self) -> Stats {
         Stats {
             entries: self.entries.len(),
+            bytes: self.bytes,
+            max_bytes: self.max_bytes,
             evicted: self.evicted,
             expired: self.expired,
         }
@@ -157,10 +208,7 @@ impl ProcTable {
             .ppid
             .and_then(|p| self.by_pid.get(&p).map(|&start| Key { tgid: p, start }));
         let proc_exe = self.procfs.exe_link(key.tgid);
-        let content_match = self
-            .identities
-            .content_match(&proc_exe, None)
-            .map(Arc::from);
+        let (content_match, identity) = self.identities.identify(&ExeFile::Path(proc_exe), None);
         let entry = Entry {
             parent,
             ppid: info.ppid.unwrap_or(0),
@@ -169,11 +217,12 @@ impl ProcTable {
                 .as_deref()
                 .and_then(|e| suspicious_location(e, None)),
             executable: info.executable.map(Arc::from),
-            args: info.args.map(Arc::from),
+            args: info.args,
             container_id: info.container_id.map(Arc::from),
-            content_match,
+            content_match: content_match.map(Arc::from),
             source: Source::Procfs,
             exited: None,
+            identity,
         };
         self.insert(key, entry);
         self.entries.get(&key)
@@ -183,8 +232,23 @@ impl ProcTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.evict_one();
         }
+        let bytes = entry.bytes();
         self.by_pid.insert(key.tgid, key.start);
-        self.entries.insert(key, entry);
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.bytes();
+        }
+        self.bytes += bytes;
+        // Over the byte bound: the longest-exited first, then any but the new one.
+        while self.bytes > self.max_bytes && self.entries.len() > 1 {
+            let Some(victim) = self
+                .pop_exited(|_| true)
+                .or_else(|| self.entries.keys().find(|k| **k != key).copied())
+            else {
+                break;
+            };
+            self.remove(victim);
+            self.evicted += 1;
+        }
     }
 
     /// Makes room: the longest-exited entry, else any (a full table of live processes
@@ -217,8 +281,12 @@ impl ProcTable {
     }
 
     fn remove(&mut self, k: Key) {
-        self.entries.remove(&k);
-        self.loaded.remove(&k);
+        if let Some(e) = self.entries.remove(&k) {
+            self.bytes -= e.bytes();
+        }
+        if let Some(r) = self.loaded.remove(&k) {
+            self.bytes -= run_bytes(&r);
+        }
         if self.by_pid.get(&k.tgid) == Some(&k.start) {
             self.by_pid.remove(&k.tgid);
         }
@@ -246,17 +314,16 @@ impl ProcTable {
         let location = executable
             .as_deref()
             .and_then(|x| suspicious_location(x, e.exe_nlink));
-        let content_match = identity_path
-            .and_then(|p| {
-                self.identities
-                    .content_match_file(&p, (e.exe_ino != 0).then_some(e.exe_ino))
-            })
-            .map(Arc::from);
+        let (content_match, identity) = identity_path.map_or((None, IdState::Known), |p| {
+            self.identities
+                .identify(&p, (e.exe_ino != 0).then_some(e.exe_ino))
+        });
         // Kernel argv is capped; /proc has the whole line while the process lives.
         let args = if alive
-            && e.args.as_ref().is_none_or(|a| {
-                a.iter().map(|s| s.len() + 1).sum::<usize>() >= sensor_common::ARGS_LEN - 1
-            }) {
+            && e.args
+                .as_ref()
+                .is_none_or(|a| a.raw_len() >= sensor_common::ARGS_LEN - 1)
+        {
             self.procfs.cmdline(key.tgid).or_else(|| e.args.clone())
         } else {
             e.args.clone()
@@ -278,14 +345,36 @@ impl ProcTable {
                 parent,
                 ppid: e.task.ppid,
                 executable: executable.map(Arc::from),
-                args: args.map(Arc::from),
+                args,
                 container_id,
-                content_match,
+                content_match: content_match.map(Arc::from),
                 location,
                 source: Source::Exec,
                 exited: None,
+                identity,
             },
         );
+    }
+
+    /// An entry whose file the worker was hashing takes its answer, once there.
+    fn settle_identity(&mut self, key: Key) {
+        let Some(IdState::Pending(file)) = self.entries.get(&key).map(|e| &e.identity) else {
+            return;
+        };
+        let settled = self.identities.settled(&file.clone());
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let before = e.bytes();
+        match settled {
+            Ok(m) => {
+                e.content_match = m.map(Arc::from);
+                e.identity = IdState::Known;
+            }
+            Err(state) => e.identity = state,
+        }
+        let after = e.bytes();
+        self.bytes = self.bytes + after - before;
     }
 
     /// A process the kernel exec'd as a dynamic loader: the program it runs, resolved once
@@ -306,9 +395,12 @@ impl ProcTable {
             (key.tgid, ppid),
             alive,
             &exe,
-            args.as_deref(),
+            args.as_ref(),
         ));
-        self.loaded.insert(key, run.clone());
+        self.bytes += run_bytes(&run);
+        if let Some(old) = self.loaded.insert(key, run.clone()) {
+            self.bytes -= run_bytes(&old);
+        }
         Some(run)
     }
 
@@ -337,6 +429,7 @@ impl ProcTable {
                 location: None,
                 source: Source::Fork,
                 exited: None,
+                identity: IdState::Known,
             },
         };
         self.insert(key, entry);
@@ -386,11 +479,12 @@ impl ProcTable {
         if blank && self.load_from_procfs(key).is_none() && !self.entries.contains_key(&key) {
             return None;
         }
+        self.settle_identity(key);
         let run = self.loader_run(key);
         let e = self.entries.get(&key)?;
         let mut info = ProcessInfo {
             executable: e.executable.as_deref().map(str::to_string),
-            args: e.args.as_deref().map(<[String]>::to_vec),
+            args: e.args.clone(),
             ppid: Some(if kernel_ppid != 0 {
                 kernel_ppid
             } else {
@@ -407,6 +501,7 @@ impl ProcTable {
             loader: None,
             loader_check: None,
             unmanaged: None,
+            identity: e.identity.as_str(),
         };
         if let Some(run) = run {
             // The program the loader ran is the process's executable; the loader beside it.
@@ -486,7 +581,7 @@ mod tests {
         Exec {
             task: task(tgid, start_ns, ppid, pstart_ns),
             filename: file.into(),
-            args: Some(vec![file.into(), "arg".into()]),
+            args: Some([file, "arg"].into_iter().collect()),
             exe_ino: 0,
             exe_dev: 0,
             exe_nlink: Some(1),
@@ -568,6 +663,30 @@ mod tests {
             t.on_exec(&exec(pid, pid as u64 * S, 0, 0, "/bin/sh"));
         }
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn bounded_in_bytes_whatever_the_argv() {
+        let mut t = table(1000);
+        t.set_max_bytes(64 << 10);
+        let huge = "x\0".repeat(30_000);
+        for pid in 1..=100 {
+            let mut e = exec(pid, pid as u64 * S, 0, 0, "/bin/holder");
+            e.args = Argv::parse(huge.as_bytes());
+            t.on_exec(&e);
+            assert!(t.stats().bytes <= 64 << 10, "{:?}", t.stats());
+        }
+        // About 8 KiB each: a handful fit, the rest were evicted and counted.
+        assert!((5..=8).contains(&t.len()), "{}", t.len());
+        assert_eq!(t.stats().evicted as usize, 100 - t.len());
+        let (info, _) = t.resolve(100, 100 * S, 0).unwrap();
+        assert_eq!(info.args.as_ref().map(Argv::count), Some(30_000));
+        // What is removed is given back.
+        for pid in 1..=100 {
+            t.on_exit(&task(pid, pid as u64 * S, 0, 0));
+        }
+        t.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!((t.len(), t.stats().bytes), (0, 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The kernel side seen from userspace: privileges, BTF and field layouts, loading the
 //! embedded eBPF object, attaching hooks, and decoding what the ring buffer delivers.
 
+pub mod argv;
 pub mod attach;
 pub mod btf;
 pub mod filter;

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use sensor_common::{AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, RecordKind, TaskEvent};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
-use crate::kernel::probe::Probe;
+use crate::kernel::{argv::Argv, probe::Probe};
 
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -16,15 +16,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// NUL-separated argv (the kernel's copy or /proc/PID/cmdline) as strings; invalid UTF-8
-/// is replaced, not dropped; one trailing NUL ends the last argument.
-pub fn split_argv(raw: &[u8]) -> Vec<String> {
-    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    raw.split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 /// What a connect-layout record is about.
@@ -111,7 +102,7 @@ pub struct Exec {
     /// The path given to execve (not resolved; may be relative or `/dev/fd/N`).
     pub filename: String,
     /// argv, when the kernel could read it; the last one may be cut at `ARGS_LEN`.
-    pub args: Option<Vec<String>>,
+    pub args: Option<Argv>,
     /// The mapped executable's inode and device (userspace `st_dev` encoding); 0 if unknown.
     pub exe_ino: u64,
     pub exe_dev: u64,
@@ -194,7 +185,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             let ExecEvent { header, data: ev } = read_record(bytes, "exec record")?;
             let flen = (ev.filename_len as usize).min(ev.filename.len());
             let alen = (ev.args_len as usize).min(ev.args.len());
-            let args = (alen > 0).then(|| split_argv(&ev.args[..alen]));
+            let args = Argv::parse(&ev.args[..alen]);
             Ok(Record::Exec(Exec {
                 task: task(&header),
                 filename: c_string(&ev.filename[..flen]),

@@ -35,35 +35,66 @@ impl Printed {
     pub fn of(e: &Enriched) -> Self {
         let p = &e.proc;
         let mut truncated = Vec::new();
-        let mut cut = |field: &'static str, s: &mut String| {
-            if redact::bound(s, MAX_FIELD) && !truncated.contains(&field) {
+        fn mark(truncated: &mut Vec<&'static str>, field: &'static str) {
+            if !truncated.contains(&field) {
                 truncated.push(field);
+            }
+        }
+        let cut = |truncated: &mut Vec<&'static str>, field: &'static str, s: &mut String| {
+            if redact::bound(s, MAX_FIELD) {
+                mark(truncated, field);
             }
         };
         let mut executable = p.executable.clone();
         if let Some(x) = executable.as_mut() {
-            cut("process.executable", x);
+            cut(&mut truncated, "process.executable", x);
         }
         let mut parent_executable = p.parent_executable.clone();
         if let Some(x) = parent_executable.as_mut() {
-            cut("process.parent.executable", x);
+            cut(&mut truncated, "process.parent.executable", x);
         }
         let mut redacted = Vec::new();
-        let mut args = p.args.clone();
+        let mut args = None;
         let mut command_line = None;
-        if let Some(a) = args.as_mut() {
-            redacted = redact::redact(a);
-            let mut line = a.join(" ");
-            cut("process.command_line", &mut line);
-            command_line = Some(line);
-            for arg in a.iter_mut() {
-                cut("process.args", arg);
+        if let Some(argv) = p.args.as_ref() {
+            // The kept start of the argv (see `Argv`): at most a few KiB.
+            let mut a = argv.to_vec();
+            redacted = redact::redact(&mut a);
+            if argv.partial_last()
+                && let Some(name) = a.last_mut().and_then(redact::redact_cut)
+                && !redacted.contains(&name)
+            {
+                redacted.push(name);
             }
+            let mut line = a.join(" ");
+            cut(&mut truncated, "process.command_line", &mut line);
+            if argv.is_cut() {
+                mark(&mut truncated, "process.command_line");
+            }
+            // The arguments the printed line shows (each bounded); `args_count` says all.
+            let mut start = 0;
+            let shown = a
+                .iter()
+                .take_while(|x| {
+                    let starts = start;
+                    start += x.len() + 1;
+                    starts < line.len() || starts == 0
+                })
+                .count();
+            a.truncate(shown);
+            if shown < argv.count() {
+                mark(&mut truncated, "process.args");
+            }
+            for arg in a.iter_mut() {
+                cut(&mut truncated, "process.args", arg);
+            }
+            command_line = Some(line);
+            args = Some(a);
         }
         Self {
             executable,
             parent_executable,
-            args_count: p.args.as_ref().map(Vec::len),
+            args_count: p.args.as_ref().map(|a| a.count()),
             args,
             command_line,
             redacted,
@@ -300,7 +331,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     let mut group = Obj::with_capacity(1);
     group.put("id", c.gid.to_string());
 
-    let mut sprocess = Obj::with_capacity(9);
+    let mut sprocess = Obj::with_capacity(10);
     sprocess
         .put(
             "ancestors",
@@ -313,6 +344,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             "fileless",
             p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
         )
+        .put("identity", p.identity)
         .put("lineage", lineage(p))
         .put("loader", p.loader.as_deref())
         .put("loader_check", p.loader_check)
@@ -449,6 +481,7 @@ impl Render for Enriched {
                 "content_match": p.content_match,
                 "location": p.location,
                 "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+                "identity": p.identity,
                 "loader": p.loader,
                 "loader_check": p.loader_check,
                 "unmanaged": p.unmanaged,
@@ -482,6 +515,11 @@ impl Render for Enriched {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::argv::Argv;
+
+    fn argv(v: Vec<String>) -> Argv {
+        v.into_iter().collect()
+    }
     use crate::{
         detect::{decision::Decided, policy::Policy, score::score, subject::Subject},
         enrich::{
@@ -524,7 +562,7 @@ mod tests {
     fn alert_has_the_ecs_fields() {
         let proc = ProcessInfo {
             executable: Some("/usr/bin/nc.openbsd".into()),
-            args: Some(vec!["nc".into(), "203.0.113.7".into(), "4444".into()]),
+            args: Some(argv(vec!["nc".into(), "203.0.113.7".into(), "4444".into()])),
             ppid: Some(1),
             parent_executable: Some("/usr/bin/bash".into()),
             ancestors: vec!["/usr/bin/bash".into(), "/usr/sbin/sshd".into()],
@@ -553,18 +591,47 @@ mod tests {
         assert_eq!(j["sensor"]["unknown_fields"], json!([]));
     }
 
+    /// A 30,000-argument argv and a URL whose password runs past what is kept: the line
+    /// shows the kept start, counts every argument, says both are cut, leaks nothing.
+    #[test]
+    fn a_huge_argv_prints_its_start_and_its_count() {
+        let raw = "x\0".repeat(30_000);
+        let proc = ProcessInfo {
+            args: Argv::parse(raw.as_bytes()),
+            ..Default::default()
+        };
+        let j = record_json(&proc, 4444);
+        assert_eq!(j["process"]["args_count"], 30_000);
+        assert_eq!(j["process"]["command_line"].as_str().unwrap().len(), 4096);
+        assert_eq!(j["process"]["args"].as_array().unwrap().len(), 2048);
+        assert_eq!(
+            j["sensor"]["truncated"],
+            json!(["process.command_line", "process.args"])
+        );
+        let secret = "s".repeat(20_000);
+        let raw = format!("curl\0https://bob:{secret}@203.0.113.7/\0");
+        let proc = ProcessInfo {
+            args: Argv::parse(raw.as_bytes()),
+            ..Default::default()
+        };
+        let j = record_json(&proc, 4444);
+        assert!(!j.to_string().contains("sss"), "{j}");
+        assert_eq!(j["process"]["args"][1], "https://bob:<redacted>");
+        assert_eq!(j["sensor"]["redacted"], json!(["url-userinfo"]));
+    }
+
     #[test]
     fn complete_ecs_redacted_and_bounded() {
         let long = "A".repeat(5000);
         let proc = ProcessInfo {
             executable: Some("/usr/bin/curl".into()),
-            args: Some(vec![
+            args: Some(argv(vec![
                 "curl".into(),
                 "-u".into(),
                 "alice:hunter2".into(),
                 "https://bob:s3cret@203.0.113.7:4444/".into(),
                 long.clone(),
-            ]),
+            ])),
             ppid: Some(1),
             parent_executable: Some("/usr/bin/bash".into()),
             ..Default::default()
@@ -659,10 +726,10 @@ mod tests {
     fn hostile_strings_stay_on_one_line() {
         let proc = ProcessInfo {
             executable: Some("/tmp/a\nb\"c\u{0}\u{1b}[31m".into()),
-            args: Some(vec![
+            args: Some(argv(vec![
                 "x\r\n{\"event\":1}".into(),
                 String::from_utf8_lossy(b"\xff\xfe").into_owned(),
-            ]),
+            ])),
             ..Default::default()
         };
         let j = record_json(&proc, 4444);
@@ -697,7 +764,7 @@ mod tests {
         let c = connect(&bytes(&raw));
         let proc = ProcessInfo {
             executable: Some("/usr/bin/nc.openbsd".into()),
-            args: Some(vec!["nc".into()]),
+            args: Some(argv(vec!["nc".into()])),
             ppid: Some(1),
             parent_executable: Some("/usr/bin/bash".into()),
             container_id: Some("abc".into()),
@@ -797,13 +864,13 @@ mod tests {
         v6.data.daddr[..2].copy_from_slice(&[0x20, 0x01]);
         let rich = ProcessInfo {
             executable: Some("/tmp/x/python3.11 (deleted)".into()),
-            args: Some(vec![
+            args: Some(argv(vec![
                 "python3".into(),
                 "-u".into(),
                 "alice:hunter2".into(),
                 "password=x \"q\"\n".into(),
                 "A".repeat(5000),
-            ]),
+            ])),
             ppid: Some(1),
             parent_executable: Some("/usr/bin/bash".into()),
             container_id: Some("abc".into()),
@@ -820,6 +887,7 @@ mod tests {
             loader: Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
             loader_check: Some("maps"),
             unmanaged: Some(true),
+            identity: Some("pending"),
         };
         let beacon = Beacon {
             stats: Stats {

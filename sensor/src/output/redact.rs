@@ -159,6 +159,24 @@ pub fn redact(args: &mut [String]) -> Vec<&'static str> {
     fired
 }
 
+/// A URL whose password runs to the end of an argument whose end was not kept (the
+/// sensor keeps a bounded start of a command line): the `@` that ends the password, which
+/// `url-userinfo` needs, is in the part not kept.
+static CUT_USERINFO: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+$").expect("the pattern compiles")
+});
+
+/// Redacts what a cut argument's end would have shown to be a secret (see
+/// [`CUT_USERINFO`]); the pattern's name when it fired.
+pub fn redact_cut(arg: &mut String) -> Option<&'static str> {
+    let replaced = CUT_USERINFO.replace(arg, |c: &regex::Captures| format!("{}{REDACTED}", &c[1]));
+    if replaced == arg.as_str() {
+        return None;
+    }
+    *arg = replaced.into_owned();
+    Some("url-userinfo")
+}
+
 /// `s` cut to at most `max` bytes on a character boundary; true when it was cut.
 pub fn bound(s: &mut String, max: usize) -> bool {
     if s.len() <= max {
