@@ -297,7 +297,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     let mut group = Obj::with_capacity(1);
     group.put("id", c.gid.to_string());
 
-    let mut sprocess = Obj::with_capacity(6);
+    let mut sprocess = Obj::with_capacity(7);
     sprocess
         .put(
             "ancestors",
@@ -310,6 +310,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             "fileless",
             p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
         )
+        .put("image_mismatch", p.image_mismatch.then_some(true))
         .put("lineage", lineage(p))
         .put("location", p.location);
     let v = &d.verdict;
@@ -430,6 +431,7 @@ impl Render for Enriched {
                 "content_match": p.content_match,
                 "location": p.location,
                 "fileless": p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
+                "image_mismatch": p.image_mismatch.then_some(true),
             },
             "probe": c.probe.map(|p| p.hook()),
             "cgroup_id": c.cgroup_id,
@@ -768,6 +770,7 @@ mod tests {
                 container: "c".into(),
             }),
             container_runtime: Some("containerd"),
+            image_mismatch: true,
         };
         let beacon = Beacon {
             stats: Stats {
