@@ -264,7 +264,9 @@ pub(crate) fn connect_event_for(
 pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     match EVENTS.reserve::<ConnectEvent>(0) {
         Some(mut slot) => {
-            slot.write(*ev);
+            // SAFETY: the reserved slot is ours and sized for a ConnectEvent; copied in
+            // place, with no temporary copy on the stack (the hooks are near its limit).
+            unsafe { core::ptr::copy_nonoverlapping(ev, slot.as_mut_ptr(), 1) };
             slot.submit(submit_flags());
             count_emitted(ev.header.kind);
             if ev.header.kind == RecordKind::Connect as u32 {

@@ -149,22 +149,6 @@ pub(crate) unsafe fn net_inum(net: *const u8, l: &KernelLayout) -> u32 {
     unsafe { read::<u32>(net, l.net_ns + l.ns_inum).unwrap_or(0) }
 }
 
-/// The task's network namespace inode (`task->nsproxy->net_ns->ns.inum`), 0 if unread.
-///
-/// # Safety
-/// `task` is a kernel `task_struct` pointer; it is only read via probe_read.
-#[inline(always)]
-pub(crate) unsafe fn task_netns(task: *const u8, l: &KernelLayout) -> u32 {
-    unsafe {
-        let nsproxy = read::<*const u8>(task, l.task_nsproxy).unwrap_or(core::ptr::null());
-        if nsproxy.is_null() {
-            return 0;
-        }
-        let net = read::<*const u8>(nsproxy, l.nsproxy_net_ns).unwrap_or(core::ptr::null());
-        net_inum(net, l)
-    }
-}
-
 /// The socket's network namespace inode (`sk->__sk_common.skc_net.net->ns.inum`).
 ///
 /// # Safety

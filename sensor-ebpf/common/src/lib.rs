@@ -278,7 +278,7 @@ pub struct Connect {
     pub exe_ino: u64,
     pub exe_dev: u32,
     /// The socket's network namespace (`ns.inum`, the inode `/proc/PID/ns/net` shows);
-    /// for UDP, the sending task's. 0 when unknown.
+    /// 0 when unknown, and for UDP (the sock_addr hooks see no socket pointer).
     pub netns: u32,
 }
 
@@ -333,9 +333,6 @@ pub struct KernelLayout {
     pub sk_net: u32,
     pub net_ns: u32,
     pub ns_inum: u32,
-    /// `task_struct::nsproxy` and `nsproxy::net_ns`: the task's network namespace (UDP).
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
 }
 
 /// Field offsets in the classic tracepoints' records, from their format files under
@@ -457,8 +454,6 @@ impl KernelLayout {
         sk_net: OFFSET_UNKNOWN,
         net_ns: OFFSET_UNKNOWN,
         ns_inum: OFFSET_UNKNOWN,
-        task_nsproxy: OFFSET_UNKNOWN,
-        nsproxy_net_ns: OFFSET_UNKNOWN,
     };
 }
 

@@ -171,8 +171,6 @@ fn btf_offsets(l: &sensor_common::KernelLayout) -> Vec<(&'static str, Option<u32
         ("sock_common.skc_net", l.sk_net),
         ("net.ns", l.net_ns),
         ("ns_common.inum", l.ns_inum),
-        ("task_struct.nsproxy", l.task_nsproxy),
-        ("nsproxy.net_ns", l.nsproxy_net_ns),
     ]
     .into_iter()
     .map(|(name, v)| (name, known(v)))

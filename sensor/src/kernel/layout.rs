@@ -165,8 +165,6 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
     layout.sk_net = sk("skc_net");
     layout.net_ns = member("net", "ns");
     layout.ns_inum = member("ns_common", "inum");
-    layout.task_nsproxy = task("nsproxy");
-    layout.nsproxy_net_ns = member("nsproxy", "net_ns");
 }
 
 pub const EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
@@ -295,8 +293,6 @@ print fmt: \"family=%s\"";
             ("sock_common.skc_net", l.sk_net),
             ("net.ns", l.net_ns),
             ("ns_common.inum", l.ns_inum),
-            ("task_struct.nsproxy", l.task_nsproxy),
-            ("nsproxy.net_ns", l.nsproxy_net_ns),
         ] {
             assert_ne!(off, OFFSET_UNKNOWN, "{name}");
         }

@@ -92,7 +92,7 @@ pub struct Connection {
     /// `st_dev` encoding, inode): what the connect is attributed to even if the process
     /// exec'd since. None for inbound records (softirq) and when the kernel could not read it.
     pub image: Option<(u64, u64)>,
-    /// The socket's network namespace inode (the sender's for UDP); 0 when unknown.
+    /// The socket's network namespace inode; 0 when unknown, and for UDP.
     pub netns: u32,
 }
 
