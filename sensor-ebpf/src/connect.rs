@@ -22,7 +22,7 @@ use crate::{
         CONNECTS, EVENTS, LAYOUT, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
         count_seen, submit_flags, tp_layout,
     },
-    task::{fill_header, read},
+    task::{exe_file, file_id, fill_header, read, sock_netns},
 };
 
 #[fentry(function = "tcp_connect")]
@@ -126,7 +126,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    emit(&ctx, &mut ev, kind, &l);
+    let sk = if t.skaddr == OFFSET_UNKNOWN {
+        core::ptr::null()
+    } else {
+        // SAFETY: as above; the pointer is only followed through probe_read.
+        unsafe { ctx.read_at::<*const u8>(t.skaddr as usize) }.unwrap_or(core::ptr::null())
+    };
+    emit(&ctx, &mut ev, kind, sk, &l);
     0
 }
 
@@ -157,7 +163,7 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: 
             return;
         }
     }
-    emit(ctx, &mut ev, kind, &l);
+    emit(ctx, &mut ev, kind, sk, &l);
 }
 
 /// A connect-layout record with only its probe set: the socket's fields are read and
@@ -174,18 +180,23 @@ fn empty_event(probe: u8) -> ConnectEvent {
             _pad: 0,
             daddr: [0; 16],
             saddr: [0; 16],
+            exe_ino: 0,
+            exe_dev: 0,
+            netns: 0,
         },
     }
 }
 
 /// Counts the record, drops a connect the filter rules out, fills the header for the
-/// current task, folds a repeat, and submits the rest. Listens and inbound opens are
-/// never filtered or folded.
+/// current task, folds a repeat, and submits the rest with the socket's namespace and
+/// (but for inbound opens, which run in softirq) the task's executable. Listens and
+/// inbound opens are never filtered or folded.
 #[inline(always)]
 fn emit<C: aya_ebpf::EbpfContext>(
     ctx: &C,
     ev: &mut ConnectEvent,
     kind: RecordKind,
+    sk: *const u8,
     l: &KernelLayout,
 ) {
     let k = kind as u32;
@@ -211,7 +222,28 @@ fn emit<C: aya_ebpf::EbpfContext>(
     if connect && folded(&settings, ev) {
         return;
     }
+    // SAFETY: kernel pointers, only read through probe_read.
+    unsafe {
+        ev.data.netns = sock_netns(sk, l);
+        if kind != RecordKind::Inbound {
+            set_image(ev, task, l);
+        }
+    }
     submit(ctx, ev);
+}
+
+/// The current task's executable (inode, device) into a record: what made the connect,
+/// whatever it execs next.
+///
+/// # Safety
+/// `task` is a kernel `task_struct` pointer; it is only read via probe_read.
+#[inline(always)]
+pub(crate) unsafe fn set_image(ev: &mut ConnectEvent, task: *const u8, l: &KernelLayout) {
+    unsafe {
+        let id = file_id(exe_file(task, l), l);
+        ev.data.exe_ino = id.ino;
+        ev.data.exe_dev = id.dev;
+    }
 }
 
 /// A connect-layout record with its header filled in for `task` (the current task).
@@ -240,7 +272,9 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     };
     match reserved {
         Some(mut slot) => {
-            slot.write(*ev);
+            // SAFETY: the reserved slot is ours and sized for a ConnectEvent; copied in
+            // place, with no temporary copy on the stack (the hooks are near its limit).
+            unsafe { core::ptr::copy_nonoverlapping(ev, slot.as_mut_ptr(), 1) };
             slot.submit(if connect {
                 connect_submit_flags()
             } else {

@@ -14,7 +14,7 @@ use sensor_common::{ARGS_LEN, ExecEvent, KernelLayout, OFFSET_UNKNOWN, RecordKin
 
 use crate::{
     maps::{EVENTS, LAYOUT, count_emitted, count_loss, count_seen, submit_flags, tp_layout},
-    task::{fill_header, process_start, read},
+    task::{exe_file, file_id, fill_header, group_dead, process_start, read},
 };
 
 /// BTF tracepoint: TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
@@ -90,31 +90,26 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
                     d.args_len = n as u32;
                 }
             }
-            let file = read::<*const u8>(mm, l.mm_exe_file).unwrap_or(core::ptr::null());
-            if !file.is_null() {
-                let inode = read::<*const u8>(file, l.file_f_inode).unwrap_or(core::ptr::null());
-                if !inode.is_null() {
-                    d.exe_ino = read::<u64>(inode, l.inode_i_ino).unwrap_or(0);
-                    d.exe_nlink = read::<u32>(inode, l.inode_i_nlink).unwrap_or(u32::MAX);
-                    let sb = read::<*const u8>(inode, l.inode_i_sb).unwrap_or(core::ptr::null());
-                    if !sb.is_null() {
-                        d.exe_dev = read::<u32>(sb, l.sb_s_dev).unwrap_or(0);
-                    }
-                }
-                // file->f_path.dentry->d_name.name
-                if l.file_f_path != OFFSET_UNKNOWN
-                    && l.path_dentry != OFFSET_UNKNOWN
-                    && l.dentry_d_name != OFFSET_UNKNOWN
-                    && l.qstr_name != OFFSET_UNKNOWN
-                {
-                    let dentry = read::<*const u8>(file, l.file_f_path + l.path_dentry)
+        }
+        let file = exe_file(task, l);
+        if !file.is_null() {
+            let id = file_id(file, l);
+            d.exe_ino = id.ino;
+            d.exe_dev = id.dev;
+            d.exe_nlink = id.nlink;
+            // file->f_path.dentry->d_name.name
+            if l.file_f_path != OFFSET_UNKNOWN
+                && l.path_dentry != OFFSET_UNKNOWN
+                && l.dentry_d_name != OFFSET_UNKNOWN
+                && l.qstr_name != OFFSET_UNKNOWN
+            {
+                let dentry = read::<*const u8>(file, l.file_f_path + l.path_dentry)
+                    .unwrap_or(core::ptr::null());
+                if !dentry.is_null() {
+                    let name = read::<*const u8>(dentry, l.dentry_d_name + l.qstr_name)
                         .unwrap_or(core::ptr::null());
-                    if !dentry.is_null() {
-                        let name = read::<*const u8>(dentry, l.dentry_d_name + l.qstr_name)
-                            .unwrap_or(core::ptr::null());
-                        if !name.is_null() {
-                            let _ = bpf_probe_read_kernel_str_bytes(name, &mut d.exe_name);
-                        }
+                    if !name.is_null() {
+                        let _ = bpf_probe_read_kernel_str_bytes(name, &mut d.exe_name);
                     }
                 }
             }
@@ -184,23 +179,33 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// An exit record means the process died: sent by the group's last exiting thread,
+/// whichever it is. A leader that leaves with the exit syscall while workers live on
+/// ends nothing (its process keeps its identity for their later connects).
 #[inline(always)]
 fn exit_record() {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // Only the leader thread's exit ends the process.
-    if pid_tgid >> 32 != pid_tgid & 0xffff_ffff {
+    let l = LAYOUT.load();
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: as above.
+    let dead = match unsafe { group_dead(task, &l) } {
+        Some(dead) => dead,
+        // Without signal->live: the leader's exit stands for the group's, as before.
+        None => pid_tgid >> 32 == pid_tgid & 0xffff_ffff,
+    };
+    if !dead {
         return;
     }
-    let l = LAYOUT.load();
     count_seen(RecordKind::Exit as u32);
     let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
         count_loss(RecordKind::Exit as u32);
         return;
     };
     let ev = slot.as_mut_ptr();
-    // SAFETY: as in sched_process_exec.
+    // SAFETY: as in sched_process_exec. The header's start time is the group leader's,
+    // whichever thread is exiting.
     unsafe {
-        let task = bpf_get_current_task() as *const u8;
         fill_header(&mut (*ev).header, RecordKind::Exit, task, &l);
     }
     slot.submit(submit_flags());

@@ -134,10 +134,11 @@ pub(crate) static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout::UNKNO
 #[map]
 pub(crate) static TP_LAYOUT: Array<TracepointLayout> = Array::with_max_entries(1, 0);
 
-/// The classic tracepoints' offsets, or None before userspace wrote them.
+/// The classic tracepoints' offsets, or None before userspace wrote them. A reference
+/// into the map, not a copy: the classic state hook's stack is near the 512-byte limit.
 #[inline(always)]
-pub(crate) fn tp_layout() -> Option<TracepointLayout> {
-    let l = *TP_LAYOUT.get(0)?;
+pub(crate) fn tp_layout() -> Option<&'static TracepointLayout> {
+    let l = TP_LAYOUT.get(0)?;
     // An all-zero slot was never written: offset 0 is common_type, never a field we read.
     (l.newstate != 0).then_some(l)
 }

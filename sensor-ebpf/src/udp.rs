@@ -14,7 +14,7 @@ use sensor_common::{
 };
 
 use crate::{
-    connect::{connect_event_for, submit},
+    connect::{connect_event_for, set_image, submit},
     filter::{active, filtered, port_bit},
     maps::{LAYOUT, UDP_SEEN, UdpKey, count, count_seen},
 };
@@ -94,5 +94,8 @@ fn observe(ctx: &SockAddrContext, family: u16) {
     ev.data.family = family;
     ev.data.dport = port;
     ev.data.daddr = addr;
+    // SAFETY: the task is only read through probe_read. (No namespace: no socket pointer
+    // is readable from this context, and the task's would cost stack this hook lacks.)
+    unsafe { set_image(&mut ev, task, &l) };
     submit(ctx, &ev);
 }

@@ -143,6 +143,9 @@ fn raw_connect(port: u16) -> Vec<u8> {
             _pad: 0,
             daddr,
             saddr,
+            exe_ino: 0,
+            exe_dev: 0,
+            netns: 0,
         },
     };
     // SAFETY: a view of a plain-data ABI struct (repr(C), no padding holes read back).

@@ -50,11 +50,11 @@ pub struct Counters {
     pub reload_failures: u64,
 }
 
-/// Listeners seen, by local address and port, for inbound attribution, and what the
-/// socket hooks counted.
+/// Listeners seen, by network namespace, local address and port, for inbound
+/// attribution, and what the socket hooks counted.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    listeners: HashMap<(IpAddr, u16), Listener>,
+    listeners: HashMap<(u32, IpAddr, u16), Listener>,
     pub listens: u64,
     pub inbound: u64,
     /// Inbound connections to a port no listen record was seen for (listening since
@@ -80,7 +80,7 @@ struct Listener {
     attribution: Option<&'static str>,
 }
 
-/// Listeners kept: one per listening (address, port); more are evicted, counted.
+/// Listeners kept: one per listening (namespace, address, port); more are evicted, counted.
 const MAX_LISTENERS: usize = 4096;
 /// Bytes the listeners may hold: a process with long paths and a deep ancestry listening
 /// on thousands of ports would otherwise keep a copy of them per port.
@@ -113,7 +113,7 @@ impl Sockets {
     }
 
     fn remember(&mut self, l: Listener) {
-        let key = (canonical(l.conn.src), l.conn.sport);
+        let key = (l.conn.netns, canonical(l.conn.src), l.conn.sport);
         let bytes = l.bytes();
         if let Some(old) = self.listeners.insert(key, l) {
             self.listener_bytes -= old.bytes();
@@ -130,9 +130,9 @@ impl Sockets {
         }
     }
 
-    /// The listener an inbound connection reached: on its exact local address, else on
-    /// the IPv4 or IPv6 wildcard. Listeners in different network namespaces on the same
-    /// port are not told apart: the latest wins.
+    /// The listener an inbound connection reached, in its own network namespace: on its
+    /// exact local address, else on the IPv4 or IPv6 wildcard. (A kernel without the
+    /// namespace offsets gives 0 to both records, and then keeps one namespace.)
     fn listener(&self, c: &Connection) -> Option<&Listener> {
         [
             canonical(c.src),
@@ -140,7 +140,7 @@ impl Sockets {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         ]
         .iter()
-        .find_map(|a| self.listeners.get(&(*a, c.sport)))
+        .find_map(|a| self.listeners.get(&(c.netns, *a, c.sport)))
     }
 }
 
@@ -247,6 +247,8 @@ fn from_key(k: &FoldKey) -> Connection {
         sport: 0,
         probe: None,
         comm: String::new(),
+        image: None,
+        netns: 0,
     }
 }
 
@@ -353,6 +355,9 @@ impl Pipeline {
                 None,
             ),
         };
+        // The image the kernel saw making the connect, not whatever the process runs now.
+        self.table
+            .connect_image(conn.tgid, conn.start_time_ns, conn.image, &mut proc);
         if proc.executable.is_some() {
             self.counters.attributed += n;
         }
@@ -601,5 +606,37 @@ mod tests {
         let k = fold_key(&c);
         assert_eq!((k.family, k.daddr), (AF_INET6, v6.octets()));
         assert_eq!(from_key(&k).dst, IpAddr::V6(v6));
+    }
+
+    /// The same port listened on in two network namespaces: an inbound connection goes
+    /// to the listener of its own namespace, whichever listened last.
+    #[test]
+    fn listeners_are_per_network_namespace() {
+        let mut sockets = Sockets::default();
+        let listen = |netns: u32, tgid: u32| {
+            let mut ev = raw(AF_INET, [0; 16], 0);
+            ev.header.kind = sensor_common::RecordKind::Listen as u32;
+            (ev.header.tgid, ev.data.sport, ev.data.netns) = (tgid, 4444, netns);
+            Listener {
+                conn: connect(&bytes(&ev)),
+                proc: ProcessInfo::default(),
+                user_name: None,
+                attribution: None,
+            }
+        };
+        sockets.remember(listen(111, 10));
+        sockets.remember(listen(222, 20));
+        let inbound = |netns: u32| {
+            let mut ev = raw(AF_INET, [0; 16], 5000);
+            ev.header.kind = sensor_common::RecordKind::Inbound as u32;
+            ev.data.daddr[..4].copy_from_slice(&[198, 51, 100, 1]);
+            ev.data.saddr[..4].copy_from_slice(&[192, 0, 2, 7]);
+            (ev.data.sport, ev.data.netns) = (4444, netns);
+            connect(&bytes(&ev))
+        };
+        let who = |netns| sockets.listener(&inbound(netns)).map(|l| l.conn.tgid);
+        assert_eq!(who(111), Some(10));
+        assert_eq!(who(222), Some(20));
+        assert_eq!(who(333), None);
     }
 }

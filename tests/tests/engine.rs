@@ -169,7 +169,10 @@ fn recorded_run_replays_under_a_new_policy() -> Result<()> {
     // The connector is a program no package installed: on a C2 port, the unmanaged tier.
     let q = conn(&out, quiet);
     assert_eq!(q["event"]["risk_score"], 2, "5555 is now a C2 port: {q:#}");
-    assert_eq!(q["sensor"]["matched"]["unmanaged_executable"], true, "{q:#}");
+    assert_eq!(
+        q["sensor"]["matched"]["unmanaged_executable"], true,
+        "{q:#}"
+    );
     let summary = action(&out, "replay-summary");
     let s = &summary[0]["sensor"];
     assert_eq!(s["replay"]["connections"], 3);

@@ -87,7 +87,9 @@ const HOOK_SET: &[(&str, &[&str])] = &[
 /// Once per kernel, with no hook forced: `sensor check` reports every hook and names
 /// auto's pick, which is the one alerts carry; what depends on the lifecycle hooks
 /// rather than the connect hook (a burst of short-lived processes, a fileless one, a
-/// connect from a thread); the portability tests (no tracefs mounted, cgroup v1).
+/// connect from a thread); the portability tests (no tracefs mounted, cgroup v1); the
+/// adversary tests that bend exit and exec (a leaderless process, an exec right after a
+/// connect) and listeners per network namespace.
 /// A sensor start costs about a minute under emulation, so the matrix's own tests
 /// (`tests/tests/matrix.rs`) check in one sensor's lifetime what the other files check
 /// with a sensor each; `--full` runs every test. Timing-sensitive tests (beacon
@@ -103,6 +105,9 @@ const AUTO_SET: &[(&str, &[&str])] = &[
     ),
     ("portable", &[]),
     ("filter", &["all_sees_what_the_filter_would_drop"]),
+    // Exit and exec semantics (signal->live at exit, the image at connect) and the
+    // socket's namespace, read at this kernel's offsets.
+    ("adversary_kernel", &[]),
 ];
 
 #[derive(clap::Args)]

@@ -16,7 +16,8 @@ pub enum RecordKind {
     Exec = 2,
     /// [`TaskEvent`]: a new process (not thread) forked.
     Fork = 3,
-    /// [`TaskEvent`]: a process's leader thread exited.
+    /// [`TaskEvent`]: a process (its whole thread group) died; sent by whichever thread
+    /// exited last, so the header's tid may be any thread's.
     Exit = 4,
     /// [`ConnectEvent`] layout: a TCP socket entered LISTEN (CLOSE -> LISTEN), in the
     /// listening task. `saddr`/`sport` are the local end; `daddr`/`dport` are zero.
@@ -273,11 +274,20 @@ pub struct Connect {
     pub daddr: [u8; 16],
     /// Source address, same encoding as `daddr`.
     pub saddr: [u8; 16],
+    /// The connecting task's executable at the time of the connect (`mm->exe_file`'s
+    /// inode, and device in the kernel encoding MAJOR<<20|MINOR, as in [`Exec`]), so a
+    /// later exec cannot change what the connect is attributed to. 0 when unread:
+    /// inbound records (softirq, no task of theirs) and records the filter dropped.
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    /// The socket's network namespace (`ns.inum`, the inode `/proc/PID/ns/net` shows);
+    /// 0 when unknown, and for UDP (the sock_addr hooks see no socket pointer).
+    pub netns: u32,
 }
 
 pub type ConnectEvent = Event<Connect>;
 pub const CONNECT_EVENT_SIZE: usize = core::mem::size_of::<ConnectEvent>();
-const _: () = assert!(CONNECT_EVENT_SIZE == 112);
+const _: () = assert!(CONNECT_EVENT_SIZE == 128);
 
 /// Where the kernel program finds the fields it reads, computed by userspace at start-up
 /// from the kernel's BTF, so nothing is hard-coded for one kernel build. An offset of [`OFFSET_UNKNOWN`] means "not available: leave the field zero".
@@ -317,6 +327,15 @@ pub struct KernelLayout {
     pub qstr_name: u32,
     /// `struct linux_binprm::filename`, for the tp_btf exec hook.
     pub bprm_filename: u32,
+    /// `task_struct::signal` and `signal_struct::live` (threads not yet exited): 0 at
+    /// `sched_process_exit` iff the exiting thread was the group's last.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    /// `sock_common::skc_net` (a `possible_net_t`, whose first member is `struct net *`),
+    /// `net::ns` and `ns_common::inum`: the socket's namespace inode.
+    pub sk_net: u32,
+    pub net_ns: u32,
+    pub ns_inum: u32,
 }
 
 /// Field offsets in the classic tracepoints' records, from their format files under
@@ -337,6 +356,8 @@ pub struct TracepointLayout {
     pub daddr_v6: u32,
     /// sched:sched_process_exec's `__data_loc char[] filename` field.
     pub exec_filename: u32,
+    /// inet_sock_set_state's `const void *skaddr`: the socket, for its namespace.
+    pub skaddr: u32,
 }
 
 impl TracepointLayout {
@@ -352,6 +373,7 @@ impl TracepointLayout {
         saddr_v6: OFFSET_UNKNOWN,
         daddr_v6: OFFSET_UNKNOWN,
         exec_filename: OFFSET_UNKNOWN,
+        skaddr: OFFSET_UNKNOWN,
     };
 }
 
@@ -430,6 +452,11 @@ impl KernelLayout {
         dentry_d_name: OFFSET_UNKNOWN,
         qstr_name: OFFSET_UNKNOWN,
         bprm_filename: OFFSET_UNKNOWN,
+        task_signal: OFFSET_UNKNOWN,
+        signal_live: OFFSET_UNKNOWN,
+        sk_net: OFFSET_UNKNOWN,
+        net_ns: OFFSET_UNKNOWN,
+        ns_inum: OFFSET_UNKNOWN,
     };
 }
 

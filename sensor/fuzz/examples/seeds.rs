@@ -40,6 +40,9 @@ fn connect(kind: RecordKind, family: u16, daddr: [u8; 16], dport: u16, probe: u8
             _pad: 0,
             daddr,
             saddr: [0; 16],
+            exe_ino: if kind == RecordKind::Inbound { 0 } else { 1234 },
+            exe_dev: if kind == RecordKind::Inbound { 0 } else { (8 << 20) | 1 },
+            netns: 4026531840,
         },
     }
 }

@@ -166,6 +166,11 @@ fn btf_offsets(l: &sensor_common::KernelLayout) -> Vec<(&'static str, Option<u32
         ("dentry.d_name", l.dentry_d_name),
         ("qstr.name", l.qstr_name),
         ("linux_binprm.filename", l.bprm_filename),
+        ("task_struct.signal", l.task_signal),
+        ("signal_struct.live", l.signal_live),
+        ("sock_common.skc_net", l.sk_net),
+        ("net.ns", l.net_ns),
+        ("ns_common.inum", l.ns_inum),
     ]
     .into_iter()
     .map(|(name, v)| (name, known(v)))

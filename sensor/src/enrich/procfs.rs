@@ -39,6 +39,9 @@ pub struct ProcessInfo {
     /// `pending` while the executable's hash is being taken, `skipped-budget` when it was
     /// not (see `identity::IdState`); None once known.
     pub identity: Option<&'static str>,
+    /// The executable the kernel saw making the connect is none of the images the
+    /// process table knows for it: the program is not named rather than named wrongly.
+    pub image_mismatch: bool,
 }
 
 impl ProcessInfo {
@@ -111,16 +114,58 @@ impl Procfs {
     }
 
     /// `/proc/PID/exe` itself: opening it reaches the mapped file, even a deleted one.
+    /// When the leader thread has exited (a zombie while other threads live on, whose
+    /// exe no longer reads), a live thread's `/proc/PID/task/TID/exe`.
     pub fn exe_link(&self, pid: u32) -> PathBuf {
-        self.dir(pid).join("exe")
+        self.live_exe(pid)
+            .map_or_else(|| self.dir(pid).join("exe"), |(link, _)| link)
     }
 
     pub fn exe(&self, pid: u32) -> Option<String> {
-        read_link(&self.exe_link(pid))
+        self.live_exe(pid).map(|(_, target)| target)
     }
 
+    /// The command line; a live thread's when the leader thread has exited (its own reads
+    /// empty then).
     pub fn cmdline(&self, pid: u32) -> Option<Argv> {
-        read_cmdline(&self.dir(pid).join("cmdline"))
+        read_cmdline(&self.dir(pid).join("cmdline")).or_else(|| {
+            let (link, _) = self.live_thread_exe(pid)?;
+            read_cmdline(&link.with_file_name("cmdline"))
+        })
+    }
+
+    /// The mapped executable's identity as `stat` shows it: (device, inode). The device
+    /// is 0 where `stat` does not show the device the kernel's records carry (overlayfs,
+    /// btrfs: an anonymous device per mount or subvolume): then compare inodes only.
+    pub fn exe_id(&self, pid: u32) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let link = self.exe_link(pid);
+        // stat follows the magic link without opening the file.
+        let meta = fs::metadata(&link).ok()?;
+        Some((if dev_shown(&link) { meta.dev() } else { 0 }, meta.ino()))
+    }
+
+    /// The process's exe link and its target: its own, else a live thread's.
+    fn live_exe(&self, pid: u32) -> Option<(PathBuf, String)> {
+        let own = self.dir(pid).join("exe");
+        match read_link(&own) {
+            Some(target) => Some((own, target)),
+            None => self.live_thread_exe(pid),
+        }
+    }
+
+    /// The first thread (of at most [`MAX_THREADS_SCANNED`]) whose exe link reads: a
+    /// process whose leader exited still runs its image in the others.
+    fn live_thread_exe(&self, pid: u32) -> Option<(PathBuf, String)> {
+        let tasks = fs::read_dir(self.dir(pid).join("task")).ok()?;
+        tasks
+            .take(MAX_THREADS_SCANNED)
+            .flatten()
+            .filter(|t| t.file_name().to_str() != Some(&pid.to_string()))
+            .find_map(|t| {
+                let link = t.path().join("exe");
+                read_link(&link).map(|target| (link, target))
+            })
     }
 
     pub fn container_id(&self, pid: u32) -> Option<String> {
@@ -181,6 +226,26 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// Threads looked at for a live one when the leader has exited: the scan is bounded
+/// whatever the process spawns.
+const MAX_THREADS_SCANNED: usize = 64;
+
+/// Whether `stat` of `path` shows the device the kernel's `sb->s_dev` is: not on
+/// overlayfs and btrfs, whose files report another device than their superblock's.
+fn dev_shown(path: &Path) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid NUL-terminated path and a zeroed statfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    !matches!(st.f_type as i64, BTRFS_SUPER_MAGIC | OVERLAYFS_SUPER_MAGIC)
+}
+
 fn read_link(path: &Path) -> Option<String> {
     fs::read_link(path)
         .ok()
@@ -239,5 +304,11 @@ mod tests {
         assert_eq!(procfs.lookup_ticks(me, Some(start + 1), 0), None);
         // A pid that does not exist: None, no panic.
         assert_eq!(procfs.lookup_ticks(u32::MAX, None, 0), None);
+        // The identity of the mapped file is the one stat shows for it.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&exe).unwrap();
+        let (dev, ino) = procfs.exe_id(me).unwrap();
+        assert_eq!(ino, meta.ino());
+        assert!(dev == meta.dev() || dev == 0);
     }
 }

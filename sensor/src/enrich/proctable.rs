@@ -70,6 +70,32 @@ pub struct Entry {
     pub exited: Option<Instant>,
     /// Whether `content_match` is final, or the file's hash is still being taken.
     pub identity: IdState,
+    /// The executable this entry describes, as (device, inode): from the exec record
+    /// (device in `st_dev` encoding), else from `stat` of /proc's exe link (device 0
+    /// where stat does not show the kernel's: compare inodes only).
+    pub image: Option<(u64, u64)>,
+    /// What the process ran before its last exec (one image back, itself without one): a
+    /// connect made just before an exec is described by the image that made it.
+    pub previous: Option<Box<Entry>>,
+}
+
+/// How a connect record's executable compares with the process's images in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageMatch {
+    /// The entry's current image made the connect.
+    Current,
+    /// The image before its last exec made it.
+    Previous,
+    /// Neither: the line must not describe either program.
+    Mismatch,
+    /// Nothing to compare (no inode in the record or the entry, or no entry).
+    Unchecked,
+}
+
+/// Whether image `a` (an entry's) is image `b` (a record's): same inode, and same
+/// device unless one side's is unknown (0).
+fn same_image(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.1 == b.1 && (a.0 == 0 || b.0 == 0 || a.0 == b.0)
 }
 
 impl Entry {
@@ -81,6 +107,7 @@ impl Entry {
             + self.args.as_ref().map_or(0, Argv::heap_bytes)
             + self.container_id.as_deref().map_or(0, str::len)
             + self.content_match.as_deref().map_or(0, str::len)
+            + self.previous.as_deref().map_or(0, Entry::bytes)
     }
 }
 
@@ -223,6 +250,8 @@ impl ProcTable {
             source: Source::Procfs,
             exited: None,
             identity,
+            image: self.procfs.exe_id(key.tgid),
+            previous: None,
         };
         self.insert(key, entry);
         self.entries.get(&key)
@@ -295,8 +324,15 @@ impl ProcTable {
     pub fn on_exec(&mut self, e: &Exec) {
         let key = self.key(e.task.tgid, e.task.start_time_ns);
         let parent = Some(self.key(e.task.ppid, e.task.parent_start_time_ns));
-        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
-        // The executable: /proc's link while the process lives (symlinks resolved, memfd
+        // /proc describes this exec only while the process lives and still runs the image
+        // the kernel mapped: userspace lags, and the process may have exec'd again since.
+        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start)
+            && (e.exe_ino == 0
+                || self
+                    .procfs
+                    .exe_id(key.tgid)
+                    .is_some_and(|id| same_image(id, (e.exe_dev, e.exe_ino))));
+        // The executable: /proc's link while it shows this image (symlinks resolved, memfd
         // named), else the exec'd path resolved on disk if it is the inode the kernel mapped.
         let (executable, identity_path) = if alive && let Some(exe) = self.procfs.exe(key.tgid) {
             (Some(exe), Some(self.procfs.exe_link(key.tgid).into()))
@@ -339,6 +375,13 @@ impl ProcTable {
                     .and_then(|p| self.entries.get(&p))
                     .and_then(|p| p.container_id.clone())
             });
+        // The image it ran until now, kept one deep for a connect made just before.
+        let previous = self.entries.get(&key).map(|old| {
+            Box::new(Entry {
+                previous: None,
+                ..old.clone()
+            })
+        });
         self.insert(
             key,
             Entry {
@@ -352,6 +395,8 @@ impl ProcTable {
                 source: Source::Exec,
                 exited: None,
                 identity,
+                image: (e.exe_ino != 0).then_some((e.exe_dev, e.exe_ino)),
+                previous,
             },
         );
     }
@@ -417,6 +462,7 @@ impl ProcTable {
                 ppid: t.ppid,
                 source: Source::Fork,
                 exited: None,
+                previous: None,
                 ..p
             },
             None => Entry {
@@ -430,6 +476,8 @@ impl ProcTable {
                 source: Source::Fork,
                 exited: None,
                 identity: IdState::Known,
+                image: None,
+                previous: None,
             },
         };
         self.insert(key, entry);
@@ -444,6 +492,50 @@ impl ProcTable {
             e.exited = Some(now);
             self.exit_order.push_back((now, key));
         }
+    }
+
+    /// Describes a connect's process (`info`, from [`ProcTable::resolve`]) by the image
+    /// the kernel saw making it (`image`, from the record): when the process exec'd since,
+    /// its previous image; when neither is that image, no program at all, marked.
+    pub fn connect_image(
+        &self,
+        tgid: u32,
+        start_ns: u64,
+        image: Option<(u64, u64)>,
+        info: &mut ProcessInfo,
+    ) -> ImageMatch {
+        let key = if start_ns != 0 {
+            self.key(tgid, start_ns)
+        } else {
+            match self.by_pid.get(&tgid) {
+                Some(&start) => Key { tgid, start },
+                None => return ImageMatch::Unchecked,
+            }
+        };
+        let (Some(image), Some(e)) = (image, self.entries.get(&key)) else {
+            return ImageMatch::Unchecked;
+        };
+        let Some(current) = e.image else {
+            return ImageMatch::Unchecked;
+        };
+        if same_image(current, image) {
+            return ImageMatch::Current;
+        }
+        if let Some(p) = e.previous.as_deref()
+            && p.image.is_some_and(|i| same_image(i, image))
+        {
+            info.executable = p.executable.as_deref().map(str::to_string);
+            info.args = p.args.clone();
+            info.content_match = p.content_match.as_deref().map(str::to_string);
+            info.location = p.location;
+            return ImageMatch::Previous;
+        }
+        info.executable = None;
+        info.args = None;
+        info.content_match = None;
+        info.location = None;
+        info.image_mismatch = true;
+        ImageMatch::Mismatch
     }
 
     /// Drops entries exited longer than the grace period.
@@ -502,6 +594,7 @@ impl ProcTable {
             loader_check: None,
             unmanaged: None,
             identity: e.identity.as_str(),
+            image_mismatch: false,
         };
         if let Some(run) = run {
             // The program the loader ran is the process's executable; the loader beside it.
@@ -705,6 +798,49 @@ mod tests {
         assert_eq!(info.location, Some("memfd"));
         t.on_exec(&exec(61, 6 * S, 1, 0, "/tmp/.x/agent"));
         assert_eq!(t.resolve(61, 6 * S, 0).unwrap().0.location, Some("tmp"));
+    }
+
+    #[test]
+    fn a_connect_is_described_by_the_image_that_made_it() {
+        let mut t = table(10);
+        let mut py = exec(70, 7 * S, 1, 0, "/usr/bin/python3");
+        (py.exe_dev, py.exe_ino) = (8, 100);
+        t.on_exec(&py);
+        let mut sleep = exec(70, 7 * S, 1, 0, "/usr/bin/sleep");
+        (sleep.exe_dev, sleep.exe_ino) = (8, 200);
+        t.on_exec(&sleep);
+        let image = |t: &mut ProcTable, img| {
+            let (mut info, _) = t.resolve(70, 7 * S, 0).unwrap();
+            let m = t.connect_image(70, 7 * S, img, &mut info);
+            (m, info.executable, info.image_mismatch)
+        };
+        let python = Some("/usr/bin/python3".to_string());
+        let sleep_exe = Some("/usr/bin/sleep".to_string());
+        assert_eq!(
+            image(&mut t, Some((8, 100))),
+            (ImageMatch::Previous, python, false)
+        );
+        assert_eq!(
+            image(&mut t, Some((8, 200))),
+            (ImageMatch::Current, sleep_exe.clone(), false)
+        );
+        assert_eq!(
+            image(&mut t, Some((8, 300))),
+            (ImageMatch::Mismatch, None, true)
+        );
+        // Same inode on another device is another file.
+        assert_eq!(image(&mut t, Some((9, 100))).0, ImageMatch::Mismatch);
+        assert_eq!(
+            image(&mut t, None),
+            (ImageMatch::Unchecked, sleep_exe, false)
+        );
+        // A fork runs its parent's current image, not the one before.
+        t.on_fork(&task(71, 8 * S, 70, 7 * S));
+        let (mut info, _) = t.resolve(71, 8 * S, 0).unwrap();
+        assert_eq!(
+            t.connect_image(71, 8 * S, Some((8, 100)), &mut info),
+            ImageMatch::Mismatch
+        );
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub fn apply_format(layout: &mut TracepointLayout, fields: &HashMap<String, Fiel
     layout.daddr = want("daddr", 4)?;
     layout.saddr_v6 = want("saddr_v6", 16)?;
     layout.daddr_v6 = want("daddr_v6", 16)?;
+    // Only for the socket's namespace: without it records carry none, nothing else lost.
+    layout.skaddr = fields
+        .get("skaddr")
+        .filter(|f| f.size == 8)
+        .map_or(OFFSET_UNKNOWN, |f| f.offset);
     Ok(())
 }
 
@@ -153,6 +158,13 @@ pub fn apply_btf(layout: &mut KernelLayout, btf: &Btf) {
     layout.dentry_d_name = member("dentry", "d_name");
     layout.qstr_name = member("qstr", "name");
     layout.bprm_filename = member("linux_binprm", "filename");
+    layout.task_signal = task("signal");
+    // atomic_t: its one int member is at its start.
+    layout.signal_live = member("signal_struct", "live");
+    // possible_net_t: `struct net *net` is its only member (CONFIG_NET_NS).
+    layout.sk_net = sk("skc_net");
+    layout.net_ns = member("net", "ns");
+    layout.ns_inum = member("ns_common", "inum");
 }
 
 pub const EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
@@ -234,6 +246,7 @@ print fmt: \"family=%s\"";
         apply_format(&mut l, &f).unwrap();
         assert_eq!((l.oldstate, l.newstate, l.dport, l.daddr), (16, 20, 26, 36));
         assert_eq!((l.protocol, l.family, l.daddr_v6), (30, 28, 56));
+        assert_eq!(l.skaddr, 8);
     }
 
     #[test]
@@ -260,5 +273,28 @@ print fmt: \"family=%s\"";
         };
         let l = tracepoint_layout(tracefs.path()).unwrap();
         assert_ne!(l.exec_filename, OFFSET_UNKNOWN);
+        assert_ne!(l.skaddr, OFFSET_UNKNOWN);
+    }
+
+    #[test]
+    fn running_kernel_has_the_group_and_namespace_offsets() {
+        let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+            crate::testing::skip(
+                "running_kernel_has_the_group_and_namespace_offsets",
+                "no BTF",
+            );
+            return;
+        };
+        let mut l = KernelLayout::UNKNOWN;
+        apply_btf(&mut l, &Btf::parse(&data).unwrap());
+        for (name, off) in [
+            ("task_struct.signal", l.task_signal),
+            ("signal_struct.live", l.signal_live),
+            ("sock_common.skc_net", l.sk_net),
+            ("net.ns", l.net_ns),
+            ("ns_common.inum", l.ns_inum),
+        ] {
+            assert_ne!(off, OFFSET_UNKNOWN, "{name}");
+        }
     }
 }

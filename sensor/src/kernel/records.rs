@@ -79,6 +79,12 @@ pub struct Connection {
     pub probe: Option<Probe>,
     /// The task's comm (lossy UTF-8). Renameable by the process: informational only.
     pub comm: String,
+    /// The executable the task ran when it made the record, as (device in the userspace
+    /// `st_dev` encoding, inode): what the connect is attributed to even if the process
+    /// exec'd since. None for inbound records (softirq) and when the kernel could not read it.
+    pub image: Option<(u64, u64)>,
+    /// The socket's network namespace inode; 0 when unknown, and for UDP.
+    pub netns: u32,
 }
 
 /// A process-lifecycle record's common part.
@@ -140,7 +146,7 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 /// Kernel dev_t (MAJOR << 20 | MINOR) to the userspace encoding `stat` reports.
-fn user_dev(kernel_dev: u32) -> u64 {
+pub fn user_dev(kernel_dev: u32) -> u64 {
     libc::makedev(kernel_dev >> 20, kernel_dev & 0xf_ffff)
 }
 
@@ -236,6 +242,8 @@ fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
         sport: ev.sport,
         probe: Probe::from_abi(ev.probe),
         comm: c_string(&h.comm),
+        image: (ev.exe_ino != 0).then(|| (user_dev(ev.exe_dev), ev.exe_ino)),
+        netns: ev.netns,
     })
 }
 
@@ -270,6 +278,9 @@ pub(crate) mod tests {
                 _pad: 0,
                 daddr,
                 saddr: [0; 16],
+                exe_ino: 0,
+                exe_dev: 0,
+                netns: 0,
             },
         }
     }
@@ -292,6 +303,16 @@ pub(crate) mod tests {
         let c = connect(&bytes(&raw(AF_INET6, v6.octets(), 8088)));
         assert_eq!(c.dst, IpAddr::V6(v6));
         assert_eq!(c.flow, Flow::Connect);
+        assert_eq!((c.image, c.netns), (None, 0));
+    }
+
+    #[test]
+    fn carries_the_image_and_namespace() {
+        let mut ev = raw(AF_INET, [0; 16], 4444);
+        (ev.data.exe_ino, ev.data.exe_dev, ev.data.netns) = (77, (259 << 20) | 3, 4026531840);
+        let c = connect(&bytes(&ev));
+        assert_eq!(c.image, Some((libc::makedev(259, 3), 77)));
+        assert_eq!(c.netns, 4026531840);
     }
 
     #[test]
@@ -304,7 +325,7 @@ pub(crate) mod tests {
             let mut ev = raw(AF_INET, [0; 16], 0);
             ev.header.kind = kind as u32;
             assert_eq!(connect(&bytes(&ev)).flow, flow);
-            assert!(decode(&bytes(&ev)[..100]).is_err(), "{flow:?} truncated");
+            assert!(decode(&bytes(&ev)[..120]).is_err(), "{flow:?} truncated");
         }
     }
 

@@ -331,7 +331,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
     let mut group = Obj::with_capacity(1);
     group.put("id", c.gid.to_string());
 
-    let mut sprocess = Obj::with_capacity(10);
+    let mut sprocess = Obj::with_capacity(11);
     sprocess
         .put(
             "ancestors",
@@ -345,6 +345,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
             p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
         )
         .put("identity", p.identity)
+        .put("image_mismatch", p.image_mismatch.then_some(true))
         .put("lineage", lineage(p))
         .put("loader", p.loader.as_deref())
         .put("loader_check", p.loader_check)
@@ -485,6 +486,7 @@ impl Render for Enriched {
                 "loader": p.loader,
                 "loader_check": p.loader_check,
                 "unmanaged": p.unmanaged,
+                "image_mismatch": p.image_mismatch.then_some(true),
             },
             "probe": c.probe.map(|p| p.hook()),
             "cgroup_id": c.cgroup_id,
@@ -888,6 +890,7 @@ mod tests {
             loader_check: Some("maps"),
             unmanaged: Some(true),
             identity: Some("pending"),
+            image_mismatch: true,
         };
         let beacon = Beacon {
             stats: Stats {

@@ -51,6 +51,11 @@ impl Flowed for Enriched {
             m.insert("service_away".into(), json!(v.service_away));
             m.insert("loopback_only".into(), json!(v.loopback_only));
         }
+        // The listener's network namespace (inode, as /proc/PID/ns/net): the same port
+        // in two namespaces is two listeners.
+        if matches!(c.flow, Flow::Listen | Flow::Inbound) && c.netns != 0 {
+            set(o, "sensor", "netns", json!(c.netns));
+        }
         match c.flow {
             Flow::Connect => {}
             Flow::Listen => {
