@@ -621,6 +621,7 @@ mod tests {
                 conn: connect(&bytes(&ev)),
                 proc: ProcessInfo::default(),
                 user_name: None,
+                provenance: Default::default(),
                 attribution: None,
             }
         };
