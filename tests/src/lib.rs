@@ -986,3 +986,27 @@ impl Drop for Journald {
         }
     }
 }
+
+/// A process the test started, killed and reaped on drop, so a failing test leaves no
+/// listener, storm or holder behind.
+pub struct Running(pub Child);
+
+impl Running {
+    /// Starts `cmd`; `what` names it in the error.
+    pub fn spawn(mut cmd: Command, what: &str) -> Result<Self> {
+        Ok(Self(
+            cmd.spawn().with_context(|| format!("starting {what}"))?,
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -8,12 +8,12 @@
 
 use std::{
     io::Read,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Sensor, root_or_skip};
+use sensor_tests::{Net, Running, Sensor, root_or_skip};
 use serde_json::Value;
 
 const BEACON_DST: &str = "203.0.113.7";
@@ -22,16 +22,6 @@ const CHURN_DST: &str = "198.51.100.7";
 const MAX_KEYS: u64 = 64;
 const CHURN_RATE: u64 = 200;
 const CHURN_SECONDS: u64 = 18;
-
-/// Kills the child on drop (a failed assertion must not leave a storm running).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The engine counters of the newest `sensor-stats` line.
 fn engine_stats(sensor: &Sensor) -> Option<Value> {
@@ -79,7 +69,7 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
     );
 
     // The churn: one process, a new (address, port) key every 5 ms, closed ports (RST).
-    let mut storm = Reaped(
+    let mut storm = Running(
         std::process::Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["--netns", &net.client_path(), "--dst", CHURN_DST])
             .args(["--ports", "20000-59999"])
@@ -100,7 +90,7 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
         "import socket, time\nfor i in range(10):\n    s = socket.socket()\n    s.settimeout(2)\n    s.connect_ex(({BEACON_DST:?}, {BEACON_PORT}))\n    s.close()\n    if i < 9: time.sleep(1)\n"
     );
     let t0 = Instant::now();
-    let mut beacon = Reaped(
+    let mut beacon = Running(
         net.command("python3")
             .args(["-c", &code])
             .spawn()

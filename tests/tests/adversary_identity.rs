@@ -7,13 +7,12 @@ use std::{
     ffi::CString,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::Child,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use rstest::rstest;
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Net, Running, Scratch, Sensor, root_or_skip};
 
 const PUBLIC: &str = "192.0.2.44";
 /// A Python one-liner that connects to PUBLIC:4444 and then stays alive `linger` seconds
@@ -28,16 +27,6 @@ fn net() -> Result<Net> {
     let net = Net::new()?;
     net.subnet("192.0.2.1", PUBLIC, 24)?;
     Ok(net)
-}
-
-/// A process the test started, killed and reaped on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// An inotify watch for IN_OPEN on one path, owned by the test: the observer.

@@ -6,13 +6,13 @@
 
 use std::{
     io::Write,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Sensor, root_or_skip};
+use sensor_tests::{Net, Running, Sensor, root_or_skip};
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.7";
@@ -31,22 +31,6 @@ fn public_net(client: &str, server: &str) -> Result<Net> {
     let net = Net::new()?;
     net.subnet(client, server, 24)?;
     Ok(net)
-}
-
-/// A process killed and reaped on drop, so a failing test leaves nothing behind.
-struct Running(Child);
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The real path of the python3 `PATH` finds (behind links and wrapper scripts such as

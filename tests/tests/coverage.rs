@@ -3,13 +3,10 @@
 //! flagged listener, and outbound UDP with its flood bound in the kernel. Listeners run
 //! in the server namespace of a test-made pair; clients connect from the client side.
 
-use std::{
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Net, Running, Scratch, Sensor, root_or_skip};
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.7";
@@ -22,24 +19,8 @@ fn public_net() -> Result<Net> {
     Ok(net)
 }
 
-/// A process killed and reaped on drop, so a failing test leaves no listener behind.
-struct Running(Child);
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> Result<Running> {
-    Ok(Running(cmd.spawn().context("starting a listener")?))
+fn spawn(cmd: Command) -> Result<Running> {
+    Running::spawn(cmd, "a listener")
 }
 
 fn is_action(v: &Value, action: &str, pid: u32) -> bool {
