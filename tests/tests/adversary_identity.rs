@@ -418,3 +418,48 @@ fn modified_copy_outside_the_packages_is_unmanaged_and_medium() -> Result<()> {
     assert!(v["sensor"]["matched"].get("unmanaged_executable").is_none());
     Ok(())
 }
+
+/// A modified python3 bind-mounted over a package-managed path in a private mount
+/// namespace (`unshare -m`, as `unshare -Urm` lets any user), then exec'd by that path: the
+/// path is in dpkg's lists, but the host's file there is not the inode the kernel ran, so
+/// the executable is unmanaged and Medium on a known C2 port (Low before).
+#[test]
+fn modified_copy_bind_mounted_over_a_managed_path_is_unmanaged() -> Result<()> {
+    if !root_or_skip("unmanaged_bind_mount") {
+        return Ok(());
+    }
+    let scratch = Scratch::new("unmanaged-bind")?;
+    let mut bytes = std::fs::read(real("/usr/bin/python3")?)?;
+    flip_build_id(&mut bytes)?;
+    let agent = scratch.dir.join("py");
+    std::fs::write(&agent, &bytes)?;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))?;
+    let target = "/usr/bin/true";
+    let net = net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    let script = format!(
+        "mount --bind {} {target} && exec {target} -c \"$0\"",
+        agent.to_str().context("path")?
+    );
+    let mut cmd = net.command("/usr/bin/unshare");
+    cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+        .arg(connect_code(30));
+    let child = Running::spawn(cmd, "unshare")?;
+    let v = sensor.connection(child.pid(), 4444)?;
+    drop(child);
+    // The host's /usr/bin/true is untouched (the mount was private).
+    assert_ne!(
+        std::fs::metadata(target)?.len(),
+        bytes.len() as u64,
+        "the bind mount leaked out of its namespace"
+    );
+    assert_eq!(v["process"]["executable"], target, "{v:#}");
+    assert!(
+        v["sensor"]["process"].get("content_match").is_none(),
+        "one byte changed: no fingerprint matches: {v:#}"
+    );
+    assert_eq!(v["sensor"]["process"]["unmanaged"], true, "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 2, "{v:#}");
+    assert_eq!(v["sensor"]["severity"], "Medium", "{v:#}");
+    Ok(())
+}

@@ -635,7 +635,7 @@ impl ProcTable {
             identity: e.identity.as_str(),
             image_mismatch: false,
         };
-        if let Some(run) = run {
+        if let Some(run) = &run {
             info.loader = Some(run.loader.clone());
             info.loader_check = Some(run.check.as_str());
             if run.confirmed() {
@@ -651,8 +651,13 @@ impl ProcTable {
             }
         }
         // Only the host's own files are in its package database; a container's are not.
+        // Managed means the host's file at that path is the image the kernel ran.
+        let image = match run.as_deref() {
+            Some(r) if r.confirmed() => r.file,
+            _ => e.image,
+        };
         info.unmanaged = match (&info.executable, &info.container_id) {
-            (Some(exe), None) => self.packages.is_managed(exe).map(|m| !m),
+            (Some(exe), None) => self.packages.is_managed_image(exe, image).map(|m| !m),
             _ => None,
         };
         let mut next = e.parent;

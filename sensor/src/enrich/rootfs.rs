@@ -221,6 +221,17 @@ pub fn fd_path(fd: &OwnedFd) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// Whether the file system behind `fd` gives `st_dev` values that differ from the
+/// device the kernel's records carry (btrfs: per subvolume; overlayfs: per layer).
+pub fn devices_per_subvolume(fd: &OwnedFd) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    // SAFETY: a valid fd (O_PATH is enough for fstatfs) and a zeroed statfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0;
+    ok && matches!(st.f_type as i64, BTRFS_SUPER_MAGIC | OVERLAYFS_SUPER_MAGIC)
+}
+
 /// Whether `root` is the sensor's own `/` (same device and inode).
 pub fn is_our_root(root: &Path) -> bool {
     let Ok(ours) = std::fs::metadata("/") else {
