@@ -201,25 +201,147 @@ fn program_started_through_the_loader_scores_as_itself(
             && v["process"]["pid"] == pid
     })?;
     drop(child);
-    assert_eq!(v["process"]["executable"], python, "{v:#}");
-    assert_eq!(
-        v["process"]["name"],
-        Path::new(&python).file_name().unwrap().to_str().unwrap()
-    );
     let shown_loader = if renamed_loader {
         loader.clone()
     } else {
         real(host_loader)?
     };
     assert_eq!(v["sensor"]["process"]["loader"], shown_loader, "{v:#}");
-    assert_eq!(
-        v["sensor"]["process"]["loader_check"],
-        if gone { "process-gone" } else { "maps" },
-        "{v:#}"
-    );
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
+    if gone {
+        // No maps to confirm the claim: the loader stays the executable, scored as ld.so,
+        // the claim beside it.
+        assert_eq!(
+            v["sensor"]["process"]["loader_check"], "process-gone",
+            "{v:#}"
+        );
+        assert_eq!(v["process"]["executable"], shown_loader, "{v:#}");
+        assert_eq!(v["sensor"]["process"]["loader_claim"], python, "{v:#}");
+        assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "ld.so");
+        return Ok(());
+    }
+    assert_eq!(v["sensor"]["process"]["loader_check"], "maps", "{v:#}");
+    assert_eq!(v["process"]["executable"], python, "{v:#}");
+    assert_eq!(
+        v["process"]["name"],
+        Path::new(&python).file_name().unwrap().to_str().unwrap()
+    );
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "python3");
     assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
+    Ok(())
+}
+
+/// What the program started through the loader does to the evidence before connecting.
+#[derive(Debug, Clone, Copy)]
+enum Cover {
+    /// Started as `./helper` beside a link to python3, it chdirs to a directory where
+    /// `helper` links to /usr/bin/true.
+    ChdirToBenignLink,
+    /// The same, `helper` there linking to libc.so.6 (which every process maps).
+    ChdirToLibcLink,
+    /// It removes the link and its working directory.
+    DeleteCwd,
+    /// The kernel's copy of its arguments is cut (a long `--library-path`), and it
+    /// rewrites /proc/PID/cmdline to name libc.so.6.
+    RewriteCmdlineToLibc,
+}
+
+/// A relative or rewritten claim is never taken from what the process shows at connect
+/// time, and a check that is not a confirmed match never lowers the verdict: the line is
+/// python3 (the exec-time claim, confirmed) or the loader (scored as ld.so), never the
+/// benign program or the library. All four were Low before.
+#[rstest]
+#[case::chdir_to_benign_link(Cover::ChdirToBenignLink)]
+#[case::chdir_to_libc_link(Cover::ChdirToLibcLink)]
+#[case::deleted_cwd(Cover::DeleteCwd)]
+#[case::rewritten_cmdline_names_libc(Cover::RewriteCmdlineToLibc)]
+fn loader_claim_covered_after_exec_is_never_low(#[case] cover: Cover) -> Result<()> {
+    if !root_or_skip("loader_cover") {
+        return Ok(());
+    }
+    let host_loader = "/lib64/ld-linux-x86-64.so.2";
+    if !Path::new(host_loader).exists() {
+        bail!("{host_loader} is missing: this test is for x86-64 glibc hosts");
+    }
+    let libc = real("/lib/x86_64-linux-gnu/libc.so.6")?;
+    let python = real("/usr/bin/python3")?;
+    let scratch = Scratch::new("loader-cover")?;
+    let start = scratch.dir.join("start");
+    let other = scratch.dir.join("other");
+    std::fs::create_dir_all(&start)?;
+    std::fs::create_dir_all(&other)?;
+    std::os::unix::fs::symlink(&python, start.join("helper"))?;
+    let decoy = match cover {
+        Cover::ChdirToLibcLink => libc.clone(),
+        _ => "/usr/bin/true".to_string(),
+    };
+    std::os::unix::fs::symlink(&decoy, other.join("helper"))?;
+    let before = match cover {
+        Cover::ChdirToBenignLink | Cover::ChdirToLibcLink => {
+            format!(
+                "import os\nos.chdir({:?})\n",
+                other.to_str().context("path")?
+            )
+        }
+        Cover::DeleteCwd => format!(
+            "import os\nos.unlink('helper')\nos.rmdir({:?})\n",
+            start.to_str().context("path")?
+        ),
+        // Overwrite the whole argument area with "ld.so\0<libc>\0" and zeros (the
+        // reviewer's conn2.py): fields 48 and 49 of /proc/self/stat bound it.
+        Cover::RewriteCmdlineToLibc => format!(
+            "import os\nst=open('/proc/self/stat').read()\nf=st[st.rindex(')')+2:].split()\n\
+             a0,a1=int(f[45]),int(f[46])\nnew=b'{host_loader}\\0{libc}\\0'\n\
+             new=new+b'\\0'*(a1-a0-len(new))\n\
+             m=open('/proc/self/mem','r+b',buffering=0)\nm.seek(a0)\nm.write(new)\nm.close()\n"
+        ),
+    };
+    let code = format!("{before}{}", connect_code(30));
+    let net = net()?;
+    let mut sensor = Sensor::start(&[])?;
+    let mut cmd = net.command(host_loader);
+    match cover {
+        Cover::RewriteCmdlineToLibc => {
+            // 600 bytes of options: the exec record's 512-byte copy ends inside them.
+            let long = vec!["/nonexistent-lib"; 36].join(":");
+            cmd.args(["--library-path", &long, "/usr/bin/python3"]);
+        }
+        _ => {
+            cmd.arg("./helper").current_dir(&start);
+        }
+    }
+    cmd.args(["-c", &code]);
+    let child = Running::spawn(cmd, "the loader")?;
+    let pid = child.pid();
+    let v = sensor.wait_for(Duration::from_secs(10), |v| {
+        v["event"]["action"] == "network-connect"
+            && v["destination"]["port"] == 4444
+            && v["process"]["pid"] == pid
+    })?;
+    drop(child);
+    let loader = real(host_loader)?;
+    assert_eq!(v["sensor"]["process"]["loader"], loader, "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
+    assert_ne!(v["process"]["executable"], decoy, "{v:#}");
+    assert_ne!(v["process"]["executable"], libc, "{v:#}");
+    let check = v["sensor"]["process"]["loader_check"]
+        .as_str()
+        .unwrap_or("");
+    eprintln!("{cover:?}: loader_check {check}");
+    if check == "maps" {
+        // Pinned when the exec record was handled, before the cover-up.
+        assert_eq!(v["process"]["executable"], python, "{v:#}");
+        assert!(!matches!(cover, Cover::RewriteCmdlineToLibc), "{v:#}");
+    } else {
+        assert_eq!(v["process"]["executable"], loader, "{v:#}");
+        assert_eq!(
+            v["sensor"]["matched"]["high_risk_executable"], "ld.so",
+            "{v:#}"
+        );
+        if matches!(cover, Cover::RewriteCmdlineToLibc) {
+            assert_eq!(check, "args-unverified", "{v:#}");
+        }
+    }
     Ok(())
 }
 
@@ -294,5 +416,50 @@ fn modified_copy_outside_the_packages_is_unmanaged_and_medium() -> Result<()> {
     assert_eq!(v["sensor"]["process"]["unmanaged"], false, "{v:#}");
     assert_eq!(v["event"]["risk_score"], 1, "{v:#}");
     assert!(v["sensor"]["matched"].get("unmanaged_executable").is_none());
+    Ok(())
+}
+
+/// A modified python3 bind-mounted over a package-managed path in a private mount
+/// namespace (`unshare -m`, as `unshare -Urm` lets any user), then exec'd by that path: the
+/// path is in dpkg's lists, but the host's file there is not the inode the kernel ran, so
+/// the executable is unmanaged and Medium on a known C2 port (Low before).
+#[test]
+fn modified_copy_bind_mounted_over_a_managed_path_is_unmanaged() -> Result<()> {
+    if !root_or_skip("unmanaged_bind_mount") {
+        return Ok(());
+    }
+    let scratch = Scratch::new("unmanaged-bind")?;
+    let mut bytes = std::fs::read(real("/usr/bin/python3")?)?;
+    flip_build_id(&mut bytes)?;
+    let agent = scratch.dir.join("py");
+    std::fs::write(&agent, &bytes)?;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))?;
+    let target = "/usr/bin/true";
+    let net = net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    let script = format!(
+        "mount --bind {} {target} && exec {target} -c \"$0\"",
+        agent.to_str().context("path")?
+    );
+    let mut cmd = net.command("/usr/bin/unshare");
+    cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+        .arg(connect_code(30));
+    let child = Running::spawn(cmd, "unshare")?;
+    let v = sensor.connection(child.pid(), 4444)?;
+    drop(child);
+    // The host's /usr/bin/true is untouched (the mount was private).
+    assert_ne!(
+        std::fs::metadata(target)?.len(),
+        bytes.len() as u64,
+        "the bind mount leaked out of its namespace"
+    );
+    assert_eq!(v["process"]["executable"], target, "{v:#}");
+    assert!(
+        v["sensor"]["process"].get("content_match").is_none(),
+        "one byte changed: no fingerprint matches: {v:#}"
+    );
+    assert_eq!(v["sensor"]["process"]["unmanaged"], true, "{v:#}");
+    assert_eq!(v["event"]["risk_score"], 2, "{v:#}");
+    assert_eq!(v["sensor"]["severity"], "Medium", "{v:#}");
     Ok(())
 }

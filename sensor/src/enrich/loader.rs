@@ -1,19 +1,28 @@
 //! Programs started through the dynamic loader (`/lib64/ld-linux-x86-64.so.2
 //! /usr/bin/python3 ...`): the kernel exec'd the loader, which then mapped the program
-//! itself, so `/proc/PID/exe` and the exec record name the loader. The program is taken
-//! from the exec's arguments (parsed as glibc's and musl's ld.so parse them) and checked
-//! against `/proc/PID/maps`: a mapping with the program's device and inode, the program
-//! stat'd inside the process's root with `O_PATH`. No kernel hook on executable mappings
-//! exists on the target kernels (kprobes are compiled out and fentry programs are refused,
-//! so `security_mmap_file` cannot be watched): the check is done lazily, once, at the
-//! process's first connect, when the loader has long mapped the program. A process gone by
-//! then keeps the arguments' claim, marked unverified.
+//! itself, so `/proc/PID/exe` and the exec record name the loader. No kernel hook on
+//! executable mappings exists on the target kernels (kprobes are compiled out and fentry
+//! programs are refused, so `security_mmap_file` cannot be watched), and the process is
+//! the attacker's code from its first instruction: it can chdir, rewrite its cmdline and
+//! map any file. So the rule is:
+//!
+//! 1. The claim is the program the exec record's own arguments name (parsed as glibc's
+//!    and musl's ld.so parse them), pinned to a (device, inode) when that record is
+//!    handled: a relative name beneath the process's working directory of that moment.
+//! 2. It is confirmed at the first connect only if the pinned file is an ELF main program
+//!    (`ET_EXEC`, or `ET_DYN` with an interpreter and no `DT_SONAME`: never libc.so.6,
+//!    which every process maps) and `/proc/PID/maps` maps it from offset 0 (searched as
+//!    a bounded stream).
+//! 3. Anything else (a claim from /proc, a file that is no program, no such mapping, a
+//!    process gone) keeps the loader as the executable, scored as the high-risk `ld.so`,
+//!    the claim shown beside it (`sensor.process.loader_claim`): a failed check can
+//!    never lower a verdict.
+//!
+//! What remains: a process that wins a race between the loader's open and the sensor's
+//! handling of the exec record (swapping the named file), and then maps the swapped-in
+//! program itself, is described as that program.
 
-use std::{
-    io::Read,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::os::unix::fs::MetadataExt;
 
 pub use crate::enrich::identity::{LOADER, is_loader_name};
 use crate::enrich::{
@@ -23,8 +32,10 @@ use crate::enrich::{
 };
 use crate::kernel::argv::Argv;
 
-/// Bound on the `/proc/PID/maps` text read (a large program maps a few hundred lines).
-const MAX_MAPS: u64 = 4 << 20;
+use crate::enrich::mapped::MAX_MAPS_BYTES as MAX_MAPS;
+
+/// Programs larger than this are not opened to read their ELF header.
+const MAX_PROGRAM: u64 = 1 << 30;
 
 /// What the loader's arguments say it was asked to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,16 +86,31 @@ pub fn parse<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<Claim> {
     None
 }
 
-/// How the claim was checked.
+/// How the claim was checked. Only [`Check::Maps`] lets the line describe the program;
+/// every other outcome keeps the loader as the executable (scored as `ld.so`), the claim
+/// shown beside it, so a failed or impossible check never lowers a verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// `/proc/PID/maps` maps the claimed program's device and inode.
+    /// The exec record's own arguments name the program, the file they named when the
+    /// record was handled is an ELF main program, and `/proc/PID/maps` maps that device
+    /// and inode from offset 0.
     Maps,
-    /// The maps were read and do not map the claimed file (or it cannot be stat'd).
+    /// Pinned at the exec record, not yet checked (the first connect checks it).
+    Pending,
+    /// The maps were read and do not map the pinned file from offset 0 (or the bounded
+    /// read ended first).
     Mismatch,
+    /// The named file is not a main program (a shared library such as libc.so.6, mapped
+    /// in every process, or not ELF).
+    NotProgram,
+    /// The program came from `/proc/PID/cmdline` (the kernel's copy was cut, or the
+    /// process was not exec'd while the sensor watched): the process can rewrite that.
+    ArgsUnverified,
     /// The process was gone before the check: the arguments' claim, unverified.
     Gone,
-    /// The arguments name no program (cut, or an option neither loader knows).
+    /// The arguments name no program (cut, or an option neither loader knows), or the
+    /// named file could not be found (a relative name without the exec-time working
+    /// directory, `..` in it, or a link out of that directory).
     Unresolved,
 }
 
@@ -92,23 +118,36 @@ impl Check {
     pub fn as_str(self) -> &'static str {
         match self {
             Check::Maps => "maps",
+            Check::Pending => "pending",
             Check::Mismatch => "mismatch",
+            Check::NotProgram => "not-a-program",
+            Check::ArgsUnverified => "args-unverified",
             Check::Gone => "process-gone",
             Check::Unresolved => "unresolved",
         }
     }
 }
 
-/// A loader-started process as resolved: what the line shows as its executable.
+/// A loader-started process as resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub loader: String,
-    /// The program's path (symlinks resolved when in the sensor's root), None if unknown.
+    /// The claimed program's path (symlinks resolved when in the sensor's root), None if
+    /// the arguments name none.
     pub program: Option<String>,
+    /// The claimed file's (device, inode) when the exec record was handled.
+    pub file: Option<(u64, u64)>,
     pub check: Check,
-    /// The high-risk entry the program is a copy of; [`LOADER`] if the program is unknown.
+    /// The high-risk entry the claimed program is a copy of.
     pub content_match: Option<String>,
     pub location: Option<&'static str>,
+}
+
+impl Run {
+    /// Whether the line may describe the claimed program rather than the loader.
+    pub fn confirmed(&self) -> bool {
+        self.check == Check::Maps
+    }
 }
 
 /// Whether an executable is a dynamic loader: by name, or by content (a renamed copy).
@@ -116,115 +155,118 @@ pub fn is_loader(executable: Option<&str>, content_match: Option<&str>) -> bool 
     content_match == Some(LOADER) || executable.map(exe_name).is_some_and(is_loader_name)
 }
 
-/// Resolves the program a loader process `tgid` (child of `ppid`) runs. `alive`: /proc
-/// still shows this process (same start time), so its maps and root are its own; a
-/// process gone keeps the arguments' claim, its path looked up in the parent's root
-/// (as the exec'd path is: `exe::resolve_on_disk`), unverified.
-pub fn resolve(
+/// Pins the program a loader process `tgid` (child of `ppid`) was asked to run, when its
+/// exec record is handled (`at_exec`; false for a process met later, from /proc).
+/// `kernel_args`: the exec record's arguments, the only claim that can be confirmed.
+/// A relative program is looked up beneath the process's working directory now, never
+/// later (the process can chdir). `alive`: /proc still shows this process and this image.
+pub fn pin(
     procfs: &Procfs,
     ids: &mut Identities,
     (tgid, ppid): (u32, u32),
-    alive: bool,
+    (alive, at_exec): (bool, bool),
     loader: &str,
-    args: Option<&Argv>,
+    kernel_args: Option<&Argv>,
 ) -> Run {
-    let unresolved = |check| Run {
+    let unresolved = |program: Option<String>, check| Run {
         loader: loader.to_string(),
-        program: None,
+        location: program
+            .as_deref()
+            .and_then(|p| suspicious_location(p, None)),
+        program,
+        file: None,
         check,
-        content_match: Some(LOADER.to_string()),
-        location: suspicious_location(loader, None),
+        content_match: None,
     };
-    // The exec record's argv is capped: /proc has the whole line while the process lives.
-    // Only whole arguments: a cut one names no program.
-    let claim = args.and_then(|a| parse(a.complete())).or_else(|| {
-        alive
+    // The exec record's argv is capped: /proc has the whole line while the process lives,
+    // but the process can rewrite it. Only whole arguments: a cut one names no program.
+    let (claim, vouched) = match kernel_args.and_then(|a| parse(a.complete())) {
+        Some(c) => (c, true),
+        None => match alive
             .then(|| procfs.cmdline(tgid))
             .flatten()
             .and_then(|a| parse(a.complete()))
-    });
-    let Some(claim) = claim else {
-        return unresolved(Check::Unresolved);
+        {
+            Some(c) => (c, false),
+            None => return unresolved(None, Check::Unresolved),
+        },
     };
-    let dir = procfs.exe_link(tgid);
-    let mut program = claim.program.clone();
-    if !program.starts_with('/') {
-        // ld.so opens a relative program from its working directory.
-        let Some(cwd) = alive
-            .then(|| std::fs::read_link(dir.with_file_name("cwd")).ok())
-            .flatten()
-        else {
-            return Run {
-                program: Some(program.clone()),
-                location: suspicious_location(&program, None),
-                content_match: None,
-                ..unresolved(Check::Gone)
-            };
-        };
-        program = format!("{}/{program}", cwd.display());
-    }
-    let program = normalize(&program);
+    let relative = !claim.program.starts_with('/');
     let root = procfs.root_of(if alive { tgid } else { ppid });
-    let Ok(fd) = rootfs::open_path_in(&root, &program) else {
-        return Run {
-            location: suspicious_location(&program, None),
-            program: Some(program),
-            content_match: None,
-            ..unresolved(if alive { Check::Mismatch } else { Check::Gone })
-        };
-    };
-    let meta = rootfs::fstat(&fd).ok();
-    let mapped = alive
-        && meta.as_ref().is_some_and(|m| {
-            read_maps(&dir.with_file_name("maps")).is_some_and(|t| maps_file(&t, m.dev(), m.ino()))
-        });
-    let shown = if rootfs::is_our_root(&root) {
-        rootfs::fd_path(&fd).unwrap_or(program)
+    let fd = if relative {
+        // ld.so opens a relative program from its working directory: that directory's
+        // fd, the walk kept beneath it (no `..`, no absolute link into another root).
+        if !alive {
+            return unresolved(Some(claim.program), Check::Gone);
+        }
+        if !at_exec || claim.program.split('/').any(|c| c == "..") {
+            return unresolved(Some(claim.program), Check::Unresolved);
+        }
+        rootfs::open_path_beneath(&procfs.exe_link(tgid).with_file_name("cwd"), &claim.program)
     } else {
-        program
+        rootfs::open_path_in(&root, &normalize(&claim.program))
     };
-    let nlink = meta
-        .as_ref()
-        .map(|m| u32::try_from(m.nlink()).unwrap_or(u32::MAX));
-    let content_match = ids.content_match_file(&ExeFile::Fd(fd), meta.map(|m| m.ino()));
+    let missing = if alive {
+        Check::Unresolved
+    } else {
+        Check::Gone
+    };
+    let Ok(fd) = fd else {
+        return unresolved(Some(claim.program), missing);
+    };
+    let Ok(meta) = rootfs::fstat(&fd) else {
+        return unresolved(Some(claim.program), missing);
+    };
+    let shown = if relative || rootfs::is_our_root(&root) {
+        rootfs::fd_path(&fd).unwrap_or_else(|| claim.program.clone())
+    } else {
+        normalize(&claim.program)
+    };
+    let program = rootfs::reopen_regular(&fd, MAX_PROGRAM)
+        .is_ok_and(|(f, _)| crate::enrich::mapped::is_program(&f));
+    let nlink = u32::try_from(meta.nlink()).unwrap_or(u32::MAX);
+    let content_match = ids.content_match_file(&ExeFile::Fd(fd), Some(meta.ino()));
     Run {
         loader: loader.to_string(),
-        location: suspicious_location(&shown, nlink),
+        location: suspicious_location(&shown, Some(nlink)),
         program: Some(shown),
-        check: match (alive, mapped) {
-            (false, _) => Check::Gone,
-            (true, true) => Check::Maps,
-            (true, false) => Check::Mismatch,
+        file: Some((meta.dev(), meta.ino())),
+        check: if !vouched {
+            Check::ArgsUnverified
+        } else if !program {
+            Check::NotProgram
+        } else {
+            Check::Pending
         },
         // A program that is itself a loader (`ld.so ld.so python3`) stays unknown.
         content_match: content_match.filter(|c| c != LOADER),
     }
 }
 
-fn read_maps(path: &Path) -> Option<String> {
-    let mut text = String::new();
-    std::fs::File::open(PathBuf::from(path))
-        .ok()?
-        .take(MAX_MAPS)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
-}
-
-/// Whether a `/proc/PID/maps` text has a mapping of the file `dev`:`ino`
-/// (`start-end perms offset MAJ:MIN inode path`, the device in hex).
-pub fn maps_file(maps: &str, dev: u64, ino: u64) -> bool {
-    let want = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
-    maps.lines().any(|l| {
-        let mut f = l.split_ascii_whitespace().skip(3);
-        f.next() == Some(want.as_str()) && f.next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
-    })
+/// The maps check of a pinned run, once, at the process's first connect: the pinned
+/// file mapped from offset 0. `alive`: /proc shows this process (same start time).
+pub fn confirm(procfs: &Procfs, run: &Run, tgid: u32, alive: bool) -> Check {
+    if run.check != Check::Pending {
+        return run.check;
+    }
+    if !alive {
+        return Check::Gone;
+    }
+    let Some((dev, ino)) = run.file else {
+        return Check::Unresolved;
+    };
+    let maps = procfs.exe_link(tgid).with_file_name("maps");
+    match crate::enrich::mapped::maps_file_at_zero(&maps, dev, ino, MAX_MAPS) {
+        Some(true) => Check::Maps,
+        _ => Check::Mismatch,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rstest::rstest;
+    use std::path::Path;
 
     #[rstest]
     #[case("/lib64/ld-linux-x86-64.so.2 /usr/bin/python3 -c x", Some(("/usr/bin/python3", None)))]
@@ -264,77 +306,100 @@ mod tests {
     }
 
     #[test]
-    fn finds_a_mapping_by_device_and_inode() {
-        let maps = "55d0c0a00000-55d0c0a2e000 r--p 00000000 fd:01 1234 /usr/bin/python3.11\n\
-                    7f00-7f10 r-xp 00000000 08:10 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
-                    7fff-8000 rw-p 00000000 00:00 0 [stack]\n";
-        let dev = libc::makedev(0xfd, 1);
-        assert!(maps_file(maps, dev, 1234));
-        assert!(!maps_file(maps, dev, 99));
-        assert!(maps_file(maps, libc::makedev(8, 16), 99));
-        assert!(!maps_file(maps, libc::makedev(0, 0), 1));
-    }
-
-    #[test]
     fn a_live_loader_run_is_confirmed_by_its_maps() {
         // This test process maps its own executable: `ld.so <our exe>` claims it.
         let procfs = Procfs::new("/proc");
         let me = std::fs::canonicalize("/proc/self/exe").unwrap();
         let mut ids = Identities::scan(|_| None, Path::new("/nonexistent"));
+        let pid = std::process::id();
+        let pin_confirm = |ids: &mut Identities, args: &Argv, alive: bool, pids: (u32, u32)| {
+            let run = pin(&procfs, ids, pids, (alive, true), "ld.so", Some(args));
+            let check = confirm(&procfs, &run, pids.0, alive);
+            (run, check)
+        };
         let args: Argv = [
             "/lib64/ld-linux-x86-64.so.2".into(),
             me.display().to_string(),
         ]
         .into_iter()
         .collect();
-        let run = resolve(
-            &procfs,
-            &mut ids,
-            (std::process::id(), 1),
-            true,
-            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            Some(&args),
-        );
-        assert_eq!(run.check, Check::Maps, "{run:?}");
+        let (run, check) = pin_confirm(&mut ids, &args, true, (pid, 1));
+        assert_eq!(run.check, Check::Pending, "{run:?}");
+        assert_eq!(check, Check::Maps, "{run:?}");
         assert_eq!(run.program.as_deref(), me.to_str());
-        // A file this process does not map: read, and said not to match.
-        let args: Argv = ["ld.so", "/bin/sh"].into_iter().collect();
-        let run = resolve(
+        // Relative to the working directory at pin time.
+        let dir = me.parent().unwrap();
+        let name = me.file_name().unwrap().to_str().unwrap();
+        // A relative name: beneath the process's working directory (a child's, here).
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .current_dir(dir)
+            .spawn()
+            .unwrap();
+        let cpid = child.id();
+        let rel: Argv = ["ld.so".into(), format!("./{name}")].into_iter().collect();
+        let run = pin(
             &procfs,
             &mut ids,
-            (std::process::id(), 1),
-            true,
+            (cpid, pid),
+            (true, true),
             "ld.so",
-            Some(&args),
+            Some(&rel),
         );
-        assert_eq!(run.check, Check::Mismatch);
+        let want = std::fs::metadata(&me).unwrap();
+        assert_eq!(run.file, Some((want.dev(), want.ino())), "{run:?}");
+        assert_eq!(run.check, Check::Pending);
+        // `..` is never followed; a process met after its exec has no cwd to trust.
+        let dir_name = dir.file_name().unwrap().to_str().unwrap();
+        let up: Argv = ["ld.so".into(), format!("../{dir_name}/{name}")]
+            .into_iter()
+            .collect();
+        let run = pin(
+            &procfs,
+            &mut ids,
+            (cpid, pid),
+            (true, true),
+            "ld.so",
+            Some(&up),
+        );
+        assert_eq!(run.check, Check::Unresolved);
+        let late = pin(
+            &procfs,
+            &mut ids,
+            (cpid, pid),
+            (true, false),
+            "ld.so",
+            Some(&rel),
+        );
+        assert_eq!(late.check, Check::Unresolved);
+        let _ = child.kill();
+        let _ = child.wait();
+        // A program this process does not map: read, and said not to match.
+        let args: Argv = ["ld.so", "/usr/bin/python3"].into_iter().collect();
+        assert_eq!(
+            pin_confirm(&mut ids, &args, true, (pid, 1)).1,
+            Check::Mismatch
+        );
+        // libc.so.6 is mapped here, but it is a library.
+        let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+        if Path::new(libc).exists() {
+            let args: Argv = ["ld.so", libc].into_iter().collect();
+            assert_eq!(
+                pin_confirm(&mut ids, &args, true, (pid, 1)).1,
+                Check::NotProgram
+            );
+        }
+        // No kernel arguments: the claim from /proc is shown, never confirmed.
+        let run = pin(&procfs, &mut ids, (pid, 1), (true, true), "ld.so", None);
+        assert_ne!(confirm(&procfs, &run, pid, true), Check::Maps);
         // Gone: the claim, unverified.
-        let run = resolve(
-            &procfs,
-            &mut ids,
-            (u32::MAX, u32::MAX),
-            false,
-            "ld.so",
-            Some(&args),
-        );
-        assert_eq!(
-            (run.check, run.program.as_deref()),
-            (Check::Gone, Some("/bin/sh"))
-        );
+        let (run, check) = pin_confirm(&mut ids, &args, false, (u32::MAX, u32::MAX));
+        assert_eq!(check, Check::Gone);
+        assert!(!run.confirmed());
         // Gone, its parent alive: the claim looked up in the parent's root, still unverified.
-        let me = std::process::id();
-        let run = resolve(
-            &procfs,
-            &mut ids,
-            (u32::MAX, me),
-            false,
-            "ld.so",
-            Some(&args),
-        );
+        let args: Argv = ["ld.so", "/bin/sh"].into_iter().collect();
+        let (run, check) = pin_confirm(&mut ids, &args, false, (u32::MAX, pid));
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
-        assert_eq!(
-            (run.check, run.program.as_deref()),
-            (Check::Gone, sh.to_str())
-        );
+        assert_eq!((check, run.program.as_deref()), (Check::Gone, sh.to_str()));
     }
 }

@@ -9,6 +9,7 @@ pub mod host;
 pub mod identity;
 pub mod kubelet;
 pub mod loader;
+pub mod mapped;
 pub mod packages;
 pub mod procfs;
 pub mod proctable;

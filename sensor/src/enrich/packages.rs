@@ -14,7 +14,8 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
-    path::Path,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
 };
 
 use log::{info, warn};
@@ -45,8 +46,16 @@ pub struct Packages {
     paths: Vec<u64>,
     /// `/bin` -> `/usr/bin` where the host root links them.
     merged: HashMap<String, String>,
+    /// Where the listed paths are looked up to compare with the kernel's inode.
+    host_root: PathBuf,
+    /// (path hash, device, inode) -> whether the host's file at the path is that inode;
+    /// cleared when full.
+    verified: HashMap<(u64, u64, u64), bool>,
     pub status: Status,
 }
+
+/// Answers kept in [`Packages::verified`] at most (~40 bytes each).
+const MAX_VERIFIED: usize = 4096;
 
 impl Packages {
     /// Nothing known: no executable is called unmanaged.
@@ -55,6 +64,8 @@ impl Packages {
             hasher: RandomState::new(),
             paths: Vec::new(),
             merged: HashMap::new(),
+            host_root: PathBuf::from("/"),
+            verified: HashMap::new(),
             status: Status::Unknown(why.to_string()),
         }
     }
@@ -93,6 +104,7 @@ impl Packages {
             return Self::unknown("more dpkg lists than read");
         }
         let mut me = Self::unknown("");
+        me.host_root = host_root.to_path_buf();
         if let Ok(top) = rootfs::list_dir(host_root, "", 4096) {
             for e in top {
                 if let Some(target) = e
@@ -158,9 +170,45 @@ impl Packages {
         Some(self.paths.binary_search(&self.hash(path)).is_ok())
     }
 
+    /// Whether the kernel's executable `image` (device, inode; device 0: unknown) at
+    /// `path` is a package-managed file: the path is listed *and* the host's file at that
+    /// path (looked up `O_PATH` inside the host root) is that inode, on that device unless
+    /// the file system gives per-subvolume or per-layer devices (btrfs, overlayfs). A
+    /// listed path over another file (a bind mount in a private mount namespace, a
+    /// deleted file) is not managed, nor is one whose image is unknown. None when the
+    /// database is unknown.
+    pub fn is_managed_image(&mut self, path: &str, image: Option<(u64, u64)>) -> Option<bool> {
+        if !self.is_managed(path)? {
+            return Some(false);
+        }
+        let Some((dev, ino)) = image else {
+            return Some(false);
+        };
+        if path.ends_with(" (deleted)") {
+            return Some(false);
+        }
+        let key = (self.hash(path), dev, ino);
+        if let Some(&v) = self.verified.get(&key) {
+            return Some(v);
+        }
+        let same = rootfs::open_path_in(&self.host_root, &normalize(path))
+            .ok()
+            .and_then(|fd| Some((rootfs::fstat(&fd).ok()?, fd)))
+            .is_some_and(|(m, fd)| {
+                m.is_file()
+                    && m.ino() == ino
+                    && (dev == 0 || m.dev() == dev || rootfs::devices_per_subvolume(&fd))
+            });
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
+        }
+        self.verified.insert(key, same);
+        Some(same)
+    }
+
     /// Bytes the set holds.
     pub fn bytes(&self) -> usize {
-        self.paths.capacity() * 8
+        self.paths.capacity() * 8 + self.verified.capacity() * 40
     }
 }
 
@@ -235,6 +283,28 @@ mod tests {
         if matches!(p.status, Status::Loaded { .. }) {
             assert_eq!(p.is_managed("/usr/bin/dpkg"), Some(true));
             assert_eq!(p.is_managed("/usr/bin/no-such-program-t1571"), Some(false));
+            // Managed only as the inode the host has at that path.
+            let mut p = p;
+            let m = std::fs::metadata("/usr/bin/dpkg").unwrap();
+            let (dev, ino) = (m.dev(), m.ino());
+            assert_eq!(
+                p.is_managed_image("/usr/bin/dpkg", Some((dev, ino))),
+                Some(true)
+            );
+            assert_eq!(
+                p.is_managed_image("/usr/bin/dpkg", Some((0, ino))),
+                Some(true)
+            );
+            assert_eq!(
+                p.is_managed_image("/usr/bin/dpkg", Some((dev, ino + 1))),
+                Some(false),
+                "another file at a listed path (a bind mount) is not managed"
+            );
+            assert_eq!(p.is_managed_image("/usr/bin/dpkg", None), Some(false));
+            assert_eq!(
+                p.is_managed_image("/usr/bin/dpkg (deleted)", Some((dev, ino))),
+                Some(false)
+            );
             eprintln!(
                 "package set: {} paths, {} KiB",
                 p.paths.len(),

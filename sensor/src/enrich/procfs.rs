@@ -34,6 +34,9 @@ pub struct ProcessInfo {
     pub loader: Option<String>,
     /// How that program was checked (maps, mismatch, process-gone, unresolved).
     pub loader_check: Option<&'static str>,
+    /// The program a loader's arguments name, when that was not confirmed (the
+    /// executable is then the loader): shown, never scored.
+    pub loader_claim: Option<String>,
     /// Not in the host's package database (None: unknown, e.g. in a container).
     pub unmanaged: Option<bool>,
     /// `pending` while the executable's hash is being taken, `skipped-budget` when it was
@@ -55,6 +58,7 @@ impl ProcessInfo {
             + s(&self.container_id)
             + s(&self.content_match)
             + s(&self.loader)
+            + s(&self.loader_claim)
             + self.ancestors.iter().map(|a| a.len() + 24).sum::<usize>()
             + self.pod.as_ref().map_or(0, |p| {
                 p.namespace.len() + p.name.len() + p.container.len() + s(&p.uid)

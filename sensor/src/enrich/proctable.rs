@@ -382,6 +382,18 @@ impl ProcTable {
                 ..old.clone()
             })
         });
+        // A loader's program is pinned now, while its working directory is the exec's.
+        let run = loader::is_loader(executable.as_deref(), content_match.as_deref()).then(|| {
+            loader::pin(
+                &self.procfs,
+                &mut self.identities,
+                (key.tgid, e.task.ppid),
+                (alive, true),
+                executable.as_deref().unwrap_or_default(),
+                e.args.as_ref(),
+            )
+        });
+        self.set_run(key, run.map(Arc::new));
         self.insert(
             key,
             Entry {
@@ -422,30 +434,51 @@ impl ProcTable {
         self.bytes = self.bytes + after - before;
     }
 
-    /// A process the kernel exec'd as a dynamic loader: the program it runs, resolved once
-    /// (see [`loader`]) and kept while the entry lives.
+    /// Sets (or clears) the loader run of `key`, its bytes accounted.
+    fn set_run(&mut self, key: Key, run: Option<Arc<loader::Run>>) {
+        let old = match run {
+            Some(r) => {
+                self.bytes += run_bytes(&r);
+                self.loaded.insert(key, r)
+            }
+            None => self.loaded.remove(&key),
+        };
+        if let Some(old) = old {
+            self.bytes -= run_bytes(&old);
+        }
+    }
+
+    /// A process the kernel exec'd as a dynamic loader: the program pinned at its exec
+    /// record, checked against its maps once, at the first connect (see [`loader`]). A
+    /// loader process met only through /proc gets the claim from there, never confirmed.
     fn loader_run(&mut self, key: Key) -> Option<Arc<loader::Run>> {
-        if let Some(r) = self.loaded.get(&key) {
-            return Some(r.clone());
+        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
+        if let Some(r) = self.loaded.get(&key).cloned() {
+            if r.check != loader::Check::Pending {
+                return Some(r);
+            }
+            let check = loader::confirm(&self.procfs, &r, key.tgid, alive);
+            let run = Arc::new(loader::Run {
+                check,
+                ..(*r).clone()
+            });
+            self.set_run(key, Some(run.clone()));
+            return Some(run);
         }
         let e = self.entries.get(&key)?;
         if !loader::is_loader(e.executable.as_deref(), e.content_match.as_deref()) {
             return None;
         }
-        let (exe, args, ppid) = (e.executable.clone()?, e.args.clone(), e.ppid);
-        let alive = self.procfs.start_ticks(key.tgid) == Some(key.start);
-        let run = Arc::new(loader::resolve(
+        let (exe, ppid) = (e.executable.clone()?, e.ppid);
+        let run = Arc::new(loader::pin(
             &self.procfs,
             &mut self.identities,
             (key.tgid, ppid),
-            alive,
+            (alive, false),
             &exe,
-            args.as_ref(),
+            None,
         ));
-        self.bytes += run_bytes(&run);
-        if let Some(old) = self.loaded.insert(key, run.clone()) {
-            self.bytes -= run_bytes(&old);
-        }
+        self.set_run(key, Some(run.clone()));
         Some(run)
     }
 
@@ -456,6 +489,11 @@ impl ProcTable {
             Some(p) => Some(p.clone()),
             None => self.load_from_procfs(pkey).cloned(),
         };
+        // A fork of a loader process runs the same program, pinned at the same exec.
+        let run = self.loaded.get(&pkey).cloned();
+        if run.is_some() {
+            self.set_run(key, run);
+        }
         let entry = match parent {
             Some(p) => Entry {
                 parent: Some(pkey),
@@ -592,21 +630,34 @@ impl ProcTable {
             container_runtime: None,
             loader: None,
             loader_check: None,
+            loader_claim: None,
             unmanaged: None,
             identity: e.identity.as_str(),
             image_mismatch: false,
         };
-        if let Some(run) = run {
-            // The program the loader ran is the process's executable; the loader beside it.
-            info.executable = run.program.clone();
-            info.content_match = run.content_match.clone();
-            info.location = run.location;
+        if let Some(run) = &run {
             info.loader = Some(run.loader.clone());
             info.loader_check = Some(run.check.as_str());
+            if run.confirmed() {
+                // The program the loader ran is the process's executable; the loader beside.
+                info.executable = run.program.clone();
+                info.content_match = run.content_match.clone();
+                info.location = run.location;
+            } else {
+                // Unconfirmed: the loader stays the executable and scores as `ld.so`; the
+                // claim is shown beside it, for the analyst, never for scoring or rules.
+                info.loader_claim = run.program.clone();
+                info.content_match = Some(loader::LOADER.to_string());
+            }
         }
         // Only the host's own files are in its package database; a container's are not.
+        // Managed means the host's file at that path is the image the kernel ran.
+        let image = match run.as_deref() {
+            Some(r) if r.confirmed() => r.file,
+            _ => e.image,
+        };
         info.unmanaged = match (&info.executable, &info.container_id) {
-            (Some(exe), None) => self.packages.is_managed(exe).map(|m| !m),
+            (Some(exe), None) => self.packages.is_managed_image(exe, image).map(|m| !m),
             _ => None,
         };
         let mut next = e.parent;

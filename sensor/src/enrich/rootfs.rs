@@ -47,6 +47,20 @@ pub fn open_path_with(path: &Path, flags: i32) -> Result<OwnedFd> {
 
 /// An `O_PATH` fd of `rel` inside `root`: the kernel keeps the walk inside `root`.
 pub fn open_path_in(root: &Path, rel: &str) -> Result<OwnedFd> {
+    open_path_under(root, rel, libc::RESOLVE_IN_ROOT)
+}
+
+/// An `O_PATH` fd of the relative path `rel` beneath the directory `dir` (a process's
+/// `/proc/PID/cwd`): the walk may not leave `dir`, so `..` above it and absolute
+/// symlinks fail rather than resolve in the sensor's root.
+pub fn open_path_beneath(dir: &Path, rel: &str) -> Result<OwnedFd> {
+    if rel.starts_with('/') {
+        bail!("{rel} is not relative");
+    }
+    open_path_under(dir, rel, libc::RESOLVE_BENEATH)
+}
+
+fn open_path_under(root: &Path, rel: &str, resolve: u64) -> Result<OwnedFd> {
     let dir = {
         let c = cstr(root.as_os_str().as_encoded_bytes(), "root")?;
         // SAFETY: as in open_path.
@@ -75,7 +89,7 @@ pub fn open_path_in(root: &Path, rel: &str) -> Result<OwnedFd> {
     // SAFETY: libc's open_how is non-exhaustive: zeroed, then the fields set.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid dirfd, NUL-terminated path and open_how of the size given.
     let fd = unsafe {
         libc::syscall(
@@ -205,6 +219,17 @@ pub fn fd_path(fd: &OwnedFd) -> Option<String> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Whether the file system behind `fd` gives `st_dev` values that differ from the
+/// device the kernel's records carry (btrfs: per subvolume; overlayfs: per layer).
+pub fn devices_per_subvolume(fd: &OwnedFd) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    // SAFETY: a valid fd (O_PATH is enough for fstatfs) and a zeroed statfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0;
+    ok && matches!(st.f_type as i64, BTRFS_SUPER_MAGIC | OVERLAYFS_SUPER_MAGIC)
 }
 
 /// Whether `root` is the sensor's own `/` (same device and inode).

@@ -349,6 +349,7 @@ fn connection_doc<'a>(e: &'a Enriched, d: &'a Decision, cx: &'a Context) -> J<'a
         .put("lineage", lineage(p))
         .put("loader", p.loader.as_deref())
         .put("loader_check", p.loader_check)
+        .put("loader_claim", p.loader_claim.as_deref())
         .put("location", p.location)
         .put("unmanaged", p.unmanaged);
     let v = &d.verdict;
@@ -485,6 +486,7 @@ impl Render for Enriched {
                 "identity": p.identity,
                 "loader": p.loader,
                 "loader_check": p.loader_check,
+                "loader_claim": p.loader_claim,
                 "unmanaged": p.unmanaged,
                 "image_mismatch": p.image_mismatch.then_some(true),
             },
@@ -888,6 +890,7 @@ mod tests {
             container_runtime: Some("containerd"),
             loader: Some("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
             loader_check: Some("maps"),
+            loader_claim: Some("/home/u/python3".into()),
             unmanaged: Some(true),
             identity: Some("pending"),
             image_mismatch: true,
