@@ -40,9 +40,11 @@ mod tests {
     #[case("/var/lib/x/update-agent", Some(false), false)]
     #[case("/var/lib/x/update-agent", None, false)]
     // Under a trusted path...
-    #[case("/opt/vendor/agent", Some(true), false)]
     #[case("/usr/local/bin/git", Some(true), false)]
-    #[case("/opt/vendor/agent (deleted)", Some(true), false)]
+    #[case("/usr/local/bin/agent (deleted)", Some(true), false)]
+    // ...but not where users may write by default.
+    #[case("/opt/vendor/agent", Some(true), true)]
+    #[case("/nix/store/0abc-py/bin/py", Some(true), true)]
     // ...which no spelling reaches from outside one.
     #[case("/opt/../var/lib/agent", Some(true), true)]
     #[case("/opt/./../usr/bin/x", Some(true), true)]

@@ -114,8 +114,11 @@ pub struct Unmanaged {
 /// An unmanaged executable on a known C2 port: Medium.
 pub const DEFAULT_UNMANAGED_RISK: u8 = 2;
 
-/// Root-owned places software is installed outside the package manager.
-pub const DEFAULT_TRUSTED_PATHS: &[&str] = &["/usr/local/*", "/opt/*", "/snap/*", "/nix/store/*"];
+/// Places software is installed outside the package manager that only root writes on a
+/// standard install. Not `/opt` (vendors hand subdirectories to service users) nor
+/// `/nix/store` (on multi-user Nix any user adds files with `nix-store --add`): a trusted
+/// path is trusted as written, so list only directories no user can write into.
+pub const DEFAULT_TRUSTED_PATHS: &[&str] = &["/usr/local/*", "/snap/*"];
 
 impl Default for Unmanaged {
     fn default() -> Self {
