@@ -19,8 +19,8 @@ use sensor_common::{
 use crate::{
     filter::{active, filtered, folded},
     maps::{
-        CONNECTS, EVENTS, LAYOUT, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
-        count_seen, submit_flags, tp_layout,
+        CONNECTS, LAYOUT, SOCKETS, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
+        count_seen, socket_submit_flags, tp_layout,
     },
     task::{exe_file, file_id, fill_header, read, sock_netns},
 };
@@ -260,7 +260,8 @@ pub(crate) fn connect_event_for(
     ev
 }
 
-/// TCP connects go to their own ring; listens, inbound opens and UDP to the shared one.
+/// TCP connects go to their own ring; listens, inbound opens and UDP to the sockets ring
+/// (a flood of them can push out neither a connect nor an exec record).
 #[inline(always)]
 pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     let connect = ev.header.kind == RecordKind::Connect as u32;
@@ -268,7 +269,7 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
     let reserved = if connect {
         CONNECTS.reserve::<ConnectEvent>(0)
     } else {
-        EVENTS.reserve::<ConnectEvent>(0)
+        SOCKETS.reserve::<ConnectEvent>(0)
     };
     match reserved {
         Some(mut slot) => {
@@ -278,7 +279,7 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
             slot.submit(if connect {
                 connect_submit_flags()
             } else {
-                submit_flags()
+                socket_submit_flags()
             });
             count_emitted(ev.header.kind);
             if ev.header.kind == RecordKind::Connect as u32 {

@@ -13,7 +13,9 @@ use aya_ebpf::{
 use sensor_common::{ARGS_LEN, ExecEvent, KernelLayout, OFFSET_UNKNOWN, RecordKind, TaskEvent};
 
 use crate::{
-    maps::{EVENTS, LAYOUT, count_emitted, count_loss, count_seen, submit_flags, tp_layout},
+    maps::{
+        LAYOUT, PROCESSES, count_emitted, count_loss, count_seen, process_submit_flags, tp_layout,
+    },
     task::{exe_file, file_id, fill_header, group_dead, process_start, read},
 };
 
@@ -54,7 +56,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn exec_record(l: &KernelLayout, filename: *const u8) {
     count_seen(RecordKind::Exec as u32);
-    let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
+    let Some(mut slot) = PROCESSES.reserve::<ExecEvent>(0) else {
         count_loss(RecordKind::Exec as u32);
         return;
     };
@@ -115,7 +117,7 @@ fn exec_record(l: &KernelLayout, filename: *const u8) {
             }
         }
     }
-    slot.submit(submit_flags());
+    slot.submit(process_submit_flags());
     count_emitted(RecordKind::Exec as u32);
 }
 
@@ -148,7 +150,7 @@ fn fork_record(parent: *const u8, child: *const u8) {
             return; // a new thread, not a new process
         }
         count_seen(RecordKind::Fork as u32);
-        let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
+        let Some(mut slot) = PROCESSES.reserve::<TaskEvent>(0) else {
             count_loss(RecordKind::Fork as u32);
             return;
         };
@@ -161,7 +163,7 @@ fn fork_record(parent: *const u8, child: *const u8) {
         h.ppid = read::<u32>(parent, l.task_tgid).unwrap_or(0);
         // `parent` is the forking thread: its process is identified by its leader.
         h.parent_start_time_ns = process_start(parent, &l);
-        slot.submit(submit_flags());
+        slot.submit(process_submit_flags());
         count_emitted(RecordKind::Fork as u32);
     }
 }
@@ -198,7 +200,7 @@ fn exit_record() {
         return;
     }
     count_seen(RecordKind::Exit as u32);
-    let Some(mut slot) = EVENTS.reserve::<TaskEvent>(0) else {
+    let Some(mut slot) = PROCESSES.reserve::<TaskEvent>(0) else {
         count_loss(RecordKind::Exit as u32);
         return;
     };
@@ -208,6 +210,6 @@ fn exit_record() {
     unsafe {
         fill_header(&mut (*ev).header, RecordKind::Exit, task, &l);
     }
-    slot.submit(submit_flags());
+    slot.submit(process_submit_flags());
     count_emitted(RecordKind::Exit as u32);
 }

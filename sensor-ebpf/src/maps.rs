@@ -1,4 +1,4 @@
-//! Maps and globals shared by every program: the ring buffer and its loss counter, the
+//! Maps and globals shared by every program: the three ring buffers and their loss counter, the
 //! wakeup batching settings, and the field offsets userspace writes before load.
 
 use aya_ebpf::{
@@ -14,13 +14,18 @@ use sensor_common::{
     counter_slot,
 };
 
-/// Every record but TCP connects. Resized by userspace at load time (`--ring-buffer-size`).
+/// Process lifecycle records (exec, fork, exit): a socket flood cannot push out the exec
+/// record that attributes a connect. Resized by userspace at load time (`--ring-buffer-size`).
 #[map]
-pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static PROCESSES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// TCP connects only, so no flood of another kind can push one out. Resized likewise.
 #[map]
 pub(crate) static CONNECTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// UDP, listen and inbound records: the kinds a user can flood cheaply. Resized likewise.
+#[map]
+pub(crate) static SOCKETS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU loss counters; userspace sums and reports them.
 #[map]
@@ -85,24 +90,30 @@ static WAKEUP_BYTES: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static MAX_DELAY_NS: Global<u64> = Global::new(0);
 
-/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns), per ring (EVENTS,
-/// CONNECTS). Shared by all CPUs; a race only costs an extra wakeup.
+/// When the last forced wakeup was sent (CLOCK_MONOTONIC ns), per ring (PROCESSES,
+/// CONNECTS, SOCKETS). Shared by all CPUs; a race only costs an extra wakeup.
 #[map]
-static LAST_WAKEUP: Array<u64> = Array::with_max_entries(2, 0);
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(3, 0);
 
 /// Submit flags. A wakeup is forced when a quarter ring is pending or none was sent for
 /// MAX_DELAY_NS (so the first record after a quiet spell wakes the reader at once);
 /// otherwise none, and the reader's timer, armed after every drain that found records,
 /// picks the batch up within MAX_DELAY_NS. Idle hosts cost no wakeups at all.
 #[inline(always)]
-pub(crate) fn submit_flags() -> u64 {
-    ring_submit_flags(&EVENTS, 0)
+pub(crate) fn process_submit_flags() -> u64 {
+    ring_submit_flags(&PROCESSES, 0)
 }
 
-/// [`submit_flags`] for the [`CONNECTS`] ring.
+/// [`process_submit_flags`] for the [`CONNECTS`] ring.
 #[inline(always)]
 pub(crate) fn connect_submit_flags() -> u64 {
     ring_submit_flags(&CONNECTS, 1)
+}
+
+/// [`process_submit_flags`] for the [`SOCKETS`] ring.
+#[inline(always)]
+pub(crate) fn socket_submit_flags() -> u64 {
+    ring_submit_flags(&SOCKETS, 2)
 }
 
 #[inline(always)]

@@ -343,21 +343,23 @@ impl Pipeline {
     /// `n` identical connections (1, or repeats the kernel folded).
     fn connect_n(&mut self, conn: &Connection, n: u64, out: &mut Sink) -> Result<()> {
         self.counters.connections += n;
-        let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
-        {
-            Some((info, src)) => (info, Some(src.as_str())),
-            // Nobody knows the process: keep what the kernel gave.
-            None => (
-                ProcessInfo {
-                    ppid: (conn.ppid != 0).then_some(conn.ppid),
-                    ..Default::default()
-                },
-                None,
-            ),
-        };
+        let (mut proc, mut source) =
+            match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid) {
+                Some((info, src)) => (info, Some(src.as_str())),
+                // Nobody knows the process: keep what the kernel gave.
+                None => (
+                    ProcessInfo {
+                        ppid: (conn.ppid != 0).then_some(conn.ppid),
+                        ..Default::default()
+                    },
+                    None,
+                ),
+            };
         // The image the kernel saw making the connect, not whatever the process runs now.
-        self.table
+        let image = self
+            .table
             .connect_image(conn.tgid, conn.start_time_ns, conn.image, &mut proc);
+        source = image.attribution().or(source);
         if proc.executable.is_some() {
             self.counters.attributed += n;
         }

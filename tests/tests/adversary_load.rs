@@ -471,7 +471,7 @@ enum Flood {
 }
 
 /// Floods at full speed (one flooder per CPU) with [`NC_COUNT`] `nc` connects to 4444
-/// every [`NC_EVERY`] in the middle: every one must be reported.
+/// every [`NC_EVERY`] in the middle: every one must be reported, and named nc.
 fn flood_case(kind: Flood) -> Result<()> {
     let name = format!("{kind:?}");
     if !root_or_skip(&name) {
@@ -523,21 +523,40 @@ fn flood_case(kind: Flood) -> Result<()> {
         .values()
         .filter(|v| v["event"]["kind"] == "alert")
         .count();
-    let named = found
-        .values()
-        .filter(|v| {
-            v["process"]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("nc"))
-        })
-        .count();
+    // The attack is hiding who made the C2 connect: each must name nc (its executable,
+    // not comm) and score as nc does.
+    let as_nc = |v: &Value| {
+        v["process"]["executable"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/nc.openbsd"))
+            && v["event"]["kind"] == "alert"
+            && v["sensor"]["severity"] == "High"
+            && v["event"]["risk_score"] == 3
+    };
+    let named = found.values().filter(|v| as_nc(v)).count();
+    let mut by_attribution: HashMap<String, usize> = HashMap::new();
+    for v in found.values().filter(|v| as_nc(v)) {
+        let a = v["sensor"]["process"]["attribution"]
+            .as_str()
+            .unwrap_or("?");
+        *by_attribution.entry(a.to_string()).or_default() += 1;
+    }
     let others: Vec<String> = found
         .values()
-        .map(|v| format!("{}", v["process"]["executable"]))
-        .filter(|e| !e.contains("/nc"))
+        .filter(|v| !as_nc(v))
+        .map(|v| {
+            format!(
+                "{} {} risk {} mismatch {} attribution {}",
+                v["process"]["executable"],
+                v["sensor"]["severity"],
+                v["event"]["risk_score"],
+                v["sensor"]["process"]["image_mismatch"],
+                v["sensor"]["process"]["attribution"]
+            )
+        })
         .collect();
     eprintln!(
-        "MEASURED flood {name}: {}/{} nc connects reported ({alerts} alerts, {named} attributed to nc, others {others:?}); kernel records {}",
+        "MEASURED flood {name}: {}/{} nc connects reported ({alerts} alerts, {named} attributed to nc {by_attribution:?}, others {others:?}); kernel records {}",
         found.len(),
         pids.len(),
         lost_by_kind(&body)
@@ -547,6 +566,11 @@ fn flood_case(kind: Flood) -> Result<()> {
         found.len(),
         pids.len(),
         "nc connects lost in the {name} flood"
+    );
+    assert_eq!(
+        named,
+        pids.len(),
+        "nc connects not attributed to nc (High, risk 3) in the {name} flood: {others:?}"
     );
     Ok(())
 }

@@ -71,11 +71,16 @@ pub const AF_INET6: u16 = 10;
 
 pub const TASK_COMM_LEN: usize = 16;
 
-/// Name of the ring buffer map carrying every record but TCP connects.
-pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the ring buffer map carrying process lifecycle records (exec, fork, exit): a
+/// socket flood (UDP sweeps, accept loops) cannot push out the exec record that
+/// attributes a connect.
+pub const PROCESSES_MAP: &str = "PROCESSES";
 /// Name of the ring buffer map carrying TCP connect records only: a flood of another kind
 /// (UDP sweeps, accept loops, exec storms) cannot push a connect out.
 pub const CONNECTS_MAP: &str = "CONNECTS";
+/// Name of the ring buffer map carrying UDP, listen and inbound records (one ring, so a
+/// listen record always comes before the inbound opens it attributes).
+pub const SOCKETS_MAP: &str = "SOCKETS";
 /// Name of the per-CPU array whose slot [`LOST_RESERVE`] counts failed ring-buffer reserves.
 pub const LOSSES_MAP: &str = "LOSSES";
 pub const LOST_RESERVE: u32 = 0;

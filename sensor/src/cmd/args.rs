@@ -35,8 +35,9 @@ pub struct RunArgs {
     /// Policy file (TOML); built-in defaults are the reference model's Linux lists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Size of each of the two ring buffers (TCP connects; every other record), in bytes:
-    /// a power of two, at least one page.
+    /// Size of each of the three ring buffers (TCP connects; exec/fork/exit; UDP, listens
+    /// and inbound opens), in bytes: a power of two, at least one page. The kernel
+    /// allocates all three: 3 x BYTES of locked memory (3 MiB by default).
     #[arg(long, default_value_t = DEFAULT_RING_BUFFER, value_name = "BYTES")]
     pub ring_buffer_size: u32,
     /// Kernel hook: auto tries fentry, then kprobe, then the BTF tracepoint, then the

@@ -1,15 +1,18 @@
-//! Draining the two ring buffers in the order things happened. TCP connects have a ring of
-//! their own (a flood of another kind cannot push them out); the exec, fork and exit
-//! records that attribute a connect come through the other. A connect is handled only
-//! once every record of the other ring that happened before it has been: a process's exec
-//! record is submitted before its connect is made, so it is in the ring by the time the
-//! connect is read.
+//! Draining the three ring buffers in the order things happened. TCP connects, process
+//! lifecycle records (exec, fork, exit) and socket records (UDP, listens, inbound opens)
+//! each have a ring of their own, so a flood of one kind cannot push out another: a UDP
+//! sweep costs neither a connect nor the exec record that attributes it. A connect or a
+//! socket record is handled only once every lifecycle record that happened before it has
+//! been: a process's exec record is submitted before its connect is made, so it is in its
+//! ring by the time the connect is read. Listens and the inbound opens they attribute
+//! share one ring, so they keep their order.
 
 use std::{collections::VecDeque, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use log::warn;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     kernel::records::{self, Record},
@@ -25,14 +28,89 @@ pub const DRAIN_BATCH: usize = 4096;
 /// a SIGTERM still waits at most this long for the loop.
 const DRAIN_TIME: Duration = Duration::from_millis(100);
 
-/// Connects read from their ring and not yet handled: at most this many (the rest wait in
-/// the kernel ring, which counts its own losses).
+/// Records read ahead from the connect or the sockets ring and not yet handled: at most
+/// this many per ring (the rest wait in the kernel ring, which counts its own losses).
 const PENDING_MAX: usize = 1024;
 
-/// The connects read ahead of the other ring.
+/// The three rings, registered with tokio.
+pub struct Rings {
+    connects: AsyncFd<RingBuf<MapData>>,
+    processes: AsyncFd<RingBuf<MapData>>,
+    sockets: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Rings {
+    /// `rings`: connects, processes, sockets (as `Loaded::take_rings` returns them).
+    pub fn new(rings: [RingBuf<MapData>; 3]) -> Result<Self> {
+        let [connects, processes, sockets] = rings;
+        Ok(Self {
+            connects: watch(connects).context("registering the connect ring with tokio")?,
+            processes: watch(processes).context("registering the process ring with tokio")?,
+            sockets: watch(sockets).context("registering the sockets ring with tokio")?,
+        })
+    }
+
+    /// Waits until any ring has records. Its readiness is cleared before the drain that
+    /// follows reads it: what arrives meanwhile is read by that drain or wakes us again,
+    /// and a drain that stops early says so (the loop comes back at once).
+    pub async fn readable(&mut self) -> Result<()> {
+        let Self {
+            connects,
+            processes,
+            sockets,
+        } = self;
+        let mut guard = tokio::select! {
+            g = connects.readable_mut() => g,
+            g = processes.readable_mut() => g,
+            g = sockets.readable_mut() => g,
+        }
+        .context("waiting on the ring buffers")?;
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
+/// Registers a ring's fd with tokio's reactor for readability.
+fn watch(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: aya's RingBuf owns its map fd; it stays open and unchanged until the ring,
+    // and with it this AsyncFd, is dropped.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// Records read ahead of the lifecycle ring, oldest first.
+#[derive(Default)]
+struct Ahead {
+    queue: VecDeque<(u64, Record)>,
+}
+
+impl Ahead {
+    /// Reads `ring` until it is empty (true) or [`PENDING_MAX`] wait (false).
+    fn fill(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) -> bool {
+        while self.queue.len() < PENDING_MAX {
+            let Some(item) = ring.next() else {
+                return true;
+            };
+            let decoded = records::decode(&item);
+            drop(item); // the slot back to the kernel at once
+            match decoded {
+                Ok(r) => self.queue.push_back((boot_ns(&r), r)),
+                Err(e) => malformed(pipeline, &e),
+            }
+        }
+        false
+    }
+
+    fn front(&self) -> Option<u64> {
+        self.queue.front().map(|(at, _)| *at)
+    }
+}
+
+/// The connects and socket records read ahead of the lifecycle ring.
 #[derive(Default)]
 pub struct Merge {
-    pending: VecDeque<(u64, Record)>,
+    connects: Ahead,
+    sockets: Ahead,
 }
 
 /// When a record happened (CLOCK_BOOTTIME ns), to merge the rings.
@@ -46,97 +124,113 @@ fn boot_ns(r: &Record) -> u64 {
 
 impl Merge {
     /// Handles up to [`DRAIN_BATCH`] records for at most [`DRAIN_TIME`], in time order
-    /// across both rings, then flushes the output; returns how many, or [`DRAIN_BATCH`]
+    /// across the rings, then flushes the output; returns how many, or [`DRAIN_BATCH`]
     /// when time or the batch ran out (more may be waiting).
     pub fn drain(
         &mut self,
-        connects: &mut RingBuf<MapData>,
-        events: &mut RingBuf<MapData>,
+        rings: &mut Rings,
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<usize> {
         let mut budget = Budget::new();
-        let more = self.drain_in(connects, events, &mut budget, pipeline, out)?;
+        let more = self.drain_in(rings, &mut budget, pipeline, out)?;
         Ok(if more { DRAIN_BATCH } else { budget.found })
     }
 
     /// [`Merge::drain`] within `budget`; true when more may be waiting.
     fn drain_in(
         &mut self,
-        connects: &mut RingBuf<MapData>,
-        events: &mut RingBuf<MapData>,
+        rings: &mut Rings,
         budget: &mut Budget,
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<bool> {
-        // The connects first: what the other ring holds now covers everything before them.
-        while self.pending.len() < PENDING_MAX
-            && let Some(item) = connects.next()
-        {
-            let decoded = records::decode(&item);
-            drop(item); // the slot back to the kernel at once
-            match decoded {
-                Ok(r) => self.pending.push_back((boot_ns(&r), r)),
-                Err(e) => malformed(pipeline, &e),
+        let more = loop {
+            // Read ahead first: what the lifecycle ring holds now covers everything
+            // before them.
+            let connects_empty = self.connects.fill(rings.connects.get_mut(), pipeline);
+            let sockets_empty = self.sockets.fill(rings.sockets.get_mut(), pipeline);
+            if self.drain_processes(rings, budget, pipeline, out)? {
+                break true;
             }
-        }
-        let mut more = false;
+            // The lifecycle ring is empty: nothing happened before the records left.
+            self.handle_ahead(None, budget, pipeline, out)?;
+            if budget.spent() {
+                break true;
+            }
+            if connects_empty && sockets_empty {
+                break false;
+            }
+            // A ring was read only up to PENDING_MAX: read on, within the budget.
+        };
+        out.flush()?;
+        Ok(more || self.connects.front().is_some() || self.sockets.front().is_some())
+    }
+
+    /// Handles the lifecycle ring, each record after the ones read ahead that happened
+    /// before it; true when the budget ran out first.
+    fn drain_processes(
+        &mut self,
+        rings: &mut Rings,
+        budget: &mut Budget,
+        pipeline: &mut Pipeline,
+        out: &mut Sink,
+    ) -> Result<bool> {
         loop {
             if budget.spent() {
-                more = true;
-                break;
+                return Ok(true);
             }
-            let Some(item) = events.next() else {
-                break;
+            let Some(item) = rings.processes.get_mut().next() else {
+                return Ok(false);
             };
             budget.found += 1;
             let decoded = records::decode(&item);
             drop(item); // give the slot back to the kernel before slow procfs work
             match decoded {
                 Ok(record) => {
-                    self.handle_pending(Some(boot_ns(&record)), budget, pipeline, out)?;
+                    self.handle_ahead(Some(boot_ns(&record)), budget, pipeline, out)?;
                     pipeline.handle(&record, out)?;
                 }
                 Err(e) => malformed(pipeline, &e),
             }
         }
-        if !more {
-            // The other ring is empty: nothing happened before the connects left.
-            self.handle_pending(None, budget, pipeline, out)?;
-        }
-        out.flush()?;
-        Ok(more || !self.pending.is_empty())
     }
 
-    /// At exit: one last drain, then the connects read ahead, in order or not (the loop is
+    /// At exit: one last drain, then the records read ahead, in order or not (the loop is
     /// over), all within one drain's time.
     pub fn finish(
         &mut self,
-        connects: &mut RingBuf<MapData>,
-        events: &mut RingBuf<MapData>,
+        rings: &mut Rings,
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<()> {
         let mut budget = Budget::new();
-        self.drain_in(connects, events, &mut budget, pipeline, out)?;
-        self.handle_pending(None, &mut budget, pipeline, out)?;
+        self.drain_in(rings, &mut budget, pipeline, out)?;
+        self.handle_ahead(None, &mut budget, pipeline, out)?;
         out.flush()
     }
 
-    /// Handles the pending connects that happened before `before` (all when None), while
-    /// the budget lasts.
-    fn handle_pending(
+    /// Handles the records read ahead that happened before `before` (all when None),
+    /// connects and socket records merged by time, while the budget lasts.
+    fn handle_ahead(
         &mut self,
         before: Option<u64>,
         budget: &mut Budget,
         pipeline: &mut Pipeline,
         out: &mut Sink,
     ) -> Result<()> {
-        while !budget.spent()
-            && let Some((at, _)) = self.pending.front()
-            && before.is_none_or(|b| *at <= b)
-        {
-            if let Some((_, r)) = self.pending.pop_front() {
+        while !budget.spent() {
+            let next = match (self.connects.front(), self.sockets.front()) {
+                (Some(c), Some(s)) if s < c => (&mut self.sockets, s),
+                (Some(c), _) => (&mut self.connects, c),
+                (None, Some(s)) => (&mut self.sockets, s),
+                (None, None) => break,
+            };
+            let (ahead, at) = next;
+            if before.is_some_and(|b| at > b) {
+                break;
+            }
+            if let Some((_, r)) = ahead.queue.pop_front() {
                 pipeline.handle(&r, out)?;
                 budget.found += 1;
             }

@@ -20,7 +20,7 @@ pub use crate::cmd::args::{KernelLog, RunArgs};
 use crate::{
     cmd::{
         args::host_root,
-        drain::{DRAIN_BATCH, Merge},
+        drain::{DRAIN_BATCH, Merge, Rings},
         notify::Notifier,
         stall::LoopStall,
     },
@@ -159,10 +159,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let notifier = Notifier::from_env();
     let env = Environment::probe();
     let mut loaded = load::load(&load, &env)?;
-    let mut ring =
-        watch(loaded.take_ring_buffer()?).context("registering the ring buffer with tokio")?;
-    let mut connect_ring = watch(loaded.take_connect_ring()?)
-        .context("registering the connect ring buffer with tokio")?;
+    let mut rings = Rings::new(loaded.take_rings()?)?;
     let mut merge = Merge::default();
     let losses = loaded.take_losses()?;
     // Until the first push the filter maps are zero: everything passes, nothing folds.
@@ -283,30 +280,17 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut lost_reported = 0u64;
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
+            ready = rings.readable() => {
                 let _turn = stall.turn();
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let found = merge.drain(connect_ring.get_mut(), guard.get_inner_mut(), &mut pipeline, &mut out)?;
+                ready?;
+                let found = merge.drain(&mut rings, &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
-                if found == DRAIN_BATCH {
+                recheck = if found == DRAIN_BATCH {
                     // More may be waiting: come back at once, after the other branches.
-                    recheck = Some(tokio::time::Instant::now());
+                    Some(tokio::time::Instant::now())
                 } else {
-                    guard.clear_ready();
-                    recheck = arm(found).or(recheck);
-                }
-            }
-            guard = connect_ring.readable_mut() => {
-                let _turn = stall.turn();
-                let mut guard = guard.context("waiting on the connect ring buffer")?;
-                let found = merge.drain(guard.get_inner_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
-                publish(&pipeline, &out, lost_reported);
-                if found == DRAIN_BATCH {
-                    recheck = Some(tokio::time::Instant::now());
-                } else {
-                    guard.clear_ready();
-                    recheck = arm(found).or(recheck);
-                }
+                    arm(found).or(recheck)
+                };
             }
             guard = async { match kernel_log.as_mut() {
                 Some(fd) => fd.readable_mut().await,
@@ -323,7 +307,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 None => std::future::pending().await,
             } } => {
                 let _turn = stall.turn();
-                let found = merge.drain(connect_ring.get_mut(), ring.get_mut(), &mut pipeline, &mut out)?;
+                let found = merge.drain(&mut rings, &mut pipeline, &mut out)?;
                 publish(&pipeline, &out, lost_reported);
                 recheck = if found == DRAIN_BATCH { Some(tokio::time::Instant::now()) } else { arm(found) };
             }
@@ -377,12 +361,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     notifier.stopping();
     // The last records and folded counts, so the totals below are the kernel's own.
-    merge.finish(
-        connect_ring.get_mut(),
-        ring.get_mut(),
-        &mut pipeline,
-        &mut out,
-    )?;
+    merge.finish(&mut rings, &mut pipeline, &mut out)?;
     kernel.collect(&mut pipeline, &mut out, true)?;
     report_losses(&losses, &mut lost_reported, &mut pipeline, &mut out)?;
     pipeline.finish(BootClock::now_unix_ns(), &mut out)?;

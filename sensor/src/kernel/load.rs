@@ -1,5 +1,5 @@
-//! Loading the embedded eBPF object: this kernel's field layout patched in, the ring
-//! buffer sized, one connect hook attached.
+//! Loading the embedded eBPF object: this kernel's field layout patched in, the three ring
+//! buffers sized, one connect hook attached.
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -8,8 +8,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use sensor_common::{
-    CONNECTS_MAP, EVENTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE,
-    MAX_DELAY_GLOBAL, WAKEUP_GLOBAL,
+    CONNECTS_MAP, KernelLayout, LAYOUT_GLOBAL, LOSSES_MAP, LOST_RESERVE, MAX_DELAY_GLOBAL,
+    PROCESSES_MAP, SOCKETS_MAP, WAKEUP_GLOBAL,
 };
 
 use crate::{
@@ -112,10 +112,12 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
             &u64::try_from(opts.max_delay.as_nanos()).unwrap_or(u64::MAX),
             true,
         )
-        // Both rings get the size: connects have one of their own (no other kind's flood
-        // can push them out), everything else shares the other.
-        .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
+        // Each of the three rings gets the size (3x in kernel memory): connects, process
+        // lifecycle and sockets each have their own, so a flood of one cannot push out
+        // another.
         .map_max_entries(CONNECTS_MAP, opts.ring_buffer_bytes)
+        .map_max_entries(PROCESSES_MAP, opts.ring_buffer_bytes)
+        .map_max_entries(SOCKETS_MAP, opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps, ring buffer)")
 }
@@ -184,14 +186,13 @@ pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
 }
 
 impl Loaded {
-    /// The ring of every record but TCP connects.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>> {
-        self.take_ring(EVENTS_MAP)
-    }
-
-    /// The ring of TCP connects.
-    pub fn take_connect_ring(&mut self) -> Result<RingBuf<MapData>> {
-        self.take_ring(CONNECTS_MAP)
+    /// The three rings: TCP connects, process lifecycle, sockets (UDP, listen, inbound).
+    pub fn take_rings(&mut self) -> Result<[RingBuf<MapData>; 3]> {
+        Ok([
+            self.take_ring(CONNECTS_MAP)?,
+            self.take_ring(PROCESSES_MAP)?,
+            self.take_ring(SOCKETS_MAP)?,
+        ])
     }
 
     fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
