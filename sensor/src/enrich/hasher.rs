@@ -40,6 +40,25 @@ pub struct Hasher<K> {
     pub hashed: u64,
 }
 
+/// Capabilities are per thread and this one starts before the loop drops its own: it
+/// only reads files the loop opened, so it keeps none, whatever the sensor was given.
+fn drop_all_capabilities() {
+    use caps::CapSet;
+    let cleared = [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ]
+    .into_iter()
+    .try_for_each(|set| caps::clear(None, set));
+    // SAFETY: prctl with constant integer arguments, on this thread.
+    let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+    if cleared.is_err() || !nnp {
+        log::warn!("the hashing thread could not drop its capabilities: {cleared:?}");
+    }
+}
+
 impl<K: Send + 'static> Hasher<K> {
     /// Starts the worker; None if the thread cannot be spawned.
     pub fn spawn(queue: usize, bytes_per_sec: u64) -> Option<Self> {
@@ -54,6 +73,7 @@ impl<K: Send + 'static> Hasher<K> {
                     let tid = libc::gettid();
                     libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
                 }
+                drop_all_capabilities();
                 for job in rx {
                     let h = sha256_throttled(&job.file, job.size, bytes_per_sec);
                     // The loop gone: nothing to tell.
