@@ -90,9 +90,7 @@ impl Listener {
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + 64
-            + self.conn.comm.len()
-            + self.proc.heap_bytes()
-            + self.user_name.as_deref().map_or(0, str::len)
+            + crate::enrich::parts_heap_bytes(&self.conn, &self.proc, self.user_name.as_deref())
     }
 }
 
@@ -164,11 +162,40 @@ pub struct KernelSide {
     pub folding: bool,
     /// Per kernel fold key, the last connect record seen.
     templates: HashMap<FoldKey, Connection>,
+    /// Estimated bytes the templates hold, and records not kept for that budget (their
+    /// repeats are then built from the key, counted in `fold_untemplated`).
+    template_bytes: usize,
+    pub templates_refused: u64,
     /// Collected repeats with no record kept to stand for them (built from the key).
     pub fold_untemplated: u64,
 }
 
+/// Bytes the templates may hold: one per kernel fold key would be up to 2 x 16,384 records.
+const MAX_TEMPLATE_BYTES: usize = 4 << 20;
+
+/// A template's cost: its slot (doubled for the map's spare room) and its comm.
+fn template_bytes(c: &Connection) -> usize {
+    2 * std::mem::size_of::<(FoldKey, Connection)>() + c.comm.len()
+}
+
 impl KernelSide {
+    /// Keeps `conn` as its key's template, within the keys' and the bytes' bounds.
+    fn keep_template(&mut self, conn: &Connection) {
+        let k = fold_key(conn);
+        let bytes = template_bytes(conn);
+        if let Some(old) = self.templates.get_mut(&k) {
+            self.template_bytes = self.template_bytes + bytes - template_bytes(old);
+            old.clone_from(conn);
+        } else if self.templates.len() < 2 * FOLD_MAX as usize
+            && self.template_bytes + bytes <= MAX_TEMPLATE_BYTES
+        {
+            self.templates.insert(k, conn.clone());
+            self.template_bytes += bytes;
+        } else {
+            self.templates_refused += 1;
+        }
+    }
+
     /// Whether the first record of a kernel fold key has been handled (or, after
     /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
     pub fn fold_ready(
@@ -189,6 +216,9 @@ impl KernelSide {
             m.insert("fold_keys".into(), self.fold_keys.into());
             m.insert("fold_keys_deleted".into(), self.fold_keys_deleted.into());
             m.insert("fold_untemplated".into(), self.fold_untemplated.into());
+            m.insert("fold_templates".into(), self.templates.len().into());
+            m.insert("fold_template_bytes".into(), self.template_bytes.into());
+            m.insert("fold_templates_refused".into(), self.templates_refused.into());
             m.insert("counter_read_errors".into(), self.read_errors.into());
             m.insert("filter_pushes".into(), self.filter_pushes.into());
             m.insert("filter_generation".into(), self.filter_generation.into());
@@ -297,13 +327,7 @@ impl Pipeline {
             Flow::Udp => self.sockets.udp += 1,
             Flow::Connect => {
                 if self.kernel.folding {
-                    let k = fold_key(conn);
-                    let t = &mut self.kernel.templates;
-                    if let Some(old) = t.get_mut(&k) {
-                        old.clone_from(conn);
-                    } else if t.len() < 2 * FOLD_MAX as usize {
-                        t.insert(k, conn.clone());
-                    }
+                    self.kernel.keep_template(conn);
                 }
             }
         }
@@ -334,9 +358,14 @@ impl Pipeline {
         }
         // A key idle three periods is gone from the kernel's table (deleted after two).
         let keep = period_ns.saturating_mul(3);
-        self.kernel
-            .templates
-            .retain(|_, c| now_boot_ns.saturating_sub(c.boot_ns) <= keep);
+        let bytes = &mut self.kernel.template_bytes;
+        self.kernel.templates.retain(|_, c| {
+            let live = now_boot_ns.saturating_sub(c.boot_ns) <= keep;
+            if !live {
+                *bytes -= template_bytes(c);
+            }
+            live
+        });
         Ok(())
     }
 
