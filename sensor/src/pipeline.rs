@@ -196,6 +196,18 @@ impl KernelSide {
         }
     }
 
+    /// Forgets the templates of keys idle longer than `keep_ns`.
+    fn expire_templates(&mut self, now_boot_ns: u64, keep_ns: u64) {
+        let bytes = &mut self.template_bytes;
+        self.templates.retain(|_, c| {
+            let live = now_boot_ns.saturating_sub(c.boot_ns) <= keep_ns;
+            if !live {
+                *bytes -= template_bytes(c);
+            }
+            live
+        });
+    }
+
     /// Whether the first record of a kernel fold key has been handled (or, after
     /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
     pub fn fold_ready(
@@ -218,7 +230,10 @@ impl KernelSide {
             m.insert("fold_untemplated".into(), self.fold_untemplated.into());
             m.insert("fold_templates".into(), self.templates.len().into());
             m.insert("fold_template_bytes".into(), self.template_bytes.into());
-            m.insert("fold_templates_refused".into(), self.templates_refused.into());
+            m.insert(
+                "fold_templates_refused".into(),
+                self.templates_refused.into(),
+            );
             m.insert("counter_read_errors".into(), self.read_errors.into());
             m.insert("filter_pushes".into(), self.filter_pushes.into());
             m.insert("filter_generation".into(), self.filter_generation.into());
@@ -358,14 +373,7 @@ impl Pipeline {
         }
         // A key idle three periods is gone from the kernel's table (deleted after two).
         let keep = period_ns.saturating_mul(3);
-        let bytes = &mut self.kernel.template_bytes;
-        self.kernel.templates.retain(|_, c| {
-            let live = now_boot_ns.saturating_sub(c.boot_ns) <= keep;
-            if !live {
-                *bytes -= template_bytes(c);
-            }
-            live
-        });
+        self.kernel.expire_templates(now_boot_ns, keep);
         Ok(())
     }
 
@@ -635,6 +643,30 @@ mod tests {
         let k = fold_key(&c);
         assert_eq!((k.family, k.daddr), (AF_INET6, v6.octets()));
         assert_eq!(from_key(&k).dst, IpAddr::V6(v6));
+    }
+
+    /// One record kept per kernel fold key, comm at its longest (16 invalid bytes, 48 in
+    /// UTF-8): within the byte budget, refusals counted, and expiry gives the bytes back.
+    #[test]
+    fn fold_templates_are_bounded_in_bytes() {
+        let mut k = KernelSide::default();
+        let mut ev = raw(AF_INET, [0; 16], 4444);
+        ev.header.comm = [0xff; 16];
+        let n = 2 * FOLD_MAX;
+        for i in 0..n {
+            (ev.header.tgid, ev.data.dport) = (i, (i % 60_000) as u16 + 1025);
+            let mut c = connect(&bytes(&ev));
+            c.boot_ns = 1_000;
+            assert_eq!(c.comm.len(), 48);
+            k.keep_template(&c);
+            assert!(k.template_bytes <= MAX_TEMPLATE_BYTES);
+        }
+        assert!(k.templates_refused > 0);
+        assert_eq!(k.templates.len() as u64 + k.templates_refused, u64::from(n));
+        k.expire_templates(1_000 + 10, 10);
+        assert!(!k.templates.is_empty() && k.template_bytes > 0);
+        k.expire_templates(1_000 + 11, 10);
+        assert_eq!((k.templates.len(), k.template_bytes), (0, 0));
     }
 
     /// The same port listened on in two network namespaces: an inbound connection goes

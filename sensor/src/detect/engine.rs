@@ -375,7 +375,10 @@ mod tests {
         let args = if deep {
             (0..32).map(|i| format!("{i:0>255}")).collect()
         } else {
-            ["nc", "203.0.113.7", "4444"].map(String::from).into_iter().collect()
+            ["nc", "203.0.113.7", "4444"]
+                .map(String::from)
+                .into_iter()
+                .collect()
         };
         Enriched {
             conn: connect(&bytes(&r)),
@@ -443,7 +446,11 @@ mod tests {
                 n += 1;
                 let s = e.report();
                 assert!(s.fold_bytes <= s.fold_max_bytes, "{} bytes", s.fold_bytes);
-                assert!(s.rollup_bytes <= s.rollup_max_bytes, "{} bytes", s.rollup_bytes);
+                assert!(
+                    s.rollup_bytes <= s.rollup_max_bytes,
+                    "{} bytes",
+                    s.rollup_bytes
+                );
             }
         }
         let before = e.report();

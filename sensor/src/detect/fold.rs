@@ -51,7 +51,8 @@ struct Entry<T> {
     seq: u64,
     held: u64,
     first_held_ns: i128,
-    last: Option<T>,
+    /// Boxed: the map's slots stay small whatever `T` is.
+    last: Option<Box<T>>,
     /// Estimated bytes: the key and the held item.
     bytes: usize,
 }
@@ -85,7 +86,7 @@ fn key_bytes<T>(key: &Key) -> usize {
 }
 
 impl<T> Fold<T> {
-    /// `weigh` estimates the heap bytes one held item keeps.
+    /// `weigh` estimates the bytes one held item keeps (itself included: it is boxed).
     pub fn new(period_ns: i128, max_keys: usize, max_bytes: usize, weigh: fn(&T) -> usize) -> Self {
         Self {
             period_ns,
@@ -147,7 +148,10 @@ impl<T> Fold<T> {
                 e.held += n;
                 self.folded += n;
                 let weight = (self.weigh)(&item);
-                let old = e.last.replace(item).map_or(0, |o| (self.weigh)(&o));
+                let old = e
+                    .last
+                    .replace(Box::new(item))
+                    .map_or(0, |o| (self.weigh)(&o));
                 e.bytes = e.bytes + weight - old;
                 self.bytes = self.bytes + weight - old;
                 self.fit(&mut out);
@@ -244,7 +248,7 @@ impl<T> Fold<T> {
 /// The held repeats of one period as one line, or nothing if there were none.
 fn finish<T>(e: Entry<T>) -> Option<Folded<T>> {
     Some(Folded {
-        item: e.last?,
+        item: *e.last?,
         state: FoldState {
             count: e.held,
             first_ns: Some(e.first_held_ns),
@@ -321,6 +325,42 @@ mod tests {
             assert_eq!(count(&out), n, "max_keys {max_keys}");
             assert!(f.entries.len() <= max_keys);
         }
+    }
+
+    /// Held items of `weight` bytes (a 4 KiB-path alert with 8 such ancestors is ~50 KiB)
+    /// and 4 KiB executable names: the table stays within `max_bytes`, periods ended early
+    /// print their held repeats, and no connection goes uncounted.
+    #[rstest::rstest]
+    #[case::roomy(usize::MAX, 40, 100)]
+    #[case::hostile_items(256 << 10, 50 << 10, 100)]
+    #[case::hostile_names(64 << 10, 0, 4000)]
+    #[case::budget_below_one_item(1 << 10, 50 << 10, 100)]
+    fn byte_budget_holds_and_nothing_is_lost(
+        #[case] max_bytes: usize,
+        #[case] weight: usize,
+        #[case] name_len: usize,
+    ) {
+        let mut rng = crate::testrng::Rng::new(5);
+        let mut f: Fold<(i128, usize)> = Fold::new(10 * S, 4096, max_bytes, |t| t.1);
+        let mut out = Vec::new();
+        let (mut t, n) = (0, 20_000);
+        for _ in 0..n {
+            t += rng.range(0, S as u64 / 100) as i128;
+            let mut k = key(rng.range(1, 200));
+            k.1 = format!("/{}", "x".repeat(name_len));
+            out.extend(f.offer(k, (t, weight), t));
+            assert!(f.bytes() <= max_bytes, "{} > {max_bytes}", f.bytes());
+        }
+        out.extend(f.flush());
+        assert_eq!(out.iter().map(|d| d.state.count).sum::<u64>(), n);
+        assert_eq!((f.bytes(), f.keys()), (0, 0));
+        let e = f.evictions;
+        assert_eq!(e.memory_budget > 0, max_bytes != usize::MAX, "{e:?}");
+        assert_eq!(
+            e.held_lines_printed_early > 0,
+            max_bytes != usize::MAX,
+            "{e:?}"
+        );
     }
 
     #[test]

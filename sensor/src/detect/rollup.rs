@@ -322,4 +322,51 @@ mod tests {
         assert_eq!(g.destinations.len(), 16);
         assert!(g.destinations_capped > 0);
     }
+
+    /// Groups keyed by 4 KiB executable and parent paths, 256 destinations each: the open
+    /// window stays within `max_bytes`, and every alert is in a group or counted in none
+    /// (by reason).
+    #[rstest::rstest]
+    #[case::short(20, 10, 300, 0)]
+    #[case::hostile_paths(4000, 2000, 5, 1)]
+    #[case::hostile_destinations(20, 200, 300, 1)]
+    fn byte_budget_holds_and_every_alert_is_counted(
+        #[case] path_len: usize,
+        #[case] executables: u64,
+        #[case] destinations: u64,
+        #[case] expect_budget_cut: u64,
+    ) {
+        let cfg = Config {
+            max_bytes: 1 << 20,
+            ..Config::default()
+        };
+        let mut r = Rollup::new(cfg);
+        let t0 = 1_800_000_000 * S;
+        let mut n = 0u64;
+        for e in 0..executables {
+            let mut k = key(&format!("/{e:06}{}", "x".repeat(path_len)));
+            k.parent = format!("/{}", "p".repeat(path_len));
+            for d in 0..destinations {
+                r.add(
+                    k.clone(),
+                    &format!("2001:db8::{:x}:{:x}", e, d),
+                    (1025 + d) as u16,
+                    2,
+                    t0 + S,
+                );
+                n += 1;
+                assert!(r.bytes() <= cfg.max_bytes, "{} bytes", r.bytes());
+            }
+        }
+        let no = r.no_group;
+        let out = r.flush(t0 + 300 * S);
+        let in_groups: u64 = out.iter().map(|s| s.group.connections).sum();
+        let no_group = out[0].connections_in_no_group;
+        assert_eq!(in_groups + no_group, n);
+        assert_eq!(no.groups_full + no.memory_budget, no_group);
+        assert_eq!(u64::from(no.memory_budget > 0), expect_budget_cut, "{no:?}");
+        let not_listed: u64 = out.iter().map(|s| s.group.destinations_capped).sum();
+        assert_eq!(not_listed > 0, destinations > 256, "256 listed at most");
+        assert_eq!(r.bytes(), 0);
+    }
 }

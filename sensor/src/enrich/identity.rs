@@ -12,9 +12,9 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    sync::Arc,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use log::debug;
@@ -501,6 +501,32 @@ mod tests {
     #[case("a/../b", "b")]
     fn normalises_lexically(#[case] path: &str, #[case] want: &str) {
         assert_eq!(normalize(path), want);
+    }
+
+    /// An attacker making files faster than the cache forgets them: the cache stays within
+    /// its bytes (an entry is its slot: a match shares the list entry's name), emptied
+    /// when full, counted.
+    #[test]
+    fn cache_is_bounded_in_bytes() {
+        let mut ids = Identities::scan(|_| None, Path::new("/nonexistent"));
+        let name: Arc<str> = "nc".into();
+        for ino in 0..40_000u64 {
+            let key = FileKey {
+                dev: 1,
+                ino,
+                mtime_ns: 0,
+                size: 4096,
+            };
+            ids.remember(key, Known::Done(Some(name.clone())));
+            let r = ids.cache_report();
+            assert!(r["bytes"].as_u64() <= r["max_bytes"].as_u64(), "{r}");
+        }
+        let r = ids.cache_report();
+        assert!(
+            r["max_bytes"].as_u64() <= Some(CACHE_MAX_BYTES as u64),
+            "{r}"
+        );
+        assert_eq!(r["clears"], 40_000 / Identities::cache_cap() as u64, "{r}");
     }
 
     /// A file sized like a known binary is hashed by the worker: pending at first, then
