@@ -432,11 +432,11 @@ mod tests {
         let t0 = 1_800_000_000_000 * MS;
         let mut lines = Vec::new();
         let mut n = 0u64;
-        for k in 0..keys {
+        for (k, &port) in ports.iter().enumerate() {
             for r in 0..repeats {
                 let ts = t0 + (n as i128) * MS;
                 let exe = if exe_per_key { k } else { 0 };
-                let c = hostile(path_len, hostile_sizes, 1000 + k as u32, exe, ports[k], ts);
+                let c = hostile(path_len, hostile_sizes, 1000 + k as u32, exe, port, ts);
                 if hostile_sizes && n == 0 {
                     assert!(c.heap_bytes() > 40 << 10, "{} bytes", c.heap_bytes());
                 }
