@@ -171,7 +171,7 @@ pub struct KernelSide {
 }
 
 /// Bytes the templates may hold: one per kernel fold key would be up to 2 x 16,384 records.
-const MAX_TEMPLATE_BYTES: usize = 4 << 20;
+const MAX_TEMPLATE_BYTES: usize = 2 << 20;
 
 /// A template's cost: its slot (doubled for the map's spare room) and its comm.
 fn template_bytes(c: &Connection) -> usize {

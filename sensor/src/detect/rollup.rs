@@ -43,7 +43,7 @@ impl Default for Config {
             window_ns: 300 * 1_000_000_000,
             max_groups: 10_000,
             max_distinct: 256,
-            max_bytes: 4 << 20,
+            max_bytes: 2 << 20,
         }
     }
 }
