@@ -589,3 +589,158 @@ fn a_loopback_accept_loop_does_not_push_out_a_connect() -> Result<()> {
 fn an_exec_storm_does_not_push_out_a_connect() -> Result<()> {
     flood_case(Flood::ExecStorm)
 }
+
+// ---------------------------------------------------------------------------------------
+// (d) Long paths and a deep ancestry: what flood control and rollups hold per key.
+
+/// Distinct ports one process connects to, twice each (the second is held by flood
+/// control, with the process's whole description).
+const DEEP_PORTS: u16 = 2500;
+const DEEP_FIRST_PORT: u16 = 20_000;
+/// Parents between the test and the connecting process, each a copy of `sh`.
+const DEEP_PARENTS: usize = 8;
+
+/// `dir/tag/` then directories of 255-byte names until the path is about 4,000 bytes,
+/// created; returns the directory.
+fn deep_dir(dir: &Path, tag: usize) -> Result<std::path::PathBuf> {
+    let mut p = dir.join(format!("c{tag}"));
+    while p.as_os_str().len() + 256 + 8 < 4000 {
+        p.push(format!("{tag}{}", "d".repeat(254)));
+    }
+    std::fs::create_dir_all(&p)
+        .with_context(|| format!("creating a {}-byte path", p.as_os_str().len()))?;
+    Ok(p)
+}
+
+/// The sum of `sensor.folded_count` (1 when absent) over `pid`'s connection lines, and
+/// how many lines that took.
+fn counted(sensor: &Sensor, pid: u32) -> (u64, usize) {
+    let lines = sensor.connections_of(pid);
+    let n = lines
+        .iter()
+        .map(|v| v["sensor"]["folded_count"].as_u64().unwrap_or(1))
+        .sum();
+    (n, lines.len())
+}
+
+#[test]
+fn long_paths_and_deep_ancestry_keep_flood_control_and_rollups_in_budget() -> Result<()> {
+    if !root_or_skip("deep_paths") {
+        return Ok(());
+    }
+    let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("deep-paths")?;
+    let net = public_net()?;
+    // Parents: copies of sh under ~4,000-byte paths; the connecting program: bash (on the
+    // high-risk list: every non-standard port alerts), under one as long.
+    let mut parents = Vec::new();
+    for i in 0..DEEP_PARENTS {
+        let sh = deep_dir(&scratch.dir, i)?.join("sh");
+        std::fs::copy("/bin/sh", &sh).context("copying sh")?;
+        parents.push(sh.to_string_lossy().into_owned());
+    }
+    let bash = deep_dir(&scratch.dir, DEEP_PARENTS)?.join("bash");
+    std::fs::copy("/bin/bash", &bash).context("copying bash")?;
+    let bash = bash.to_string_lossy().into_owned();
+    eprintln!("paths of {} bytes", bash.len());
+    let last = DEEP_FIRST_PORT + DEEP_PORTS - 1;
+    let sweep = format!(
+        "for ((p={DEEP_FIRST_PORT}; p<={last}; p++)); do for i in 1 2; do \
+         : 3<>/dev/tcp/{PUBLIC}/$p; done; done 2>/dev/null; echo $$"
+    );
+    // Each parent runs the next as a child (the trailing `:` keeps sh from exec'ing it).
+    let step =
+        r#"n=$1; shift; if [ "$n" = END ]; then "$1" -c "$2"; else "$n" -c "$0" "$0" "$@"; fi; :"#;
+    let mut sensor = Sensor::start_unlocked(&["--metrics-interval", "1"])?;
+    let (rss_idle, _) = memory_kib(sensor.pid())?;
+    let started = Instant::now();
+    let out = net
+        .command(&parents[0])
+        .args(["-c", step, step])
+        .args(&parents[1..])
+        .args(["END", &bash, &sweep])
+        .stdout(Stdio::piped())
+        .output()
+        .context("running the chain")?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("the sweeper's pid: {out:?}"))?;
+    let swept = started.elapsed();
+    let want = 2 * u64::from(DEEP_PORTS);
+    // Held repeats come at the fold period's end (10 s) or when evicted for memory.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut peak_rss = 0;
+    let (got, lines) = loop {
+        let (rss, _) = memory_kib(sensor.pid())?;
+        peak_rss = peak_rss.max(rss);
+        let (got, lines) = counted(&sensor, pid);
+        if got >= want || Instant::now() > deadline {
+            break (got, lines);
+        }
+        thread::sleep(Duration::from_secs(1));
+    };
+    let stats = sensor.wait_for(Duration::from_secs(10), |v| {
+        v["event"]["action"] == "sensor-stats"
+            && v["sensor"]["engine"]["alerts"].as_u64() >= Some(want)
+    })?;
+    let (rss, hwm) = memory_kib(sensor.pid())?;
+    let engine = &stats["sensor"]["engine"];
+    let sample = sensor.connections_of(pid).into_iter().next();
+    let exe_len = sample
+        .as_ref()
+        .and_then(|v| v["process"]["executable"].as_str())
+        .map_or(0, str::len);
+    let parent_len = sample
+        .as_ref()
+        .and_then(|v| v["process"]["parent"]["executable"].as_str())
+        .map_or(0, str::len);
+    eprintln!(
+        "MEASURED deep paths: {want} connects from pid {pid} in {swept:?}, {got} counted on {lines} lines; \
+         executable {exe_len} B, parent {parent_len} B; RSS idle {rss_idle} KiB, peak sampled {peak_rss}, \
+         end {rss}, VmHWM {hwm}; fold keys {} bytes {} of {} evictions {}; rollup groups {} bytes {} no group {}",
+        engine["fold_keys"],
+        engine["fold_bytes"],
+        engine["fold_max_bytes"],
+        engine["fold_evictions"],
+        engine["rollup_groups"],
+        engine["rollup_bytes"],
+        engine["rollup_no_group_by_reason"],
+    );
+    let mut problems = Vec::new();
+    if got != want {
+        problems.push(format!("{got} of {want} connects counted on the lines"));
+    }
+    if exe_len < 3800 || parent_len < 3800 {
+        problems.push(format!(
+            "paths not attributed in full: executable {exe_len} B, parent {parent_len} B"
+        ));
+    }
+    if hwm >= RSS_LIMIT_KIB {
+        problems.push(format!("peak RSS {} MiB, over the limit", hwm / 1024));
+    }
+    for (what, used, max) in [
+        ("fold", "fold_bytes", "fold_max_bytes"),
+        ("rollup", "rollup_bytes", "rollup_max_bytes"),
+    ] {
+        if engine[used].as_u64() > engine[max].as_u64() {
+            problems.push(format!("{what}: {} over {}", engine[used], engine[max]));
+        }
+    }
+    if engine["fold_evictions"]["memory_budget"].as_u64() == Some(0) {
+        problems.push("flood control's byte budget never bound".into());
+    }
+    // The rollup, printed at exit, counts every one of them in its group.
+    let (_, last) = sensor.stop_with(libc::SIGTERM)?;
+    let rolled: u64 = last
+        .iter()
+        .filter(|v| v["event"]["action"] == "alert-rollup")
+        .filter(|v| v["process"]["executable"] == bash.as_str())
+        .map(|v| v["sensor"]["rollup"]["connections"].as_u64().unwrap_or(0))
+        .sum();
+    if rolled != want {
+        problems.push(format!("the rollup counts {rolled} of {want}"));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    Ok(())
+}

@@ -530,6 +530,7 @@ fn counters_json(
         "container_users": pipeline.users.containers.report(),
         "cgroup_scans_cut": pipeline.table.cgroups.scans_cut,
         "hashing": pipeline.table.identities.hasher.as_ref().map(|h| h.report()),
+        "identity_cache": pipeline.table.identities.cache_report(),
         "process_records": {"exec": c.execs, "fork": c.forks, "exit": c.exits},
         "process_table": {"entries": table.entries, "bytes": table.bytes, "max_bytes": table.max_bytes, "evicted": table.evicted, "expired": table.expired},
         "engine": pipeline.engine.report(),

@@ -4,12 +4,44 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::detect::{
-    beacon::{self, Beacon},
-    fold::FoldState,
-    rollup,
-    score::{Verdict, severity},
+use crate::{
+    detect::{
+        beacon::{self, Beacon},
+        fold::{self, FoldState},
+        rollup,
+        score::{Verdict, severity},
+    },
+    enrich::Enriched,
 };
+
+/// Heap bytes a connection carried through the engine holds: what flood control pays to
+/// hold one.
+pub trait HeapBytes {
+    fn heap_bytes(&self) -> usize;
+}
+
+impl HeapBytes for Enriched {
+    fn heap_bytes(&self) -> usize {
+        Enriched::heap_bytes(self)
+    }
+}
+
+/// A recorded line (replay): its strings, and a slot per value and member.
+impl HeapBytes for serde_json::Value {
+    fn heap_bytes(&self) -> usize {
+        use serde_json::Value;
+        const SLOT: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(|v| SLOT + v.heap_bytes()).sum(),
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| 2 * SLOT + k.len() + v.heap_bytes())
+                .sum(),
+            _ => 0,
+        }
+    }
+}
 
 /// One connection's decision.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +93,20 @@ pub struct Decided<C> {
     pub decision: Decision,
 }
 
+impl<C: HeapBytes> Decided<C> {
+    /// What holding this decision costs: itself, its connection and its decision's names.
+    pub fn bytes(&self) -> usize {
+        let v = &self.decision.verdict;
+        std::mem::size_of::<Self>()
+            + self.conn.heap_bytes()
+            + self.decision.allow_rule.as_deref().map_or(0, str::len)
+            + v.high_risk.as_ref().map_or(0, |h| h.entry.len())
+            + v.service_away
+                .as_ref()
+                .map_or(0, |a| a.service.len() + 2 * a.standard.len())
+    }
+}
+
 /// The `beacon-detected` alert: the connection that made the key a beacon.
 #[derive(Debug, Clone)]
 pub struct BeaconAlert<C> {
@@ -97,8 +143,18 @@ pub struct StatsReport {
     pub beacon_tracker_bytes: usize,
     pub folded_connections: u64,
     pub fold_table_full: u64,
+    /// Flood control's keys and estimated memory, and periods it ended early for memory.
+    pub fold_keys: usize,
+    pub fold_bytes: usize,
+    pub fold_max_bytes: usize,
+    pub fold_evictions: fold::Evictions,
     pub rollup_windows: u64,
     pub rollup_connections_in_no_group: u64,
+    /// The open window's groups and their estimated memory, and why alerts fit no group.
+    pub rollup_groups: usize,
+    pub rollup_bytes: usize,
+    pub rollup_max_bytes: usize,
+    pub rollup_no_group_by_reason: rollup::NoGroup,
 }
 
 /// One line the engine wants printed, in the order it is to be printed.

@@ -1,17 +1,41 @@
 //! Rollups: the SIEM queries' `stats ... by host, process, user, parent` over a window
 //! (default 300 s, Chronicle's). One summary per group with alerts, emitted when the window
 //! ends, highest risk first, then most connections. Memory is bounded whatever the traffic:
-//! at most `max_groups` groups and `max_distinct` destinations and ports per group; what did
+//! at most `max_groups` groups and `max_distinct` destinations and ports per group, and at
+//! most `max_bytes` in all (a group's key holds two paths of up to 4 KiB each); what did
 //! not fit is counted and reported in the summaries, never silently dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    mem::size_of,
+};
+
+use serde::Serialize;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub window_ns: i128,
     pub max_groups: usize,
     pub max_distinct: usize,
+    /// Estimated bytes the open window's groups hold at most.
+    pub max_bytes: usize,
 }
+
+/// Why alerts were counted in no group (`connections_in_no_group`), in connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NoGroup {
+    /// `max_groups` groups were open.
+    pub groups_full: u64,
+    /// A new group would have taken the window over `max_bytes`.
+    pub memory_budget: u64,
+}
+
+/// What a group costs besides its key's strings: its slot (doubled for the map's spare room).
+const GROUP_BYTES: usize = 2 * (size_of::<GroupKey>() + size_of::<Group>());
+/// What one listed destination costs: its string's allocation and a B-tree slot.
+const DESTINATION_BYTES: usize = 2 * size_of::<String>() + 16;
+/// What one listed port costs in its B-tree.
+const PORT_BYTES: usize = 2 * size_of::<u16>();
 
 impl Default for Config {
     fn default() -> Self {
@@ -19,6 +43,7 @@ impl Default for Config {
             window_ns: 300 * 1_000_000_000,
             max_groups: 10_000,
             max_distinct: 256,
+            max_bytes: 2 << 20,
         }
     }
 }
@@ -30,6 +55,12 @@ pub struct GroupKey {
     pub executable: String,
     pub user: String,
     pub parent: String,
+}
+
+impl GroupKey {
+    fn bytes(&self) -> usize {
+        self.host.len() + self.executable.len() + self.user.len() + self.parent.len()
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -53,8 +84,11 @@ pub struct Rollup {
     groups: HashMap<GroupKey, Group>,
     /// Alerts that arrived when `max_groups` was reached and fit no existing group.
     capped_connections: u64,
+    /// Estimated bytes the open window's groups hold.
+    bytes: usize,
     pub windows_emitted: u64,
     pub capped_total: u64,
+    pub no_group: NoGroup,
 }
 
 impl Rollup {
@@ -64,9 +98,25 @@ impl Rollup {
             window_start: None,
             groups: HashMap::new(),
             capped_connections: 0,
+            bytes: 0,
             windows_emitted: 0,
             capped_total: 0,
+            no_group: NoGroup::default(),
         }
+    }
+
+    /// The open window's groups.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Estimated bytes the open window's groups hold.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.cfg.max_bytes
     }
 
     fn align(&self, ts: i128) -> i128 {
@@ -106,18 +156,29 @@ impl Rollup {
             self.window_start = Some(self.align(ts));
         }
         let full = self.groups.len() >= self.cfg.max_groups;
+        // A new group's cost, with its first destination and port.
+        let cost = GROUP_BYTES + key.bytes() + DESTINATION_BYTES + dst.len() + PORT_BYTES;
+        let over = self.bytes + cost > self.cfg.max_bytes;
         let group = match self.groups.get_mut(&key) {
             Some(g) => g,
-            None if full => {
+            None if full || over => {
                 self.capped_connections += n;
                 self.capped_total += n;
+                if full {
+                    self.no_group.groups_full += n;
+                } else {
+                    self.no_group.memory_budget += n;
+                }
                 return out;
             }
-            None => self.groups.entry(key).or_insert_with(|| Group {
-                first_ns: ts,
-                last_ns: ts,
-                ..Default::default()
-            }),
+            None => {
+                self.bytes += GROUP_BYTES + key.bytes();
+                self.groups.entry(key).or_insert_with(|| Group {
+                    first_ns: ts,
+                    last_ns: ts,
+                    ..Default::default()
+                })
+            }
         };
         group.connections += n;
         group.first_ns = group.first_ns.min(ts);
@@ -129,16 +190,25 @@ impl Rollup {
         {
             *by += n;
         }
+        // Past the byte budget a group still counts every connection; what it cannot
+        // list is counted as not listed.
         if !group.destinations.contains(dst) {
-            if group.destinations.len() < self.cfg.max_distinct {
+            let cost = DESTINATION_BYTES + dst.len();
+            if group.destinations.len() < self.cfg.max_distinct
+                && self.bytes + cost <= self.cfg.max_bytes
+            {
                 group.destinations.insert(dst.to_string());
+                self.bytes += cost;
             } else {
                 group.destinations_capped += 1;
             }
         }
         if !group.ports.contains(&port) {
-            if group.ports.len() < self.cfg.max_distinct {
+            if group.ports.len() < self.cfg.max_distinct
+                && self.bytes + PORT_BYTES <= self.cfg.max_bytes
+            {
                 group.ports.insert(port);
+                self.bytes += PORT_BYTES;
             } else {
                 group.ports_capped += 1;
             }
@@ -156,6 +226,7 @@ impl Rollup {
 
     fn emit(&mut self, start: i128, end: i128, partial: bool) -> Vec<Summary> {
         let capped = std::mem::take(&mut self.capped_connections);
+        self.bytes = 0;
         let mut groups: Vec<(GroupKey, Group)> = self.groups.drain().collect();
         groups.sort_by(|(ka, a), (kb, b)| {
             b.max_risk
@@ -218,6 +289,7 @@ mod tests {
             window_ns: 300 * S,
             max_groups: 50,
             max_distinct: 16,
+            max_bytes: usize::MAX,
         };
         let mut r = Rollup::new(cfg);
         let mut rng = crate::testrng::Rng::new(3);
@@ -249,5 +321,52 @@ mod tests {
         let g = &out[0].group;
         assert_eq!(g.destinations.len(), 16);
         assert!(g.destinations_capped > 0);
+    }
+
+    /// Groups keyed by 4 KiB executable and parent paths, 256 destinations each: the open
+    /// window stays within `max_bytes`, and every alert is in a group or counted in none
+    /// (by reason).
+    #[rstest::rstest]
+    #[case::short(20, 10, 300, 0)]
+    #[case::hostile_paths(4000, 2000, 5, 1)]
+    #[case::hostile_destinations(20, 200, 300, 1)]
+    fn byte_budget_holds_and_every_alert_is_counted(
+        #[case] path_len: usize,
+        #[case] executables: u64,
+        #[case] destinations: u64,
+        #[case] expect_budget_cut: u64,
+    ) {
+        let cfg = Config {
+            max_bytes: 1 << 20,
+            ..Config::default()
+        };
+        let mut r = Rollup::new(cfg);
+        let t0 = 1_800_000_000 * S;
+        let mut n = 0u64;
+        for e in 0..executables {
+            let mut k = key(&format!("/{e:06}{}", "x".repeat(path_len)));
+            k.parent = format!("/{}", "p".repeat(path_len));
+            for d in 0..destinations {
+                r.add(
+                    k.clone(),
+                    &format!("2001:db8::{:x}:{:x}", e, d),
+                    (1025 + d) as u16,
+                    2,
+                    t0 + S,
+                );
+                n += 1;
+                assert!(r.bytes() <= cfg.max_bytes, "{} bytes", r.bytes());
+            }
+        }
+        let no = r.no_group;
+        let out = r.flush(t0 + 300 * S);
+        let in_groups: u64 = out.iter().map(|s| s.group.connections).sum();
+        let no_group = out[0].connections_in_no_group;
+        assert_eq!(in_groups + no_group, n);
+        assert_eq!(no.groups_full + no.memory_budget, no_group);
+        assert_eq!(u64::from(no.memory_budget > 0), expect_budget_cut, "{no:?}");
+        let not_listed: u64 = out.iter().map(|s| s.group.destinations_capped).sum();
+        assert_eq!(not_listed > 0, destinations > 256, "256 listed at most");
+        assert_eq!(r.bytes(), 0);
     }
 }

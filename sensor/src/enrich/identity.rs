@@ -14,6 +14,7 @@ use std::{
     fs::File,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use log::debug;
@@ -38,8 +39,12 @@ const BIN_DIRS: &[&str] = &[
 ];
 /// Known binaries larger than this are identified by build-id only.
 const MAX_HASHED: u64 = 256 << 20;
-/// Bound on cached file identities.
+/// Bound on cached file identities, in entries and in bytes. An entry holds no heap of
+/// its own (a match is the list entry's shared name), so its slot is its whole cost.
 const CACHE_CAP: usize = 16_384;
+pub const CACHE_MAX_BYTES: usize = 2 << 20;
+/// An entry's slot, doubled for the map's spare room.
+const CACHE_ENTRY_BYTES: usize = 2 * std::mem::size_of::<(FileKey, Known)>();
 /// Bounds on what the ELF note walk reads.
 const MAX_PHDRS: usize = 256;
 const MAX_NOTE_BYTES: u64 = 64 << 10;
@@ -147,7 +152,7 @@ fn sha256(f: &File, size: u64) -> Option<[u8; 32]> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Known {
     /// Identified: the high-risk entry it is a copy of, if any.
-    Done(Option<String>),
+    Done(Option<Arc<str>>),
     /// Its hash is being taken by the worker.
     Pending,
 }
@@ -177,11 +182,13 @@ impl IdState {
 
 /// Known high-risk binaries by fingerprint, and a cache of identified files.
 pub struct Identities {
-    by_build_id: HashMap<Vec<u8>, String>,
-    by_sha256: HashMap<[u8; 32], String>,
+    by_build_id: HashMap<Vec<u8>, Arc<str>>,
+    by_sha256: HashMap<[u8; 32], Arc<str>>,
     /// Sizes of the fingerprinted binaries: only a file of one of these sizes is hashed.
     sizes: HashSet<u64>,
     cache: HashMap<FileKey, Known>,
+    /// Times the full cache was emptied (its entries are refilled on demand).
+    pub cache_clears: u64,
     /// Whole-file hashes off the loop; None: hashed inline (one-shot commands, tests).
     pub hasher: Option<Hasher<FileKey>>,
     pub known_files: usize,
@@ -226,11 +233,13 @@ impl Identities {
             by_sha256: HashMap::new(),
             sizes: HashSet::new(),
             cache: HashMap::new(),
+            cache_clears: 0,
             hasher: None,
             known_files: 0,
             known_loaders: 0,
         };
         let mut seen = HashSet::new();
+        let loader: Arc<str> = LOADER.into();
         for dir in BIN_DIRS {
             // Listed and opened inside the host root: its links cannot reach the sensor's.
             let Ok(entries) = rootfs::list_dir(host_root, dir, MAX_DIR_ENTRIES) else {
@@ -240,6 +249,7 @@ impl Identities {
                 let Some(entry) = entry_of(&e.name) else {
                     continue;
                 };
+                let entry: Arc<str> = entry.into();
                 let Ok(fd) = rootfs::open_path_in(host_root, &format!("{dir}/{}", e.name)) else {
                     continue;
                 };
@@ -277,10 +287,10 @@ impl Identities {
                     continue;
                 }
                 if let Some(id) = build_id(&f) {
-                    me.by_build_id.insert(id, LOADER.to_string());
+                    me.by_build_id.insert(id, loader.clone());
                 }
                 if let Some(h) = sha256(&f, meta.size()) {
-                    me.by_sha256.insert(h, LOADER.to_string());
+                    me.by_sha256.insert(h, loader.clone());
                     me.sizes.insert(meta.size());
                 }
                 me.known_loaders += 1;
@@ -331,13 +341,14 @@ impl Identities {
         };
         let key = FileKey::of(&meta);
         match self.cache.get(&key) {
-            Some(Known::Done(hit)) => return (hit.clone(), IdState::Known),
+            Some(Known::Done(hit)) => return (hit.as_deref().map(str::to_string), IdState::Known),
             Some(Known::Pending) => return (None, IdState::Pending(key)),
             None => {}
         }
         if let Some(found) = build_id(&f).and_then(|id| self.by_build_id.get(&id).cloned()) {
-            self.remember(key, Known::Done(Some(found.clone())));
-            return (Some(found), IdState::Known);
+            let name = found.to_string();
+            self.remember(key, Known::Done(Some(found)));
+            return (Some(name), IdState::Known);
         }
         if !self.sizes.contains(&meta.size()) {
             self.remember(key, Known::Done(None));
@@ -355,8 +366,9 @@ impl Identities {
             }
             None => {
                 let found = sha256(&f, meta.size()).and_then(|h| self.by_sha256.get(&h).cloned());
-                self.remember(key, Known::Done(found.clone()));
-                (found, IdState::Known)
+                let name = found.as_deref().map(str::to_string);
+                self.remember(key, Known::Done(found));
+                (name, IdState::Known)
             }
         }
     }
@@ -366,7 +378,7 @@ impl Identities {
     pub fn settled(&mut self, key: &FileKey) -> Result<Option<String>, IdState> {
         self.collect();
         match self.cache.get(key) {
-            Some(Known::Done(m)) => Ok(m.clone()),
+            Some(Known::Done(m)) => Ok(m.as_deref().map(str::to_string)),
             Some(Known::Pending) => Err(IdState::Pending(key.clone())),
             None => Err(IdState::Skipped),
         }
@@ -384,10 +396,26 @@ impl Identities {
     }
 
     fn remember(&mut self, key: FileKey, k: Known) {
-        if self.cache.len() >= CACHE_CAP {
+        if self.cache.len() >= Self::cache_cap() {
             self.cache.clear(); // crude but bounded; refilled on demand
+            self.cache_clears += 1;
         }
         self.cache.insert(key, k);
+    }
+
+    /// Entries the cache holds at most: [`CACHE_CAP`] or what [`CACHE_MAX_BYTES`] affords.
+    fn cache_cap() -> usize {
+        CACHE_CAP.min(CACHE_MAX_BYTES / CACHE_ENTRY_BYTES)
+    }
+
+    /// The cache of identified files, for `sensor-stats`.
+    pub fn cache_report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "entries": self.cache.len(),
+            "bytes": self.cache.len() * CACHE_ENTRY_BYTES,
+            "max_bytes": Self::cache_cap() * CACHE_ENTRY_BYTES,
+            "clears": self.cache_clears,
+        })
     }
 }
 
@@ -473,6 +501,32 @@ mod tests {
     #[case("a/../b", "b")]
     fn normalises_lexically(#[case] path: &str, #[case] want: &str) {
         assert_eq!(normalize(path), want);
+    }
+
+    /// An attacker making files faster than the cache forgets them: the cache stays within
+    /// its bytes (an entry is its slot: a match shares the list entry's name), emptied
+    /// when full, counted.
+    #[test]
+    fn cache_is_bounded_in_bytes() {
+        let mut ids = Identities::scan(|_| None, Path::new("/nonexistent"));
+        let name: Arc<str> = "nc".into();
+        for ino in 0..40_000u64 {
+            let key = FileKey {
+                dev: 1,
+                ino,
+                mtime_ns: 0,
+                size: 4096,
+            };
+            ids.remember(key, Known::Done(Some(name.clone())));
+            let r = ids.cache_report();
+            assert!(r["bytes"].as_u64() <= r["max_bytes"].as_u64(), "{r}");
+        }
+        let r = ids.cache_report();
+        assert!(
+            r["max_bytes"].as_u64() <= Some(CACHE_MAX_BYTES as u64),
+            "{r}"
+        );
+        assert_eq!(r["clears"], 40_000 / Identities::cache_cap() as u64, "{r}");
     }
 
     /// A file sized like a known binary is hashed by the worker: pending at first, then

@@ -40,6 +40,19 @@ pub struct Enriched {
     pub unix_ns: i128,
 }
 
+impl Enriched {
+    /// Heap bytes this connection's description holds (argv in full though shared): what
+    /// a cache keeping a copy of it pays. The one estimate every such cache uses.
+    pub fn heap_bytes(&self) -> usize {
+        parts_heap_bytes(&self.conn, &self.proc, self.user_name.as_deref()) + self.host_name.len()
+    }
+}
+
+/// [`Enriched::heap_bytes`] of the parts a cache keeps without the whole (listeners).
+pub fn parts_heap_bytes(conn: &Connection, proc: &ProcessInfo, user_name: Option<&str>) -> usize {
+    conn.comm.len() + proc.heap_bytes() + user_name.map_or(0, str::len)
+}
+
 /// What allow rules may believe of a connection's user name and container.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Provenance {
