@@ -404,7 +404,11 @@ fn capabilities_are_dropped_after_attach_and_features_still_work() -> Result<()>
             .find_map(|l| l.strip_prefix("CapEff:"))
             .map(|v| u64::from_str_radix(v.trim(), 16))
             .context("CapEff")??;
-        assert_eq!(eff & !kept, 0, "thread {tid} holds {eff:#x}, beyond {kept:#x}");
+        assert_eq!(
+            eff & !kept,
+            0,
+            "thread {tid} holds {eff:#x}, beyond {kept:#x}"
+        );
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", sensor.pid()))?;
         if comm.trim() == "hasher" {
             assert_eq!(eff, 0, "the hashing thread holds {eff:#x}");
