@@ -79,7 +79,7 @@ fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
     );
     assert_eq!(v["process"]["parent"]["pid"], std::process::id());
     assert_eq!(v["user"]["id"], "0");
-    assert_eq!(v["user"]["name"], "root");
+    assert_eq!(v["user"]["name"], "root", "{v:#}");
     assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
     // The forced hook (SENSOR_PROBE), else the one auto selection picks on this kernel.
     sensor_tests::check_hook(v["sensor"]["probe"].as_str().unwrap_or_default())?;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::enrich::rootfs;
+use crate::enrich::{procfs::Procfs, rootfs};
 
 pub struct Users {
     path: PathBuf,
@@ -258,6 +258,9 @@ pub struct UserNames {
     pub host: Users,
     pub containers: ContainerUsers,
     proc_root: PathBuf,
+    /// Start times of pids, so a namespace read from a reused pid is never taken as the
+    /// connecting process's.
+    procfs: Procfs,
     /// The host's mount namespace (pid 1's), against which a process is "in a container".
     host_ns: Option<u64>,
     /// (pid, start time) -> its mount namespace (None: gone) and when that was read.
@@ -271,6 +274,7 @@ impl UserNames {
             host: Users::new(host_passwd),
             containers: ContainerUsers::default(),
             host_ns: mount_ns(&proc_root, 1),
+            procfs: Procfs::new(&proc_root),
             proc_root,
             ns_cache: HashMap::new(),
         }
@@ -295,7 +299,11 @@ impl UserNames {
                 self.ns_cache.clear();
             }
         }
-        let ns = mount_ns(&self.proc_root, pid);
+        // Read, then check the pid is still the process that started at `start_ns`: a
+        // pid reused meanwhile (by a process in a container) must not lend its namespace.
+        let tick_ns = (1_000_000_000 / self.procfs.ticks_per_sec()).max(1);
+        let ns = mount_ns(&self.proc_root, pid)
+            .filter(|_| self.procfs.start_ticks(pid) == Some(start_ns / tick_ns));
         self.ns_cache.insert((pid, start_ns), (ns, now));
         ns
     }
@@ -461,5 +469,42 @@ mod tests {
         assert_eq!(u.read_errors, 1);
         assert_eq!(u.name(0), None);
         assert_eq!(u.read_errors, 2, "every failed read is counted");
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+
+    /// The record's process started at a time /proc does not show for its pid (the pid was
+    /// reused, here by a process of a container): its namespace and passwd are not lent.
+    #[test]
+    fn a_reused_pid_lends_no_namespace() {
+        let dir = std::env::temp_dir().join(format!("t1571-users-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (p, passwd) in [
+            (1, "root:x:0:0::/:/bin/sh\n"),
+            (77, "backup:x:4242:1::/:/bin/sh\n"),
+        ] {
+            let d = dir.join(format!("proc/{p}"));
+            std::fs::create_dir_all(d.join("ns")).unwrap();
+            std::fs::create_dir_all(d.join("root/etc")).unwrap();
+            std::fs::write(d.join("ns/mnt"), "").unwrap();
+            std::fs::write(d.join("root/etc/passwd"), passwd).unwrap();
+        }
+        // pid 77 now is a process that started at tick 500.
+        let stat = "77 (sh) S 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 500 0 0 \
+                    18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        std::fs::write(dir.join("proc/77/stat"), stat).unwrap();
+        std::fs::write(dir.join("passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        let mut names = UserNames::new(dir.join("passwd"), dir.join("proc"));
+        let tick_ns = 1_000_000_000 / names.procfs.ticks_per_sec();
+        // The process that started at tick 500 is pid 77's: its container names 4242.
+        let same = names.name(77, 500 * tick_ns, 4242, false);
+        // One that started at tick 400 is gone: the host's database, which has no 4242.
+        let reused = names.name(77, 400 * tick_ns, 4242, false);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(same.map(|u| u.name), Some("backup".to_string()));
+        assert_eq!(reused, None);
     }
 }
