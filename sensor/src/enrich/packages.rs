@@ -163,11 +163,17 @@ impl Packages {
     /// Whether `path` (an absolute path in the host's root) is a package-managed file;
     /// None when the database is unknown.
     pub fn is_managed(&self, path: &str) -> Option<bool> {
+        self.listed(path).map(|(listed, _)| listed)
+    }
+
+    /// Whether `path` is listed, with its hash (the key of the verified cache too).
+    fn listed(&self, path: &str) -> Option<(bool, u64)> {
         if !matches!(self.status, Status::Loaded { .. }) {
             return None;
         }
         let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-        Some(self.paths.binary_search(&self.hash(path)).is_ok())
+        let h = self.hash(path);
+        Some((self.paths.binary_search(&h).is_ok(), h))
     }
 
     /// Whether the kernel's executable `image` (device, inode; device 0: unknown) at
@@ -178,7 +184,8 @@ impl Packages {
     /// deleted file) is not managed, nor is one whose image is unknown. None when the
     /// database is unknown.
     pub fn is_managed_image(&mut self, path: &str, image: Option<(u64, u64)>) -> Option<bool> {
-        if !self.is_managed(path)? {
+        let (listed, h) = self.listed(path)?;
+        if !listed {
             return Some(false);
         }
         let Some((dev, ino)) = image else {
@@ -187,7 +194,7 @@ impl Packages {
         if path.ends_with(" (deleted)") {
             return Some(false);
         }
-        let key = (self.hash(path), dev, ino);
+        let key = (h, dev, ino);
         if let Some(&v) = self.verified.get(&key) {
             return Some(v);
         }
