@@ -239,7 +239,20 @@ impl Identities {
             known_loaders: 0,
         };
         let mut seen = HashSet::new();
+        // The host's dynamic loaders first (their fingerprints win), so a renamed copy of
+        // ld.so is still known as one.
         let loader: Arc<str> = LOADER.into();
+        for dir in loader_dirs(host_root) {
+            let Ok(entries) = rootfs::list_dir(host_root, &dir, MAX_DIR_ENTRIES) else {
+                continue;
+            };
+            for e in entries.iter().filter(|e| is_loader_name(&e.name)) {
+                let rel = format!("{dir}/{}", e.name);
+                if me.fingerprint(host_root, &rel, &loader, &mut seen) {
+                    me.known_loaders += 1;
+                }
+            }
+        }
         for dir in BIN_DIRS {
             // Listed and opened inside the host root: its links cannot reach the sensor's.
             let Ok(entries) = rootfs::list_dir(host_root, dir, MAX_DIR_ENTRIES) else {
@@ -249,51 +262,10 @@ impl Identities {
                 let Some(entry) = entry_of(&e.name) else {
                     continue;
                 };
-                let entry: Arc<str> = entry.into();
-                let Ok(fd) = rootfs::open_path_in(host_root, &format!("{dir}/{}", e.name)) else {
-                    continue;
-                };
-                let Some((f, meta)) = open_regular(&ExeFile::Fd(fd), None) else {
-                    continue;
-                };
-                if !seen.insert((meta.dev(), meta.ino())) {
-                    continue;
+                let rel = format!("{dir}/{}", e.name);
+                if me.fingerprint(host_root, &rel, &entry.into(), &mut seen) {
+                    me.known_files += 1;
                 }
-                if let Some(id) = build_id(&f) {
-                    me.by_build_id.entry(id).or_insert_with(|| entry.clone());
-                }
-                if meta.size() <= MAX_HASHED
-                    && let Some(h) = sha256(&f, meta.size())
-                {
-                    me.by_sha256.entry(h).or_insert_with(|| entry.clone());
-                    me.sizes.insert(meta.size());
-                }
-                me.known_files += 1;
-            }
-        }
-        // The host's dynamic loaders, so a renamed copy of ld.so is still known as one.
-        for dir in loader_dirs(host_root) {
-            let Ok(entries) = rootfs::list_dir(host_root, &dir, MAX_DIR_ENTRIES) else {
-                continue;
-            };
-            for e in entries.iter().filter(|e| is_loader_name(&e.name)) {
-                let Ok(fd) = rootfs::open_path_in(host_root, &format!("{dir}/{}", e.name)) else {
-                    continue;
-                };
-                let Some((f, meta)) = open_regular(&ExeFile::Fd(fd), None) else {
-                    continue;
-                };
-                if !seen.insert((meta.dev(), meta.ino())) {
-                    continue;
-                }
-                if let Some(id) = build_id(&f) {
-                    me.by_build_id.insert(id, loader.clone());
-                }
-                if let Some(h) = sha256(&f, meta.size()) {
-                    me.by_sha256.insert(h, loader.clone());
-                    me.sizes.insert(meta.size());
-                }
-                me.known_loaders += 1;
             }
         }
         debug!(
@@ -301,6 +273,36 @@ impl Identities {
             me.known_files, me.known_loaders
         );
         me
+    }
+
+    /// Fingerprints the regular file `rel` inside `host_root` as `entry` (build-id, and
+    /// SHA-256 up to [`MAX_HASHED`]) unless its inode was `seen`; whether it was.
+    fn fingerprint(
+        &mut self,
+        host_root: &Path,
+        rel: &str,
+        entry: &Arc<str>,
+        seen: &mut HashSet<(u64, u64)>,
+    ) -> bool {
+        let Ok(fd) = rootfs::open_path_in(host_root, rel) else {
+            return false;
+        };
+        let Some((f, meta)) = open_regular(&ExeFile::Fd(fd), None) else {
+            return false;
+        };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return false;
+        }
+        if let Some(id) = build_id(&f) {
+            self.by_build_id.entry(id).or_insert_with(|| entry.clone());
+        }
+        if meta.size() <= MAX_HASHED
+            && let Some(h) = sha256(&f, meta.size())
+        {
+            self.by_sha256.entry(h).or_insert_with(|| entry.clone());
+            self.sizes.insert(meta.size());
+        }
+        true
     }
 
     /// The high-risk list entry whose binary the file at `path` is a copy of, if any.
