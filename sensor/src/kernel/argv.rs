@@ -9,9 +9,10 @@ use std::{fmt, io::Read, sync::Arc};
 /// redaction shortens still leaves a full line to print.
 pub const KEEP: usize = 8 << 10;
 
-/// Bytes of a command line scanned to count its arguments: the kernel's own limit on
-/// argv and environment together is 6 MiB (3/4 of an 8 MiB stack limit).
-pub const MAX_SCAN: u64 = 8 << 20;
+/// Bytes of a command line scanned to count its arguments. The kernel allows up to 6 MiB
+/// of argv; the scan runs on the event loop, so it stops at 1 MiB (16 times the 64 KiB
+/// the sensor read before argv was bounded) and `args_count` counts the arguments in it.
+pub const MAX_SCAN: u64 = 1 << 20;
 
 #[derive(PartialEq, Eq)]
 struct Inner {
