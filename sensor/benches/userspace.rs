@@ -1,8 +1,8 @@
 //! What one connect costs in userspace, stage by stage, and the whole path: decode a raw
 //! connect record, enrich it from a warm process table (built from synthetic exec and fork
 //! records, so no /proc read is in the measured loop), score and decide, render the ECS
-//! line and write it to a buffer (`output::write`, as the pipeline does; `render_value` and
-//! `serialize` are the `Value` route replay and status lines take). `cargo bench -p sensor --bench userspace`; each result
+//! line and write it to a buffer (`output::write`, as the pipeline does: the typed line
+//! serialised straight into the buffer). `cargo bench -p sensor --bench userspace`; each result
 //! is time per event (criterion also prints events/s).
 //!
 //! Two traffic shapes: hostile (a high-risk process to a known C2 port, flood control
@@ -291,14 +291,6 @@ fn stages(each: &mut dyn FnMut(&str, &mut dyn FnMut())) {
         .lines;
     assert_eq!(lines.len(), 1, "one alert line");
     let mut buf = Vec::with_capacity(1 << 16);
-    each("render_value", &mut || {
-        black_box(output::render(black_box(&lines[0]), &cx));
-    });
-    let doc = output::render(&lines[0], &cx);
-    each("serialize_value", &mut || {
-        buf.clear();
-        serde_json::to_writer(&mut buf, black_box(&doc)).unwrap();
-    });
     each("render_write", &mut || {
         buf.clear();
         output::write(black_box(&lines[0]), &cx, &mut buf).unwrap();
