@@ -431,8 +431,9 @@ impl Kernel {
             let period = u64::try_from(pipeline.engine.config().fold_ns.max(0)).unwrap_or(0);
             let now = filter::boot_ns();
             let side = &pipeline.kernel;
-            // A key's first record waits in the ring buffer a few drains at most.
-            let wait = period.min(5_000_000_000);
+            // A key's first record is normally judged by the connects read after it;
+            // this bound is for a lost first record with no connect after it.
+            let wait = period.max(60_000_000_000);
             let deltas = self.fold.collect(now, period, |k, v| {
                 last || side.fold_ready(k, v.window_start_ns, now, wait)
             });
