@@ -315,6 +315,6 @@ impl Budget {
 }
 
 fn malformed(pipeline: &mut Pipeline, e: &anyhow::Error) {
-    pipeline.counters.malformed += 1;
+    pipeline.counters.malformed_records += 1;
     warn!("dropped a malformed ring buffer record: {e:#}");
 }

@@ -122,7 +122,7 @@ impl Kernel {
         let total = match self.losses.total() {
             Ok(total) => total,
             Err(e) => {
-                pipeline.counters.loss_read_errors += 1;
+                pipeline.counters.loss_counter_read_errors += 1;
                 warn!("{e:#}; read again at the next interval");
                 return Ok(());
             }

@@ -150,7 +150,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 let _turn = stall.turn();
                 ready?;
                 let found = src.merge.drain(&mut src.rings, &mut lp.pipeline, &mut lp.out)?;
-                lp.publish(&stall);
+                lp.alive();
                 src.recheck.after_wakeup(found);
             }
             relayed = src.kernel_log.relay() => {
@@ -161,7 +161,7 @@ pub async fn run(opts: Options) -> Result<()> {
             () = src.recheck.due() => {
                 let _turn = stall.turn();
                 let found = src.merge.drain(&mut src.rings, &mut lp.pipeline, &mut lp.out)?;
-                lp.publish(&stall);
+                lp.alive();
                 src.recheck.after_timer(found);
             }
             _ = src.timers.stats.tick() => {
@@ -272,6 +272,8 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
         output,
         &capabilities,
     );
+    // /metrics has every field from the start, before the first tick.
+    lp.publish(&LoopStall::default())?;
     lp.status("state", "sensor-started", serde_json::to_value(started)?)?;
     lp.out.flush()?;
     let running = format!("running; {}", loaded.selection.chosen.hook());
@@ -305,15 +307,23 @@ impl Loop {
         self.out.status(&doc, kind, action)
     }
 
-    /// The loop's totals to the metrics endpoint (and its sign of life).
-    fn publish(&self, stall: &LoopStall) {
-        if let Some(m) = &self.metrics {
-            m.publish(&stats::snapshot(
+    /// The sensor's stats to the metrics endpoint (and a sign of life).
+    fn publish(&self, stall: &LoopStall) -> Result<()> {
+        match &self.metrics {
+            Some(m) => m.publish(&stats::collect(
                 &self.pipeline,
                 &self.out,
                 self.kernel.lost(),
-            ));
-            m.loop_stall(stall.max());
+                stall,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// After a drain: the loop is alive (the stats go out with the next tick).
+    fn alive(&self) {
+        if let Some(m) = &self.metrics {
+            m.alive();
         }
     }
 
@@ -326,8 +336,7 @@ impl Loop {
             self.reload()?;
         }
         self.out.flush()?;
-        self.publish(stall);
-        Ok(())
+        self.publish(stall)
     }
 
     fn sighup(&mut self) -> Result<()> {
@@ -359,14 +368,14 @@ impl Loop {
             .finish(BootClock::now_unix_ns(), &mut self.out)?;
         let Counters {
             connections,
-            attributed,
+            connections_attributed: attributed,
             alerts,
-            malformed,
+            malformed_records: malformed,
             ..
         } = self.pipeline.counters;
         let lost = self.kernel.lost();
-        let stopped = stats::counters_json(&self.pipeline, &self.out, lost, stall);
-        self.status("state", "sensor-stopped", stopped)?;
+        let stopped = stats::collect(&self.pipeline, &self.out, lost, stall);
+        self.status("state", "sensor-stopped", serde_json::to_value(stopped)?)?;
         // Bounded: a stdout nobody reads must not hold the exit (and the detach) back.
         self.out.close(Duration::from_millis(300));
         info!(

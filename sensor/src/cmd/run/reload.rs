@@ -90,9 +90,9 @@ pub fn reload(
         );
     }
     if action == "policy-reloaded" {
-        pipeline.counters.reloads += 1;
+        pipeline.counters.policy_reloads += 1;
     } else {
-        pipeline.counters.reload_failures += 1;
+        pipeline.counters.policy_reload_failures += 1;
     }
     notifier.ready("policy reloaded");
     out.status(&doc, "state", action)

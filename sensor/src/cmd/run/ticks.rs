@@ -60,8 +60,13 @@ pub fn stats_line(
     stall: &LoopStall,
 ) -> Result<()> {
     kernel.read_counts(pipeline);
-    let counters = stats::counters_json(pipeline, out, kernel.lost(), stall);
-    let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters);
+    let stats = stats::collect(pipeline, out, kernel.lost(), stall);
+    let doc = output::status(
+        "metric",
+        "sensor-stats",
+        &pipeline.host_name,
+        serde_json::to_value(stats)?,
+    );
     out.status(&doc, "metric", "sensor-stats")?;
     out.flush()
 }
