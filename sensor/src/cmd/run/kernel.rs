@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use aya_log::EbpfLogger;
 use log::{info, warn};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use super::drain::watch;
@@ -14,7 +13,12 @@ use crate::{
         load::{self, Loaded},
         privileges::{self, Dropped},
     },
-    output::{self, sink::Sink},
+    output::{
+        self,
+        ecs::{Action, Kind},
+        sink::Sink,
+        status::EventsLost,
+    },
     pipeline::Pipeline,
 };
 
@@ -89,8 +93,9 @@ impl Kernel {
             let period = u64::try_from(pipeline.engine.config().fold_ns.max(0)).unwrap_or(0);
             let now = filter::boot_ns();
             let side = &pipeline.kernel;
-            // A key's first record waits in the ring buffer a few drains at most.
-            let wait = period.min(5_000_000_000);
+            // A key's first record is normally judged by the connects read after it;
+            // this bound is for a lost first record with no connect after it.
+            let wait = period.max(60_000_000_000);
             let deltas = self.fold.collect(now, period, |k, v| {
                 last || side.fold_ready(k, v.window_start_ns, now, wait)
             });
@@ -132,31 +137,22 @@ impl Kernel {
             warn!(
                 "ring buffer full: {delta} connect events lost ({total} in total); raise --ring-buffer-size"
             );
-            let lost = EventsLost {
-                lost_events: delta,
-                lost_events_total: total,
-                cause: "ring buffer full",
-            };
-            let doc = output::status(
-                "pipeline_error",
-                "events-lost",
-                &pipeline.host_name,
-                serde_json::to_value(lost)?,
+            let line = output::status(
+                Kind::PipelineError,
+                Action::EventsLost,
+                pipeline.host_name.as_str(),
+                EventsLost {
+                    lost_events: delta,
+                    lost_events_total: total,
+                    cause: "ring buffer full",
+                },
             );
-            out.status(&doc, "pipeline_error", "events-lost")?;
+            out.status(&line)?;
             out.flush()?;
             self.lost_reported = total;
         }
         Ok(())
     }
-}
-
-/// The `events-lost` line: ring-buffer losses since the last one, and in total.
-#[derive(Serialize)]
-struct EventsLost {
-    lost_events: u64,
-    lost_events_total: u64,
-    cause: &'static str,
 }
 
 /// What the kernel filter holds for the engine's policy and settings.

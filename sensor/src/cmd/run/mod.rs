@@ -18,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use log::info;
+use serde::Serialize;
 
 use self::{
     drain::{Merge, Recheck, Rings},
@@ -40,6 +41,7 @@ use crate::{
     output::{
         self,
         clock::BootClock,
+        ecs::{Action, Kind},
         metrics::Metrics,
         sink::{Output, Sink},
     },
@@ -274,7 +276,7 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
     );
     // /metrics has every field from the start, before the first tick.
     lp.publish(&LoopStall::default())?;
-    lp.status("state", "sensor-started", serde_json::to_value(started)?)?;
+    lp.status(Kind::State, Action::SensorStarted, started)?;
     lp.out.flush()?;
     let running = format!("running; {}", loaded.selection.chosen.hook());
     lp.notifier.ready(&running);
@@ -302,9 +304,9 @@ struct Loop {
 
 impl Loop {
     /// A status line of the sensor's own.
-    fn status(&mut self, kind: &str, action: &str, sensor: serde_json::Value) -> Result<()> {
-        let doc = output::status(kind, action, &self.pipeline.host_name, sensor);
-        self.out.status(&doc, kind, action)
+    fn status<T: Serialize>(&mut self, kind: Kind, action: Action, sensor: T) -> Result<()> {
+        let line = output::status(kind, action, self.pipeline.host_name.as_str(), sensor);
+        self.out.status(&line)
     }
 
     /// The sensor's stats to the metrics endpoint (and a sign of life).
@@ -375,7 +377,7 @@ impl Loop {
         } = self.pipeline.counters;
         let lost = self.kernel.lost();
         let stopped = stats::collect(&self.pipeline, &self.out, lost, stall);
-        self.status("state", "sensor-stopped", serde_json::to_value(stopped)?)?;
+        self.status(Kind::State, Action::SensorStopped, stopped)?;
         // Bounded: a stdout nobody reads must not hold the exit (and the detach) back.
         self.out.close(Duration::from_millis(300));
         info!(

@@ -8,12 +8,16 @@ use std::{
 
 use anyhow::Result;
 use log::warn;
-use serde::Serialize;
 
 use super::kernel::Kernel;
 use crate::{
     cmd::notify::Notifier,
-    output::{self, sink::Sink},
+    output::{
+        self,
+        ecs::{Action, Kind},
+        sink::Sink,
+        status::PolicyReload,
+    },
     pipeline::{self, Pipeline},
 };
 
@@ -55,12 +59,6 @@ impl PolicyFile {
     }
 }
 
-/// The `policy-reload-failed` line when the kernel filter refused the new policy.
-#[derive(Serialize)]
-struct KernelRefused {
-    error: String,
-}
-
 /// Reloads the policy, pushes it into the kernel's filter, tells systemd, prints the
 /// outcome.
 pub fn reload(
@@ -71,29 +69,28 @@ pub fn reload(
     notifier: &Notifier,
 ) -> Result<()> {
     notifier.reloading();
-    let (mut doc, mut action) = pipeline::reload(config, pipeline);
-    if action == "policy-reloaded"
+    let mut line = pipeline::reload(config, pipeline);
+    if line.event.action == Action::PolicyReloaded
         && let Err(e) = kernel.push(pipeline)
     {
         // The engine has the new policy; the kernel filter is off (everything passes).
         // Said loudly, counted as a failure.
         warn!("policy reloaded, but not into the kernel filter: {e:#}");
-        action = "policy-reload-failed";
-        let refused = KernelRefused {
-            error: format!("updating the kernel filter: {e:#}"),
-        };
-        doc = output::status(
-            "state",
-            action,
-            &pipeline.host_name,
-            serde_json::to_value(refused)?,
+        line = output::status(
+            Kind::State,
+            Action::PolicyReloadFailed,
+            pipeline.host_name.clone(),
+            PolicyReload {
+                error: Some(format!("updating the kernel filter: {e:#}")),
+                ..Default::default()
+            },
         );
     }
-    if action == "policy-reloaded" {
+    if line.event.action == Action::PolicyReloaded {
         pipeline.counters.policy_reloads += 1;
     } else {
         pipeline.counters.policy_reload_failures += 1;
     }
     notifier.ready("policy reloaded");
-    out.status(&doc, "state", action)
+    out.status(&line)
 }

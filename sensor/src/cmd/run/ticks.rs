@@ -9,7 +9,12 @@ use tokio::time::{Instant, Interval, interval, interval_at};
 
 use super::{kernel::Kernel, stall::LoopStall, stats};
 use crate::{
-    output::{self, clock::BootClock, sink::Sink},
+    output::{
+        self,
+        clock::BootClock,
+        ecs::{Action, Kind},
+        sink::Sink,
+    },
     pipeline::Pipeline,
 };
 
@@ -61,12 +66,12 @@ pub fn stats_line(
 ) -> Result<()> {
     kernel.read_counts(pipeline);
     let stats = stats::collect(pipeline, out, kernel.lost(), stall);
-    let doc = output::status(
-        "metric",
-        "sensor-stats",
-        &pipeline.host_name,
-        serde_json::to_value(stats)?,
+    let line = output::status(
+        Kind::Metric,
+        Action::SensorStats,
+        pipeline.host_name.as_str(),
+        stats,
     );
-    out.status(&doc, "metric", "sensor-stats")?;
+    out.status(&line)?;
     out.flush()
 }

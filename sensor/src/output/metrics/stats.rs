@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::{
-    detect::decision::StatsReport,
+    detect::{decision::StatsReport, severity::Severity},
     enrich::{hasher, identity::CacheReport, proctable, users::ContainerUsersReport},
     kernel::filter::Records,
 };
@@ -77,13 +77,13 @@ pub struct BySeverity {
 }
 
 impl BySeverity {
-    /// Counts a line of `risk` (1 low, 2 medium, 3 and more high; 0 is no alert).
+    /// Counts a line of `risk` (0: no alert, not counted).
     pub fn count(&mut self, risk: u8) {
-        match risk {
-            0 => {}
-            1 => self.low += 1,
-            2 => self.medium += 1,
-            _ => self.high += 1,
+        match Severity::of(risk) {
+            None => {}
+            Some(Severity::Low) => self.low += 1,
+            Some(Severity::Medium) => self.medium += 1,
+            Some(Severity::High) => self.high += 1,
         }
     }
 }
