@@ -1,0 +1,172 @@
+//! Live, record, replay: one live run makes a line of each kind (an outbound TCP connect,
+//! a listen, an inbound connection, a UDP send) inside a test-made namespace pair; the
+//! lines are written to a file as a recording would keep them, `sensor replay` re-scores
+//! that file under the same (default) policy, and each kind must come back with the
+//! verdict it had live: `event.kind`, `event.risk_score`, `event.severity`,
+//! `sensor.severity` and `event.reason`.
+
+use std::{sync::OnceLock, time::Duration};
+
+use anyhow::{Context, Result};
+use rstest::rstest;
+use sensor_tests::{Net, Running, Scratch, Sensor, replay, root_or_skip};
+use serde_json::Value;
+
+const SERVER: &str = "203.0.113.7";
+const CLIENT: &str = "203.0.113.1";
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Connect,
+    Listen,
+    Inbound,
+    Udp,
+}
+
+impl Kind {
+    fn action(self) -> &'static str {
+        match self {
+            Kind::Connect | Kind::Udp => "network-connect",
+            Kind::Listen => "network-listen",
+            Kind::Inbound => "network-accept",
+        }
+    }
+
+    fn transport(self) -> &'static str {
+        match self {
+            Kind::Udp => "udp",
+            _ => "tcp",
+        }
+    }
+
+    /// Whether `v` is this kind's line of process `pid`.
+    fn is(self, v: &Value, pid: u32) -> bool {
+        v["event"]["action"] == self.action()
+            && v["network"]["transport"] == self.transport()
+            && v["process"]["pid"] == pid
+    }
+}
+
+/// What one live run recorded and its replay printed.
+struct Recorded {
+    /// The process whose line each kind is.
+    pids: Vec<(Kind, u32)>,
+    live: Vec<Value>,
+    replayed: Vec<Value>,
+}
+
+impl Recorded {
+    fn pid(&self, kind: Kind) -> u32 {
+        self.pids
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| *p)
+            .expect("every kind has a process")
+    }
+}
+
+/// Runs the sensor live once for all cases (None when the test cannot run here).
+fn recorded() -> &'static Option<Recorded> {
+    static RUN: OnceLock<Option<Recorded>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        root_or_skip("roundtrip")
+            .then(|| record().unwrap_or_else(|e| panic!("the live run: {e:#}")))
+    })
+}
+
+fn record() -> Result<Recorded> {
+    let scratch = Scratch::new("roundtrip")?;
+    let net = Net::new()?;
+    net.subnet(CLIENT, SERVER, 24)?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    let mut wait = |kind: Kind, pid: u32| -> Result<()> {
+        sensor
+            .wait_for(WAIT, |v| kind.is(v, pid))
+            .with_context(|| format!("no {kind:?} line of pid {pid}"))
+            .map(drop)
+    };
+
+    // python3 to a known C2 port, closed (a RST from the server side): an alert.
+    let connect = net.python_connect(SERVER, 4444)?;
+    wait(Kind::Connect, connect)?;
+    // nc listening on that port now (a bind shell), and a connect into it.
+    let mut cmd = net.server_command("nc");
+    cmd.args(["-l", "-p", "4444"]);
+    let nc = Running::spawn(cmd, "the nc listener")?;
+    wait(Kind::Listen, nc.pid())?;
+    net.run("nc", &["-z", "-w2", SERVER, "4444"])?;
+    wait(Kind::Inbound, nc.pid())?;
+    // One datagram from python3 to a C2 port.
+    let code = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('{SERVER}', 9001))"
+    );
+    let udp = net.run("python3", &["-c", &code])?;
+    wait(Kind::Udp, udp)?;
+    let (_, lines) = sensor.stop_with(libc::SIGTERM)?;
+
+    let pids = vec![
+        (Kind::Connect, connect),
+        (Kind::Listen, nc.pid()),
+        (Kind::Inbound, nc.pid()),
+        (Kind::Udp, udp),
+    ];
+    // The recording: the state lines and this test's processes' lines (the host's other
+    // processes connect too), as `sensor run --all > FILE` keeps them.
+    let live: Vec<Value> = lines
+        .into_iter()
+        .filter(|v| {
+            v["event"]["kind"] == "state" || pids.iter().any(|(_, p)| v["process"]["pid"] == *p)
+        })
+        .collect();
+    let file = scratch.dir.join("recording.jsonl");
+    let text: String = live.iter().map(|v| format!("{v}\n")).collect();
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    let path = file.to_str().context("scratch path")?;
+    let (replayed, _) = replay(&["--all", path], "")?;
+    Ok(Recorded {
+        pids,
+        live,
+        replayed,
+    })
+}
+
+/// The verdict of one line.
+fn verdict(v: &Value) -> [&Value; 5] {
+    [
+        &v["event"]["kind"],
+        &v["event"]["risk_score"],
+        &v["event"]["severity"],
+        &v["sensor"]["severity"],
+        &v["event"]["reason"],
+    ]
+}
+
+#[rstest]
+#[case::connect(Kind::Connect)]
+#[case::listen(Kind::Listen)]
+#[case::inbound(Kind::Inbound)]
+#[case::udp(Kind::Udp)]
+fn each_kind_replays_to_its_live_verdict(#[case] kind: Kind) -> Result<()> {
+    let Some(r) = recorded() else {
+        return Ok(());
+    };
+    let pid = r.pid(kind);
+    let live = r
+        .live
+        .iter()
+        .find(|v| kind.is(v, pid))
+        .with_context(|| format!("no live {kind:?} line"))?;
+    assert_eq!(live["event"]["kind"], "alert", "live: {live:#}");
+    let again = r
+        .replayed
+        .iter()
+        .find(|v| kind.is(v, pid))
+        .with_context(|| format!("no replayed {kind:?} line in {:#?}", r.replayed))?;
+    assert_eq!(
+        verdict(again),
+        verdict(live),
+        "{kind:?} re-scored differently\nlive: {live:#}\nreplayed: {again:#}"
+    );
+    Ok(())
+}
