@@ -31,9 +31,7 @@ use sensor::{
     kernel::records::{self, Connection, Exec, Record, Task},
     output::{self, Context, Format, clock::BootClock},
 };
-use sensor_common::{
-    AF_INET, Connect, ConnectEvent, Header, PROBE_TP_BTF, RecordKind, TASK_COMM_LEN,
-};
+use sensor_common::{AF_INET, Connect, ConnectEvent, Header, Probe, RecordKind, TASK_COMM_LEN};
 
 const S: u64 = 1_000_000_000;
 
@@ -139,7 +137,7 @@ fn raw_connect(port: u16) -> Vec<u8> {
             family: AF_INET,
             dport: port,
             sport: 40_000,
-            probe: PROBE_TP_BTF,
+            probe: Probe::TpBtf as u8,
             _pad: 0,
             daddr,
             saddr,

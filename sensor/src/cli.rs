@@ -4,10 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{
-    cmd::{self, run::KernelLog},
-    kernel,
-};
+use crate::cmd::{self, run::KernelLog};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +32,7 @@ enum Command {
     },
     /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
     /// SIGINT/SIGTERM (used by `cargo xtask bench`).
+    #[cfg(feature = "test-hooks")]
     #[command(hide = true)]
     BenchBaseline {
         /// On the BTF tracepoint instead of the classic one.
@@ -98,7 +96,8 @@ pub fn main() -> ExitCode {
         Command::Check {
             ring_buffer_size, ..
         } => cmd::check::check(ring_buffer_size),
-        Command::BenchBaseline { btf } => kernel::load::baseline(btf).map(|()| true),
+        #[cfg(feature = "test-hooks")]
+        Command::BenchBaseline { btf } => crate::kernel::load::baseline(btf).map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },
         } => cmd::policy::show(config.as_deref()).map(|()| true),

@@ -107,6 +107,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         config: args.config,
         output: args.output,
         metrics: args.metrics,
+        #[cfg(feature = "test-hooks")]
         test_stall: args.test_stall_on_usr1,
         keep_capabilities: args.keep_capabilities,
     };
@@ -131,6 +132,7 @@ pub struct Options {
     /// Where to serve /metrics and /healthz.
     pub metrics: Option<SocketAddr>,
     /// SIGUSR1 stalls the loop (tests).
+    #[cfg(feature = "test-hooks")]
     pub test_stall: bool,
     /// Keep every capability after attaching (debugging).
     pub keep_capabilities: bool,
@@ -153,6 +155,7 @@ pub async fn run(opts: Options) -> Result<()> {
         config,
         output,
         metrics,
+        #[cfg(feature = "test-hooks")]
         test_stall,
         keep_capabilities,
     } = opts;
@@ -343,6 +346,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             _ = usr1.recv() => {
                 let _turn = stall.turn();
+                #[cfg(feature = "test-hooks")]
                 if test_stall {
                     warn!("SIGUSR1 (test hook): stalling the event loop for 10 s");
                     std::thread::sleep(Duration::from_secs(10));

@@ -96,6 +96,15 @@ pub fn parse_os_release(text: &str) -> OsInfo {
     os
 }
 
+/// The kernel's hostname, "unknown" when unreadable or empty.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod argv;
 pub mod attach;
 pub mod btf;
 pub mod filter;
+pub mod fold;
 pub mod layout;
 pub mod load;
 pub mod privileges;

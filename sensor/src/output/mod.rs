@@ -9,6 +9,7 @@ pub mod community_id;
 mod connection;
 pub mod context;
 pub mod doc;
+pub mod ecs;
 pub mod journald;
 pub mod listen;
 pub mod metrics;

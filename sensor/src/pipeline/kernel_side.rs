@@ -1,0 +1,141 @@
+//! What the kernel filtered, folded and counted, as userspace last read it, and the last
+//! connect record of each kernel fold key, kept to stand for the repeats the kernel folds.
+
+use std::collections::HashMap;
+
+use sensor_common::{FOLD_MAX, FoldKey};
+use serde_json::Value;
+
+use crate::kernel::{filter::KernelCounts, fold::fold_key, records::Connection};
+
+/// What the kernel filtered, folded and counted, as last read, and the connects it
+/// folded that userspace has collected.
+#[derive(Debug, Default)]
+pub struct KernelSide {
+    pub counts: KernelCounts,
+    /// Folded connects collected from the kernel's fold table and counted in.
+    pub fold_collected: u64,
+    /// Keys in the kernel's fold table at the last collection, and idle ones deleted.
+    pub fold_keys: usize,
+    pub fold_keys_deleted: u64,
+    /// Reads of the kernel's counters that failed.
+    pub read_errors: u64,
+    /// Policy pushes into the kernel's filter maps, and the generation in force.
+    pub filter_pushes: u64,
+    pub filter_generation: u32,
+    /// Whether the kernel folds (then the last record of each key is kept as the template
+    /// its folded repeats are reported with).
+    pub folding: bool,
+    /// Per kernel fold key, the last connect record seen.
+    pub(super) templates: HashMap<FoldKey, Connection>,
+    /// Estimated bytes the templates hold, and records not kept for that budget (their
+    /// repeats are then built from the key, counted in `fold_untemplated`).
+    template_bytes: usize,
+    pub templates_refused: u64,
+    /// Collected repeats with no record kept to stand for them (built from the key).
+    pub fold_untemplated: u64,
+}
+
+/// Bytes the templates may hold: one per kernel fold key would be up to 2 x 16,384 records.
+const MAX_TEMPLATE_BYTES: usize = 2 << 20;
+
+/// A template's cost: its slot (doubled for the map's spare room) and its comm.
+fn template_bytes(c: &Connection) -> usize {
+    2 * std::mem::size_of::<(FoldKey, Connection)>() + c.comm.len()
+}
+
+impl KernelSide {
+    /// Keeps `conn` as its key's template, within the keys' and the bytes' bounds.
+    pub(super) fn keep_template(&mut self, conn: &Connection) {
+        let k = fold_key(conn);
+        let bytes = template_bytes(conn);
+        if let Some(old) = self.templates.get_mut(&k) {
+            self.template_bytes = self.template_bytes + bytes - template_bytes(old);
+            old.clone_from(conn);
+        } else if self.templates.len() < 2 * FOLD_MAX as usize
+            && self.template_bytes + bytes <= MAX_TEMPLATE_BYTES
+        {
+            self.templates.insert(k, conn.clone());
+            self.template_bytes += bytes;
+        } else {
+            self.templates_refused += 1;
+        }
+    }
+
+    /// Forgets the templates of keys idle longer than `keep_ns`.
+    pub(super) fn expire_templates(&mut self, now_boot_ns: u64, keep_ns: u64) {
+        let bytes = &mut self.template_bytes;
+        self.templates.retain(|_, c| {
+            let live = now_boot_ns.saturating_sub(c.boot_ns) <= keep_ns;
+            if !live {
+                *bytes -= template_bytes(c);
+            }
+            live
+        });
+    }
+
+    /// Whether the first record of a kernel fold key has been handled (or, after
+    /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
+    pub fn fold_ready(
+        &self,
+        key: &FoldKey,
+        window_start_ns: u64,
+        now_ns: u64,
+        wait_ns: u64,
+    ) -> bool {
+        self.templates.contains_key(key) || now_ns.saturating_sub(window_start_ns) > wait_ns
+    }
+
+    /// For `sensor-stats` and `sensor-stopped`.
+    pub fn report(&self) -> Value {
+        let mut v = self.counts.report();
+        if let Value::Object(m) = &mut v {
+            m.insert("fold_collected".into(), self.fold_collected.into());
+            m.insert("fold_keys".into(), self.fold_keys.into());
+            m.insert("fold_keys_deleted".into(), self.fold_keys_deleted.into());
+            m.insert("fold_untemplated".into(), self.fold_untemplated.into());
+            m.insert("fold_templates".into(), self.templates.len().into());
+            m.insert("fold_template_bytes".into(), self.template_bytes.into());
+            m.insert(
+                "fold_templates_refused".into(),
+                self.templates_refused.into(),
+            );
+            m.insert("counter_read_errors".into(), self.read_errors.into());
+            m.insert("filter_pushes".into(), self.filter_pushes.into());
+            m.insert("filter_generation".into(), self.filter_generation.into());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::AF_INET;
+
+    use super::*;
+    use crate::kernel::records::tests::{bytes, connect, raw};
+
+    /// One record kept per kernel fold key, comm at its longest (16 invalid bytes, 48 in
+    /// UTF-8): within the byte budget, refusals counted, and expiry gives the bytes back.
+    #[test]
+    fn fold_templates_are_bounded_in_bytes() {
+        let mut k = KernelSide::default();
+        let mut ev = raw(AF_INET, [0; 16], 4444);
+        ev.header.comm = [0xff; 16];
+        let n = 2 * FOLD_MAX;
+        for i in 0..n {
+            (ev.header.tgid, ev.data.dport) = (i, (i % 60_000) as u16 + 1025);
+            let mut c = connect(&bytes(&ev));
+            c.boot_ns = 1_000;
+            assert_eq!(c.comm.len(), 48);
+            k.keep_template(&c);
+            assert!(k.template_bytes <= MAX_TEMPLATE_BYTES);
+        }
+        assert!(k.templates_refused > 0);
+        assert_eq!(k.templates.len() as u64 + k.templates_refused, u64::from(n));
+        k.expire_templates(1_000 + 10, 10);
+        assert!(!k.templates.is_empty() && k.template_bytes > 0);
+        k.expire_templates(1_000 + 11, 10);
+        assert_eq!((k.templates.len(), k.template_bytes), (0, 0));
+    }
+}
