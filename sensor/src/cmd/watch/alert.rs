@@ -6,7 +6,8 @@
 use std::{borrow::Cow, fmt, net::IpAddr};
 
 use ratatui::style::Color;
-use serde_json::Value;
+
+use crate::output::ecs::{self, Action, ConnectionLine, Kind, Severity};
 
 /// Text from an alert made safe for a terminal, the same for the table and for plain
 /// lines: control characters (C0, DEL, C1: cursor moves, screen clears, carriage returns,
@@ -36,31 +37,38 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// One end of a flow, ready to print.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One end of a flow, ready to print; either part may be missing from a line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
-    /// The address as printed: an IPv4-mapped IPv6 address as IPv4, anything that is not
-    /// an address through [`printable`].
-    pub ip: String,
-    pub port: u16,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
 }
 
 impl Endpoint {
-    fn new(ip: &str, port: u16) -> Self {
-        let ip = match ip.parse::<IpAddr>() {
-            Ok(a) => a.to_canonical().to_string(),
-            Err(_) => printable(ip).into_owned(),
-        };
-        Self { ip, port }
+    fn of(e: Option<&ecs::Endpoint>) -> Self {
+        e.map(|e| Self {
+            // An IPv4-mapped IPv6 address is shown as the IPv4 address it is.
+            ip: e.ip.map(|ip| ip.to_canonical()),
+            port: e.port,
+        })
+        .unwrap_or_default()
+    }
+
+    fn ip_text(&self) -> String {
+        self.ip.map_or_else(|| "-".into(), |ip| ip.to_string())
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ip.contains(':') {
-            write!(f, "[{}]:{}", self.ip, self.port)
-        } else {
-            write!(f, "{}:{}", self.ip, self.port)
+        match self.ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+            Some(ip) => write!(f, "{ip}")?,
+            None => f.write_str("-")?,
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => f.write_str(":-"),
         }
     }
 }
@@ -73,8 +81,8 @@ pub enum Flow {
     /// An inbound connection (`network-accept`): the remote peer in `source.*`, the local
     /// end it reached in `destination.*`.
     Inbound { peer: Endpoint, local: Endpoint },
-    /// An outbound TCP connect or UDP send (`network-connect`). UDP lines have no source:
-    /// the hook runs before the route picks one.
+    /// An outbound TCP connect or UDP send (`network-connect`, and a beacon's connections).
+    /// UDP lines have no source: the hook runs before the route picks one.
     Outbound {
         source: Option<Endpoint>,
         destination: Endpoint,
@@ -83,9 +91,27 @@ pub enum Flow {
 }
 
 impl Flow {
+    fn of(line: &ConnectionLine<'_>) -> Self {
+        let (source, destination) = (line.source.as_ref(), line.destination.as_ref());
+        match line.event.action {
+            Action::NetworkListen => Flow::Listen {
+                local: Endpoint::of(source),
+            },
+            Action::NetworkAccept => Flow::Inbound {
+                peer: Endpoint::of(source),
+                local: Endpoint::of(destination),
+            },
+            _ => Flow::Outbound {
+                source: source.map(|s| Endpoint::of(Some(s))),
+                destination: Endpoint::of(destination),
+                udp: line.network.as_ref().and_then(|n| n.transport.as_deref()) == Some("udp"),
+            },
+        }
+    }
+
     /// The port the port filter and the top list use: where an outbound flow goes, the
     /// listener's own port for a listen or an inbound connection.
-    pub fn port(&self) -> u16 {
+    pub fn port(&self) -> Option<u16> {
         match self {
             Flow::Listen { local } | Flow::Inbound { local, .. } => local.port,
             Flow::Outbound { destination, .. } => destination.port,
@@ -94,11 +120,11 @@ impl Flow {
 
     /// The address the alert is about, for the top list: where an outbound flow goes,
     /// where an inbound one comes from, where a listener listens.
-    pub fn address(&self) -> &str {
+    pub fn address(&self) -> String {
         match self {
-            Flow::Listen { local } => &local.ip,
-            Flow::Inbound { peer, .. } => &peer.ip,
-            Flow::Outbound { destination, .. } => &destination.ip,
+            Flow::Listen { local } => local.ip_text(),
+            Flow::Inbound { peer, .. } => peer.ip_text(),
+            Flow::Outbound { destination, .. } => destination.ip_text(),
         }
     }
 }
@@ -126,83 +152,60 @@ impl fmt::Display for Flow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
     pub time: String,
-    pub risk: u64,
+    /// `event.risk_score`: 0 (not scored) to 3.
+    pub risk: u8,
     pub executable: String,
-    pub pid: u64,
+    pub pid: Option<u32>,
     pub user: String,
     pub flow: Flow,
     pub reason: String,
 }
 
 impl Alert {
-    /// An alert from one ECS line the sensor printed; None for other lines.
-    pub fn from_line(v: &Value) -> Option<Self> {
-        if v["event"]["kind"] != "alert" {
+    /// An alert from one line the sensor printed; None for lines that are not alerts.
+    pub fn from_line(line: &ConnectionLine<'_>) -> Option<Self> {
+        if line.event.kind != Kind::Alert {
             return None;
         }
-        let s = |p: &Value| printable(p.as_str().unwrap_or("")).into_owned();
-        let end = |e: &Value| {
-            e.is_object().then(|| {
-                let port = e["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-                Endpoint::new(e["ip"].as_str().unwrap_or(""), port.unwrap_or(0))
-            })
-        };
-        let (source, destination) = (end(&v["source"]), end(&v["destination"]));
-        let missing = || Endpoint::new("", 0);
-        let flow = match v["event"]["action"].as_str() {
-            Some("network-listen") => Flow::Listen {
-                local: source.unwrap_or_else(missing),
-            },
-            Some("network-accept") => Flow::Inbound {
-                peer: source.unwrap_or_else(missing),
-                local: destination.unwrap_or_else(missing),
-            },
-            _ => Flow::Outbound {
-                source,
-                destination: destination.unwrap_or_else(missing),
-                udp: v["network"]["transport"] == "udp",
-            },
-        };
+        let text = |s: Option<&str>| printable(s.unwrap_or("")).into_owned();
+        let process = line.process.as_ref();
+        let user = line.user.as_ref();
         Some(Self {
-            time: s(&v["@timestamp"]),
-            risk: v["event"]["risk_score"].as_u64().unwrap_or(0),
-            executable: s(&v["process"]["executable"]),
-            pid: v["process"]["pid"].as_u64().unwrap_or(0),
-            user: printable(
-                v["user"]["name"]
-                    .as_str()
-                    .or(v["user"]["id"].as_str())
-                    .unwrap_or(""),
-            )
-            .into_owned(),
-            flow,
-            reason: s(&v["event"]["reason"]),
+            time: printable(&line.timestamp).into_owned(),
+            risk: line.event.risk_score.unwrap_or(0),
+            executable: text(process.and_then(|p| p.executable.as_deref())),
+            pid: process.and_then(|p| p.pid),
+            user: text(user.and_then(|u| u.name.as_deref().or(u.id.as_deref()))),
+            flow: Flow::of(line),
+            reason: text(line.event.reason.as_deref()),
         })
     }
 
-    pub fn severity(&self) -> &'static str {
-        match self.risk {
-            3.. => "High",
-            2 => "Medium",
-            _ => "Low",
-        }
+    /// None for an alert that was not scored (risk 0).
+    pub fn severity(&self) -> Option<Severity> {
+        Severity::of(self.risk)
+    }
+
+    /// The severity's name, for both views.
+    pub fn severity_text(&self) -> &'static str {
+        self.severity().map_or("-", Severity::as_str)
     }
 
     pub fn colour(&self) -> Color {
-        match self.risk {
-            3.. => Color::Red,
-            2 => Color::Yellow,
+        match self.severity() {
+            Some(Severity::High) => Color::Red,
+            Some(Severity::Medium) => Color::Yellow,
             _ => Color::Cyan,
         }
     }
 
     pub fn plain(&self) -> String {
+        let pid = self.pid.map_or_else(|| "-".into(), |p| p.to_string());
         format!(
-            "{:<6} {} {} (pid {}, user {}) {} {}",
-            self.severity(),
+            "{:<6} {} {} (pid {pid}, user {}) {} {}",
+            self.severity_text(),
             self.time,
             self.executable,
-            self.pid,
             self.user,
             self.flow,
             self.reason
@@ -217,10 +220,14 @@ mod tests {
     use super::*;
 
     /// An alert line of each flow kind, with the ends where the sensor puts them.
-    const CONNECT: &str = r#"{"event":{"kind":"alert","action":"network-connect"},"network":{"transport":"tcp"},"source":{"ip":"192.0.2.10","port":40000},"destination":{"ip":"203.0.113.7","port":9001}}"#;
-    const LISTEN: &str = r#"{"event":{"kind":"alert","action":"network-listen"},"network":{"transport":"tcp"},"source":{"ip":"::ffff:192.0.2.1","port":4444}}"#;
-    const INBOUND: &str = r#"{"event":{"kind":"alert","action":"network-accept"},"network":{"transport":"tcp","direction":"ingress"},"source":{"ip":"192.0.2.9","port":51000},"destination":{"ip":"192.0.2.1","port":4444}}"#;
-    const UDP: &str = r#"{"event":{"kind":"alert","action":"network-connect"},"network":{"transport":"udp"},"destination":{"ip":"2001:db8::7","port":5353}}"#;
+    const CONNECT: &str = r#"{"event":{"kind":"alert","action":"network-connect"},"network":{"transport":"tcp"},"source":{"ip":"192.0.2.10","port":40000},"destination":{"ip":"203.0.113.7","port":9001},"sensor":{}}"#;
+    const LISTEN: &str = r#"{"event":{"kind":"alert","action":"network-listen"},"network":{"transport":"tcp"},"source":{"ip":"::ffff:192.0.2.1","port":4444},"sensor":{}}"#;
+    const INBOUND: &str = r#"{"event":{"kind":"alert","action":"network-accept"},"network":{"transport":"tcp","direction":"ingress"},"source":{"ip":"192.0.2.9","port":51000},"destination":{"ip":"192.0.2.1","port":4444},"sensor":{}}"#;
+    const UDP: &str = r#"{"event":{"kind":"alert","action":"network-connect"},"network":{"transport":"udp"},"destination":{"ip":"2001:db8::7","port":5353},"sensor":{}}"#;
+
+    fn alert(line: &str) -> Option<Alert> {
+        Alert::from_line(&serde_json::from_str(line).unwrap())
+    }
 
     #[rstest]
     #[case::connect(CONNECT, "192.0.2.10:40000 -> 203.0.113.7:9001", 9001, "203.0.113.7")]
@@ -233,18 +240,22 @@ mod tests {
         #[case] port: u16,
         #[case] address: &str,
     ) {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let a = Alert::from_line(&v).unwrap();
+        let a = alert(line).unwrap();
         assert_eq!(a.flow.to_string(), shown);
         assert!(a.plain().contains(&format!(") {shown} ")), "{}", a.plain());
-        assert_eq!(a.flow.port(), port);
+        assert_eq!(a.flow.port(), Some(port));
         assert_eq!(a.flow.address(), address);
     }
 
     #[test]
     fn a_line_that_is_not_an_alert_is_none() {
-        let v: Value = serde_json::from_str(&CONNECT.replace("alert", "event")).unwrap();
-        assert_eq!(Alert::from_line(&v), None);
+        assert_eq!(alert(&CONNECT.replace("alert", "event")), None);
+    }
+
+    #[test]
+    fn a_missing_end_is_shown_as_missing() {
+        let a = alert(r#"{"event":{"kind":"alert","action":"network-listen"},"sensor":{}}"#);
+        assert_eq!(a.unwrap().flow.to_string(), "listening on -:-");
     }
 
     #[test]
@@ -254,7 +265,5 @@ mod tests {
             printable("/tmp/a\x1b[2J\rb\u{9b}c\u{202e}d\\e\u{7f}"),
             r"/tmp/a\x1b[2J\x0db\u{009b}c\u{202e}d\\e\x7f"
         );
-        // An address that is not one is escaped like any other text.
-        assert_eq!(Endpoint::new("a\x1bb", 1).ip, r"a\x1bb");
     }
 }

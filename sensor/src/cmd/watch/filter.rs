@@ -1,6 +1,7 @@
 //! What the view shows: a minimum severity, a process and a port.
 
 use super::alert::Alert;
+use crate::output::ecs::Severity;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MinSeverity {
@@ -10,11 +11,11 @@ pub enum MinSeverity {
 }
 
 impl MinSeverity {
-    fn risk(self) -> u64 {
+    fn severity(self) -> Severity {
         match self {
-            MinSeverity::Low => 1,
-            MinSeverity::Medium => 2,
-            MinSeverity::High => 3,
+            MinSeverity::Low => Severity::Low,
+            MinSeverity::Medium => Severity::Medium,
+            MinSeverity::High => Severity::High,
         }
     }
 
@@ -39,11 +40,11 @@ pub struct Filter {
 
 impl Filter {
     pub fn shows(&self, a: &Alert) -> bool {
-        a.risk >= self.severity.risk()
+        a.severity() >= Some(self.severity.severity())
             && self
                 .process
                 .as_deref()
                 .is_none_or(|p| a.executable.contains(p))
-            && self.port.is_none_or(|p| a.flow.port() == p)
+            && self.port.is_none_or(|p| a.flow.port() == Some(p))
     }
 }

@@ -9,6 +9,7 @@ use std::{
 use serde_json::Value;
 
 use super::{alert::Alert, filter::Filter, source::Input};
+use crate::output::ecs::{Action, ConnectionLine};
 
 /// Alerts kept for the table (newest first) and the rollup window.
 const KEEP: usize = 1000;
@@ -61,17 +62,26 @@ impl State {
 
     /// Takes one line; returns the alert it carried, if any.
     pub fn feed(&mut self, line: &str) -> Option<Alert> {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        // Every line reads into the connection line's type: the sections a kind lacks are
+        // absent, and `sensor.*` fields it does not know are kept in its `extra` map.
+        let Ok(l) = serde_json::from_str::<ConnectionLine<'_>>(line) else {
             self.bad_lines += 1;
             return None;
         };
-        if v["event"]["action"] == "network-connect" {
-            self.events += v["sensor"]["folded_count"].as_u64().unwrap_or(1);
+        let sensor = &l.sensor.fields;
+        if l.event.action == Action::NetworkConnect {
+            self.events += sensor.folded_count.unwrap_or(1);
         }
-        if let Some(lost) = v["sensor"]["lost_events_total"].as_u64() {
+        // The status lines' `sensor.*` has no type of its own yet: their loss total is
+        // read from the fields the connection type does not know.
+        if let Some(lost) = sensor
+            .extra
+            .get("lost_events_total")
+            .and_then(Value::as_u64)
+        {
             self.lost = self.lost.max(lost);
         }
-        let alert = Alert::from_line(&v)?;
+        let alert = Alert::from_line(&l)?;
         self.alert_count += 1;
         if !self.paused {
             self.alerts.push_front((Instant::now(), alert.clone()));
@@ -119,7 +129,7 @@ impl State {
 mod tests {
     use super::{super::filter::MinSeverity, *};
 
-    const LINE: &str = r#"{"@timestamp":"2026-11-25T12:00:00.000Z","event":{"kind":"alert","action":"network-connect","risk_score":3,"reason":"known C2 port"},"process":{"executable":"/usr/bin/nc.openbsd","pid":42},"user":{"name":"root"},"destination":{"ip":"203.0.113.7","port":4444},"sensor":{"folded_count":1}}"#;
+    const LINE: &str = r#"{"@timestamp":"2026-11-25T12:00:00.000Z","event":{"kind":"alert","action":"network-connect","risk_score":3,"reason":"known C2 port"},"process":{"executable":"/usr/bin/nc.openbsd","pid":42},"user":{"name":"root"},"destination":{"ip":"203.0.113.7","port":4444},"sensor":{"folded_count":2}}"#;
 
     fn state() -> State {
         State::new(Filter {
@@ -133,7 +143,7 @@ mod tests {
     fn alerts_are_read_and_filtered() {
         let mut s = state();
         let a = s.feed(LINE).unwrap();
-        assert_eq!(a.flow.port(), 4444);
+        assert_eq!(a.flow.port(), Some(4444));
         assert_eq!(a.risk, 3);
         assert!(a.plain().starts_with("High   2026-11-25T12:00:00.000Z /usr/bin/nc.openbsd (pid 42, user root) -> 203.0.113.7:4444"));
         assert_eq!(s.shown().count(), 1);
@@ -143,13 +153,34 @@ mod tests {
         s.filter.port = Some(8088);
         assert_eq!(s.shown().count(), 0);
         s.filter.port = Some(4444);
-        assert_eq!(
-            s.top(3, |x| x.flow.port().to_string()),
-            [("4444".into(), 1)]
-        );
+        assert_eq!(s.top(3, |x| x.flow.address()), [("203.0.113.7".into(), 1)]);
         assert!(s.feed("not json").is_none());
-        assert_eq!(s.bad_lines, 1);
-        assert_eq!(s.events, 1);
+        // A line of an action this release does not know is not read as something else.
+        assert!(
+            s.feed(&LINE.replace("network-connect", "network-teleport"))
+                .is_none()
+        );
+        assert_eq!(s.bad_lines, 2);
+        assert_eq!(s.events, 2, "a folded line stands for its count");
+        let stats = r#"{"@timestamp":"2026-11-25T12:00:01.000Z","event":{"kind":"metric","action":"sensor-stats"},"sensor":{"lost_events_total":7}}"#;
+        assert!(s.feed(stats).is_none());
+        assert_eq!(s.lost, 7);
+    }
+
+    /// Lines the current release wrote (the replay fixture, one malformed line among them)
+    /// read into the type.
+    #[test]
+    fn recorded_lines_are_read() {
+        let mut s = state();
+        let text = include_str!("../../../../tests/fixtures/atomic4-beacon.jsonl");
+        let alerts = text.lines().filter_map(|l| s.feed(l)).count();
+        // Only the line the fixture holds as not JSON is bad.
+        let not_json = text
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_err())
+            .count();
+        assert_eq!((s.bad_lines, not_json), (1, 1));
+        assert_eq!(alerts, 10, "every alert it holds");
     }
 
     #[test]

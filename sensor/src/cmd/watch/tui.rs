@@ -149,10 +149,10 @@ fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
         .take(usize::from(body.height))
         .map(|a| {
             Row::new(vec![
-                a.severity().to_string(),
+                a.severity_text().to_string(),
                 a.time.get(11..19).unwrap_or(&a.time).to_string(),
                 a.executable.clone(),
-                a.pid.to_string(),
+                a.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                 a.user.clone(),
                 a.flow.to_string(),
             ])
@@ -185,12 +185,14 @@ fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
     let [a, b, c] = Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(foot);
     for (area, title, top) in [
         (a, "top processes", state.top(6, |x| x.executable.clone())),
+        (b, "top addresses", state.top(6, |x| x.flow.address())),
         (
-            b,
-            "top addresses",
-            state.top(6, |x| x.flow.address().into()),
+            c,
+            "top ports",
+            state.top(6, |x| {
+                x.flow.port().map_or_else(|| "-".into(), |p| p.to_string())
+            }),
         ),
-        (c, "top ports", state.top(6, |x| x.flow.port().to_string())),
     ] {
         let lines: Vec<Line> = top
             .into_iter()
