@@ -8,5 +8,6 @@ pub mod notify;
 pub mod policy;
 pub mod replay;
 pub mod run;
+pub mod schema;
 pub mod stall;
 pub mod watch;
