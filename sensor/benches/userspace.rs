@@ -1,14 +1,14 @@
 //! What one connect costs in userspace, stage by stage, and the whole path: decode a raw
 //! connect record, enrich it from a warm process table (built from synthetic exec and fork
 //! records, so no /proc read is in the measured loop), score and decide, render the ECS
-//! line and write it to a buffer (`output::write`, as the pipeline does; `render_value` and
-//! `serialize` are the `Value` route replay and status lines take). `cargo bench -p sensor --bench userspace`; each result
+//! line and write it to a buffer (`output::write`, as the pipeline does: the typed line
+//! serialised straight into the buffer). `cargo bench -p sensor --bench userspace`; each result
 //! is time per event (criterion also prints events/s).
 //!
 //! Two traffic shapes: hostile (a high-risk process to a known C2 port, flood control
 //! off: every connect is an alert line) and benign (port 443: scored, not printed).
-//! The enrichment mirrors `Pipeline::connect` (table, cgroup, pods, users) using only the
-//! library's public API, so the bench runs without a ring buffer or stdout.
+//! The enrichment is the pipeline's own step (`enrich::attribute`: table, image, cgroup,
+//! pods, users), so the bench runs without a ring buffer or stdout and copies nothing.
 
 use std::{hint::black_box, path::Path, sync::Arc, time::Duration};
 
@@ -21,10 +21,11 @@ use sensor::{
     },
     enrich::{
         Enriched,
+        attribute::attribute,
         host::{HostInfo, OsInfo},
         identity::Identities,
         kubelet::Pods,
-        procfs::{ProcessInfo, Procfs},
+        procfs::Procfs,
         proctable::ProcTable,
         users::UserNames,
     },
@@ -176,47 +177,16 @@ impl Enricher {
         }
     }
 
-    /// `Pipeline::connect` up to the engine.
+    /// The pipeline's enrich step (`enrich::attribute`), up to the engine.
     fn enrich(&mut self, conn: &Connection) -> Enriched {
-        let (mut proc, source) = match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid)
-        {
-            Some((info, src)) => (info, Some(src.as_str())),
-            None => (
-                ProcessInfo {
-                    ppid: (conn.ppid != 0).then_some(conn.ppid),
-                    ..Default::default()
-                },
-                None,
-            ),
-        };
-        if proc.container_id.is_none() {
-            proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
-        }
-        if let Some(id) = &proc.container_id {
-            proc.pod = self.pods.lookup(id).cloned();
-        }
-        let container = proc
-            .container_id
-            .as_deref()
-            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id, conn.tgid));
-        let user = self.users.name(
-            conn.tgid,
-            conn.start_time_ns,
-            conn.uid,
-            proc.container_id.is_some(),
-        );
-        Enriched {
-            conn: conn.clone(),
-            proc,
-            provenance: sensor::enrich::Provenance {
-                user_name: user.as_ref().map(|u| u.source),
-                container,
-            },
-            user_name: user.map(|u| u.name),
-            host_name: self.host_name.clone(),
-            attribution: source,
-            unix_ns: self.clock.to_unix_ns(conn.boot_ns),
-        }
+        attribute(
+            &mut self.table,
+            &mut self.pods,
+            &mut self.users,
+            conn,
+            self.host_name.clone(),
+            self.clock.to_unix_ns(conn.boot_ns),
+        )
     }
 }
 
@@ -291,14 +261,6 @@ fn stages(each: &mut dyn FnMut(&str, &mut dyn FnMut())) {
         .lines;
     assert_eq!(lines.len(), 1, "one alert line");
     let mut buf = Vec::with_capacity(1 << 16);
-    each("render_value", &mut || {
-        black_box(output::render(black_box(&lines[0]), &cx));
-    });
-    let doc = output::render(&lines[0], &cx);
-    each("serialize_value", &mut || {
-        buf.clear();
-        serde_json::to_writer(&mut buf, black_box(&doc)).unwrap();
-    });
     each("render_write", &mut || {
         buf.clear();
         output::write(black_box(&lines[0]), &cx, &mut buf).unwrap();

@@ -4,8 +4,9 @@
 //! The modules are the data path, in order; each imports only from the ones before it:
 //! `kernel` (load, attach, decode ring-buffer records) -> `enrich` (process table, procfs,
 //! identity, users, containers) -> `detect` (policy, scoring, allow rules, beacons,
-//! rollups, flood control) -> `output` (ECS JSON) -> `pipeline` (the only module that
-//! knows all four) -> `cmd` (one module per subcommand) -> `cli` (clap and dispatch).
+//! rollups, flood control) -> `output` (ECS JSON) -> `pipeline` (the four stages run for
+//! each record) -> `cmd` (one module per subcommand; `run` and `explain` use all four
+//! stages too) -> `cli` (clap and dispatch).
 
 pub mod kernel;
 

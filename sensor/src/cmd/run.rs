@@ -37,8 +37,10 @@ use crate::{
     output::{
         self,
         clock::BootClock,
+        ecs::{Action, Kind},
         metrics::{Metrics, Snapshot},
         sink::{Output, Sink},
+        status::{EventsLost, PolicyReload},
     },
     pipeline::{self, Counters, Pipeline},
 };
@@ -263,11 +265,12 @@ pub async fn run(opts: Options) -> Result<()> {
             "generation": pipeline.kernel.filter_generation,
         },
     });
-    out.status(
-        &output::status("state", "sensor-started", &pipeline.host_name, started),
-        "state",
-        "sensor-started",
-    )?;
+    out.status(&output::status(
+        Kind::State,
+        Action::SensorStarted,
+        pipeline.host_name.as_str(),
+        started,
+    ))?;
     out.flush()?;
     let running = format!("running; {}", loaded.selection.chosen.hook());
     notifier.ready(&running);
@@ -355,8 +358,8 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = metrics_tick.tick() => {
                 let _turn = stall.turn();
                 kernel.read_counts(&mut pipeline);
-                let doc = output::status("metric", "sensor-stats", &pipeline.host_name, counters_json(&pipeline, &out, lost_reported, &stall));
-                out.status(&doc, "metric", "sensor-stats")?;
+                let doc = output::status(Kind::Metric, Action::SensorStats, pipeline.host_name.as_str(), counters_json(&pipeline, &out, lost_reported, &stall));
+                out.status(&doc)?;
                 out.flush()?;
             }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
@@ -377,11 +380,12 @@ pub async fn run(opts: Options) -> Result<()> {
         ..
     } = pipeline.counters;
     let stopped = counters_json(&pipeline, &out, lost_reported, &stall);
-    out.status(
-        &output::status("state", "sensor-stopped", &pipeline.host_name, stopped),
-        "state",
-        "sensor-stopped",
-    )?;
+    out.status(&output::status(
+        Kind::State,
+        Action::SensorStopped,
+        pipeline.host_name.as_str(),
+        stopped,
+    ))?;
     // Bounded: a stdout nobody reads must not hold the exit (and the detach) back.
     out.close(Duration::from_millis(300));
     info!(
@@ -427,8 +431,9 @@ impl Kernel {
             let period = u64::try_from(pipeline.engine.config().fold_ns.max(0)).unwrap_or(0);
             let now = filter::boot_ns();
             let side = &pipeline.kernel;
-            // A key's first record waits in the ring buffer a few drains at most.
-            let wait = period.min(5_000_000_000);
+            // A key's first record is normally judged by the connects read after it;
+            // this bound is for a lost first record with no connect after it.
+            let wait = period.max(60_000_000_000);
             let deltas = self.fold.collect(now, period, |k, v| {
                 last || side.fold_ready(k, v.window_start_ns, now, wait)
             });
@@ -461,28 +466,30 @@ fn reload(
     notifier: &Notifier,
 ) -> Result<()> {
     notifier.reloading();
-    let (mut doc, mut action) = pipeline::reload(config, pipeline);
-    if action == "policy-reloaded"
+    let mut doc = pipeline::reload(config, pipeline);
+    if doc.event.action == Action::PolicyReloaded
         && let Err(e) = kernel.push(pipeline)
     {
         // The engine has the new policy; the kernel filter is off (everything passes).
         // Said loudly, counted as a failure.
         warn!("policy reloaded, but not into the kernel filter: {e:#}");
-        action = "policy-reload-failed";
         doc = output::status(
-            "state",
-            action,
-            &pipeline.host_name,
-            json!({"error": format!("updating the kernel filter: {e:#}")}),
+            Kind::State,
+            Action::PolicyReloadFailed,
+            pipeline.host_name.clone(),
+            PolicyReload {
+                error: Some(format!("updating the kernel filter: {e:#}")),
+                ..Default::default()
+            },
         );
     }
-    if action == "policy-reloaded" {
+    if doc.event.action == Action::PolicyReloaded {
         pipeline.counters.reloads += 1;
     } else {
         pipeline.counters.reload_failures += 1;
     }
     notifier.ready("policy reloaded");
-    out.status(&doc, "state", action)
+    out.status(&doc)
 }
 
 /// The loop's totals for the metrics endpoint.
@@ -578,12 +585,16 @@ fn report_losses(
             "ring buffer full: {delta} connect events lost ({total} in total); raise --ring-buffer-size"
         );
         let doc = output::status(
-            "pipeline_error",
-            "events-lost",
-            &pipeline.host_name,
-            json!({"lost_events": delta, "lost_events_total": total, "cause": "ring buffer full"}),
+            Kind::PipelineError,
+            Action::EventsLost,
+            pipeline.host_name.as_str(),
+            EventsLost {
+                lost_events: delta,
+                lost_events_total: total,
+                cause: "ring buffer full",
+            },
         );
-        out.status(&doc, "pipeline_error", "events-lost")?;
+        out.status(&doc)?;
         out.flush()?;
         *reported = total;
     }

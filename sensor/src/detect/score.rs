@@ -12,11 +12,16 @@
 //! 2222): 2. Exclusions do not apply (the local address is usually the wildcard); a
 //! loopback-only listener, reachable only from this host, scores one tier less.
 
+mod high_risk;
+mod listen;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use self::high_risk::high_risk_entry;
+use self::{high_risk::high_risk, listen::score_listen};
 use crate::{
     detect::{policy::Policy, subject::Subject, unmanaged::unmanaged},
     kernel::records::{Flow, canonical},
@@ -124,29 +129,6 @@ impl Verdict {
     }
 }
 
-fn high_risk(policy: &Policy, s: &Subject) -> Option<HighRisk> {
-    let hit = |entry: String, matched_by| Some(HighRisk { entry, matched_by });
-    if let Some(name) = s.exe_name() {
-        if let Some(e) = high_risk_entry(policy, name) {
-            return hit(e, MatchedBy::Executable);
-        }
-    } else if let Some(e) = high_risk_entry(policy, s.comm.as_deref().unwrap_or("")) {
-        return hit(e, MatchedBy::Comm);
-    }
-    if let Some(e) = &s.content_match {
-        return hit(e.clone(), MatchedBy::Content);
-    }
-    if let Some(l) = s.location.as_deref() {
-        return hit(format!("<{l}>"), MatchedBy::Location);
-    }
-    let exe = s.executable.as_deref()?;
-    policy
-        .writable_locations
-        .iter()
-        .find(|p| p.is_match(exe))
-        .and_then(|p| hit(format!("<writable {}>", p.as_str()), MatchedBy::Location))
-}
-
 /// The tier of a known C2 port alone: 1, or the unmanaged tier.
 fn c2_port_tier(policy: &Policy, unmanaged: bool) -> u8 {
     if unmanaged { policy.unmanaged.risk } else { 1 }
@@ -157,47 +139,6 @@ pub fn score(policy: &Policy, subject: &Subject) -> Verdict {
     match subject.flow {
         Flow::Connect | Flow::Udp => score_connect(policy, subject),
         Flow::Listen | Flow::Inbound => score_listen(policy, subject),
-    }
-}
-
-/// A listening socket, on its local port and address; an inbound connection to it on the
-/// same port, with the listener's process (its `dst` is the peer, so a connection from
-/// loopback counts one tier less as a loopback listener does).
-fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
-    let port = subject.port;
-    let high_risk = high_risk(policy, subject);
-    let known_c2_port = policy.c2_ports.contains(&port);
-    let non_standard_port = !policy.standard_ports.contains(&port) && port > 1024;
-    let unmanaged = unmanaged(policy, subject);
-    let service_away = subject.exe_name().and_then(|name| {
-        let ports = policy.service_ports.get(name)?;
-        (!ports.contains(&port)).then(|| ServiceAway {
-            service: name.to_string(),
-            standard: ports.iter().copied().collect(),
-        })
-    });
-    let tier: u8 = match (high_risk.is_some(), known_c2_port, non_standard_port) {
-        (true, true, _) => 3,
-        (true, false, true) => 2,
-        _ if service_away.is_some() => 2.max(c2_port_tier(policy, unmanaged && known_c2_port)),
-        (_, true, _) => c2_port_tier(policy, unmanaged),
-        _ => 0,
-    };
-    let loopback_only = canonical(subject.dst).is_loopback();
-    let unmanaged = unmanaged && known_c2_port && high_risk.is_none();
-    Verdict {
-        risk: if loopback_only {
-            tier.saturating_sub(1)
-        } else {
-            tier
-        },
-        known_c2_port,
-        non_standard_port,
-        high_risk,
-        excluded_by: None,
-        service_away,
-        loopback_only,
-        unmanaged,
     }
 }
 
@@ -242,47 +183,19 @@ pub fn excluded_network(policy: &Policy, ip: IpAddr) -> Option<IpNet> {
         .copied()
 }
 
-/// The list entry `name` matches: exactly, or after removing a version suffix
-/// (`python3.11` -> `python3` -> `python`, `ruby3.1` -> `ruby`). A deleted executable's
-/// ` (deleted)` marker is ignored.
-pub fn high_risk_entry(policy: &Policy, name: &str) -> Option<String> {
-    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
-    let list = &policy.high_risk_executables;
-    if list.contains(name) {
-        return Some(name.to_string());
-    }
-    // Drop `.N` components from the end: python3.11 -> python3.
-    let mut cand = name;
-    while let Some((head, tail)) = cand.rsplit_once('.') {
-        if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
-            break;
-        }
-        cand = head;
-        if list.contains(cand) {
-            return Some(cand.to_string());
-        }
-    }
-    // Then trailing digits: python3 -> python, lua5 -> lua.
-    let base = cand.trim_end_matches(|c: char| c.is_ascii_digit());
-    if base.len() < cand.len() && !base.is_empty() && list.contains(base) {
-        return Some(base.to_string());
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::policy::{DEFAULT_C2_PORTS, DEFAULT_HIGH_RISK, DEFAULT_STANDARD_PORTS};
+    use crate::detect::policy::{DEFAULT_C2_PORTS, DEFAULT_STANDARD_PORTS};
 
-    const PUBLIC: &str = "203.0.113.7";
+    pub(super) const PUBLIC: &str = "203.0.113.7";
 
     /// Scores `subject` as a connection to `dst`:`port`.
-    fn sc(p: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
+    pub(super) fn sc(p: &Policy, subject: &Subject, dst: IpAddr, port: u16) -> Verdict {
         score(p, &subject.clone().to(dst, port))
     }
 
-    fn s(exe: Option<&str>, port: u16) -> Verdict {
+    pub(super) fn s(exe: Option<&str>, port: u16) -> Verdict {
         sc(
             &Policy::default(),
             &Subject::named(exe, "comm"),
@@ -303,57 +216,6 @@ mod tests {
         }
     }
 
-    fn listen(exe: &str, local: &str, port: u16) -> Verdict {
-        let p = Policy::default();
-        let s = Subject::named(Some(exe), "comm")
-            .to(local.parse().unwrap(), port)
-            .as_flow(Flow::Listen);
-        score(&p, &s)
-    }
-
-    #[test]
-    fn listens_score_on_the_local_port() {
-        // A bind shell: High, on the wildcard or a public address (no exclusions apply).
-        assert_eq!(listen("/usr/bin/nc.openbsd", "0.0.0.0", 4444).risk, 3);
-        assert_eq!(listen("/usr/bin/nc.openbsd", "::", 4444).risk, 3);
-        assert_eq!(listen("/usr/bin/python3.11", "192.168.1.5", 9001).risk, 3);
-        // High-risk on a non-standard port above 1024: Medium; standard or low: nothing.
-        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 5555).risk, 2);
-        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 8080).risk, 0);
-        assert_eq!(listen("/usr/bin/python3", "0.0.0.0", 1024).risk, 0);
-        // A known service away from its ports: Medium; on them: nothing.
-        let v = listen("/usr/sbin/sshd", "0.0.0.0", 2222);
-        assert_eq!(v.risk, 2);
-        assert_eq!(v.service_away.as_ref().unwrap().standard, [22]);
-        assert!(v.reasons().iter().any(|r| r.contains("service sshd")));
-        assert_eq!(listen("/usr/sbin/sshd", "0.0.0.0", 22).risk, 0);
-        assert_eq!(listen("/usr/sbin/nginx", "0.0.0.0", 443).risk, 0);
-        assert_eq!(listen("/usr/sbin/nginx", "0.0.0.0", 8081).risk, 2);
-        // Neither: a C2 port alone is Low, anything else nothing.
-        assert_eq!(listen("/usr/sbin/unknownd", "0.0.0.0", 4444).risk, 1);
-        assert_eq!(listen("/usr/sbin/unknownd", "0.0.0.0", 5555).risk, 0);
-        // Loopback-only: one tier less.
-        let v = listen("/usr/bin/nc", "127.0.0.1", 4444);
-        assert_eq!((v.risk, v.loopback_only), (2, true));
-        assert_eq!(listen("/usr/bin/nc", "::1", 5555).risk, 1);
-        assert_eq!(listen("/usr/sbin/sshd", "127.0.0.1", 2222).risk, 1);
-    }
-
-    #[test]
-    fn writable_locations_make_any_binary_high_risk() {
-        assert_eq!(s(Some("/root/.cache/x/updater"), 4444).risk, 3);
-        let v = s(Some("/home/alice/.cache/pip/agent"), 9001);
-        assert_eq!(v.risk, 3);
-        assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Location);
-        assert_eq!(s(Some("/usr/local/bin/updater"), 4444).risk, 1);
-        let p = Policy::parse("writable_locations = [\"/srv/drop/*\"]\n").unwrap();
-        let sub = Subject::named(Some("/srv/drop/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
-        assert_eq!(score(&p, &sub).risk, 2);
-        let sub = Subject::named(Some("/root/.cache/a"), "a").to(PUBLIC.parse().unwrap(), 5555);
-        assert_eq!(score(&p, &sub).risk, 0, "the list was replaced");
-        assert!(Policy::parse("writable_locations = [\"drop/*\"]\n").is_err());
-    }
-
     #[test]
     fn connects_are_unchanged_by_service_ports() {
         // sshd connecting out on 2222 is no listen: the connect tiers alone apply.
@@ -372,60 +234,6 @@ mod tests {
         // 444 and 587 are C2 ports at or below 1024: tier 3 for high-risk, tier 1 otherwise.
         assert_eq!(s(Some("curl"), 444).risk, 3);
         assert_eq!(s(Some("nginx"), 587).risk, 1);
-    }
-
-    #[test]
-    fn every_high_risk_name_matches() {
-        for &name in DEFAULT_HIGH_RISK {
-            let v = s(Some(name), 4444);
-            assert_eq!(v.risk, 3, "{name}");
-            assert_eq!(v.high_risk.unwrap().entry, name);
-        }
-    }
-
-    #[test]
-    fn versioned_interpreters_normalise() {
-        let p = Policy::default();
-        for (name, entry) in [
-            ("python3.11", Some("python3")),
-            ("python3.12", Some("python3")),
-            ("python2.7", Some("python2")),
-            ("ruby3.1", Some("ruby")),
-            ("perl5.36.0", Some("perl")),
-            ("php8.2", Some("php")),
-            ("lua5.4", Some("lua")),
-            ("node18", Some("node")),
-            ("bash (deleted)", Some("bash")),
-            ("nc.openbsd", Some("nc.openbsd")),
-            ("python3-config", None),
-            ("php-fpm8.2", None),
-            ("notcurl", None),
-            ("curly", None),
-            ("sshd", None),
-            ("3", None),
-            ("", None),
-        ] {
-            assert_eq!(high_risk_entry(&p, name).as_deref(), entry, "{name}");
-        }
-    }
-
-    #[test]
-    fn comm_only_when_executable_unknown() {
-        let p = Policy::default();
-        let dst = PUBLIC.parse().unwrap();
-        // A renamed comm does not make a benign executable high-risk...
-        assert_eq!(
-            sc(&p, &Subject::named(Some("nginx"), "bash"), dst, 5555).risk,
-            0
-        );
-        // ...nor a high-risk executable benign.
-        assert_eq!(
-            sc(&p, &Subject::named(Some("curl"), "kworker/0:1"), dst, 5555).risk,
-            2
-        );
-        let v = sc(&p, &Subject::named(None, "curl"), dst, 5555);
-        assert_eq!(v.risk, 2);
-        assert_eq!(v.high_risk.unwrap().matched_by, MatchedBy::Comm);
     }
 
     #[rstest::rstest]
@@ -469,48 +277,6 @@ mod tests {
         );
         let l = s.to("0.0.0.0".parse().unwrap(), port).as_flow(Flow::Listen);
         assert_eq!(score(&Policy::default(), &l).risk, risk);
-    }
-
-    #[test]
-    fn content_and_location_make_high_risk() {
-        let p = Policy::default();
-        let dst = PUBLIC.parse().unwrap();
-        let copy = Subject {
-            content_match: Some("curl".into()),
-            location: None,
-            ..Subject::named(Some("update-agent"), "update-agent")
-        };
-        let v = sc(&p, &copy, dst, 4444);
-        assert_eq!(
-            (v.risk, v.high_risk.as_ref().unwrap().matched_by),
-            (3, MatchedBy::Content)
-        );
-        assert!(v.reasons()[0].contains("content"));
-        let memfd = Subject {
-            content_match: None,
-            location: Some("memfd".into()),
-            ..Subject::named(Some("x"), "x")
-        };
-        let v = sc(&p, &memfd, dst, 5555);
-        assert_eq!(
-            (v.risk, v.high_risk.unwrap().matched_by),
-            (2, MatchedBy::Location)
-        );
-        // A listed name wins over the other signals; nothing flagged stays tier 1 at most.
-        let both = Subject {
-            content_match: Some("wget".into()),
-            location: Some("tmp".into()),
-            ..Subject::named(Some("curl"), "c")
-        };
-        assert_eq!(
-            sc(&p, &both, dst, 4444).high_risk.unwrap().matched_by,
-            MatchedBy::Executable
-        );
-        assert_eq!(
-            sc(&p, &Subject::named(Some("x"), "curl"), dst, 4444).risk,
-            1,
-            "comm ignored when exe known"
-        );
     }
 
     #[test]

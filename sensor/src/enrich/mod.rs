@@ -1,6 +1,7 @@
 //! Who made a connection: the process table fed by lifecycle records, procfs as the
 //! fallback, executable identity by content, cgroups and containers, user names.
 
+pub mod attribute;
 pub mod cgroups;
 pub mod container;
 pub mod exe;

@@ -65,7 +65,7 @@ pub struct Connection {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// CLOSE_BOOTTIME nanoseconds of the connect.
+    /// CLOCK_BOOTTIME nanoseconds of the connect (the header's `ktime_ns`).
     pub boot_ns: u64,
     /// Task start, boot-based nanoseconds; 0 when unknown.
     pub start_time_ns: u64,
@@ -94,6 +94,7 @@ pub struct Task {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    /// CLOCK_BOOTTIME nanoseconds of the record (the header's `ktime_ns`).
     pub boot_ns: u64,
     pub start_time_ns: u64,
     pub parent_start_time_ns: u64,

@@ -32,12 +32,18 @@ pub struct KernelSide {
     /// repeats are then built from the key, counted in `fold_untemplated`).
     template_bytes: usize,
     pub templates_refused: u64,
+    /// The kernel time of the latest connect record handled: the ring buffer is read in
+    /// order, so a key whose window started well before it has had its first record seen.
+    handled_ns: u64,
     /// Collected repeats with no record kept to stand for them (built from the key).
     pub fold_untemplated: u64,
 }
 
 /// Bytes the templates may hold: one per kernel fold key would be up to 2 x 16,384 records.
 const MAX_TEMPLATE_BYTES: usize = 2 << 20;
+
+/// How far apart in kernel time two CPUs' records may be committed out of order.
+const RING_ORDER_SLACK_NS: u64 = 1_000_000;
 
 /// A template's cost: its slot (doubled for the map's spare room) and its comm.
 fn template_bytes(c: &Connection) -> usize {
@@ -47,6 +53,7 @@ fn template_bytes(c: &Connection) -> usize {
 impl KernelSide {
     /// Keeps `conn` as its key's template, within the keys' and the bytes' bounds.
     pub(super) fn keep_template(&mut self, conn: &Connection) {
+        self.handled_ns = self.handled_ns.max(conn.boot_ns);
         let k = fold_key(conn);
         let bytes = template_bytes(conn);
         if let Some(old) = self.templates.get_mut(&k) {
@@ -74,8 +81,12 @@ impl KernelSide {
         });
     }
 
-    /// Whether the first record of a kernel fold key has been handled (or, after
-    /// `wait_ns` since it was emitted, is taken as lost to a full ring buffer).
+    /// Whether the first record of a kernel fold key has been handled: its template is
+    /// kept, or a connect emitted after it (by more than [`RING_ORDER_SLACK_NS`], for
+    /// records of other CPUs committed out of order) has been handled, so it was lost to
+    /// a full ring buffer. Only with no later connect at all is it taken as lost after
+    /// `wait_ns`. A lagging event loop (a slow host) then never reports repeats before
+    /// the record that names their process.
     pub fn fold_ready(
         &self,
         key: &FoldKey,
@@ -83,7 +94,9 @@ impl KernelSide {
         now_ns: u64,
         wait_ns: u64,
     ) -> bool {
-        self.templates.contains_key(key) || now_ns.saturating_sub(window_start_ns) > wait_ns
+        self.templates.contains_key(key)
+            || self.handled_ns > window_start_ns.saturating_add(RING_ORDER_SLACK_NS)
+            || now_ns.saturating_sub(window_start_ns) > wait_ns
     }
 
     /// For `sensor-stats` and `sensor-stopped`.
@@ -114,6 +127,33 @@ mod tests {
 
     use super::*;
     use crate::kernel::records::tests::{bytes, connect, raw};
+
+    /// A lagging event loop: repeats the kernel folded wait for their key's first record
+    /// however long the loop lags, unless a later connect shows that record was lost.
+    #[test]
+    fn folded_repeats_wait_for_their_first_record() {
+        let mut k = KernelSide::default();
+        let ev = raw(AF_INET, [0; 16], 4444);
+        let mut first = connect(&bytes(&ev));
+        first.boot_ns = 1_000_000_000;
+        let key = fold_key(&first);
+        let wait = 60_000_000_000;
+        // Ten seconds later, the loop has read nothing of it yet.
+        assert!(!k.fold_ready(&key, first.boot_ns, 11_000_000_000, wait));
+        k.keep_template(&first);
+        assert!(k.fold_ready(&key, first.boot_ns, 11_000_000_000, wait));
+        // Another key whose first record was lost: a connect read after it says so...
+        let mut later = connect(&bytes(&raw(AF_INET, [0; 16], 9001)));
+        later.boot_ns = 3_000_000_000;
+        let lost = FoldKey { dport: 8088, ..key };
+        assert!(!k.fold_ready(&lost, 2_000_000_000, 11_000_000_000, wait));
+        k.keep_template(&later);
+        assert!(k.fold_ready(&lost, 2_000_000_000, 11_000_000_000, wait));
+        // ...but not one committed within the slack of it (another CPU's, out of order).
+        assert!(!k.fold_ready(&lost, 2_999_500_000, 11_000_000_000, wait));
+        // With no connect after it at all, it is taken as lost after the wait.
+        assert!(k.fold_ready(&lost, 2_999_500_000, 63_000_000_000, wait));
+    }
 
     /// One record kept per kernel fold key, comm at its longest (16 invalid bytes, 48 in
     /// UTF-8): within the byte budget, refusals counted, and expiry gives the bytes back.

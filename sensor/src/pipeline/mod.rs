@@ -18,11 +18,8 @@ pub use crate::enrich::host::host_name;
 use crate::{
     detect::{decision::Line, engine::Engine, policy::Policy, subject::Subject},
     enrich::{
-        Enriched, Provenance,
-        kubelet::{self, Pods},
-        procfs::ProcessInfo,
-        proctable::ProcTable,
-        users::UserNames,
+        Enriched, Provenance, attribute::attribute, kubelet::Pods, procfs::ProcessInfo,
+        proctable::ProcTable, users::UserNames,
     },
     kernel::{
         filter::FoldDelta,
@@ -115,65 +112,18 @@ impl Pipeline {
     /// `n` identical connections (1, or repeats the kernel folded).
     fn connect_n(&mut self, conn: &Connection, n: u64, out: &mut Sink) -> Result<()> {
         self.counters.connections += n;
-        let (mut proc, mut source) =
-            match self.table.resolve(conn.tgid, conn.start_time_ns, conn.ppid) {
-                Some((info, src)) => (info, Some(src.as_str())),
-                // Nobody knows the process: keep what the kernel gave.
-                None => (
-                    ProcessInfo {
-                        ppid: (conn.ppid != 0).then_some(conn.ppid),
-                        ..Default::default()
-                    },
-                    None,
-                ),
-            };
-        // The image the kernel saw making the connect, not whatever the process runs now.
-        let image = self
-            .table
-            .connect_image(conn.tgid, conn.start_time_ns, conn.image, &mut proc);
-        source = image.attribution().or(source);
-        if proc.executable.is_some() {
+        let unix_ns = self.clock.to_unix_ns(conn.boot_ns);
+        let enriched = attribute(
+            &mut self.table,
+            &mut self.pods,
+            &mut self.users,
+            conn,
+            self.host_name.clone(),
+            unix_ns,
+        );
+        if enriched.proc.executable.is_some() {
             self.counters.attributed += n;
         }
-        // The kernel's cgroup id names the container when nothing else did.
-        if proc.container_id.is_none() {
-            proc.container_id = self.table.cgroups.container_id(conn.cgroup_id);
-        }
-        // A container's pod (the kubelet's links on the node) and runtime (its cgroup).
-        if let Some(id) = &proc.container_id {
-            proc.pod = self.pods.lookup(id).cloned();
-            let cgroup = self.table.cgroups.path(conn.cgroup_id);
-            proc.container_runtime = cgroup.and_then(kubelet::runtime_from_cgroup);
-            if let Some(pod) = &mut proc.pod
-                && pod.uid.is_none()
-            {
-                pod.uid = cgroup.and_then(kubelet::pod_uid_from_cgroup);
-            }
-        }
-        // Whether the id is the runtime's, judged on the kernel's cgroup of this connect.
-        let container = proc
-            .container_id
-            .as_deref()
-            .map(|id| self.table.cgroups.trust(conn.cgroup_id, id, conn.tgid));
-        let user = self.users.name(
-            conn.tgid,
-            conn.start_time_ns,
-            conn.uid,
-            proc.container_id.is_some(),
-        );
-        let provenance = Provenance {
-            user_name: user.as_ref().map(|u| u.source),
-            container,
-        };
-        let enriched = Enriched {
-            conn: conn.clone(),
-            proc,
-            user_name: user.map(|u| u.name),
-            provenance,
-            host_name: self.host_name.clone(),
-            attribution: source,
-            unix_ns: self.clock.to_unix_ns(conn.boot_ns),
-        };
         if conn.flow == Flow::Listen {
             self.sockets.remember(Listener {
                 conn: conn.clone(),

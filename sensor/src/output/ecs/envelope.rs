@@ -9,12 +9,13 @@ use super::{Action, Extra, Kind, Strs, fields::*, is_empty, sensor::SensorFields
 
 /// One line: the sections a kind does not have are `None` and left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(bound = "S: schemars::JsonSchema + Default + Serialize")]
 pub struct EcsLine<'a, S> {
     /// RFC 3339, nanoseconds, UTC.
     #[serde(rename = "@timestamp", default)]
     pub timestamp: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<Cow<'a, Agent<'a>>>,
+    pub agent: Option<Cow<'a, Agent<'static>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,11 +37,13 @@ pub struct EcsLine<'a, S> {
     pub related: Option<Related<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Rule<'a>>,
+    /// Absent in lines of other tools: read as empty.
+    #[serde(default)]
     pub sensor: SensorFields<'a, S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threat: Option<Cow<'a, Threat<'a>>>,
+    pub threat: Option<Cow<'a, Threat<'static>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User<'a>>,
     /// Top-level fields this type does not know (replay keeps them).
@@ -104,7 +107,7 @@ pub struct Event<'a> {
 }
 
 /// `host.*`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Host<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<Cow<'a, str>>,
@@ -114,7 +117,7 @@ pub struct Host<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub os: Option<Cow<'a, Os<'a>>>,
+    pub os: Option<Cow<'a, Os<'static>>>,
     #[serde(flatten)]
     pub extra: Extra,
 }

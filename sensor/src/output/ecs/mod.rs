@@ -35,8 +35,9 @@ pub const SCHEMA_VERSION: &str = "1";
 /// Fields a type does not know, kept as they were read.
 pub type Extra = BTreeMap<String, serde_json::Value>;
 
-/// A list of strings, borrowed where it is a constant.
-pub type Strs<'a> = Cow<'a, [Cow<'a, str>]>;
+/// A list of strings, borrowed where it is a constant. (The items are `'static`, owned
+/// when read: a `Cow` of borrowed items would make every line type invariant in `'a`.)
+pub type Strs<'a> = Cow<'a, [Cow<'static, str>]>;
 
 /// A connection line (`network-connect`, `network-listen`, `network-accept`).
 pub type ConnectionLine<'a> = EcsLine<'a, ConnectionSensor<'a>>;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Extra, SCHEMA_VERSION, Severity};
 
 /// `sensor.*` of every line: `schema_version`, then the kind's own fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SensorFields<'a, S> {
     /// Which version of the `sensor.*` fields the line follows; empty in lines written
     /// before it was added.
