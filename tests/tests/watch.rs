@@ -162,7 +162,7 @@ fn live_view_shows_an_alert_filters_it_and_quits() -> Result<()> {
 
 #[test]
 fn without_a_terminal_it_prints_plain_lines() -> Result<()> {
-    let alert = r#"{"@timestamp":"2026-11-25T12:00:00.000Z","event":{"kind":"alert","action":"network-connect","risk_score":2,"reason":"x"},"process":{"executable":"/usr/bin/python3.11","pid":7},"user":{"name":"alice"},"destination":{"ip":"192.0.2.9","port":5555},"sensor":{}}"#;
+    let alert = r#"{"@timestamp":"2026-11-25T12:00:00.000Z","event":{"kind":"alert","action":"network-connect","risk_score":2,"reason":"x"},"process":{"executable":"/usr/bin/python3.11","pid":7},"user":{"name":"alice"},"destination":{"ip":"192.0.2.9","port":5555}}"#;
     let input = format!("{alert}\nnot json\n");
     let mut child = Command::new(sensor_bin())
         .args(["watch", "--file", "-", "--severity", "medium"])
