@@ -3,13 +3,19 @@
 //! lines are written to a file as a recording would keep them, `sensor replay` re-scores
 //! that file under the same (default) policy, and each kind must come back with the
 //! verdict it had live: `event.kind`, `event.risk_score`, `event.severity`,
-//! `sensor.severity` and `event.reason`.
+//! `sensor.severity` and `event.reason`. `sensor watch` reads the same recording and
+//! shows each kind's ends the way round the kind has them.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rstest::rstest;
-use sensor_tests::{Net, Running, Scratch, Sensor, replay, root_or_skip};
+use sensor_tests::{Net, Running, Scratch, Sensor, replay, root_or_skip, sensor_bin};
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.7";
@@ -54,6 +60,8 @@ struct Recorded {
     pids: Vec<(Kind, u32)>,
     live: Vec<Value>,
     replayed: Vec<Value>,
+    /// What `sensor watch` printed for the recording (plain lines: not a terminal).
+    watched: String,
 }
 
 impl Recorded {
@@ -121,14 +129,36 @@ fn record() -> Result<Recorded> {
         .collect();
     let file = scratch.dir.join("recording.jsonl");
     let text: String = live.iter().map(|v| format!("{v}\n")).collect();
-    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
     let path = file.to_str().context("scratch path")?;
     let (replayed, _) = replay(&["--all", path], "")?;
+    let watched = watch(&text)?;
     Ok(Recorded {
         pids,
         live,
         replayed,
+        watched,
     })
+}
+
+/// `sensor watch --file -` over `recording`: its plain lines.
+fn watch(recording: &str) -> Result<String> {
+    let mut child = Command::new(sensor_bin())
+        .args(["watch", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting sensor watch")?;
+    child
+        .stdin
+        .take()
+        .context("watch's stdin")?
+        .write_all(recording.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("sensor watch failed: {out:?}");
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The verdict of one line.
@@ -169,4 +199,28 @@ fn each_kind_replays_to_its_live_verdict(#[case] kind: Kind) -> Result<()> {
         "{kind:?} re-scored differently\nlive: {live:#}\nreplayed: {again:#}"
     );
     Ok(())
+}
+
+/// Each kind as `sensor watch` shows it: a listener's own port, an inbound peer before the
+/// local end it reached, an outbound source (the address; the port when bound) before
+/// its destination.
+#[rstest]
+#[case::connect(Kind::Connect, &[") 203.0.113.1", " -> 203.0.113.7:4444 "])]
+#[case::listen(Kind::Listen, &["listening on ", ":4444 "])]
+#[case::inbound(Kind::Inbound, &[") 203.0.113.1:", " -> 203.0.113.7:4444 "])]
+#[case::udp(Kind::Udp, &[") -> 203.0.113.7:9001/udp "])]
+fn watch_shows_each_kind_the_way_round_it_goes(#[case] kind: Kind, #[case] parts: &[&str]) {
+    let Some(r) = recorded() else {
+        return;
+    };
+    let pid = format!("(pid {}, ", r.pid(kind));
+    let listen = kind == Kind::Listen;
+    let line = r
+        .watched
+        .lines()
+        .find(|l| l.contains(&pid) && l.contains("listening on ") == listen)
+        .unwrap_or_else(|| panic!("no {kind:?} line in:\n{}", r.watched));
+    for part in parts {
+        assert!(line.contains(part), "{kind:?}: {part:?} not in {line:?}");
+    }
 }

@@ -59,16 +59,16 @@ impl Endpoint {
     }
 }
 
+/// `ip:port` (`[ip]:port` for IPv6); the address alone when the port is not known (a
+/// connect's source port is bound after the tracepoints see it), `-` for a missing address.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
-            Some(ip) => write!(f, "{ip}")?,
-            None => f.write_str("-")?,
-        }
-        match self.port {
-            Some(p) => write!(f, ":{p}"),
-            None => f.write_str(":-"),
+        match (self.ip, self.port) {
+            (Some(IpAddr::V6(ip)), Some(p)) => write!(f, "[{ip}]:{p}"),
+            (Some(ip), Some(p)) => write!(f, "{ip}:{p}"),
+            (Some(ip), None) => write!(f, "{ip}"),
+            (None, Some(p)) => write!(f, "-:{p}"),
+            (None, None) => f.write_str("-"),
         }
     }
 }
@@ -234,6 +234,12 @@ mod tests {
     #[case::listen(LISTEN, "listening on 192.0.2.1:4444", 4444, "192.0.2.1")]
     #[case::inbound(INBOUND, "192.0.2.9:51000 -> 192.0.2.1:4444", 4444, "192.0.2.9")]
     #[case::udp(UDP, "-> [2001:db8::7]:5353/udp", 5353, "2001:db8::7")]
+    #[case::connect_unbound_source(
+        &CONNECT.replace(r#","port":40000"#, ""),
+        "192.0.2.10 -> 203.0.113.7:9001",
+        9001,
+        "203.0.113.7"
+    )]
     fn each_flow_kind_is_shown_the_way_round_it_goes(
         #[case] line: &str,
         #[case] shown: &str,
@@ -255,7 +261,7 @@ mod tests {
     #[test]
     fn a_missing_end_is_shown_as_missing() {
         let a = alert(r#"{"event":{"kind":"alert","action":"network-listen"},"sensor":{}}"#);
-        assert_eq!(a.unwrap().flow.to_string(), "listening on -:-");
+        assert_eq!(a.unwrap().flow.to_string(), "listening on -");
     }
 
     #[test]
