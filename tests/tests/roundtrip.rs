@@ -6,12 +6,7 @@
 //! `sensor.severity` and `event.reason`. `sensor watch` reads the same recording and
 //! shows each kind's ends the way round the kind has them.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{process::Command, sync::OnceLock, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use rstest::rstest;
@@ -129,10 +124,10 @@ fn record() -> Result<Recorded> {
         .collect();
     let file = scratch.dir.join("recording.jsonl");
     let text: String = live.iter().map(|v| format!("{v}\n")).collect();
-    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let path = file.to_str().context("scratch path")?;
     let (replayed, _) = replay(&["--all", path], "")?;
-    let watched = watch(&text)?;
+    let watched = watch(&file)?;
     Ok(Recorded {
         pids,
         live,
@@ -141,20 +136,15 @@ fn record() -> Result<Recorded> {
     })
 }
 
-/// `sensor watch --file -` over `recording`: its plain lines.
-fn watch(recording: &str) -> Result<String> {
-    let mut child = Command::new(sensor_bin())
+/// `sensor watch --file -` over the recording: its plain lines.
+fn watch(recording: &std::path::Path) -> Result<String> {
+    let input = std::fs::File::open(recording)
+        .with_context(|| format!("opening {}", recording.display()))?;
+    let out = Command::new(sensor_bin())
         .args(["watch", "--file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting sensor watch")?;
-    child
-        .stdin
-        .take()
-        .context("watch's stdin")?
-        .write_all(recording.as_bytes())?;
-    let out = child.wait_with_output()?;
+        .stdin(input)
+        .output()
+        .context("running sensor watch")?;
     if !out.status.success() {
         bail!("sensor watch failed: {out:?}");
     }

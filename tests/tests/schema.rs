@@ -109,6 +109,14 @@ fn shows(lines: &[Value], action_: &str, transport: Option<&str>) -> Result<()> 
     Ok(())
 }
 
+/// Waits for the `action` line of process `pid`.
+fn seen(sensor: &mut Sensor, action_: &str, pid: u32) -> Result<()> {
+    sensor
+        .wait_for(WAIT, |v| action(v) == action_ && v["process"]["pid"] == pid)
+        .with_context(|| format!("no {action_} line of pid {pid}"))
+        .map(drop)
+}
+
 #[test]
 fn every_line_of_a_real_run_and_its_replay_validates() -> Result<()> {
     if !root_or_skip("schema") {
@@ -132,28 +140,23 @@ fn every_line_of_a_real_run_and_its_replay_validates() -> Result<()> {
         "import socket, time\nfor i in range(3):\n    s = socket.socket()\n    s.settimeout(2)\n    s.connect_ex(({SERVER:?}, 9001))\n    s.close()\n    if i < 2: time.sleep(1)\n"
     );
     let beacon = net.run("python3", &["-c", &code])?;
-    sensor.wait_for(WAIT, |v| {
-        action(v) == "beacon-detected" && v["process"]["pid"] == beacon
-    })?;
+    seen(&mut sensor, "beacon-detected", beacon)?;
     // A bind shell's listen, and an inbound connection to it.
     let mut cmd = net.server_command("nc");
     cmd.args(["-l", "-p", "4444"]);
     let nc = Running::spawn(cmd, "the nc listener")?;
-    sensor.wait_for(WAIT, |v| {
-        action(v) == "network-listen" && v["process"]["pid"] == nc.pid()
-    })?;
+    seen(&mut sensor, "network-listen", nc.pid())?;
     net.run("nc", &["-z", "-w2", SERVER, "4444"])?;
-    sensor.wait_for(WAIT, |v| {
-        action(v) == "network-accept" && v["process"]["pid"] == nc.pid()
-    })?;
+    seen(&mut sensor, "network-accept", nc.pid())?;
     // A UDP datagram to a C2 port.
     let code = format!(
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('{SERVER}', 9001))"
     );
-    let udp = net.run("python3", &["-c", &code])?;
-    sensor.wait_for(WAIT, |v| {
-        action(v) == "network-connect" && v["process"]["pid"] == udp
-    })?;
+    seen(
+        &mut sensor,
+        "network-connect",
+        net.run("python3", &["-c", &code])?,
+    )?;
     sensor.signal(libc::SIGHUP);
     for a in ["alert-rollup", "sensor-stats", "policy-reload-failed"] {
         sensor.wait_for(WAIT, |v| action(v) == a)?;
