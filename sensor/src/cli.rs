@@ -53,6 +53,14 @@ enum Command {
     /// Print the man page (roff) on stdout.
     #[command(hide = true)]
     Man,
+    /// Write the JSON Schema of every line kind into DIR (deploy/schema/ in the source).
+    #[command(hide = true)]
+    Schema {
+        dir: PathBuf,
+        /// Only compare DIR with the types; fail when it differs.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +114,7 @@ pub fn main() -> ExitCode {
         } => cmd::policy::check(&file).map(|()| true),
         Command::Watch(args) => cmd::watch::run(args).map(|()| true),
         Command::Man => man().map(|()| true),
+        Command::Schema { dir, check } => cmd::schema::run(&dir, check).map(|()| true),
         Command::Score(args) => cmd::explain::run(args).map(|()| true),
         Command::Replay(args) => cmd::replay::run(args).map(|()| true),
     };

@@ -7,4 +7,5 @@ pub mod notify;
 pub mod policy;
 pub mod replay;
 pub mod run;
+pub mod schema;
 pub mod watch;
