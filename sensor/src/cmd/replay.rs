@@ -149,8 +149,8 @@ pub fn replay(
             continue;
         }
         let rec = match recorded::read(text).and_then(|k| match k {
-            recorded::Kind::Connection(r) => Ok(Some(r.subject().map(|s| (s, r))?)),
-            recorded::Kind::Other => Ok(None),
+            recorded::Read::Connection(r) => Ok(Some(r.subject().map(|s| (s, r))?)),
+            recorded::Read::Other => Ok(None),
         }) {
             Ok(Some(r)) => r,
             Ok(None) => {

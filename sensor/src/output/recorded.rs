@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// What a recorded line is, read before the whole line is.
-pub enum Kind {
+pub enum Read {
     /// A connection line (connect, listen, inbound, UDP).
     Connection(Box<Recorded>),
     /// Any other line (state, rollup, beacon, another tool's): not re-scored.
@@ -55,7 +55,7 @@ struct HeadEvent<'a> {
 
 /// Reads one recorded line. Errors say what is wrong and where (`bad destination.port:
 /// invalid value: integer 99999, expected u16`).
-pub fn read(text: &str) -> Result<Kind> {
+pub fn read(text: &str) -> Result<Read> {
     let head: Head = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             anyhow!("not a JSON object with an event object ({e})")
@@ -69,7 +69,7 @@ pub fn read(text: &str) -> Result<Kind> {
         .and_then(Action::flow)
         .is_none()
     {
-        return Ok(Kind::Other);
+        return Ok(Read::Other);
     }
     let de = &mut serde_json::Deserializer::from_str(text);
     let line: ConnectionLine<'static> = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -78,7 +78,7 @@ pub fn read(text: &str) -> Result<Kind> {
     })?;
     let transport = line.network.as_ref().and_then(|n| n.transport.as_deref());
     let flow = Shape::flow_of(line.event.action, transport).context("not a connection line")?;
-    Ok(Kind::Connection(Box::new(Recorded {
+    Ok(Read::Connection(Box::new(Recorded {
         line,
         flow,
         bytes: text.len(),
@@ -190,8 +190,8 @@ impl Recorded {
     /// A recorded connection line; any other line is an error.
     pub fn parse(text: &str) -> Result<Self> {
         match read(text)? {
-            Kind::Connection(r) => Ok(*r),
-            Kind::Other => bail!("not a connection line (event.action)"),
+            Read::Connection(r) => Ok(*r),
+            Read::Other => bail!("not a connection line (event.action)"),
         }
     }
 }

@@ -350,7 +350,7 @@ pub(super) fn replayed(e: &Enriched) -> Recorded {
     let d = decision(e);
     let text = serde_json::to_string(&connection_line(e, &d, &Context::named("h"))).unwrap();
     match recorded::read(&text).unwrap() {
-        recorded::Kind::Connection(r) => *r,
-        recorded::Kind::Other => panic!("not read as a connection: {text}"),
+        recorded::Read::Connection(r) => *r,
+        recorded::Read::Other => panic!("not read as a connection: {text}"),
     }
 }
