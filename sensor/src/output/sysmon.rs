@@ -112,6 +112,74 @@ fn as_guid(hex: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        detect::{policy::Policy, score::score, subject::Subject},
+        enrich::procfs::ProcessInfo,
+        kernel::records::tests::{bytes, connect, raw},
+    };
+
+    /// The Sysmon view of a `flow` between 192.0.2.1:`sport` (local) and 192.0.2.9:`dport`.
+    fn view(flow: Flow, sport: u16, dport: u16) -> Option<serde_json::Value> {
+        let mut raw = raw(sensor_common::AF_INET, [0; 16], dport);
+        raw.data.daddr[..4].copy_from_slice(&[192, 0, 2, 9]);
+        raw.data.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        raw.data.sport = sport;
+        let mut conn = connect(&bytes(&raw));
+        conn.flow = flow;
+        let e = Enriched {
+            conn,
+            proc: ProcessInfo {
+                executable: Some("/usr/bin/nc.openbsd".into()),
+                ..Default::default()
+            },
+            user_name: None,
+            provenance: Default::default(),
+            host_name: "h".into(),
+            attribution: None,
+            unix_ns: 0,
+        };
+        let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
+        let d = Decision {
+            risk: verdict.risk,
+            verdict,
+            allow_rule: None,
+            beacon: None,
+            fold: None,
+        };
+        let cx = Context::named("h");
+        network_connect(&e, &d, &cx).map(|l| serde_json::to_value(l).unwrap())
+    }
+
+    /// The view follows the flow: UDP says udp, an inbound connection was not initiated
+    /// here and its source is the peer, a listen (no Sysmon event) stays an ECS line.
+    #[test]
+    fn the_view_follows_the_flow() {
+        let udp = view(Flow::Udp, 40000, 4444).unwrap();
+        assert_eq!(
+            (udp["Protocol"].as_str(), udp["Initiated"].as_str()),
+            (Some("udp"), Some("true"))
+        );
+        assert_eq!(udp["DestinationIp"], "192.0.2.9");
+        assert_eq!(
+            udp["sensor"]["schema_version"],
+            crate::output::ecs::SCHEMA_VERSION
+        );
+        let inbound = view(Flow::Inbound, 4444, 51000).unwrap();
+        assert_eq!(inbound["Initiated"], "false");
+        assert_eq!(
+            (inbound["SourceIp"].as_str(), inbound["SourcePort"].as_u64()),
+            (Some("192.0.2.9"), Some(51000))
+        );
+        assert_eq!(
+            (
+                inbound["DestinationIp"].as_str(),
+                inbound["DestinationPort"].as_u64()
+            ),
+            (Some("192.0.2.1"), Some(4444))
+        );
+        assert_eq!(inbound["Protocol"], "tcp");
+        assert!(view(Flow::Listen, 4444, 0).is_none());
+    }
 
     #[test]
     fn guid_form() {
