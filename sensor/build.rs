@@ -57,6 +57,10 @@ fn main() {
     ])
     .arg(&target_dir)
     .current_dir(&root);
+    // The benchmark's empty programs ship only with the sensor's own test hooks.
+    if env::var_os("CARGO_FEATURE_TEST_HOOKS").is_some() {
+        cmd.args(["--features", "test-hooks"]);
+    }
     // The outer build's compiler settings (clippy's wrapper, host RUSTFLAGS, stable
     // toolchain) must not leak into the nightly BPF build.
     for var in [

@@ -12,8 +12,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use sensor_common::{
     AF_INET, AF_INET6, Connect, ConnectEvent, Header, IPPROTO_TCP, KernelLayout, OFFSET_UNKNOWN,
-    PROBE_FENTRY, PROBE_KPROBE, PROBE_TP_BTF, PROBE_TRACEPOINT, RecordKind, TCP_CLOSE,
-    TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+    Probe, RecordKind, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 use crate::{
@@ -28,14 +27,14 @@ use crate::{
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    from_sock(&ctx, sk, PROBE_FENTRY, RecordKind::Connect);
+    from_sock(&ctx, sk, Probe::Fentry, RecordKind::Connect);
     0
 }
 
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        from_sock(&ctx, sk, PROBE_KPROBE, RecordKind::Connect);
+        from_sock(&ctx, sk, Probe::Kprobe, RecordKind::Connect);
     }
     0
 }
@@ -60,7 +59,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
         return 0;
     }
-    from_sock(&ctx, sk, PROBE_TP_BTF, kind);
+    from_sock(&ctx, sk, Probe::TpBtf, kind);
     0
 }
 
@@ -104,7 +103,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let l = LAYOUT.load();
-    let mut ev = empty_event(PROBE_TRACEPOINT);
+    let mut ev = empty_event(Probe::Tracepoint);
     // SAFETY: as above.
     unsafe {
         ev.data.family = ctx.read_at::<u16>(t.family as usize).unwrap_or(0);
@@ -139,7 +138,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// fentry and kprobe see `struct sock *` as tcp_connect's first argument, tp_btf as the
 /// state hook's.
 #[inline(always)]
-fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: RecordKind) {
+fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: Probe, kind: RecordKind) {
     let l = LAYOUT.load();
     if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
         return;
@@ -169,14 +168,14 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: u8, kind: 
 /// A connect-layout record with only its probe set: the socket's fields are read and
 /// the filter consulted before the (costlier) header is filled in.
 #[inline(always)]
-fn empty_event(probe: u8) -> ConnectEvent {
+fn empty_event(probe: Probe) -> ConnectEvent {
     ConnectEvent {
         header: Header::EMPTY,
         data: Connect {
             family: 0,
             dport: 0,
             sport: 0,
-            probe,
+            probe: probe as u8,
             _pad: 0,
             daddr: [0; 16],
             saddr: [0; 16],
@@ -249,7 +248,7 @@ pub(crate) unsafe fn set_image(ev: &mut ConnectEvent, task: *const u8, l: &Kerne
 /// A connect-layout record with its header filled in for `task` (the current task).
 #[inline(always)]
 pub(crate) fn connect_event_for(
-    probe: u8,
+    probe: Probe,
     kind: RecordKind,
     task: *const u8,
     l: &KernelLayout,

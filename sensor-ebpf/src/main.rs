@@ -9,13 +9,14 @@
 //! exec, fork and exit records feed userspace's process table through the same ring buffer,
 //! so a process's exec record always precedes its connects. Every record is a
 //! `sensor_common::Event<T>` whose header `task::fill_header` fills; `udp`: cgroup sock_addr hooks for
-//! UDP. `maps` holds what the programs share; `baseline` the benchmark's empty programs.
+//! UDP. `maps` holds what the programs share; `baseline` the benchmark's empty programs
+//! (feature `test-hooks` only).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // BPF's atomic add (`lock ... +=`) is only reachable through asm on this target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", feature = "test-hooks"))]
 mod baseline;
 #[cfg(target_arch = "bpf")]
 mod connect;

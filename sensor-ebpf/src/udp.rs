@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sensor_common::{
-    AF_INET, AF_INET6, IPPROTO_UDP, PROBE_CGROUP_SOCK_ADDR, RecordKind, UDP_REPEAT_DROPPED,
-    UDP_STANDARD_DROPPED,
+    AF_INET, AF_INET6, IPPROTO_UDP, Probe, RecordKind, UDP_REPEAT_DROPPED, UDP_STANDARD_DROPPED,
 };
 
 use crate::{
@@ -90,7 +89,7 @@ fn observe(ctx: &SockAddrContext, family: u16) {
     let l = LAYOUT.load();
     // SAFETY: helper without arguments; the task is only read through probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let mut ev = connect_event_for(PROBE_CGROUP_SOCK_ADDR, RecordKind::Udp, task, &l);
+    let mut ev = connect_event_for(Probe::CgroupSockAddr, RecordKind::Udp, task, &l);
     ev.data.family = family;
     ev.data.dport = port;
     ev.data.daddr = addr;

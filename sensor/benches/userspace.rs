@@ -1,8 +1,8 @@
 //! What one connect costs in userspace, stage by stage, and the whole path: decode a raw
 //! connect record, enrich it from a warm process table (built from synthetic exec and fork
 //! records, so no /proc read is in the measured loop), score and decide, render the ECS
-//! line and write it to a buffer (`output::write`, as the pipeline does; `render_value` and
-//! `serialize` are the `Value` route replay and status lines take). `cargo bench -p sensor --bench userspace`; each result
+//! line and write it to a buffer (`output::write`, as the pipeline does: the typed line
+//! serialised straight into the buffer). `cargo bench -p sensor --bench userspace`; each result
 //! is time per event (criterion also prints events/s).
 //!
 //! Two traffic shapes: hostile (a high-risk process to a known C2 port, flood control
@@ -32,9 +32,7 @@ use sensor::{
     kernel::records::{self, Connection, Exec, Record, Task},
     output::{self, Context, Format, clock::BootClock},
 };
-use sensor_common::{
-    AF_INET, Connect, ConnectEvent, Header, PROBE_TP_BTF, RecordKind, TASK_COMM_LEN,
-};
+use sensor_common::{AF_INET, Connect, ConnectEvent, Header, Probe, RecordKind, TASK_COMM_LEN};
 
 const S: u64 = 1_000_000_000;
 
@@ -140,7 +138,7 @@ fn raw_connect(port: u16) -> Vec<u8> {
             family: AF_INET,
             dport: port,
             sport: 40_000,
-            probe: PROBE_TP_BTF,
+            probe: Probe::TpBtf as u8,
             _pad: 0,
             daddr,
             saddr,
@@ -263,14 +261,6 @@ fn stages(each: &mut dyn FnMut(&str, &mut dyn FnMut())) {
         .lines;
     assert_eq!(lines.len(), 1, "one alert line");
     let mut buf = Vec::with_capacity(1 << 16);
-    each("render_value", &mut || {
-        black_box(output::render(black_box(&lines[0]), &cx));
-    });
-    let doc = output::render(&lines[0], &cx);
-    each("serialize_value", &mut || {
-        buf.clear();
-        serde_json::to_writer(&mut buf, black_box(&doc)).unwrap();
-    });
     each("render_write", &mut || {
         buf.clear();
         output::write(black_box(&lines[0]), &cx, &mut buf).unwrap();

@@ -4,10 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::{
-    cmd::{self, run::KernelLog},
-    kernel,
-};
+use crate::cmd::{self, run::KernelLog};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +32,7 @@ enum Command {
     },
     /// Benchmark baseline: attach an empty program to the connect tracepoint and wait for
     /// SIGINT/SIGTERM (used by `cargo xtask bench`).
+    #[cfg(feature = "test-hooks")]
     #[command(hide = true)]
     BenchBaseline {
         /// On the BTF tracepoint instead of the classic one.
@@ -55,6 +53,14 @@ enum Command {
     /// Print the man page (roff) on stdout.
     #[command(hide = true)]
     Man,
+    /// Write the JSON Schema of every line kind into DIR (deploy/schema/ in the source).
+    #[command(hide = true)]
+    Schema {
+        dir: PathBuf,
+        /// Only compare DIR with the types; fail when it differs.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,7 +104,8 @@ pub fn main() -> ExitCode {
         Command::Check {
             ring_buffer_size, ..
         } => cmd::check::check(ring_buffer_size),
-        Command::BenchBaseline { btf } => kernel::load::baseline(btf).map(|()| true),
+        #[cfg(feature = "test-hooks")]
+        Command::BenchBaseline { btf } => crate::kernel::load::baseline(btf).map(|()| true),
         Command::Policy {
             command: PolicyCommand::Show { config },
         } => cmd::policy::show(config.as_deref()).map(|()| true),
@@ -107,6 +114,7 @@ pub fn main() -> ExitCode {
         } => cmd::policy::check(&file).map(|()| true),
         Command::Watch(args) => cmd::watch::run(args).map(|()| true),
         Command::Man => man().map(|()| true),
+        Command::Schema { dir, check } => cmd::schema::run(&dir, check).map(|()| true),
         Command::Score(args) => cmd::explain::run(args).map(|()| true),
         Command::Replay(args) => cmd::replay::run(args).map(|()| true),
     };

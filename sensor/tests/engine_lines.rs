@@ -1,5 +1,5 @@
 //! The engine's lines as printed: allow rules, beacons, flood control, rollups and
-//! summaries, from connection documents (the replay path) through `output::render`.
+//! summaries, from recorded connection lines (the replay path) through `output::write`.
 
 use std::sync::Arc;
 
@@ -8,17 +8,23 @@ use sensor::{
         decision::Line,
         engine::{Config, Engine, beacon_risk},
         policy::Policy,
-        subject::Subject,
     },
     enrich::procfs::exe_name,
-    output::{self, BEACON_RULE_ID, clock},
+    output::{self, BEACON_RULE_ID, clock, recorded::Recorded},
 };
 use serde_json::{Value, json};
 
 /// Lines as printed.
-fn printed(lines: &[Line<Value>]) -> Vec<Value> {
+fn printed(lines: &[Line<Recorded>]) -> Vec<Value> {
     let cx = output::Context::named("h");
-    lines.iter().map(|l| output::render(l, &cx)).collect()
+    lines
+        .iter()
+        .map(|l| {
+            let mut buf = Vec::new();
+            output::write(l, &cx, &mut buf).unwrap();
+            serde_json::from_slice(&buf).unwrap()
+        })
+        .collect()
 }
 
 const S: i128 = 1_000_000_000;
@@ -38,7 +44,7 @@ fn conn(exe: &str, pid: u64, port: u16, ts: i128) -> Value {
     })
 }
 
-fn engine(policy: &str, cfg: Config) -> Engine<Value> {
+fn engine(policy: &str, cfg: Config) -> Engine<Recorded> {
     Engine::new(Arc::new(Policy::parse(policy).unwrap()), cfg)
 }
 
@@ -58,7 +64,9 @@ fn allow_rule_suppresses_and_counts() {
             ..Config::default()
         },
     );
-    let o = e.connection(conn("/usr/bin/node", 1, 8088, T0)).unwrap();
+    let o = e
+        .connection(&conn("/usr/bin/node", 1, 8088, T0).to_string())
+        .unwrap();
     let lines = printed(&o.lines);
     assert!(!o.alert);
     assert_eq!(lines[0]["event"]["kind"], "event");
@@ -69,12 +77,15 @@ fn allow_rule_suppresses_and_counts() {
             .unwrap()
             .contains("allow rule dev")
     );
-    let o = e.connection(conn("/usr/bin/curl", 2, 8088, T0)).unwrap();
+    let o = e
+        .connection(&conn("/usr/bin/curl", 2, 8088, T0).to_string())
+        .unwrap();
     let lines = printed(&o.lines);
     assert!(o.alert);
     assert_eq!(lines[0]["event"]["risk_score"], 3);
     // A connection a rule matches but that would not alert is not "suppressed".
-    e.connection(conn("/usr/bin/node", 1, 8089, T0)).unwrap();
+    e.connection(&conn("/usr/bin/node", 1, 8089, T0).to_string())
+        .unwrap();
     assert_eq!(e.stats.suppressed.get("dev"), Some(&1));
     let fin = printed(&e.finish(T0 + S));
     let summary = fin.last().unwrap();
@@ -90,12 +101,7 @@ fn beacon_event_and_raised_risk() {
     let mut all = Vec::new();
     for i in 0..10 {
         let o = e
-            .connection(conn(
-                "/usr/sbin/nginx",
-                100 + i as u64,
-                5555,
-                T0 + i * 60 * S,
-            ))
+            .connection(&conn("/usr/sbin/nginx", 100 + i as u64, 5555, T0 + i * 60 * S).to_string())
             .unwrap();
         assert_eq!(o.alert, i == 9, "connection {i}");
         all.extend(printed(&o.lines));
@@ -125,10 +131,10 @@ fn standard_ports_and_excluded_networks_are_not_beacon_tracked() {
     let mut e = engine("", Config::default());
     for i in 0..20 {
         let mut d = conn("/usr/bin/curl", 1, 443, T0 + i * 60 * S);
-        e.connection(d.clone()).unwrap();
+        e.connection(&d.to_string()).unwrap();
         d["destination"]["ip"] = json!("10.0.0.1");
         d["destination"]["port"] = json!(5555);
-        e.connection(d).unwrap();
+        e.connection(&d.to_string()).unwrap();
     }
     assert_eq!(e.beacon_keys(), 0);
     assert_eq!(e.stats.alerts, 0);
@@ -141,7 +147,7 @@ fn flood_is_folded_and_rollup_summarises() {
     for i in 0..100 {
         // One nc process looping connects every 50 ms.
         lines.extend(printed(
-            &e.connection(conn("/usr/bin/nc", 7, 4444, T0 + i * S / 20))
+            &e.connection(&conn("/usr/bin/nc", 7, 4444, T0 + i * S / 20).to_string())
                 .unwrap()
                 .lines,
         ));
@@ -177,7 +183,7 @@ fn bad_documents_are_errors_not_panics() {
         json!([1, 2]),
         json!("string"),
     ] {
-        assert!(e.connection(bad.clone()).is_err(), "{bad}");
+        assert!(e.connection(&bad.to_string()).is_err(), "{bad}");
     }
     assert_eq!(e.stats.connections, 0);
 }
@@ -185,7 +191,12 @@ fn bad_documents_are_errors_not_panics() {
 #[test]
 fn quiet_connections_build_no_json_and_are_counted() {
     let mut e = engine("", Config::default());
-    let obs = |exe: &str, port: u16| Subject::from_doc(&conn(exe, 1, port, T0)).unwrap();
+    let obs = |exe: &str, port: u16| {
+        Recorded::parse(&conn(exe, 1, port, T0).to_string())
+            .unwrap()
+            .subject()
+            .unwrap()
+    };
     for (exe, port, prints) in [
         ("/usr/bin/curl", 443, false),
         ("/usr/sbin/nginx", 5555, false),
@@ -195,7 +206,7 @@ fn quiet_connections_build_no_json_and_are_counted() {
         let ob = obs(exe, port);
         let o = e.decide(&ob, || {
             built = true;
-            conn(exe, 1, port, T0)
+            Recorded::parse(&conn(exe, 1, port, T0).to_string()).unwrap()
         });
         assert_eq!((built, o.alert), (prints, prints), "{exe} {port}");
     }

@@ -156,7 +156,17 @@ struct Bench {
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     if args.criterion {
         toolchain::ensure(false)?;
-        cargo(root, &["build", "--release", "-p", "sensor"])?;
+        cargo(
+            root,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "sensor",
+                "--features",
+                "test-hooks",
+            ],
+        )?;
         cargo_env(
             root,
             &["bench", "-p", "sensor-tests", "--bench", "connect_cost"],
@@ -176,7 +186,18 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let latency_seconds = if args.quick { 2.0 } else { 3.0 };
 
     toolchain::ensure(false)?;
-    cargo(root, &["build", "--release", "-p", "sensor"])?;
+    // `bench-baseline` (the empty programs) is a test hook.
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "sensor",
+            "--features",
+            "test-hooks",
+        ],
+    )?;
     cargo(
         root,
         &["build", "--release", "-p", "sensor-tests", "--bin", "storm"],

@@ -135,7 +135,11 @@ fn main() -> Result<()> {
             toolchain::ensure_test_programs()?;
             let siem_python = siem::ensure_test_tools(&root)?;
             let k8s_python = python::venv(&root, "k8s-venv", "deploy/kubernetes/requirements.txt")?;
-            cargo(&root, &["build", "-p", "sensor"])?;
+            // The test hooks (`--test-stall-on-usr1`, `bench-baseline`) are in this build only.
+            cargo(
+                &root,
+                &["build", "-p", "sensor", "--features", "test-hooks"],
+            )?;
             if args.is_empty() {
                 fuzz::run(
                     &root,
@@ -158,6 +162,9 @@ fn main() -> Result<()> {
                 "--exclude",
                 "sensor-ebpf",
                 "--no-fail-fast",
+                // Or this build of the workspace would rebuild target/debug/sensor without them.
+                "--features",
+                "sensor/test-hooks",
                 "--",
             ];
             test.extend(args.iter().map(String::as_str));

@@ -228,7 +228,18 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
         return skip(&format!("the VM tools could not be installed: {e:#}"));
     }
     ensure_bpftool()?;
-    crate::cargo(root, &["build", "--release", "-p", "sensor"])?;
+    // The tests use the test hooks (`--test-stall-on-usr1`).
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "sensor",
+            "--features",
+            "test-hooks",
+        ],
+    )?;
     crate::cargo(root, &["build", "-p", "xtask"])?;
     let tests = test_binaries(root)?;
     let sensor = root.join("target/release/sensor");
@@ -671,6 +682,8 @@ fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
                 "--workspace",
                 "--exclude",
                 "sensor-ebpf",
+                "--features",
+                "sensor/test-hooks",
                 "--no-run",
                 "--message-format=json",
             ])

@@ -56,15 +56,67 @@ pub const ARGS_LEN: usize = 512;
 /// Bytes of the mapped executable's own file name (its dentry) kept.
 pub const EXE_NAME_LEN: usize = 64;
 
-/// Which kernel hook produced a connect record (`Connect::probe`).
-pub const PROBE_FENTRY: u8 = 1;
-pub const PROBE_KPROBE: u8 = 2;
-pub const PROBE_TRACEPOINT: u8 = 3;
-/// BTF-typed raw tracepoint (`tp_btf`) on `inet_sock_set_state`: attached by name through
-/// the bpf syscall, no tracefs needed.
-pub const PROBE_TP_BTF: u8 = 4;
-/// cgroup sock_addr hooks (`cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`): UDP.
-pub const PROBE_CGROUP_SOCK_ADDR: u8 = 5;
+/// Which kernel hook produced a connect-layout record (`Connect::probe`, as `u8`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// fentry on `tcp_connect`.
+    Fentry = 1,
+    /// kprobe on `tcp_connect`.
+    Kprobe = 2,
+    /// The classic tracepoint `sock/inet_sock_set_state` (needs tracefs).
+    Tracepoint = 3,
+    /// BTF-typed raw tracepoint (`tp_btf`) on `inet_sock_set_state`: attached by name
+    /// through the bpf syscall, no tracefs needed.
+    TpBtf = 4,
+    /// cgroup sock_addr hooks (`cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`): UDP.
+    CgroupSockAddr = 5,
+}
+
+impl Probe {
+    /// Every hook, in ABI order.
+    pub const ALL: [Self; 5] = [
+        Self::Fentry,
+        Self::Kprobe,
+        Self::Tracepoint,
+        Self::TpBtf,
+        Self::CgroupSockAddr,
+    ];
+
+    /// The hook a record's `probe` byte names, if any.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Fentry),
+            2 => Some(Self::Kprobe),
+            3 => Some(Self::Tracepoint),
+            4 => Some(Self::TpBtf),
+            5 => Some(Self::CgroupSockAddr),
+            _ => None,
+        }
+    }
+
+    /// The hook as users see it in logs and in `sensor.probe`.
+    pub const fn hook(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry/tcp_connect",
+            Self::Kprobe => "kprobe/tcp_connect",
+            Self::TpBtf => "tp_btf/inet_sock_set_state",
+            Self::Tracepoint => "tracepoint/sock/inet_sock_set_state",
+            Self::CgroupSockAddr => "cgroup/connect4+connect6+sendmsg4+sendmsg6",
+        }
+    }
+
+    /// The short name (`--probe` takes it for the connect hooks).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+            Self::CgroupSockAddr => "cgroup_sock_addr",
+        }
+    }
+}
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -272,7 +324,7 @@ pub struct Connect {
     pub dport: u16,
     /// Local port, host byte order (0 when not yet bound).
     pub sport: u16,
-    /// One of the `PROBE_*` values.
+    /// A [`Probe`] as `u8`.
     pub probe: u8,
     pub _pad: u8,
     /// Destination address: the first 4 bytes for AF_INET, all 16 for AF_INET6. Network order.

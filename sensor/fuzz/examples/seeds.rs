@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use sensor_common::{
-    ConnectEvent, Connect, Event, Exec, ExecEvent, Header, PROBE_CGROUP_SOCK_ADDR,
-    PROBE_TP_BTF, PROBE_TRACEPOINT, RecordKind, Task, TaskEvent,
+    ConnectEvent, Connect, Event, Exec, ExecEvent, Header, Probe, RecordKind, Task, TaskEvent,
 };
 
 fn bytes<T>(v: &T) -> Vec<u8> {
@@ -29,14 +28,14 @@ fn header(kind: RecordKind) -> Header {
     }
 }
 
-fn connect(kind: RecordKind, family: u16, daddr: [u8; 16], dport: u16, probe: u8) -> ConnectEvent {
+fn connect(kind: RecordKind, family: u16, daddr: [u8; 16], dport: u16, probe: Probe) -> ConnectEvent {
     Event {
         header: header(kind),
         data: Connect {
             family,
             dport,
             sport: 40000,
-            probe,
+            probe: probe as u8,
             _pad: 0,
             daddr,
             saddr: [0; 16],
@@ -57,12 +56,12 @@ fn main() {
     const V4: u16 = libc_af::INET;
     const V6: u16 = libc_af::INET6;
     let mut seeds: Vec<(&str, Vec<u8>)> = vec![
-        ("connect-v4", bytes(&connect(RecordKind::Connect, V4, v4, 4444, PROBE_TP_BTF))),
-        ("connect-v6", bytes(&connect(RecordKind::Connect, V6, v6.octets(), 8088, PROBE_TRACEPOINT))),
-        ("connect-v4-mapped", bytes(&connect(RecordKind::Connect, V6, mapped.octets(), 9001, PROBE_TP_BTF))),
-        ("listen", bytes(&connect(RecordKind::Listen, V4, [0; 16], 31337, PROBE_TRACEPOINT))),
-        ("inbound", bytes(&connect(RecordKind::Inbound, V4, v4, 22, PROBE_TRACEPOINT))),
-        ("udp", bytes(&connect(RecordKind::Udp, V4, v4, 53, PROBE_CGROUP_SOCK_ADDR))),
+        ("connect-v4", bytes(&connect(RecordKind::Connect, V4, v4, 4444, Probe::TpBtf))),
+        ("connect-v6", bytes(&connect(RecordKind::Connect, V6, v6.octets(), 8088, Probe::Tracepoint))),
+        ("connect-v4-mapped", bytes(&connect(RecordKind::Connect, V6, mapped.octets(), 9001, Probe::TpBtf))),
+        ("listen", bytes(&connect(RecordKind::Listen, V4, [0; 16], 31337, Probe::Tracepoint))),
+        ("inbound", bytes(&connect(RecordKind::Inbound, V4, v4, 22, Probe::Tracepoint))),
+        ("udp", bytes(&connect(RecordKind::Udp, V4, v4, 53, Probe::CgroupSockAddr))),
         ("fork", bytes(&TaskEvent { header: header(RecordKind::Fork), data: Task {} })),
         ("exit", bytes(&TaskEvent { header: header(RecordKind::Exit), data: Task {} })),
     ];

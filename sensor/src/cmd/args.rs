@@ -92,6 +92,7 @@ pub struct RunArgs {
     pub dry_run: bool,
     /// Test hook: SIGUSR1 blocks the event loop for 10 s (a stalled reader, for /healthz
     /// and watchdog tests).
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     pub test_stall_on_usr1: bool,
     /// Keep every capability after the programs are attached (debugging). By default the

@@ -11,12 +11,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{
     cmd::args::EngineArgs,
-    detect::{engine::Engine, policy::Policy, subject::is_connection},
-    output::{self, clock},
+    detect::{decision::StatsReport, engine::Engine, policy::Policy},
+    output::{
+        self, clock,
+        ecs::{Action, Kind},
+        recorded::{self, Recorded},
+    },
 };
 
 /// `sensor replay` arguments.
@@ -58,13 +62,23 @@ pub fn run(a: ReplayArgs) -> Result<()> {
 /// not a record, and holding it whole would let one line exhaust memory.
 const MAX_LINE: usize = 1 << 20;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub lines: u64,
     pub connections: u64,
+    #[serde(rename = "malformed_lines")]
     pub malformed: u64,
+    #[serde(rename = "skipped_lines")]
     pub skipped: u64,
+    #[serde(rename = "blank_lines")]
     pub blank: u64,
+}
+
+/// `sensor.*` of the `replay-summary` line.
+#[derive(Serialize)]
+struct SummaryFields<'a> {
+    replay: &'a Summary,
+    engine: StatsReport,
 }
 
 /// The host name replayed engine events carry.
@@ -72,7 +86,7 @@ const HOST: &str = "replay";
 
 /// Replays `input` into `out`; problems with single lines go to `err`.
 pub fn replay(
-    engine: &mut Engine<Value>,
+    engine: &mut Engine<Recorded>,
     mut input: impl BufRead,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -134,61 +148,45 @@ pub fn replay(
             s.blank += 1;
             continue;
         }
-        let doc: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => {
-                s.malformed += 1;
-                writeln!(err, "replay: line {lineno}: not a JSON object")?;
+        let rec = match recorded::read(text).and_then(|k| match k {
+            recorded::Read::Connection(r) => Ok(Some(r.subject().map(|s| (s, r))?)),
+            recorded::Read::Other => Ok(None),
+        }) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                s.skipped += 1;
                 continue;
-            }
-            Err(e) => {
-                s.malformed += 1;
-                writeln!(err, "replay: line {lineno}: not JSON ({e})")?;
-                continue;
-            }
-        };
-        if !is_connection(&doc) {
-            s.skipped += 1;
-            continue;
-        }
-        match engine.connection(doc) {
-            Ok(o) => {
-                s.connections += 1;
-                if let Some(t) = o.lines.iter().map(|l| l.ts_ns()).max() {
-                    last_ts = Some(last_ts.map_or(t, |l: i128| l.max(t)));
-                }
-                for line in &o.lines {
-                    output::write_line(out, &output::render(line, &cx))?;
-                }
             }
             Err(e) => {
                 s.malformed += 1;
                 writeln!(err, "replay: line {lineno}: {e:#}")?;
+                continue;
             }
+        };
+        let (subject, rec) = rec;
+        let o = engine.decide(&subject, move || *rec);
+        s.connections += 1;
+        if let Some(t) = o.lines.iter().map(|l| l.ts_ns()).max() {
+            last_ts = Some(last_ts.map_or(t, |l: i128| l.max(t)));
+        }
+        for line in &o.lines {
+            write(out, line, &cx)?;
         }
     }
     let end = last_ts.unwrap_or_else(clock::BootClock::now_unix_ns);
     for line in engine.finish(end) {
-        output::write_line(out, &output::render(&line, &cx))?;
+        write(out, &line, &cx)?;
     }
     let mut doc = output::status(
-        "state",
-        "replay-summary",
+        Kind::State,
+        Action::ReplaySummary,
         HOST,
-        json!({
-            "replay": {
-                "lines": s.lines,
-                "connections": s.connections,
-                "malformed_lines": s.malformed,
-                "skipped_lines": s.skipped,
-                "blank_lines": s.blank,
-            },
-            "engine": engine.report(),
-        }),
+        SummaryFields {
+            replay: &s,
+            engine: engine.report(),
+        },
     );
-    if let Some(o) = doc.as_object_mut() {
-        o.remove("host");
-    }
+    doc.host = None;
     output::write_line(out, &doc)?;
     writeln!(
         err,
@@ -204,8 +202,22 @@ pub fn replay(
     Ok(s)
 }
 
+/// One engine line, as the live sensor writes it.
+fn write(
+    out: &mut impl Write,
+    line: &crate::detect::decision::Line<Recorded>,
+    cx: &output::Context,
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    output::write(line, cx, &mut buf)?;
+    buf.push(b'\n');
+    out.write_all(&buf).context("writing to stdout")
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::detect::engine::Config;
 
@@ -325,5 +337,43 @@ mod tests {
         assert_eq!((s.lines, s.malformed, s.connections), (2, 1, 1));
         let err = String::from_utf8(err).unwrap();
         assert!(err.contains("line 1: longer than"), "{err}");
+    }
+
+    /// Lines the current release wrote (the replay fixture and the fuzz corpus) still
+    /// replay: every connection re-scored, nothing malformed but the cut lines they
+    /// carry on purpose, and each
+    /// re-scored line keeps what it had (here the recorded `sensor.probe`).
+    #[rstest::rstest]
+    #[case::fixture(include_str!("../../../tests/fixtures/atomic4-beacon.jsonl"), 10, 1, 2)]
+    #[case::corpus_beacon(include_str!("../../fuzz/corpus/replay_line/atomic4-beacon.jsonl"), 10, 1, 2)]
+    #[case::corpus_connect(include_str!("../../fuzz/corpus/replay_line/network-connect.jsonl"), 1, 0, 0)]
+    #[case::corpus_started(include_str!("../../fuzz/corpus/replay_line/sensor-started.jsonl"), 0, 0, 1)]
+    #[case::corpus_stopped(include_str!("../../fuzz/corpus/replay_line/sensor-stopped.jsonl"), 0, 0, 1)]
+    #[case::corpus_malformed(include_str!("../../fuzz/corpus/replay_line/malformed.jsonl"), 0, 1, 0)]
+    fn recorded_lines_of_this_release_replay(
+        #[case] input: &str,
+        #[case] connections: u64,
+        #[case] malformed: u64,
+        #[case] skipped: u64,
+    ) {
+        let (s, out, err) = run("", input);
+        assert_eq!(
+            (s.connections, s.malformed, s.skipped),
+            (connections, malformed, skipped),
+            "{err}"
+        );
+        for v in out
+            .iter()
+            .filter(|v| v["event"]["action"] == "network-connect")
+        {
+            assert_eq!(
+                v["sensor"]["probe"], "tracepoint/sock/inet_sock_set_state",
+                "{v}"
+            );
+            assert_eq!(
+                v["sensor"]["schema_version"],
+                crate::output::ecs::SCHEMA_VERSION
+            );
+        }
     }
 }

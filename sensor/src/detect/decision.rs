@@ -9,7 +9,8 @@ use crate::{
         beacon::{self, Beacon},
         fold::{self, FoldState},
         rollup,
-        score::{Verdict, severity},
+        score::Verdict,
+        severity::Severity,
     },
     enrich::Enriched,
 };
@@ -23,23 +24,6 @@ pub trait HeapBytes {
 impl HeapBytes for Enriched {
     fn heap_bytes(&self) -> usize {
         Enriched::heap_bytes(self)
-    }
-}
-
-/// A recorded line (replay): its strings, and a slot per value and member.
-impl HeapBytes for serde_json::Value {
-    fn heap_bytes(&self) -> usize {
-        use serde_json::Value;
-        const SLOT: usize = std::mem::size_of::<Value>();
-        match self {
-            Value::String(s) => s.len(),
-            Value::Array(a) => a.iter().map(|v| SLOT + v.heap_bytes()).sum(),
-            Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| 2 * SLOT + k.len() + v.heap_bytes())
-                .sum(),
-            _ => 0,
-        }
     }
 }
 
@@ -63,8 +47,8 @@ impl Decision {
         self.risk > 0
     }
 
-    pub fn severity(&self) -> Option<&'static str> {
-        severity(self.risk)
+    pub fn severity(&self) -> Option<Severity> {
+        Severity::of(self.risk)
     }
 
     /// The lists that matched, the beacon and the allow rule, in words (`event.reason`).
@@ -74,7 +58,7 @@ impl Decision {
             // Written as JSON writes the number (60.0, not 60), as the field shows it.
             reasons.push(format!(
                 "regular-interval beacon every {} s (risk raised by one)",
-                serde_json::Value::from(b.interval_rounded())
+                serde_json::to_string(&b.interval_rounded()).unwrap_or_default()
             ));
         }
         if let Some(rule) = &self.allow_rule {
@@ -127,7 +111,7 @@ pub struct EngineSummary {
 }
 
 /// Cumulative counters: the `sensor-stopped` event and summaries carry them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StatsReport {
     pub connections: u64,
     pub alerts: u64,

@@ -7,9 +7,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use anyhow::Result;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::{
     detect::{
@@ -325,14 +323,6 @@ impl<C: Clone + HeapBytes> Engine<C> {
             rollup_max_bytes: self.rollup.max_bytes(),
             rollup_no_group_by_reason: self.rollup.no_group,
         }
-    }
-}
-
-impl Engine<Value> {
-    /// Re-scores one recorded connection line (replay); the line is carried through.
-    pub fn connection(&mut self, doc: Value) -> Result<Outcome<Value>> {
-        let subject = Subject::from_doc(&doc)?;
-        Ok(self.decide(&subject, move || doc))
     }
 }
 

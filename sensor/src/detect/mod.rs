@@ -8,5 +8,6 @@ pub mod fold;
 pub mod policy;
 pub mod rollup;
 pub mod score;
+pub mod severity;
 pub mod subject;
 pub mod unmanaged;

@@ -76,13 +76,9 @@ pub struct ServiceAway {
 }
 
 /// `High`, `Medium`, `Low` for risk 3, 2, 1: the one mapping, for every event kind.
+/// (The mapping itself is [`crate::detect::severity::Severity::of`].)
 pub fn severity(risk: u8) -> Option<&'static str> {
-    match risk {
-        3 => Some("High"),
-        2 => Some("Medium"),
-        1 => Some("Low"),
-        _ => None,
-    }
+    crate::detect::severity::Severity::of(risk).map(|s| s.as_str())
 }
 
 impl Verdict {

@@ -1,10 +1,9 @@
 //! The one view of a connection that scoring and allow rules decide on. Live it is taken
-//! from the enriched connection; a replayed line is parsed into it.
+//! from the enriched connection; a replayed line is read into the typed event and mapped
+//! to it by `output::recorded` (output's types are a later stage than this one), through
+//! the same choice of ends ([`scored_ends`]).
 
 use std::net::{IpAddr, Ipv4Addr};
-
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
 use crate::{
     enrich::{Enriched, procfs::exe_name, users::NameSource},
@@ -64,33 +63,18 @@ pub fn parse_time(s: &str) -> Option<i128> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_nanosecond())
 }
 
-fn text(doc: &Value, pointer: &str) -> Option<String> {
-    doc.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// Whether a recorded line is a connection, listen or inbound connection (as opposed to
-/// state, rollup or beacon lines).
-pub fn is_connection(doc: &Value) -> bool {
-    doc.pointer("/event/action")
-        .and_then(Value::as_str)
-        .and_then(Flow::from_action)
-        .is_some()
-}
-
-/// The flow of a recorded line: its `event.action`, and `network.transport` for UDP.
-fn doc_flow(doc: &Value) -> Flow {
-    let flow = doc
-        .pointer("/event/action")
-        .and_then(Value::as_str)
-        .and_then(Flow::from_action)
-        .unwrap_or_default();
-    let udp = doc.pointer("/network/transport").and_then(Value::as_str) == Some("udp");
-    if flow == Flow::Connect && udp {
-        Flow::Udp
-    } else {
-        flow
+/// Which ends of a flow scoring looks at: (the end whose address, the end whose port).
+/// A connect's peer; a listen's own address and port (it has no peer); an inbound
+/// connection's peer address and the local (listening) port, which says what the
+/// service is. The one choice, for live connections and for recorded lines alike.
+pub fn scored_ends<T>(flow: Flow, local: T, peer: T) -> (T, T)
+where
+    T: Copy,
+{
+    match flow {
+        Flow::Connect | Flow::Udp => (peer, peer),
+        Flow::Listen => (local, local),
+        Flow::Inbound => (peer, local),
     }
 }
 
@@ -132,11 +116,9 @@ impl Subject {
 
     /// The live path: straight from the enriched connection.
     pub fn from_enriched(e: &Enriched) -> Self {
-        let (dst, port) = match e.conn.flow {
-            Flow::Connect | Flow::Udp => (e.conn.dst, e.conn.dport),
-            Flow::Listen => (e.conn.src, e.conn.sport),
-            Flow::Inbound => (e.conn.dst, e.conn.sport),
-        };
+        let c = &e.conn;
+        let (addr, port) = scored_ends(c.flow, (c.src, c.sport), (c.dst, c.dport));
+        let (dst, port) = (addr.0, port.1);
         Self {
             ts_ns: e.unix_ns,
             flow: e.conn.flow,
@@ -158,74 +140,6 @@ impl Subject {
             location: e.proc.location.map(str::to_string),
             unmanaged: e.proc.unmanaged,
         }
-    }
-
-    /// The replay path: a recorded ECS connection line.
-    pub fn from_doc(doc: &Value) -> Result<Self> {
-        let ts = doc
-            .get("@timestamp")
-            .and_then(Value::as_str)
-            .context("no @timestamp")?;
-        let ts_ns = parse_time(ts).with_context(|| format!("bad @timestamp {ts:?}"))?;
-        let flow = doc_flow(doc);
-        // A listen's subject is its local end (source.*); an inbound connection's port is
-        // the local one (source.port), its address the peer (destination.ip).
-        let (ip_at, port_at) = match flow {
-            Flow::Connect | Flow::Udp => ("/destination/ip", "/destination/port"),
-            Flow::Listen => ("/source/ip", "/source/port"),
-            Flow::Inbound => ("/destination/ip", "/source/port"),
-        };
-        let ip = doc
-            .pointer(ip_at)
-            .and_then(Value::as_str)
-            .with_context(|| format!("no {}", &ip_at[1..].replace('/', ".")))?;
-        let dst: IpAddr = ip
-            .parse()
-            .with_context(|| format!("bad {} {ip:?}", &ip_at[1..].replace('/', ".")))?;
-        let port = doc
-            .pointer(port_at)
-            .and_then(Value::as_u64)
-            .with_context(|| format!("no {}", &port_at[1..].replace('/', ".")))?;
-        let port = u16::try_from(port)
-            .with_context(|| format!("bad {} {port}", &port_at[1..].replace('/', ".")))?;
-        // user.id is a string in ECS; a number is accepted too.
-        let user_id = match doc.pointer("/user/id") {
-            Some(Value::String(s)) => s.parse().ok(),
-            Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-            _ => None,
-        };
-        let executable = text(doc, "/process/executable");
-        let comm = text(doc, "/process/thread/name").or_else(|| text(doc, "/process/name"));
-        if executable.is_none() && comm.is_none() {
-            bail!("neither process.executable nor process.name");
-        }
-        Ok(Self {
-            ts_ns,
-            flow,
-            executable,
-            comm,
-            pid: doc.pointer("/process/pid").and_then(Value::as_u64),
-            parent_executable: text(doc, "/process/parent/executable"),
-            user_id,
-            user_name: text(doc, "/user/name"),
-            // A replayed line keeps the trust it was recorded with, never more: a line
-            // without these fields (older, or not the sensor's) gets none.
-            user_name_source: text(doc, "/sensor/user/name_source")
-                .as_deref()
-                .and_then(NameSource::parse),
-            container_trusted: doc.pointer("/sensor/container/trusted") == Some(&Value::Bool(true)),
-            dst,
-            port,
-            host_name: text(doc, "/host/name"),
-            content_match: text(doc, "/sensor/process/content_match"),
-            location: text(doc, "/sensor/process/location"),
-            unmanaged: doc
-                .pointer("/sensor/process/unmanaged")
-                .and_then(Value::as_bool),
-            container_id: text(doc, "/container/id"),
-            kubernetes_namespace: text(doc, "/orchestrator/namespace"),
-            pod_name: text(doc, "/orchestrator/resource/name"),
-        })
     }
 
     /// The executable's basename, when the executable is known.

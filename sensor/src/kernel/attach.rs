@@ -22,14 +22,15 @@ use crate::kernel::{
 
 const TARGET_FN: &str = "tcp_connect";
 
-/// The program's name in the eBPF object.
-fn program_name(probe: Probe) -> &'static str {
-    match probe {
+/// The connect program's name in the eBPF object.
+fn program_name(probe: Probe) -> Result<&'static str> {
+    Ok(match probe {
         Probe::Fentry => "tcp_connect_fentry",
         Probe::Kprobe => "tcp_connect_kprobe",
         Probe::TpBtf => "inet_sock_set_state_btf",
         Probe::Tracepoint => "inet_sock_set_state",
-    }
+        Probe::CgroupSockAddr => bail!("{} sees UDP only, not TCP connects", probe.hook()),
+    })
 }
 
 #[derive(Debug)]
@@ -99,13 +100,14 @@ pub fn attach(
     layout: &KernelLayout,
     btf: Option<&Btf>,
 ) -> Result<()> {
+    let name = program_name(probe)?;
     if probe != Probe::Tracepoint && !layout::has_sock_layout(layout) {
         bail!("struct sock_common layout unknown (needs kernel BTF)");
     }
     if probe == Probe::Tracepoint {
         prepare_classic(ebpf)?;
     }
-    let prog = program(ebpf, program_name(probe))?;
+    let prog = program(ebpf, name)?;
     match probe {
         Probe::Fentry => {
             let p: &mut FEntry = prog.try_into()?;
@@ -142,6 +144,8 @@ pub fn attach(
                 let _ = p.unload();
             })?;
         }
+        // program_name refused it above.
+        Probe::CgroupSockAddr => bail!("{} is not a connect hook", probe.hook()),
     }
     // The state program serves connects only when it is the connect hook; otherwise it is
     // attached later for listens and inbound opens alone.

@@ -242,6 +242,7 @@ impl LossCounter {
 
 /// The benchmark baselines: an empty program on the classic connect tracepoint
 /// (`btf = false`) or on its BTF form, until a signal.
+#[cfg(feature = "test-hooks")]
 pub fn baseline(btf: bool) -> Result<()> {
     let env = Environment::probe();
     let opts = Options {

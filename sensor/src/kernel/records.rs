@@ -241,7 +241,7 @@ fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
         dport: ev.dport,
         src,
         sport: ev.sport,
-        probe: Probe::from_abi(ev.probe),
+        probe: Probe::from_u8(ev.probe),
         comm: c_string(&h.comm),
         image: (ev.exe_ino != 0).then(|| (user_dev(ev.exe_dev), ev.exe_ino)),
         netns: ev.netns,
@@ -251,7 +251,7 @@ fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use sensor_common::{Connect, Exec as ExecData, PROBE_TRACEPOINT, Task as TaskData};
+    use sensor_common::{Connect, Exec as ExecData, Task as TaskData};
 
     /// A connect record as the kernel writes it (the header has the kind and the task).
     pub fn raw(family: u16, daddr: [u8; 16], dport: u16) -> ConnectEvent {
@@ -275,7 +275,7 @@ pub(crate) mod tests {
                 family,
                 dport,
                 sport: 40000,
-                probe: PROBE_TRACEPOINT,
+                probe: Probe::Tracepoint as u8,
                 _pad: 0,
                 daddr,
                 saddr: [0; 16],

@@ -84,7 +84,7 @@ const UDP_PROGRAMS: [&str; 4] = [
 ];
 
 /// The hook name users see for the UDP programs.
-pub const UDP_HOOK: &str = "cgroup/connect4+connect6+sendmsg4+sendmsg6";
+pub const UDP_HOOK: &str = Probe::CgroupSockAddr.hook();
 
 /// Attaches the four UDP hooks to the cgroup2 root, all or none.
 pub fn attach_udp(ebpf: &mut Ebpf) -> LifecycleAttach {

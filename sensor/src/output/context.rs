@@ -10,10 +10,14 @@ use std::{
     },
 };
 
-use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::enrich::host::HostInfo;
+use std::borrow::Cow;
+
+use crate::{
+    enrich::host::HostInfo,
+    output::ecs::{Agent, EcsLine, EcsVersion, Host, Os},
+};
 
 /// The ECS version the lines follow; `sensor/tests/ecs_fields.json` is its field table.
 pub const ECS_VERSION: &str = "8.11.0";
@@ -35,14 +39,9 @@ pub struct Context {
     pub format: Format,
     /// Whether `stamp` adds host fields (not in replay: the lines carry their own).
     stamp_host: bool,
-    /// What `stamp` adds, built once (nulls pruned): `ecs`, `agent` and `host`.
-    ecs: Value,
-    agent: Value,
-    host_fields: Map<String, Value>,
-    /// The same, serialised once for the lines written directly.
-    ecs_json: String,
-    agent_json: String,
-    host_json: Vec<(String, String)>,
+    /// What `stamp` adds, built once: `agent` and the `host` fields.
+    agent: Agent<'static>,
+    host_fields: Host<'static>,
     /// (pid, start time) -> `process.entity_id`: two SHA-256 per line otherwise.
     entity_ids: RefCell<HashMap<(u32, u64), String>>,
 }
@@ -67,41 +66,32 @@ impl Context {
             .id
             .as_deref()
             .map(|id| hex_prefix(&format!("{AGENT_TYPE}\0{id}"), 16));
-        let h_os = &host.os;
-        let mut host_fields = json!({
-            "name": host.hostname,
-            "hostname": host.hostname,
-            "id": host.id,
-            "os": {
-                "type": "linux",
-                "name": h_os.name,
-                "version": h_os.version,
-                "platform": h_os.platform,
-                "family": h_os.family,
-                "full": h_os.full,
-                "kernel": h_os.kernel,
-            },
-        });
-        super::prune(&mut host_fields);
-        let mut agent = json!({"type": AGENT_TYPE, "version": AGENT_VERSION, "id": agent_id});
-        super::prune(&mut agent);
-        let host_fields = match host_fields {
-            Value::Object(m) => m,
-            _ => Map::new(),
+        let o = &host.os;
+        let own = |s: &Option<String>| s.clone().map(Cow::Owned);
+        let host_fields = Host {
+            hostname: Some(Cow::Owned(host.hostname.clone())),
+            id: own(&host.id),
+            name: Some(Cow::Owned(host.hostname.clone())),
+            os: Some(Cow::Owned(Os {
+                family: own(&o.family),
+                full: own(&o.full),
+                kernel: own(&o.kernel),
+                name: own(&o.name),
+                platform: own(&o.platform),
+                kind: Some(Cow::Borrowed("linux")),
+                version: own(&o.version),
+            })),
+            extra: Default::default(),
         };
-        let ecs = json!({"version": ECS_VERSION});
         Self {
             host,
             format,
             stamp_host: true,
-            ecs_json: ecs.to_string(),
-            agent_json: agent.to_string(),
-            host_json: host_fields
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
-            ecs,
-            agent,
+            agent: Agent {
+                id: agent_id.map(Cow::Owned),
+                kind: Cow::Borrowed(AGENT_TYPE),
+                version: Cow::Borrowed(AGENT_VERSION),
+            },
             host_fields,
             entity_ids: RefCell::new(HashMap::new()),
         }
@@ -118,25 +108,6 @@ impl Context {
         );
         cx.stamp_host = false;
         cx
-    }
-
-    /// What `stamp` adds: `ecs`, `agent`, and the `host` fields (nulls pruned), and
-    /// whether it adds host fields at all.
-    pub(crate) fn ecs_json(&self) -> &str {
-        &self.ecs_json
-    }
-
-    pub(crate) fn agent_json(&self) -> &str {
-        &self.agent_json
-    }
-
-    /// The host fields in key order, each value serialised.
-    pub(crate) fn host_json(&self) -> &[(String, String)] {
-        &self.host_json
-    }
-
-    pub(crate) fn stamps_host(&self) -> bool {
-        self.stamp_host
     }
 
     pub fn event_id(&self) -> String {
@@ -162,33 +133,26 @@ impl Context {
         Some(id)
     }
 
-    /// Adds the writer's fields to a rendered ECS line, keeping any it already has (replayed
-    /// lines keep their recorded host and event id).
-    pub fn stamp(&self, doc: &mut Value) {
-        let Some(o) = doc.as_object_mut() else {
-            return;
-        };
-        o.entry("ecs").or_insert_with(|| self.ecs.clone());
-        o.entry("agent").or_insert_with(|| self.agent.clone());
-        let host = o.entry("host").or_insert_with(|| json!({}));
-        if let Some(h) = host.as_object_mut().filter(|_| self.stamp_host) {
-            merge_missing(h, &self.host_fields);
+    /// Adds the writer's fields to a line, keeping any it already has (replayed lines
+    /// keep their recorded host, agent and event id): `ecs`, `agent`, `host` and a unique
+    /// `event.id`.
+    pub fn stamp<'a, S>(&'a self, line: &mut EcsLine<'a, S>) {
+        line.ecs.get_or_insert(EcsVersion {
+            version: Cow::Borrowed(ECS_VERSION),
+        });
+        line.agent.get_or_insert(Cow::Borrowed(&self.agent));
+        if line.event.id.is_none() {
+            line.event.id = Some(Cow::Owned(self.event_id()));
         }
-        if let Some(e) = o.get_mut("event").and_then(Value::as_object_mut) {
-            e.entry("id").or_insert_with(|| json!(self.event_id()));
-        }
-        super::prune(doc);
-    }
-}
-
-/// Inserts the keys of `from` that `into` lacks, recursively into objects both have.
-fn merge_missing(into: &mut Map<String, Value>, from: &Map<String, Value>) {
-    for (k, v) in from {
-        match (into.get_mut(k), v) {
-            (Some(Value::Object(a)), Value::Object(b)) => merge_missing(a, b),
-            (Some(_), _) => {}
-            (None, v) => {
-                into.insert(k.clone(), v.clone());
+        let host = line.host.get_or_insert_with(Host::default);
+        if self.stamp_host {
+            let h = &self.host_fields;
+            let borrow = |v: &'a Option<Cow<'static, str>>| v.as_deref().map(Cow::Borrowed);
+            host.name = host.name.take().or_else(|| borrow(&h.name));
+            host.hostname = host.hostname.take().or_else(|| borrow(&h.hostname));
+            host.id = host.id.take().or_else(|| borrow(&h.id));
+            if host.os.is_none() {
+                host.os = h.os.as_deref().map(Cow::Borrowed);
             }
         }
     }
@@ -249,6 +213,7 @@ mod tests {
 
     #[test]
     fn stamp_adds_and_keeps() {
+        use crate::output::ecs::{Action, Event, Kind};
         let cx = Context::new(
             HostInfo {
                 hostname: "h".into(),
@@ -257,16 +222,23 @@ mod tests {
             },
             Format::Ecs,
         );
-        let mut doc = json!({"event": {"kind": "event"}, "host": {"name": "recorded"}});
-        cx.stamp(&mut doc);
-        assert_eq!(doc["ecs"]["version"], ECS_VERSION);
-        assert_eq!(doc["agent"]["type"], AGENT_TYPE);
-        assert_eq!(doc["agent"]["id"].as_str().unwrap().len(), 16);
-        assert_eq!(doc["host"]["name"], "recorded");
-        assert_eq!(doc["host"]["id"], "0123456789abcdef0123456789abcdef");
-        assert_eq!(doc["host"]["os"]["type"], "linux");
-        let id = doc["event"]["id"].clone();
-        cx.stamp(&mut doc);
-        assert_eq!(doc["event"]["id"], id, "kept");
+        let mut line = EcsLine::new("t".into(), Event::new(Kind::Event, Action::AlertRollup), ());
+        line.host = Some(Host {
+            name: Some("recorded".into()),
+            ..Default::default()
+        });
+        cx.stamp(&mut line);
+        assert_eq!(line.ecs.as_ref().unwrap().version, ECS_VERSION);
+        let agent = line.agent.clone().unwrap();
+        assert_eq!(agent.kind, AGENT_TYPE);
+        assert_eq!(agent.id.as_ref().unwrap().len(), 16);
+        let host = line.host.clone().unwrap();
+        assert_eq!(host.name.as_deref(), Some("recorded"));
+        assert_eq!(host.id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(host.os.unwrap().kind.as_deref(), Some("linux"));
+        let id = line.event.id.clone();
+        assert!(id.is_some());
+        cx.stamp(&mut line);
+        assert_eq!(line.event.id, id, "kept");
     }
 }

@@ -8,7 +8,11 @@ use std::net::IpAddr;
 
 use libsystemd::logging::{Priority, journal_send};
 
-use crate::{detect::decision::Line, enrich::Enriched};
+use crate::{
+    detect::{decision::Line, severity::Severity},
+    enrich::Enriched,
+    kernel::records::{Flow, canonical},
+};
 
 /// Alerts are `-t t1571-sensor`; the sensor's log lines `-t t1571-sensor-log`, so a
 /// filter for one never gets the other.
@@ -45,14 +49,21 @@ impl<'a> Summary<'a> {
     }
 
     fn connection(e: &'a Enriched, kind: &'a str, action: &'a str, risk: u8) -> Self {
+        let c = &e.conn;
+        // The end the line is about, as the line prints it: a listen's own address, the
+        // listener an inbound connection reached, a connect's peer.
+        let (ip, port) = match c.flow {
+            Flow::Connect | Flow::Udp => (c.dst, c.dport),
+            Flow::Listen | Flow::Inbound => (c.src, c.sport),
+        };
         Self {
             action,
             kind,
             risk,
             executable: e.proc.executable.as_deref(),
-            pid: Some(e.conn.tgid),
+            pid: Some(c.tgid),
             user: e.user_name.as_deref(),
-            destination: Some((e.conn.dst, e.conn.dport)),
+            destination: Some((canonical(ip), port)),
         }
     }
 
@@ -84,13 +95,9 @@ pub fn priority(s: &Summary) -> Priority {
     }
 }
 
+/// An alert's severity name (`Info` for an alert without risk, which the engine never makes).
 fn severity(risk: u8) -> &'static str {
-    match risk {
-        3.. => "High",
-        2 => "Medium",
-        1 => "Low",
-        _ => "Info",
-    }
+    Severity::of(risk).map_or("Info", Severity::as_str)
 }
 
 /// `High: /usr/bin/curl (pid 4242, user alice) -> 203.0.113.7:8088 [T1571]`, or the

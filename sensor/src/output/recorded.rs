@@ -1,73 +1,206 @@
-//! A replayed line: the recorded document, its scoring fields rewritten for the decision
-//! the current policy made. Everything else in it is printed as recorded.
+//! A replayed line: a recorded connection line read into the typed model (unknown fields
+//! kept), the subject scoring decides on read from it, and its line re-rendered from the
+//! type with the scoring fields the current policy decided.
 
-use serde_json::{Map, Value, json};
+use std::{borrow::Cow, net::IpAddr};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Deserialize;
 
 use crate::{
-    detect::decision::{BeaconAlert, Decision},
-    output::{self, Render, clock, context::Context},
+    detect::{
+        decision::HeapBytes,
+        engine::{Engine, Outcome},
+        subject::{Subject, parse_time, scored_ends},
+    },
+    enrich::users::NameSource,
+    kernel::records::Flow,
+    output::{
+        Render,
+        context::Context,
+        ecs::{Action, ConnectionLine, Endpoint},
+        flow::{Shape, Side},
+    },
 };
 
-impl Render for Value {
-    fn connection(&self, d: &Decision, _cx: &Context) -> Value {
-        let mut doc = self.clone();
-        let Some(obj) = doc.as_object_mut() else {
-            return doc;
-        };
-        let alert = d.alert();
-        let reasons = d.reasons();
-        let event = obj.entry("event").or_insert_with(|| json!({}));
-        if !event.is_object() {
-            *event = json!({});
+/// What a recorded line is, read before the whole line is.
+pub enum Read {
+    /// A connection line (connect, listen, inbound, UDP).
+    Connection(Box<Recorded>),
+    /// Any other line (state, rollup, beacon, another tool's): not re-scored.
+    Other,
+}
+
+/// A recorded connection line.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub line: ConnectionLine<'static>,
+    pub flow: Flow,
+    /// The recorded text's length: what holding the line costs, about.
+    bytes: usize,
+}
+
+/// Just `event.action`, to tell connection lines from the rest.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(default, borrow)]
+    event: Option<HeadEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HeadEvent<'a> {
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+}
+
+/// Reads one recorded line. Errors say what is wrong and where (`bad destination.port:
+/// invalid value: integer 99999, expected u16`).
+pub fn read(text: &str) -> Result<Read> {
+    let head: Head = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            anyhow!("not a JSON object with an event object ({e})")
         }
-        if let Some(e) = event.as_object_mut() {
-            e.insert("kind".into(), json!(if alert { "alert" } else { "event" }));
-            e.insert("risk_score".into(), json!(d.risk));
-            e.insert("severity".into(), json!(d.risk));
-            match reasons.is_empty() {
-                true => e.remove("reason"),
-                false => e.insert("reason".into(), json!(reasons.join("; "))),
-            };
-            // A folded line spans its connections: event.start is the first repeat,
-            // event.end (like @timestamp) the last.
-            if let Some(first) = d.fold.and_then(|f| f.first_ns) {
-                e.insert("start".into(), json!(clock::rfc3339(first)));
-                if let Some(ts) = self.get("@timestamp") {
-                    e.insert("end".into(), ts.clone());
-                }
-            }
+        _ => anyhow!("not JSON ({e})"),
+    })?;
+    let action = head.event.and_then(|e| e.action);
+    if action
+        .as_deref()
+        .and_then(Action::parse)
+        .and_then(Action::flow)
+        .is_none()
+    {
+        return Ok(Read::Other);
+    }
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let line: ConnectionLine<'static> = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow!("bad {path}: {}", e.inner())
+    })?;
+    let transport = line.network.as_ref().and_then(|n| n.transport.as_deref());
+    let flow = Shape::flow_of(line.event.action, transport).context("not a connection line")?;
+    Ok(Read::Connection(Box::new(Recorded {
+        line,
+        flow,
+        bytes: text.len(),
+    })))
+}
+
+impl Recorded {
+    /// The end a side names on the line.
+    fn end(&self, side: Side) -> Option<&Endpoint> {
+        match side {
+            Side::Source => self.line.source.as_ref(),
+            Side::Destination => self.line.destination.as_ref(),
+            Side::Absent => None,
         }
-        if alert {
-            obj.insert("rule".into(), output::connect_rule());
-            obj.insert("threat".into(), output::threat());
-        } else {
-            obj.remove("rule");
-            obj.remove("threat");
-        }
-        let sensor = obj.entry("sensor").or_insert_with(|| json!({}));
-        if !sensor.is_object() {
-            *sensor = json!({});
-        }
-        if let Some(s) = sensor.as_object_mut() {
-            s.insert("severity".into(), json!(d.severity()));
-            s.insert("matched".into(), output::matched(&d.verdict));
-            s.insert("allow_rule".into(), json!(d.allow_rule));
-            s.insert(
-                "beacon".into(),
-                d.beacon.as_ref().map_or(Value::Null, output::beacon_fields),
-            );
-            match d.fold {
-                Some(f) => s.insert("folded_count".into(), json!(f.count)),
-                None => s.remove("folded_count"),
-            };
-        }
-        output::prune(&mut doc);
-        doc
     }
 
-    fn beacon(&self, b: &BeaconAlert<Self>, _cx: &Context) -> Value {
-        // The recorded line is the input here: its parts are taken as recorded.
-        let parts: Map<String, Value> = self.as_object().cloned().unwrap_or_default();
-        output::beacon_event(parts, &b.beacon, b.risk)
+    /// The subject scoring decides on, read through the same table the line was written
+    /// with ([`Shape`]) and the same choice of end live scoring makes ([`scored_ends`]).
+    pub fn subject(&self) -> Result<Subject> {
+        let l = &self.line;
+        if l.timestamp.is_empty() {
+            bail!("no @timestamp");
+        }
+        let ts_ns = parse_time(&l.timestamp)
+            .with_context(|| format!("bad @timestamp {:?}", l.timestamp))?;
+        let shape = Shape::of(self.flow);
+        let (addr_side, port_side) = scored_ends(self.flow, shape.local, shape.peer);
+        let name = |s: Side| match s {
+            Side::Source => "source",
+            _ => "destination",
+        };
+        let dst: IpAddr = self
+            .end(addr_side)
+            .and_then(|e| e.ip)
+            .with_context(|| format!("no {}.ip", name(addr_side)))?;
+        let port = self
+            .end(port_side)
+            .and_then(|e| e.port)
+            .with_context(|| format!("no {}.port", name(port_side)))?;
+        let p = l.process.as_ref();
+        let s = &l.sensor.fields;
+        let sp = s.process.as_ref();
+        let own = |v: Option<&Cow<'_, str>>| v.map(|s| s.to_string());
+        let executable = own(p.and_then(|p| p.executable.as_ref()));
+        let comm = own(p
+            .and_then(|p| p.thread.as_ref().and_then(|t| t.name.as_ref()))
+            .or_else(|| p.and_then(|p| p.name.as_ref())));
+        if executable.is_none() && comm.is_none() {
+            bail!("neither process.executable nor process.name");
+        }
+        let user = l.user.as_ref();
+        let orch = l.orchestrator.as_ref();
+        Ok(Subject {
+            ts_ns,
+            flow: self.flow,
+            executable,
+            comm,
+            pid: p.and_then(|p| p.pid).map(u64::from),
+            parent_executable: own(p
+                .and_then(|p| p.parent.as_ref())
+                .and_then(|p| p.executable.as_ref())),
+            user_id: user
+                .and_then(|u| u.id.as_deref())
+                .and_then(|id| id.parse().ok()),
+            user_name: own(user.and_then(|u| u.name.as_ref())),
+            // A replayed line keeps the trust it was recorded with, never more: a line
+            // without these fields (older, or not the sensor's) gets none.
+            user_name_source: s
+                .user
+                .as_ref()
+                .and_then(|u| u.name_source.as_deref())
+                .and_then(NameSource::parse),
+            dst,
+            port,
+            host_name: own(l.host.as_ref().and_then(|h| h.name.as_ref())),
+            container_id: own(l.container.as_ref().and_then(|c| c.id.as_ref())),
+            container_trusted: s.container.as_ref().and_then(|c| c.trusted) == Some(true),
+            kubernetes_namespace: own(orch.and_then(|o| o.namespace.as_ref())),
+            pod_name: own(orch
+                .and_then(|o| o.resource.as_ref())
+                .and_then(|r| r.name.as_ref())),
+            content_match: own(sp.and_then(|p| p.content_match.as_ref())),
+            location: own(sp.and_then(|p| p.location.as_ref())),
+            unmanaged: sp.and_then(|p| p.unmanaged),
+        })
+    }
+}
+
+impl Render for Recorded {
+    fn flow(&self) -> Flow {
+        self.flow
+    }
+
+    /// The recorded line as it was; [`crate::output::connection::decide`] rewrites its
+    /// scoring fields.
+    fn parts<'a>(&'a self, _cx: &'a Context) -> ConnectionLine<'a> {
+        self.line.clone()
+    }
+}
+
+impl HeapBytes for Recorded {
+    fn heap_bytes(&self) -> usize {
+        // The typed line holds about what its text did.
+        self.bytes
+    }
+}
+
+impl Recorded {
+    /// A recorded connection line; any other line is an error.
+    pub fn parse(text: &str) -> Result<Self> {
+        match read(text)? {
+            Read::Connection(r) => Ok(*r),
+            Read::Other => bail!("not a connection line (event.action)"),
+        }
+    }
+}
+
+impl Engine<Recorded> {
+    /// Re-scores one recorded connection line (replay): read, its subject, decided.
+    pub fn connection(&mut self, text: &str) -> Result<Outcome<Recorded>> {
+        let r = Recorded::parse(text)?;
+        let subject = r.subject()?;
+        Ok(self.decide(&subject, move || r))
     }
 }

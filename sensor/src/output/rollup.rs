@@ -1,66 +1,93 @@
 //! The `alert-rollup` line: one group's summary of one window.
 
-use std::collections::BTreeMap;
-
-use serde_json::{Value, json};
+use std::borrow::Cow;
 
 use crate::{
-    detect::{rollup::Summary, score::severity},
+    detect::{rollup::Summary, severity::Severity},
     enrich::procfs::exe_name,
-    output::{clock, prune},
+    output::{
+        clock,
+        ecs::{
+            Action, EcsLine, Event, Host, Kind, Parent, Process, Rollup, RollupLine, RollupSensor,
+            User,
+        },
+        flow::NETWORK,
+    },
 };
 
-pub fn render(s: &Summary) -> Value {
+const INFO: &[Cow<'static, str>] = &[Cow::Borrowed("info")];
+
+pub fn line(s: &Summary) -> RollupLine<'_> {
     let (k, g) = (&s.key, &s.group);
     let (start, end) = (s.window_start_ns, s.window_end_ns);
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let name = opt(&k.executable).map(|e| exe_name(&e).to_string());
-    let severities: BTreeMap<&str, u64> = [("Low", 0usize), ("Medium", 1), ("High", 2)]
+    let severities = Severity::ALL
         .into_iter()
-        .filter_map(|(n, i)| g.by_risk.get(i).filter(|&&c| c > 0).map(|&c| (n, c)))
+        .filter_map(|sev| {
+            g.by_risk
+                .get(sev.index())
+                .filter(|&&c| c > 0)
+                .map(|&c| (sev, c))
+        })
         .collect();
-    let mut doc = json!({
-        "@timestamp": clock::rfc3339(end),
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["info"],
-            "action": "alert-rollup",
-            "module": "sensor",
-            "dataset": "sensor.rollup",
-            "risk_score": g.max_risk,
-            "severity": g.max_risk,
-            "start": clock::rfc3339(g.first_ns),
-            "end": clock::rfc3339(g.last_ns),
+    let mut event = Event::new(Kind::Event, Action::AlertRollup);
+    event.category = Cow::Borrowed(NETWORK);
+    event.types = Cow::Borrowed(INFO);
+    event.dataset = Some(Cow::Borrowed("sensor.rollup"));
+    event.risk_score = Some(g.max_risk);
+    event.severity = Some(g.max_risk);
+    event.start = Some(Cow::Owned(clock::rfc3339(g.first_ns)));
+    event.end = Some(Cow::Owned(clock::rfc3339(g.last_ns)));
+    let mut line = EcsLine::new(
+        Cow::Owned(clock::rfc3339(end)),
+        event,
+        RollupSensor {
+            severity: Severity::of(g.max_risk),
+            rollup: Some(Rollup {
+                window_start: Cow::Owned(clock::rfc3339(start)),
+                window_end: Cow::Owned(clock::rfc3339(end)),
+                window_seconds: (end - start) as f64 / 1e9,
+                partial_window: s.partial,
+                connections: g.connections,
+                distinct_destinations: g.destinations.len(),
+                destinations: g
+                    .destinations
+                    .iter()
+                    .map(|d| Cow::Borrowed(d.as_str()))
+                    .collect(),
+                destinations_not_listed: g.destinations_capped,
+                ports: g.ports.iter().copied().collect(),
+                ports_not_listed: g.ports_capped,
+                severities,
+                groups_in_window: s.groups_in_window,
+                connections_in_no_group: s.connections_in_no_group,
+            }),
+            extra: Default::default(),
         },
-        "host": {"name": opt(&k.host)},
-        "process": {
-            "executable": opt(&k.executable).filter(|e| e.contains('/')),
-            "name": name,
-            "parent": {"executable": opt(&k.parent)},
-        },
-        "user": {"name": opt(&k.user)},
-        "sensor": {
-            "severity": severity(g.max_risk),
-            "rollup": {
-                "window_start": clock::rfc3339(start),
-                "window_end": clock::rfc3339(end),
-                "window_seconds": (end - start) as f64 / 1e9,
-                "partial_window": s.partial,
-                "connections": g.connections,
-                "distinct_destinations": g.destinations.len(),
-                "destinations": g.destinations,
-                "destinations_not_listed": g.destinations_capped,
-                "ports": g.ports,
-                "ports_not_listed": g.ports_capped,
-                "severities": severities,
-                "groups_in_window": s.groups_in_window,
-                "connections_in_no_group": s.connections_in_no_group,
-            },
-        },
+    );
+    line.host = Some(Host {
+        name: opt(&k.host).map(Cow::Owned),
+        ..Default::default()
     });
-    prune(&mut doc);
-    doc
+    let parent = opt(&k.parent).map(|p| Parent {
+        executable: Some(Cow::Owned(p)),
+        ..Default::default()
+    });
+    let executable = opt(&k.executable);
+    line.process = Some(Process {
+        name: executable
+            .as_deref()
+            .map(|e| Cow::Owned(exe_name(e).to_string())),
+        executable: executable.filter(|e| e.contains('/')).map(Cow::Owned),
+        parent,
+        ..Default::default()
+    })
+    .filter(|p| *p != Process::default());
+    line.user = opt(&k.user).map(|u| User {
+        name: Some(Cow::Owned(u)),
+        ..Default::default()
+    });
+    line
 }
 
 #[cfg(test)]
@@ -68,9 +95,13 @@ mod tests {
     use super::*;
     use crate::detect::rollup::{Config, GroupKey, Rollup};
 
+    use serde_json::{Value, json};
+
     /// The rollup's summaries as printed.
     fn printed(s: Vec<Summary>) -> Vec<Value> {
-        s.iter().map(render).collect()
+        s.iter()
+            .map(|s| serde_json::to_value(line(s)).unwrap())
+            .collect()
     }
 
     const S: i128 = 1_000_000_000;

@@ -10,13 +10,22 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::output::{
     self,
+    ecs::{Action, Kind, StatusLine},
     journald::{Entry, Summary},
     queue::{self, Item, Push, Queue},
 };
+
+/// `sensor.*` of an `output-dropped` line.
+#[derive(Debug, Serialize)]
+pub struct OutputDropped {
+    pub dropped_lines: u64,
+    pub output_dropped: u64,
+    pub cause: &'static str,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -76,7 +85,7 @@ impl Sink {
 
     /// Queues one line; `summary` says what it is about, for the journal. Never blocks:
     /// a full queue drops the line and counts it.
-    pub fn emit(&mut self, doc: &Value, summary: &Summary) -> Result<()> {
+    pub fn emit(&mut self, doc: &impl Serialize, summary: &Summary) -> Result<()> {
         let line = serde_json::to_string(doc).context("serialising a line")?;
         self.emit_line(line, summary)
     }
@@ -108,14 +117,14 @@ impl Sink {
     /// the queue is still full.
     fn report_drops(&mut self) -> Result<bool> {
         let doc = output::status(
-            "pipeline_error",
-            "output-dropped",
-            &self.host_name,
-            json!({
-                "dropped_lines": self.dropping,
-                "output_dropped": self.dropped,
-                "cause": "output queue full: stdout or the journal did not keep up",
-            }),
+            Kind::PipelineError,
+            Action::OutputDropped,
+            self.host_name.as_str(),
+            OutputDropped {
+                dropped_lines: self.dropping,
+                output_dropped: self.dropped,
+                cause: "output queue full: stdout or the journal did not keep up",
+            },
         );
         let line = serde_json::to_string(&doc).context("serialising a line")?;
         let journal = self
@@ -134,8 +143,9 @@ impl Sink {
     }
 
     /// A state, metric or error line of the sensor's own.
-    pub fn status(&mut self, doc: &Value, kind: &str, action: &str) -> Result<()> {
-        self.emit(doc, &Summary::status(kind, action))
+    pub fn status<T: Serialize>(&mut self, line: &StatusLine<'_, T>) -> Result<()> {
+        let e = &line.event;
+        self.emit(line, &Summary::status(e.kind.as_str(), e.action.as_str()))
     }
 
     /// The writer flushes whenever its queue runs empty; this only reports a writer that
@@ -174,6 +184,8 @@ mod tests {
         time::Instant,
     };
 
+    use serde_json::{Value, json};
+
     use super::*;
 
     /// A pipe whose reader is away until `open` is set.
@@ -202,7 +214,8 @@ mod tests {
         let mut sink = Sink::with_writer(Some(pipe.clone()), false, "h", 8, 1 << 20).unwrap();
         let t = Instant::now();
         for i in 0..1000 {
-            sink.status(&json!({"n": i}), "event", "x").unwrap();
+            sink.emit(&json!({"n": i}), &Summary::status("event", "x"))
+                .unwrap();
         }
         assert!(t.elapsed() < Duration::from_secs(1), "emit blocked");
         assert!(sink.dropped >= 990, "{} dropped", sink.dropped);
@@ -212,7 +225,8 @@ mod tests {
         while sink.emitted() < 1000 - sink.dropped && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        sink.status(&json!({"n": "after"}), "event", "x").unwrap();
+        sink.emit(&json!({"n": "after"}), &Summary::status("event", "x"))
+            .unwrap();
         sink.close(Duration::from_secs(5));
         let text = String::from_utf8(pipe.got.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = text

@@ -1,62 +1,99 @@
 //! `--format sysmon-json`: a connection as Sysmon Event ID 3 (NetworkConnect) with Sysmon's
 //! field names, so the seeds' queries and SigmaHQ's `network_connection` rules apply
 //! unchanged. Sysmon prints `Initiated` and the `*IsIpv6` flags as the strings "true" and
-//! "false"; so does this. The sensor's verdict rides along under `sensor`.
+//! "false"; so does this. The sensor's verdict rides along under `sensor`. Sysmon has no
+//! listen event: a listen stays an ECS line.
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
 
 use crate::{
-    detect::decision::Decision,
+    detect::{decision::Decision, severity::Severity},
     enrich::{Enriched, procfs::exe_name},
-    kernel::records::canonical,
-    output::{clock, connection::Printed, context::Context, prune},
+    kernel::records::{Flow, canonical},
+    output::{
+        clock,
+        context::Context,
+        ecs::{SCHEMA_VERSION, SysmonLine, SysmonSensor},
+        flow::{Shape, Side},
+        printed::Printed,
+    },
 };
 
-pub fn network_connect(e: &Enriched, d: &Decision, cx: &Context) -> Value {
+fn flag(yes: bool) -> Cow<'static, str> {
+    Cow::Borrowed(if yes { "true" } else { "false" })
+}
+
+pub fn network_connect<'a>(
+    e: &'a Enriched,
+    d: &'a Decision,
+    cx: &'a Context,
+) -> Option<SysmonLine<'a>> {
     let c = &e.conn;
     let p = &e.proc;
+    if c.flow == Flow::Listen {
+        return None;
+    }
+    let shape = Shape::of(c.flow);
     let pr = Printed::of(e);
-    let (dst, src) = (canonical(c.dst), canonical(c.src));
-    let guid = |pid: u32, start: u64| cx.entity_id(pid, start).map(|h| as_guid(&h));
-    let image = pr.executable.clone().unwrap_or_else(|| c.comm.clone());
-    let mut doc = json!({
-        "EventID": 3,
-        "Channel": "t1571-sensor",
-        "Computer": cx.host.hostname,
-        "RuleName": if d.alert() { crate::output::RULE_ID } else { "-" },
-        "UtcTime": clock::sysmon_utc(e.unix_ns),
-        "ProcessGuid": guid(c.tgid, c.start_time_ns),
-        "ProcessId": c.tgid,
-        "Image": image,
-        "User": e.user_name.clone().unwrap_or_else(|| c.uid.to_string()),
-        "Protocol": "tcp",
-        "Initiated": "true",
-        "SourceIsIpv6": if src.is_ipv6() { "true" } else { "false" },
-        "SourceIp": src.to_string(),
+    // Sysmon's Source is the end that opened the connection, as the ECS line's source.
+    let ((src, sport), (dst, dport)) = match shape.local {
+        Side::Destination => ((c.dst, c.dport), (c.src, c.sport)),
+        _ => ((c.src, c.sport), (c.dst, c.dport)),
+    };
+    let (src_c, dst_c) = (canonical(src), canonical(dst));
+    let guid = |pid: u32, start: u64| cx.entity_id(pid, start).map(|h| Cow::Owned(as_guid(&h)));
+    let names =
+        |v: Vec<&'static str>| (!v.is_empty()).then(|| v.into_iter().map(Cow::Borrowed).collect());
+    Some(SysmonLine {
+        event_id: 3,
+        channel: Cow::Borrowed("t1571-sensor"),
+        computer: Cow::Borrowed(&cx.host.hostname),
+        rule_name: Cow::Borrowed(if d.alert() {
+            crate::output::RULE_ID
+        } else {
+            "-"
+        }),
+        utc_time: Cow::Owned(clock::sysmon_utc(e.unix_ns)),
+        process_guid: guid(c.tgid, c.start_time_ns),
+        process_id: c.tgid,
+        image: pr
+            .executable
+            .map_or(Cow::Borrowed(c.comm.as_str()), Cow::Owned),
+        user: e
+            .user_name
+            .as_deref()
+            .map_or_else(|| Cow::Owned(c.uid.to_string()), Cow::Borrowed),
+        protocol: Cow::Borrowed(shape.transport),
+        initiated: flag(c.flow != Flow::Inbound),
+        source_is_ipv6: flag(src_c.is_ipv6()),
+        // No source address yet (a UDP datagram before routing): left out, not 0.0.0.0.
+        source_ip: (!src_c.is_unspecified() || sport != 0).then_some(src_c),
         // The local port is bound after SYN_SENT on the tracepoint path: unknown then.
-        "SourcePort": (c.sport != 0).then_some(c.sport),
-        "DestinationIsIpv6": if dst.is_ipv6() { "true" } else { "false" },
-        "DestinationIp": dst.to_string(),
-        "DestinationPort": c.dport,
-        "ParentImage": pr.parent_executable,
-        "ParentProcessId": p.ppid,
-        "ParentProcessGuid": (c.ppid != 0).then(|| guid(c.ppid, c.parent_start_time_ns)).flatten(),
-        "CommandLine": pr.command_line,
-        "OriginalFileName": p.executable.as_deref().map(exe_name),
-        "sensor": {
-            "event_id": cx.event_id(),
-            "risk_score": d.risk,
-            "severity": d.severity(),
-            "allow_rule": d.allow_rule,
-            "location": p.location,
-            "content_match": p.content_match,
-            "redacted": (!pr.redacted.is_empty()).then_some(&pr.redacted),
-            "truncated": (!pr.truncated.is_empty()).then_some(&pr.truncated),
-            "original_destination_ip": (dst != c.dst).then(|| c.dst.to_string()),
+        source_port: (sport != 0).then_some(sport),
+        destination_is_ipv6: flag(dst_c.is_ipv6()),
+        destination_ip: Some(dst_c),
+        destination_port: Some(dport),
+        parent_image: pr.parent_executable.map(Cow::Owned),
+        parent_process_id: p.ppid,
+        parent_process_guid: (c.ppid != 0)
+            .then(|| guid(c.ppid, c.parent_start_time_ns))
+            .flatten(),
+        command_line: pr.command_line.map(Cow::Owned),
+        original_file_name: p.executable.as_deref().map(exe_name).map(Cow::Borrowed),
+        sensor: SysmonSensor {
+            allow_rule: d.allow_rule.as_deref().map(Cow::Borrowed),
+            content_match: p.content_match.as_deref().map(Cow::Borrowed),
+            event_id: Cow::Owned(cx.event_id()),
+            location: p.location.map(Cow::Borrowed),
+            original_destination_ip: (dst_c != dst).then_some(dst),
+            redacted: names(pr.redacted),
+            risk_score: d.risk,
+            schema_version: Cow::Borrowed(SCHEMA_VERSION),
+            severity: Severity::of(d.risk),
+            truncated: names(pr.truncated),
         },
-    });
-    prune(&mut doc);
-    doc
+        extra: Default::default(),
+    })
 }
 
 /// 32 hex digits as Sysmon's `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}`.
@@ -75,6 +112,74 @@ fn as_guid(hex: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        detect::{policy::Policy, score::score, subject::Subject},
+        enrich::procfs::ProcessInfo,
+        kernel::records::tests::{bytes, connect, raw},
+    };
+
+    /// The Sysmon view of a `flow` between 192.0.2.1:`sport` (local) and 192.0.2.9:`dport`.
+    fn view(flow: Flow, sport: u16, dport: u16) -> Option<serde_json::Value> {
+        let mut raw = raw(sensor_common::AF_INET, [0; 16], dport);
+        raw.data.daddr[..4].copy_from_slice(&[192, 0, 2, 9]);
+        raw.data.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        raw.data.sport = sport;
+        let mut conn = connect(&bytes(&raw));
+        conn.flow = flow;
+        let e = Enriched {
+            conn,
+            proc: ProcessInfo {
+                executable: Some("/usr/bin/nc.openbsd".into()),
+                ..Default::default()
+            },
+            user_name: None,
+            provenance: Default::default(),
+            host_name: "h".into(),
+            attribution: None,
+            unix_ns: 0,
+        };
+        let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
+        let d = Decision {
+            risk: verdict.risk,
+            verdict,
+            allow_rule: None,
+            beacon: None,
+            fold: None,
+        };
+        let cx = Context::named("h");
+        network_connect(&e, &d, &cx).map(|l| serde_json::to_value(l).unwrap())
+    }
+
+    /// The view follows the flow: UDP says udp, an inbound connection was not initiated
+    /// here and its source is the peer, a listen (no Sysmon event) stays an ECS line.
+    #[test]
+    fn the_view_follows_the_flow() {
+        let udp = view(Flow::Udp, 40000, 4444).unwrap();
+        assert_eq!(
+            (udp["Protocol"].as_str(), udp["Initiated"].as_str()),
+            (Some("udp"), Some("true"))
+        );
+        assert_eq!(udp["DestinationIp"], "192.0.2.9");
+        assert_eq!(
+            udp["sensor"]["schema_version"],
+            crate::output::ecs::SCHEMA_VERSION
+        );
+        let inbound = view(Flow::Inbound, 4444, 51000).unwrap();
+        assert_eq!(inbound["Initiated"], "false");
+        assert_eq!(
+            (inbound["SourceIp"].as_str(), inbound["SourcePort"].as_u64()),
+            (Some("192.0.2.9"), Some(51000))
+        );
+        assert_eq!(
+            (
+                inbound["DestinationIp"].as_str(),
+                inbound["DestinationPort"].as_u64()
+            ),
+            (Some("192.0.2.1"), Some(4444))
+        );
+        assert_eq!(inbound["Protocol"], "tcp");
+        assert!(view(Flow::Listen, 4444, 0).is_none());
+    }
 
     #[test]
     fn guid_form() {

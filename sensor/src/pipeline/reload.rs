@@ -1,25 +1,35 @@
 //! SIGHUP: the policy re-read from `--config` and installed in the running pipeline.
 
-use serde_json::{Value, json};
-
-use crate::{detect::policy::Policy, output, pipeline::Pipeline};
+use crate::{
+    detect::policy::Policy,
+    output::{
+        self,
+        ecs::{Action, Kind, StatusLine},
+        status::PolicyReload,
+    },
+    pipeline::Pipeline,
+};
 
 /// SIGHUP: re-reads `--config`. A valid file replaces the policy; an invalid one keeps
 /// the old policy and says why (stderr and a state event); nothing stops the sensor.
-/// Returns the state event and its action.
-pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> (Value, &'static str) {
+/// Returns the state event (`policy-reloaded` or `policy-reload-failed`).
+pub fn reload(
+    path: Option<&std::path::Path>,
+    pipeline: &mut Pipeline,
+) -> StatusLine<'static, PolicyReload> {
     let host = pipeline.host_name.clone();
-    let failed = "policy-reload-failed";
+    let line = |action, fields| output::status(Kind::State, action, host, fields);
     let Some(path) = path else {
         log::warn!("SIGHUP: no --config was given, nothing to reload");
-        let doc = output::status(
-            "state",
-            failed,
-            &host,
-            json!({"error": "no --config was given"}),
+        return line(
+            Action::PolicyReloadFailed,
+            PolicyReload {
+                error: Some("no --config was given".into()),
+                ..Default::default()
+            },
         );
-        return (doc, failed);
     };
+    let config = Some(path.display().to_string());
     match Policy::load(path) {
         Ok(policy) => {
             let rules = policy.allow.len();
@@ -28,23 +38,25 @@ pub fn reload(path: Option<&std::path::Path>, pipeline: &mut Pipeline) -> (Value
                 "policy reloaded from {} ({rules} allow rules)",
                 path.display()
             );
-            let doc = output::status(
-                "state",
-                "policy-reloaded",
-                &host,
-                json!({"config": path.display().to_string(), "allow_rules": rules}),
-            );
-            (doc, "policy-reloaded")
+            line(
+                Action::PolicyReloaded,
+                PolicyReload {
+                    config,
+                    allow_rules: Some(rules),
+                    error: None,
+                },
+            )
         }
         Err(e) => {
             log::warn!("SIGHUP: keeping the old policy: {e:#}");
-            let doc = output::status(
-                "state",
-                failed,
-                &host,
-                json!({"config": path.display().to_string(), "error": format!("{e:#}")}),
-            );
-            (doc, failed)
+            line(
+                Action::PolicyReloadFailed,
+                PolicyReload {
+                    config,
+                    allow_rules: None,
+                    error: Some(format!("{e:#}")),
+                },
+            )
         }
     }
 }

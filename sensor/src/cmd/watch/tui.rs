@@ -13,7 +13,7 @@ use ratatui::{
     widgets::{Block, Borders, Paragraph, Row, Table},
 };
 
-use super::{State, source::Source};
+use super::{source::Source, state::State};
 
 /// Text being typed into a filter.
 enum Typing {
@@ -149,12 +149,12 @@ fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
         .take(usize::from(body.height))
         .map(|a| {
             Row::new(vec![
-                a.severity().to_string(),
+                a.severity_text().to_string(),
                 a.time.get(11..19).unwrap_or(&a.time).to_string(),
                 a.executable.clone(),
-                a.pid.to_string(),
+                a.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                 a.user.clone(),
-                format!("{}:{}", a.destination, a.port),
+                a.flow.to_string(),
             ])
             .style(Style::default().fg(a.colour()))
         })
@@ -165,14 +165,14 @@ fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
             [
                 Constraint::Length(6),
                 Constraint::Length(8),
-                Constraint::Percentage(40),
+                Constraint::Percentage(35),
                 Constraint::Length(8),
                 Constraint::Length(10),
-                Constraint::Percentage(30),
+                Constraint::Percentage(35),
             ],
         )
         .header(
-            Row::new(vec!["sev", "time", "process", "pid", "user", "destination"])
+            Row::new(vec!["sev", "time", "process", "pid", "user", "flow"])
                 .style(Style::default().add_modifier(Modifier::BOLD)),
         )
         .block(
@@ -185,12 +185,14 @@ fn draw(f: &mut Frame, state: &mut State, typing: &Typing) {
     let [a, b, c] = Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(foot);
     for (area, title, top) in [
         (a, "top processes", state.top(6, |x| x.executable.clone())),
+        (b, "top addresses", state.top(6, |x| x.flow.address())),
         (
-            b,
-            "top destinations",
-            state.top(6, |x| x.destination.clone()),
+            c,
+            "top ports",
+            state.top(6, |x| {
+                x.flow.port().map_or_else(|| "-".into(), |p| p.to_string())
+            }),
         ),
-        (c, "top ports", state.top(6, |x| x.port.to_string())),
     ] {
         let lines: Vec<Line> = top
             .into_iter()
