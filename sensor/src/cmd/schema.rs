@@ -28,10 +28,42 @@ pub struct Kind {
 }
 
 fn schema<T: JsonSchema>() -> Schema {
-    SchemaSettings::draft2020_12()
-        .for_serialize()
-        .into_generator()
-        .into_root_schema_for::<T>()
+    let mut settings = SchemaSettings::draft2020_12().for_serialize();
+    settings.transforms.push(Box::new(no_null));
+    settings.into_generator().into_root_schema_for::<T>()
+}
+
+/// schemars lets every `Option` be `null`; the sensor never writes one (every `Option` in
+/// the line types is `skip_serializing_if = "Option::is_none"`: unknown is absent), so
+/// the published schema refuses `null`.
+fn no_null(schema: &mut Schema) {
+    if let Some(o) = schema.as_object_mut() {
+        if let Some(Value::Array(types)) = o.get_mut("type") {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                o.insert("type".into(), only);
+            }
+        }
+        if let Some(Value::Array(values)) = o.get_mut("enum") {
+            values.retain(|v| !v.is_null());
+        }
+        if o.get("default").is_some_and(Value::is_null) {
+            o.remove("default");
+        }
+        let null = serde_json::json!({"type": "null"});
+        if let Some(Value::Array(any)) = o.get_mut("anyOf")
+            && any.contains(&null)
+        {
+            any.retain(|s| *s != null);
+            if let [Value::Object(only)] = any.as_slice() {
+                let only = only.clone();
+                o.remove("anyOf");
+                o.extend(only);
+            }
+        }
+    }
+    schemars::transform::transform_subschemas(&mut no_null, schema);
 }
 
 /// Every line kind, by file.
@@ -182,6 +214,14 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/schema");
         if let Err(e) = check(&dir) {
             panic!("{e:#}");
+        }
+    }
+
+    #[test]
+    fn no_field_may_be_null() {
+        for k in KINDS {
+            let text = k.text().unwrap();
+            assert!(!text.contains("null"), "{}: {text}", k.file);
         }
     }
 
