@@ -70,6 +70,7 @@ fn bind_shell_listen_is_high_and_a_connect_into_it_is_an_ingress_alert() -> Resu
     let inbound = sensor.wait_for(WAIT, |v| is_action(v, "network-accept", nc.pid()))?;
     assert_alert(&inbound, 3, "High");
     assert_eq!(inbound["network"]["direction"], "ingress", "{inbound:#}");
+    assert_eq!(inbound["network"]["iana_number"], "6", "{inbound:#}");
     assert_eq!(inbound["source"]["ip"], CLIENT, "{inbound:#}");
     assert_eq!(inbound["destination"]["port"], 4444, "{inbound:#}");
     assert_eq!(inbound["destination"]["ip"], SERVER, "{inbound:#}");
@@ -229,6 +230,7 @@ fn python_udp_to_9001_is_an_alert_and_a_flood_is_one_record() -> Result<()> {
     })?;
     assert_alert(&v, 3, "High");
     assert_eq!(v["network"]["transport"], "udp", "{v:#}");
+    assert_eq!(v["network"]["iana_number"], "17", "{v:#}");
     assert_eq!(v["network"]["direction"], "egress", "{v:#}");
     assert_eq!(v["destination"]["ip"], SERVER, "{v:#}");
     let c = sensor.wait_for(WAIT, |v| {

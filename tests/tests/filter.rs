@@ -66,7 +66,9 @@ fn stats(sensor: &mut Sensor) -> Result<Value> {
 }
 
 fn kernel(stats: &Value, kind: &str, what: &str) -> u64 {
-    stats["sensor"]["kernel"][kind][what].as_u64().unwrap_or(0)
+    stats["sensor"]["kernel"]["records"][kind][what]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// A marker connect after everything before it: once its line is out, every earlier
@@ -210,12 +212,15 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
         "connect", "exec", "fork", "exit", "listen", "inbound", "udp",
     ] {
         for what in ["seen", "filtered", "emitted", "lost"] {
-            assert!(k[kind][what].is_u64(), "kernel.{kind}.{what}: {k:#}");
+            assert!(
+                k["records"][kind][what].is_u64(),
+                "kernel.records.{kind}.{what}: {k:#}"
+            );
         }
     }
     assert!(k["folded"].as_u64() >= Some(folded), "{k:#}");
     assert!(k["fold_collected"].as_u64() >= Some(folded), "{k:#}");
-    assert_eq!(k["connect"]["lost"], 0, "{k:#}");
+    assert_eq!(k["records"]["connect"]["lost"], 0, "{k:#}");
     Ok(())
 }
 

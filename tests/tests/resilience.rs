@@ -161,9 +161,9 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
         }
         Ok(body)
     };
-    let seen = |b: &str| metric(b, "t1571_sensor_events_seen_total").unwrap_or(0);
+    let seen = |b: &str| metric(b, "t1571_sensor_connections_total").unwrap_or(0);
     let dropped = |b: &str| metric(b, "t1571_sensor_output_dropped_total").unwrap_or(0);
-    let lost = |b: &str| metric(b, "t1571_sensor_ring_buffer_lost_total").unwrap_or(0);
+    let lost = |b: &str| metric(b, "t1571_sensor_lost_events_total").unwrap_or(0);
 
     // At least 10 s with nobody reading stdout, from the storm on.
     let unread = Instant::now();

@@ -230,7 +230,7 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
         "--test-stall-on-usr1",
     ])?;
     let addr = sensor.metrics_address()?;
-    let high = "t1571_sensor_alerts_total{severity=\"high\"}";
+    let high = "t1571_sensor_alerts_by_severity_total{severity=\"high\"}";
     let (code, body) = http_get(&format!("http://{addr}/metrics"))?;
     assert_eq!(code, 200, "{body}");
     let before = metric(&body, high).context("no high alert counter")?;
@@ -239,7 +239,7 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
         let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
         sensor.connection(pid, 4444)?;
     }
-    // Published after every drain: wait for the counter to settle, then compare exactly.
+    // Published on every stats tick: wait for the counter to settle, then compare exactly.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let after = loop {
         let (_, body) = http_get(&format!("http://{addr}/metrics"))?;

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::{
     detect::{
         policy::Policy,
-        score::{MatchedBy, high_risk_entry, score, severity},
+        score::{MatchedBy, high_risk_entry, score},
+        severity::Severity,
         subject::{Subject, parse_time},
     },
     enrich::{
@@ -132,7 +133,7 @@ pub struct Step {
 pub struct Explanation {
     pub verdict: &'static str,
     pub risk_score: u8,
-    pub severity: Option<&'static str>,
+    pub severity: Option<Severity>,
     pub list_risk_score: u8,
     pub allow_rule: Option<String>,
     pub steps: Vec<Step>,
@@ -255,7 +256,7 @@ pub fn explain(policy: &Policy, obs: &Subject) -> Explanation {
             "no alert"
         },
         risk_score: risk,
-        severity: severity(risk),
+        severity: Severity::of(risk),
         list_risk_score: v.risk,
         allow_rule: allow.filter(|_| suppressed).map(|r| r.name.clone()),
         steps,

@@ -338,4 +338,42 @@ mod tests {
         let err = String::from_utf8(err).unwrap();
         assert!(err.contains("line 1: longer than"), "{err}");
     }
+
+    /// Lines the current release wrote (the replay fixture and the fuzz corpus) still
+    /// replay: every connection re-scored, nothing malformed but the cut lines they
+    /// carry on purpose, and each
+    /// re-scored line keeps what it had (here the recorded `sensor.probe`).
+    #[rstest::rstest]
+    #[case::fixture(include_str!("../../../tests/fixtures/atomic4-beacon.jsonl"), 10, 1, 2)]
+    #[case::corpus_beacon(include_str!("../../fuzz/corpus/replay_line/atomic4-beacon.jsonl"), 10, 1, 2)]
+    #[case::corpus_connect(include_str!("../../fuzz/corpus/replay_line/network-connect.jsonl"), 1, 0, 0)]
+    #[case::corpus_started(include_str!("../../fuzz/corpus/replay_line/sensor-started.jsonl"), 0, 0, 1)]
+    #[case::corpus_stopped(include_str!("../../fuzz/corpus/replay_line/sensor-stopped.jsonl"), 0, 0, 1)]
+    #[case::corpus_malformed(include_str!("../../fuzz/corpus/replay_line/malformed.jsonl"), 0, 1, 0)]
+    fn recorded_lines_of_this_release_replay(
+        #[case] input: &str,
+        #[case] connections: u64,
+        #[case] malformed: u64,
+        #[case] skipped: u64,
+    ) {
+        let (s, out, err) = run("", input);
+        assert_eq!(
+            (s.connections, s.malformed, s.skipped),
+            (connections, malformed, skipped),
+            "{err}"
+        );
+        for v in out
+            .iter()
+            .filter(|v| v["event"]["action"] == "network-connect")
+        {
+            assert_eq!(
+                v["sensor"]["probe"], "tracepoint/sock/inet_sock_set_state",
+                "{v}"
+            );
+            assert_eq!(
+                v["sensor"]["schema_version"],
+                crate::output::ecs::SCHEMA_VERSION
+            );
+        }
+    }
 }

@@ -122,13 +122,22 @@ impl<K: Send + 'static> Hasher<K> {
     }
 
     /// For `sensor-stats`.
-    pub fn report(&self) -> serde_json::Value {
-        serde_json::json!({
-            "queued": self.queued,
-            "skipped_budget": self.skipped,
-            "hashed": self.hashed,
-        })
+    pub fn report(&self) -> Report {
+        Report {
+            queued: self.queued,
+            skipped_budget: self.skipped,
+            hashed: self.hashed,
+        }
     }
+}
+
+/// The hasher's counters, as `sensor.hashing` reports them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub queued: u64,
+    /// Files not hashed for the byte budget.
+    pub skipped_budget: u64,
+    pub hashed: u64,
 }
 
 /// SHA-256 of the first `size` bytes of `f` from its start, at most `rate` bytes a second.

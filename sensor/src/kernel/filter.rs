@@ -26,7 +26,6 @@ use sensor_common::{
     FilterSettings, FoldKey, FoldValue, PORT_BITS_MAP, PORT_WORDS, RecordKind, STAT_EMITTED,
     STAT_FILTERED, STAT_LOST, STAT_SEEN, counter_slot,
 };
-use serde_json::Value;
 
 /// What the kernel is told: which connects cannot matter, and whether to fold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,21 +205,10 @@ pub struct KernelCounts {
     pub fold_table_full: u64,
 }
 
-/// Record kinds by name, as reported.
-pub const KIND_NAMES: [(RecordKind, &str); 7] = [
-    (RecordKind::Connect, "connect"),
-    (RecordKind::Exec, "exec"),
-    (RecordKind::Fork, "fork"),
-    (RecordKind::Exit, "exit"),
-    (RecordKind::Listen, "listen"),
-    (RecordKind::Inbound, "inbound"),
-    (RecordKind::Udp, "udp"),
-];
-/// The four counters of each kind, by name, in `KernelCounts::kinds` order.
-pub const STAT_NAMES: [&str; 4] = ["seen", "filtered", "emitted", "lost"];
+// `KernelCounts::kinds` holds each kind's counters in slot order: seen, filtered, emitted, lost.
 const _: () = assert!(
     STAT_SEEN == 0 && STAT_FILTERED == 1 && STAT_EMITTED == 2 && STAT_LOST == 3,
-    "STAT_NAMES order"
+    "Outcomes order"
 );
 
 impl KernelCounts {
@@ -228,22 +216,48 @@ impl KernelCounts {
         self.kinds[kind as usize]
     }
 
-    /// For `sensor-stats` and `sensor-stopped`: `{"connect": {"seen": .., ...}, ...,
-    /// "folded": .., "fold_table_full": ..}`.
-    pub fn report(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        for (kind, name) in KIND_NAMES {
-            let c = self.of(kind);
-            let mut k = serde_json::Map::new();
-            for (i, s) in STAT_NAMES.iter().enumerate() {
-                k.insert((*s).into(), c[i].into());
+    /// Per record kind, by name, as `sensor.kernel.records` reports them.
+    pub fn records(&self) -> Records {
+        let of = |kind| {
+            let [seen, filtered, emitted, lost] = self.of(kind);
+            Outcomes {
+                seen,
+                filtered,
+                emitted,
+                lost,
             }
-            m.insert(name.into(), Value::Object(k));
+        };
+        Records {
+            connect: of(RecordKind::Connect),
+            exec: of(RecordKind::Exec),
+            fork: of(RecordKind::Fork),
+            exit: of(RecordKind::Exit),
+            listen: of(RecordKind::Listen),
+            inbound: of(RecordKind::Inbound),
+            udp: of(RecordKind::Udp),
         }
-        m.insert("folded".into(), self.folded.into());
-        m.insert("fold_table_full".into(), self.fold_table_full.into());
-        Value::Object(m)
     }
+}
+
+/// What became of one kind's records in the kernel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Outcomes {
+    pub seen: u64,
+    pub filtered: u64,
+    pub emitted: u64,
+    pub lost: u64,
+}
+
+/// The kernel's record counters by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Records {
+    pub connect: Outcomes,
+    pub exec: Outcomes,
+    pub fork: Outcomes,
+    pub exit: Outcomes,
+    pub listen: Outcomes,
+    pub inbound: Outcomes,
+    pub udp: Outcomes,
 }
 
 pub struct CounterReader {

@@ -3,11 +3,13 @@
 //! stall its own health check: `/healthz` answers 503 when the loop has not drained or
 //! ticked for [`STALL_AFTER`].
 //!
-//! The event loop publishes a [`Snapshot`] of its counters after every drain and tick:
-//! the hot path only bumps plain integers, and the registry is touched once a batch.
-//! The listener itself is bounded in connections, bytes and time ([`serve`]).
+//! The metrics are fields of [`Stats`], the struct the `sensor-stats` and `sensor-stopped`
+//! lines print, named by their path there ([`EXPORTED`]): the event loop publishes it on
+//! every stats tick; the hot path only bumps plain integers, and says it is alive after
+//! every drain. The listener itself is bounded in connections, bytes and time ([`serve`]).
 
 mod serve;
+pub mod stats;
 
 use std::{
     net::SocketAddr,
@@ -24,60 +26,229 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+use serde_json::Value;
 
-pub use self::serve::{MAX_CONNECTIONS, serve};
-use crate::{
-    detect::beacon::Evictions,
-    kernel::filter::{KIND_NAMES, KernelCounts, STAT_NAMES},
+pub use self::{
+    serve::{MAX_CONNECTIONS, serve},
+    stats::Stats,
 };
 
 /// `/healthz` turns 503 when the event loop has been silent this long (it ticks every
 /// `--stats-interval`, 1 s by default, even on an idle host).
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
-/// The loop's counters, totals since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// Connect records read from the ring buffer.
-    pub events_seen: u64,
-    /// Connections scored and not printed (no alert, no `--all`) or suppressed by a rule.
-    pub events_filtered: u64,
-    /// Connection lines written.
-    pub events_emitted: u64,
-    /// Alerts by severity: Low, Medium, High.
-    pub alerts: [u64; 3],
-    /// Records the kernel could not reserve in the ring buffer.
-    pub ring_lost: u64,
-    /// Lines an output could not take (journald down, a full queue).
-    pub output_lost: u64,
-    /// Lines dropped because the output queue was full (stdout or journald not keeping up).
-    pub output_dropped: u64,
-    pub process_table_entries: u64,
-    pub policy_reloads: u64,
-    pub policy_reload_failures: u64,
-    pub beacons_detected: u64,
-    pub beacon_keys: u64,
-    pub beacon_tracker_bytes: u64,
-    pub beacon_evictions: Evictions,
-    pub folded_connections: u64,
-    /// The kernel's per-kind record counters and its fold counters.
-    pub kernel: KernelCounts,
+/// Every metric's prefix.
+pub const PREFIX: &str = "t1571_sensor";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Only grows (Prometheus adds `_total` to its name).
+    Counter,
+    /// Goes up and down.
+    Gauge,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Severity {
-    severity: &'static str,
+/// One field of [`Stats`] on `/metrics`. Its path in the serialised stats, `.`-joined, is
+/// its name, `_`-joined (a trailing `_total` is Prometheus's, added once). A field holding
+/// an object of numbers is one metric labelled by its keys (`labels[0]`); an object of
+/// such objects, by both levels' keys.
+struct Export {
+    path: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindOutcome {
-    kind: &'static str,
-    outcome: &'static str,
+const fn counter(path: &'static str, help: &'static str) -> Export {
+    Export {
+        path,
+        kind: Kind::Counter,
+        labels: &[],
+        help,
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
+const fn gauge(path: &'static str, help: &'static str) -> Export {
+    Export {
+        path,
+        kind: Kind::Gauge,
+        labels: &[],
+        help,
+    }
+}
+
+const fn by(path: &'static str, labels: &'static [&'static str], help: &'static str) -> Export {
+    Export {
+        path,
+        kind: Kind::Counter,
+        labels,
+        help,
+    }
+}
+
+/// What `/metrics` exports of [`Stats`].
+const EXPORTED: &[Export] = &[
+    counter(
+        "connections",
+        "Connections handled: TCP connects, listens, inbound opens, UDP",
+    ),
+    counter(
+        "connections_attributed",
+        "Connections whose executable was known",
+    ),
+    counter(
+        "connections_printed",
+        "Connection lines printed (alerts, and with --all every connection)",
+    ),
+    counter("alerts", "Connections that scored an alert"),
+    by(
+        "alerts_by_severity",
+        &["severity"],
+        "Alert lines printed (connections and beacons) by severity",
+    ),
+    counter(
+        "malformed_records",
+        "Ring-buffer records that did not decode (dropped)",
+    ),
+    counter(
+        "loss_counter_read_errors",
+        "Failed reads of the kernel's loss counter",
+    ),
+    counter("policy_reloads", "Policy reloads applied"),
+    counter(
+        "policy_reload_failures",
+        "Policy reloads refused (the old policy kept)",
+    ),
+    by(
+        "process_records",
+        &["kind"],
+        "Process lifecycle records handled, by kind",
+    ),
+    counter(
+        "lost_events_total",
+        "Records the kernel could not reserve in a ring buffer",
+    ),
+    counter("output_written", "Lines written to the outputs"),
+    counter("output_lost", "Entries the journal did not take"),
+    counter(
+        "output_dropped",
+        "Lines dropped because the output queue was full (a reader not keeping up)",
+    ),
+    gauge("process_table.entries", "Processes in the process table"),
+    gauge(
+        "process_table.bytes",
+        "The process table's estimated memory, bytes",
+    ),
+    counter(
+        "process_table.evicted",
+        "Processes evicted from the full process table",
+    ),
+    counter("engine.beacons_detected", "Beacons detected"),
+    gauge(
+        "engine.beacon_keys",
+        "Destinations (executable, address, port) the beacon tracker holds",
+    ),
+    gauge(
+        "engine.beacon_tracker_bytes",
+        "The beacon tracker's estimated memory, bytes",
+    ),
+    by(
+        "engine.beacon_keys_evicted_by_reason",
+        &["reason"],
+        "Beacon tracker keys evicted: executable_quota (an executable's own, over its quota), tracker_full and memory_budget (from the executable holding the most)",
+    ),
+    counter(
+        "engine.folded_connections",
+        "Connections folded into an earlier alert by flood control",
+    ),
+    counter(
+        "engine.suppressed_total",
+        "Connections an allow rule suppressed",
+    ),
+    counter("sockets.listens", "Listen records handled"),
+    counter("sockets.inbound", "Inbound connections handled"),
+    counter("sockets.udp", "UDP records handled"),
+    by(
+        "kernel.records",
+        &["kind", "outcome"],
+        "Records in the kernel by kind and outcome: seen, filtered (could not matter), emitted to the ring buffer, lost (ring buffer full)",
+    ),
+    counter(
+        "kernel.folded",
+        "TCP connects folded in the kernel (counted into an alert, not emitted)",
+    ),
+    counter(
+        "kernel.fold_table_full",
+        "TCP connects passed up unfolded because the kernel fold table was full",
+    ),
+    gauge(
+        "loop.max_stall_ms",
+        "The event loop's longest single turn since start, ms (every record waited that long)",
+    ),
+];
+
+impl Export {
+    /// The metric's name under [`PREFIX`], without Prometheus's `_total`.
+    fn name(&self) -> String {
+        let name = self.path.replace('.', "_");
+        match self.kind {
+            Kind::Counter => name.strip_suffix("_total").unwrap_or(&name).to_string(),
+            Kind::Gauge => name,
+        }
+    }
+
+    /// The field in the serialised stats.
+    fn pointer(&self) -> String {
+        format!("/{}", self.path.replace('.', "/"))
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The registered form of one [`Export`].
+enum Registered {
+    Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge>),
+}
+
+impl Registered {
+    /// Moves the metric of `labels` to `new` (a counter by what it grew since `old`).
+    fn set(&self, labels: &Labels, new: u64, old: u64) {
+        match self {
+            Self::Counter(f) => {
+                f.get_or_create(labels).inc_by(new.saturating_sub(old));
+            }
+            Self::Gauge(f) => {
+                f.get_or_create(labels)
+                    .set(i64::try_from(new).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// The numbers of one exported field: (labels, value) for each, in order.
+fn values(e: &Export, stats: &Value) -> Vec<(Labels, u64)> {
+    let Some(v) = stats.pointer(&e.pointer()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match e.labels {
+        [] => out.extend(v.as_u64().map(|n| (Vec::new(), n))),
+        [l1] => {
+            for (k, n) in v.as_object().into_iter().flatten() {
+                out.extend(n.as_u64().map(|n| (vec![(*l1, k.clone())], n)));
+            }
+        }
+        [l1, l2, ..] => {
+            for (k1, inner) in v.as_object().into_iter().flatten() {
+                for (k2, n) in inner.as_object().into_iter().flatten() {
+                    let labels = vec![(*l1, k1.clone()), (*l2, k2.clone())];
+                    out.extend(n.as_u64().map(|n| (labels, n)));
+                }
+            }
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,40 +258,15 @@ struct Hook {
 
 pub struct Metrics {
     registry: Registry,
-    events_seen: Counter,
-    events_filtered: Counter,
-    events_emitted: Counter,
-    alerts: Family<Severity, Counter>,
-    ring_lost: Counter,
-    output_lost: Counter,
-    output_dropped: Counter,
-    table: Gauge,
-    reloads: Counter,
-    reload_failures: Counter,
-    beacons: Counter,
-    beacon_keys: Gauge,
-    beacon_bytes: Gauge,
-    beacon_evicted: Family<Reason, Counter>,
-    folded: Counter,
-    kernel_records: Family<KindOutcome, Counter>,
-    kernel_folded: Counter,
-    kernel_fold_table_full: Counter,
+    /// [`EXPORTED`], registered, in its order.
+    exported: Vec<Registered>,
     /// The listener's own counters, moved by its thread.
     listener: Listener,
-    /// The event loop's longest turn so far (cmd::stall).
-    loop_max_stall: Gauge<f64, AtomicU64>,
-    /// The last snapshot published: counters move by the difference.
-    last: Mutex<Snapshot>,
+    /// The last stats published, serialised: counters move by the difference.
+    last: Mutex<Value>,
     /// Milliseconds since `start` at the loop's last sign of life.
     heartbeat_ms: AtomicU64,
     start: Instant,
-}
-
-const SEVERITIES: [&str; 3] = ["low", "medium", "high"];
-const EVICTION_REASONS: [&str; 3] = ["executable_quota", "tracker_full", "memory_budget"];
-
-fn by_reason(e: &Evictions) -> [u64; 3] {
-    [e.executable_quota, e.tracker_full, e.memory_budget]
 }
 
 /// What the metrics listener met: failed accepts (each one a retry after a back-off),
@@ -134,74 +280,27 @@ struct Listener {
 
 impl Metrics {
     pub fn new(hook: &str) -> Self {
-        let mut registry = Registry::with_prefix("t1571_sensor");
+        let mut registry = Registry::with_prefix(PREFIX);
+        let exported = EXPORTED
+            .iter()
+            .map(|e| match e.kind {
+                Kind::Counter => {
+                    let f = Family::<Labels, Counter>::default();
+                    registry.register(e.name(), e.help, f.clone());
+                    Registered::Counter(f)
+                }
+                Kind::Gauge => {
+                    let f = Family::<Labels, Gauge>::default();
+                    registry.register(e.name(), e.help, f.clone());
+                    Registered::Gauge(f)
+                }
+            })
+            .collect();
         let counter = |r: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
             r.register(name, help, c.clone());
             c
         };
-        let events_seen = counter(
-            &mut registry,
-            "events_seen",
-            "Connect records read from the kernel",
-        );
-        let events_filtered = counter(
-            &mut registry,
-            "events_filtered",
-            "Connections scored and not printed (no alert, or suppressed)",
-        );
-        let events_emitted = counter(&mut registry, "events_emitted", "Connection lines written");
-        let alerts = Family::<Severity, Counter>::default();
-        registry.register("alerts", "Alerts by severity", alerts.clone());
-        let ring_lost = counter(
-            &mut registry,
-            "ring_buffer_lost",
-            "Records the kernel could not reserve in the ring buffer",
-        );
-        let output_lost = counter(
-            &mut registry,
-            "output_lost",
-            "Lines an output could not take",
-        );
-        let output_dropped = counter(
-            &mut registry,
-            "output_dropped",
-            "Lines dropped because the output queue was full (a reader not keeping up)",
-        );
-        let table = Gauge::default();
-        registry.register(
-            "process_table_entries",
-            "Processes in the process table",
-            table.clone(),
-        );
-        let reloads = counter(&mut registry, "policy_reloads", "Policy reloads applied");
-        let reload_failures = counter(
-            &mut registry,
-            "policy_reload_failures",
-            "Policy reloads refused (the old policy kept)",
-        );
-        let beacons = counter(&mut registry, "beacons_detected", "Beacons detected");
-        let beacon_keys = Gauge::default();
-        registry.register(
-            "beacon_keys",
-            "Destinations (executable, address, port) the beacon tracker holds",
-            beacon_keys.clone(),
-        );
-        let beacon_bytes = Gauge::default();
-        registry.register(
-            "beacon_tracker_bytes",
-            "The beacon tracker's estimated memory, bytes",
-            beacon_bytes.clone(),
-        );
-        let beacon_evicted = Family::<Reason, Counter>::default();
-        registry.register(
-            "beacon_keys_evicted",
-            "Beacon tracker keys evicted: executable_quota (an executable's own, over its quota), tracker_full and memory_budget (from the executable holding the most)",
-            beacon_evicted.clone(),
-        );
-        for reason in EVICTION_REASONS {
-            let _ = beacon_evicted.get_or_create(&Reason { reason });
-        }
         let listener = Listener {
             accept_errors: counter(
                 &mut registry,
@@ -225,32 +324,6 @@ impl Metrics {
             "Metrics connections open at the last accept",
             listener.open.clone(),
         );
-        let folded = counter(
-            &mut registry,
-            "folded_connections",
-            "Connections folded into an earlier alert by flood control",
-        );
-        let kernel_records = Family::<KindOutcome, Counter>::default();
-        registry.register(
-            "kernel_records",
-            "Records in the kernel by kind and outcome: seen, filtered (could not matter), emitted to the ring buffer, lost (ring buffer full)",
-            kernel_records.clone(),
-        );
-        for (_, kind) in KIND_NAMES {
-            for outcome in STAT_NAMES {
-                let _ = kernel_records.get_or_create(&KindOutcome { kind, outcome });
-            }
-        }
-        let kernel_folded = counter(
-            &mut registry,
-            "kernel_folded_connections",
-            "TCP connects folded in the kernel (counted into an alert, not emitted)",
-        );
-        let kernel_fold_table_full = counter(
-            &mut registry,
-            "kernel_fold_table_full",
-            "TCP connects passed up unfolded because the kernel fold table was full",
-        );
         let hooks = Family::<Hook, Gauge>::default();
         registry.register("hook_info", "The connect hook in use", hooks.clone());
         hooks
@@ -258,117 +331,34 @@ impl Metrics {
                 hook: hook.to_string(),
             })
             .set(1);
-        for severity in SEVERITIES {
-            // Present at 0 from the start, so rate() works from the first alert.
-            let _ = alerts.get_or_create(&Severity { severity });
-        }
-        let loop_max_stall = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "loop_max_stall_seconds",
-            "The event loop's longest single turn since start (every record waited that long)",
-            loop_max_stall.clone(),
-        );
         Self {
             registry,
-            events_seen,
-            events_filtered,
-            events_emitted,
-            alerts,
-            ring_lost,
-            output_lost,
-            output_dropped,
-            table,
-            reloads,
-            reload_failures,
-            beacons,
-            beacon_keys,
-            beacon_bytes,
-            beacon_evicted,
-            folded,
-            kernel_records,
-            kernel_folded,
-            kernel_fold_table_full,
+            exported,
             listener,
-            loop_max_stall,
-            last: Mutex::new(Snapshot::default()),
+            last: Mutex::new(Value::Null),
             heartbeat_ms: AtomicU64::new(0),
             start: Instant::now(),
         }
     }
 
-    /// The event loop's longest turn so far.
-    pub fn loop_stall(&self, max: Duration) {
-        self.loop_max_stall.set(max.as_secs_f64());
-    }
-
-    /// Publishes the loop's totals (and counts as its sign of life).
-    pub fn publish(&self, s: &Snapshot) {
+    /// Publishes the sensor's stats (and counts as the loop's sign of life). Every
+    /// exported field is present from the first publication on, at 0 if nothing counted.
+    pub fn publish(&self, stats: &Stats) -> Result<()> {
         self.alive();
+        let new = serde_json::to_value(stats).context("serialising the stats")?;
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let up = |c: &Counter, new: u64, old: u64| {
-            c.inc_by(new.saturating_sub(old));
-        };
-        up(&self.events_seen, s.events_seen, last.events_seen);
-        up(
-            &self.events_filtered,
-            s.events_filtered,
-            last.events_filtered,
-        );
-        up(&self.events_emitted, s.events_emitted, last.events_emitted);
-        for (i, severity) in SEVERITIES.into_iter().enumerate() {
-            up(
-                &self.alerts.get_or_create(&Severity { severity }),
-                s.alerts[i],
-                last.alerts[i],
-            );
-        }
-        up(&self.ring_lost, s.ring_lost, last.ring_lost);
-        up(&self.output_lost, s.output_lost, last.output_lost);
-        up(&self.output_dropped, s.output_dropped, last.output_dropped);
-        up(&self.reloads, s.policy_reloads, last.policy_reloads);
-        up(
-            &self.reload_failures,
-            s.policy_reload_failures,
-            last.policy_reload_failures,
-        );
-        up(&self.beacons, s.beacons_detected, last.beacons_detected);
-        up(&self.folded, s.folded_connections, last.folded_connections);
-        let (new, old) = (
-            by_reason(&s.beacon_evictions),
-            by_reason(&last.beacon_evictions),
-        );
-        for (i, reason) in EVICTION_REASONS.into_iter().enumerate() {
-            up(
-                &self.beacon_evicted.get_or_create(&Reason { reason }),
-                new[i],
-                old[i],
-            );
-        }
-        let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
-        gauge(&self.beacon_keys, s.beacon_keys);
-        gauge(&self.beacon_bytes, s.beacon_tracker_bytes);
-        for (kind, name) in KIND_NAMES {
-            let (new, old) = (s.kernel.of(kind), last.kernel.of(kind));
-            for (i, outcome) in STAT_NAMES.into_iter().enumerate() {
-                up(
-                    &self.kernel_records.get_or_create(&KindOutcome {
-                        kind: name,
-                        outcome,
-                    }),
-                    new[i],
-                    old[i],
-                );
+        for (e, m) in EXPORTED.iter().zip(&self.exported) {
+            let old = values(e, &last);
+            for (labels, n) in values(e, &new) {
+                let was = old
+                    .iter()
+                    .find(|(l, _)| *l == labels)
+                    .map_or(0, |(_, n)| *n);
+                m.set(&labels, n, was);
             }
         }
-        up(&self.kernel_folded, s.kernel.folded, last.kernel.folded);
-        up(
-            &self.kernel_fold_table_full,
-            s.kernel.fold_table_full,
-            last.kernel.fold_table_full,
-        );
-        self.table
-            .set(i64::try_from(s.process_table_entries).unwrap_or(i64::MAX));
-        *last = s.clone();
+        *last = new;
+        Ok(())
     }
 
     /// The event loop is alive (called on every drain and tick).
@@ -418,64 +408,68 @@ mod tests {
     #[test]
     fn counters_move_by_what_the_loop_counted() {
         let m = Metrics::new("tp_btf/inet_sock_set_state");
-        let mut s = Snapshot {
-            events_seen: 10,
-            alerts: [1, 0, 2],
-            ..Default::default()
+        let mut s = Stats::default();
+        s.counters.connections = 10;
+        s.counters.alerts_by_severity.low = 1;
+        s.counters.alerts_by_severity.high = 2;
+        m.publish(&s).unwrap();
+        s.counters.connections = 15;
+        s.counters.alerts_by_severity.high = 5;
+        s.lost_events_total = 3;
+        s.kernel.records.connect = crate::kernel::filter::Outcomes {
+            seen: 2000,
+            filtered: 1990,
+            emitted: 10,
+            lost: 0,
         };
-        m.publish(&s);
-        s.events_seen = 15;
-        s.alerts[2] = 5;
-        s.kernel.kinds[sensor_common::RecordKind::Connect as usize] = [2000, 1990, 10, 0];
         s.kernel.folded = 7;
-        s.beacon_evictions.executable_quota = 9;
-        s.beacon_tracker_bytes = 1234;
-        m.publish(&s);
+        s.engine.beacon_keys_evicted_by_reason.executable_quota = 9;
+        s.engine.beacon_tracker_bytes = 1234;
+        s.event_loop.max_stall_ms = 40;
+        m.publish(&s).unwrap();
         let text = m.render().unwrap();
-        assert!(text.contains("t1571_sensor_events_seen_total 15"), "{text}");
-        assert!(
-            text.contains("t1571_sensor_alerts_total{severity=\"high\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_alerts_total{severity=\"medium\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "t1571_sensor_kernel_records_total{kind=\"connect\",outcome=\"filtered\"} 1990"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_kernel_records_total{kind=\"udp\",outcome=\"lost\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_kernel_folded_connections_total 7"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_beacon_keys_evicted_total{reason=\"executable_quota\"} 9"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_beacon_keys_evicted_total{reason=\"tracker_full\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_beacon_tracker_bytes 1234"),
-            "{text}"
-        );
-        assert!(
-            text.contains("t1571_sensor_metrics_accept_errors_total 0"),
-            "{text}"
-        );
+        for want in [
+            "t1571_sensor_connections_total 15",
+            "t1571_sensor_lost_events_total 3",
+            "t1571_sensor_alerts_by_severity_total{severity=\"high\"} 5",
+            "t1571_sensor_alerts_by_severity_total{severity=\"medium\"} 0",
+            "t1571_sensor_hook_info{hook=\"tp_btf/inet_sock_set_state\"} 1",
+            "t1571_sensor_kernel_records_total{kind=\"connect\",outcome=\"filtered\"} 1990",
+            "t1571_sensor_kernel_records_total{kind=\"udp\",outcome=\"lost\"} 0",
+            "t1571_sensor_kernel_folded_total 7",
+            "t1571_sensor_engine_beacon_keys_evicted_by_reason_total{reason=\"executable_quota\"} 9",
+            "t1571_sensor_engine_beacon_keys_evicted_by_reason_total{reason=\"tracker_full\"} 0",
+            "t1571_sensor_engine_beacon_tracker_bytes 1234",
+            "t1571_sensor_loop_max_stall_ms 40",
+            "t1571_sensor_metrics_accept_errors_total 0",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
         assert!(m.healthy());
+    }
+
+    /// Every exported name is a field of the stats lines: its path resolves to a number
+    /// (or an object of them, by its labels) in the serialised [`Stats`].
+    #[test]
+    fn every_metric_is_a_stats_field() {
+        let v = serde_json::to_value(Stats::default()).unwrap();
+        for e in EXPORTED {
+            let found = v.pointer(&e.pointer());
+            let ok = match (e.labels.len(), found) {
+                (0, Some(n)) => n.is_u64(),
+                (_, Some(o)) => !values(e, &v).is_empty() && o.is_object(),
+                (_, None) => false,
+            };
+            assert!(
+                ok,
+                "{} is not a number field of the stats: {found:?}",
+                e.path
+            );
+        }
+        let mut names: Vec<String> = EXPORTED.iter().map(Export::name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), EXPORTED.len(), "two metrics of one name");
     }
 
     #[rstest::rstest]

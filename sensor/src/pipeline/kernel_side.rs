@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
+use crate::{
+    kernel::{filter::KernelCounts, fold::fold_key, records::Connection},
+    output::metrics::stats,
+};
 use sensor_common::{FOLD_MAX, FoldKey};
-use serde_json::Value;
-
-use crate::kernel::{filter::KernelCounts, fold::fold_key, records::Connection};
 
 /// What the kernel filtered, folded and counted, as last read, and the connects it
 /// folded that userspace has collected.
@@ -100,24 +101,22 @@ impl KernelSide {
     }
 
     /// For `sensor-stats` and `sensor-stopped`.
-    pub fn report(&self) -> Value {
-        let mut v = self.counts.report();
-        if let Value::Object(m) = &mut v {
-            m.insert("fold_collected".into(), self.fold_collected.into());
-            m.insert("fold_keys".into(), self.fold_keys.into());
-            m.insert("fold_keys_deleted".into(), self.fold_keys_deleted.into());
-            m.insert("fold_untemplated".into(), self.fold_untemplated.into());
-            m.insert("fold_templates".into(), self.templates.len().into());
-            m.insert("fold_template_bytes".into(), self.template_bytes.into());
-            m.insert(
-                "fold_templates_refused".into(),
-                self.templates_refused.into(),
-            );
-            m.insert("counter_read_errors".into(), self.read_errors.into());
-            m.insert("filter_pushes".into(), self.filter_pushes.into());
-            m.insert("filter_generation".into(), self.filter_generation.into());
+    pub fn report(&self) -> stats::Kernel {
+        stats::Kernel {
+            records: self.counts.records(),
+            folded: self.counts.folded,
+            fold_table_full: self.counts.fold_table_full,
+            fold_collected: self.fold_collected,
+            fold_keys: self.fold_keys,
+            fold_keys_deleted: self.fold_keys_deleted,
+            fold_untemplated: self.fold_untemplated,
+            fold_templates: self.templates.len(),
+            fold_template_bytes: self.template_bytes,
+            fold_templates_refused: self.templates_refused,
+            counter_read_errors: self.read_errors,
+            filter_pushes: self.filter_pushes,
+            filter_generation: self.filter_generation,
         }
-        v
     }
 }
 

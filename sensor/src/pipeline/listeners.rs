@@ -6,11 +6,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use serde_json::{Value, json};
-
 use crate::{
     enrich::{Provenance, procfs::ProcessInfo},
     kernel::records::{Connection, canonical},
+    output::metrics::stats,
 };
 
 /// Listeners seen, by network namespace, local address and port, for inbound
@@ -59,18 +58,18 @@ impl Listener {
 
 impl Sockets {
     /// For `sensor-stats` and `sensor-stopped`.
-    pub fn report(&self) -> Value {
-        json!({
-            "listens": self.listens,
-            "listeners": self.listeners.len(),
-            "listeners_evicted": self.listeners_evicted,
-            "listener_bytes": self.listener_bytes,
-            "inbound": self.inbound,
-            "inbound_unattributed": self.inbound_unattributed,
-            "udp": self.udp,
-            "udp_standard_port_dropped_in_kernel": self.kernel_udp_dropped.0,
-            "udp_repeats_dropped_in_kernel": self.kernel_udp_dropped.1,
-        })
+    pub fn report(&self) -> stats::Sockets {
+        stats::Sockets {
+            listens: self.listens,
+            listeners: self.listeners.len(),
+            listeners_evicted: self.listeners_evicted,
+            listener_bytes: self.listener_bytes,
+            inbound: self.inbound,
+            inbound_unattributed: self.inbound_unattributed,
+            udp: self.udp,
+            udp_standard_port_dropped_in_kernel: self.kernel_udp_dropped.0,
+            udp_repeats_dropped_in_kernel: self.kernel_udp_dropped.1,
+        }
     }
 
     pub(super) fn remember(&mut self, l: Listener) {

@@ -2,7 +2,6 @@
 //! connects, listens and UDP are attributed (table, then /proc), scored and formatted;
 //! inbound connections are attributed through the listen record of their local port.
 
-pub mod counters;
 mod kernel_side;
 mod listeners;
 mod reload;
@@ -12,7 +11,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 
 use self::listeners::Listener;
-pub use self::{counters::Counters, kernel_side::KernelSide, listeners::Sockets, reload::reload};
+pub use self::{kernel_side::KernelSide, listeners::Sockets, reload::reload};
+// The counters are the stats' own (one struct for the stats lines and /metrics).
+pub use crate::output::metrics::stats::Counters;
 // The host's name is enrich's; `cmd::run` names it through here.
 pub use crate::enrich::host::host_name;
 use crate::{
@@ -52,15 +53,15 @@ impl Pipeline {
         match record {
             Record::Connect(c) => self.connect(c, out)?,
             Record::Exec(e) => {
-                self.counters.execs += 1;
+                self.counters.process_records.exec += 1;
                 self.table.on_exec(e);
             }
             Record::Fork(t) => {
-                self.counters.forks += 1;
+                self.counters.process_records.fork += 1;
                 self.table.on_fork(t);
             }
             Record::Exit(t) => {
-                self.counters.exits += 1;
+                self.counters.process_records.exit += 1;
                 self.table.on_exit(t);
             }
         }
@@ -122,7 +123,7 @@ impl Pipeline {
             unix_ns,
         );
         if enriched.proc.executable.is_some() {
-            self.counters.attributed += n;
+            self.counters.connections_attributed += n;
         }
         if conn.flow == Flow::Listen {
             self.sockets.remember(Listener {
@@ -204,19 +205,13 @@ impl Pipeline {
         for line in lines {
             let risk = match line {
                 Line::Connection(d) => {
-                    self.counters.printed += 1;
+                    self.counters.connections_printed += 1;
                     d.decision.risk
                 }
                 Line::Beacon(b) => b.risk,
                 _ => 0,
             };
-            if let Some(n) = self
-                .counters
-                .alerts_by_severity
-                .get_mut(usize::from(risk.min(3)).wrapping_sub(1))
-            {
-                *n += 1;
-            }
+            self.counters.alerts_by_severity.count(risk);
             // Owned: the line moves into the output queue.
             let mut buf = Vec::with_capacity(4096);
             output::write(line, &self.output, &mut buf)?;

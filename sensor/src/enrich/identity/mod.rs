@@ -190,14 +190,23 @@ impl Identities {
     }
 
     /// The cache of identified files, for `sensor-stats`.
-    pub fn cache_report(&self) -> serde_json::Value {
-        serde_json::json!({
-            "entries": self.cache.len(),
-            "bytes": self.cache.len() * CACHE_ENTRY_BYTES,
-            "max_bytes": Self::cache_cap() * CACHE_ENTRY_BYTES,
-            "clears": self.cache_clears,
-        })
+    pub fn cache_report(&self) -> CacheReport {
+        CacheReport {
+            entries: self.cache.len(),
+            bytes: self.cache.len() * CACHE_ENTRY_BYTES,
+            max_bytes: Self::cache_cap() * CACHE_ENTRY_BYTES,
+            clears: self.cache_clears,
+        }
     }
+}
+
+/// The cache of identified files, as `sensor.identity_cache` reports it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CacheReport {
+    pub entries: usize,
+    pub bytes: usize,
+    pub max_bytes: usize,
+    pub clears: u64,
 }
 
 #[cfg(test)]
@@ -220,14 +229,11 @@ mod tests {
             };
             ids.remember(key, Known::Done(Some(name.clone())));
             let r = ids.cache_report();
-            assert!(r["bytes"].as_u64() <= r["max_bytes"].as_u64(), "{r}");
+            assert!(r.bytes <= r.max_bytes, "{r:?}");
         }
         let r = ids.cache_report();
-        assert!(
-            r["max_bytes"].as_u64() <= Some(CACHE_MAX_BYTES as u64),
-            "{r}"
-        );
-        assert_eq!(r["clears"], 40_000 / Identities::cache_cap() as u64, "{r}");
+        assert!(r.max_bytes <= CACHE_MAX_BYTES, "{r:?}");
+        assert_eq!(r.clears, 40_000 / Identities::cache_cap() as u64, "{r:?}");
     }
 
     /// A file sized like a known binary is hashed by the worker: pending at first, then

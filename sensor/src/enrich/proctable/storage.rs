@@ -70,7 +70,8 @@ fn run_bytes(r: &loader::Run) -> usize {
 /// unprivileged user can grow it to with huge command lines, whatever the entry count.
 pub const DEFAULT_MAX_BYTES: usize = 24 << 20;
 
-#[derive(Debug, Default, Clone, Copy)]
+/// The table's size and turnover, as `sensor.process_table` reports it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub entries: usize,
     /// Bytes accounted for (see [`Entry::bytes`]) and the bound.

@@ -106,15 +106,25 @@ impl ContainerUsers {
     }
 
     /// For `sensor-stats`.
-    pub fn report(&self) -> serde_json::Value {
-        serde_json::json!({
-            "names": self.names.len(),
-            "bytes": self.bytes,
-            "scans": self.scans,
-            "flushed": self.flushed,
-            "unreadable": self.unreadable,
-        })
+    pub fn report(&self) -> ContainerUsersReport {
+        ContainerUsersReport {
+            names: self.names.len(),
+            bytes: self.bytes,
+            scans: self.scans,
+            flushed: self.flushed,
+            unreadable: self.unreadable,
+        }
     }
+}
+
+/// The container user-name cache, as `sensor.container_users` reports it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerUsersReport {
+    pub names: usize,
+    pub bytes: usize,
+    pub scans: u64,
+    pub flushed: u64,
+    pub unreadable: u64,
 }
 
 #[cfg(test)]

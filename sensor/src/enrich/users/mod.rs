@@ -11,7 +11,7 @@ use std::{
 };
 
 pub use self::{
-    container::ContainerUsers,
+    container::{ContainerUsers, ContainerUsersReport},
     host::{Users, parse_passwd},
 };
 use crate::enrich::procfs::Procfs;

@@ -7,12 +7,15 @@
 //! ring by the time the connect is read. Listens and the inbound opens they attribute
 //! share one ring, so they keep their order.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use log::warn;
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::Instant,
+};
 
 use crate::{
     kernel::records::{self, Record},
@@ -70,12 +73,63 @@ impl Rings {
     }
 }
 
-/// Registers a ring's fd with tokio's reactor for readability.
-fn watch(ring: RingBuf<MapData>) -> std::io::Result<AsyncFd<RingBuf<MapData>>> {
-    // SAFETY: aya's RingBuf owns its map fd; it stays open and unchanged until the ring,
-    // and with it this AsyncFd, is dropped.
-    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+/// Registers an fd-owning aya object (a ring, the kernel log) with tokio's reactor for
+/// readability.
+pub fn watch<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: aya's RingBuf and EbpfLogger own their map fd; it stays open and unchanged
+    // until the object, and with it this AsyncFd, is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
         .map_err(std::io::Error::from)
+}
+
+/// When to drain again with no wakeup from the kernel. With batched wakeups, records
+/// submitted without one are picked up by a drain `max_delay` after any drain that found
+/// records; idle, no timer runs. A drain cut short by its budget comes back at once.
+pub struct Recheck {
+    at: Option<Instant>,
+    batching: bool,
+    max_delay: Duration,
+}
+
+impl Recheck {
+    pub fn new(batching: bool, max_delay: Duration) -> Self {
+        Self {
+            at: None,
+            batching,
+            max_delay,
+        }
+    }
+
+    /// Resolves when the next drain is due (never, when none is).
+    pub fn due(&self) -> impl Future<Output = ()> + use<> {
+        let at = self.at;
+        async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// After a drain the kernel woke us for, which handled `found` records: a timer armed
+    /// earlier stays.
+    pub fn after_wakeup(&mut self, found: usize) {
+        self.at = self.next(found).or(self.at);
+    }
+
+    /// After the drain this timer started.
+    pub fn after_timer(&mut self, found: usize) {
+        self.at = self.next(found);
+    }
+
+    fn next(&self, found: usize) -> Option<Instant> {
+        if found == DRAIN_BATCH {
+            // More may be waiting: come back at once, after the other branches.
+            Some(Instant::now())
+        } else {
+            (self.batching && found > 0).then(|| Instant::now() + self.max_delay)
+        }
+    }
 }
 
 /// Records read ahead of the lifecycle ring, oldest first.
@@ -261,6 +315,6 @@ impl Budget {
 }
 
 fn malformed(pipeline: &mut Pipeline, e: &anyhow::Error) {
-    pipeline.counters.malformed += 1;
+    pipeline.counters.malformed_records += 1;
     warn!("dropped a malformed ring buffer record: {e:#}");
 }

@@ -1,7 +1,7 @@
 //! The event loop's longest stall: how long one turn of the loop (a drain, a tick, a
 //! reload) ran before the loop could wait again. Every other record, timer and signal
 //! waited that long; `sensor-stats` says it as `sensor.loop.max_stall_ms`, /metrics as
-//! `t1571_sensor_loop_max_stall_seconds`.
+//! `t1571_sensor_loop_max_stall_ms`.
 
 use std::{
     cell::Cell,
