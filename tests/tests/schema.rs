@@ -206,8 +206,9 @@ fn every_line_of_a_sysmon_view_run_validates() -> Result<()> {
     published.check("the sysmon view", &lines)
 }
 
-/// The validator is not vacuous: a line with a field of the wrong type, an action no
-/// schema has, and a line missing `sensor.*` are refused, each named.
+/// The validator is not vacuous: a line with a field of the wrong type or `null` (unknown
+/// is absent), an action no schema has, and a line missing `sensor.*` are refused, each
+/// named.
 #[test]
 fn a_wrong_line_is_refused() -> Result<()> {
     let published = Published::load()?;
@@ -222,10 +223,13 @@ fn a_wrong_line_is_refused() -> Result<()> {
     port["destination"]["port"] = "4444".into();
     let mut unknown = good.clone();
     unknown["event"]["action"] = "network-teleport".into();
+    let mut null = good.clone();
+    null["destination"]["port"] = Value::Null;
     let mut bare = good.clone();
     bare.as_object_mut().context("a line")?.remove("sensor");
     for (line, says) in [
         (port, "at /destination"),
+        (null, "at /destination"),
         (unknown, "no schema"),
         (bare, "\"sensor\" is a required property"),
     ] {
