@@ -17,11 +17,17 @@ use std::{
         atomic::{AtomicU32, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+pub mod ecs;
+pub mod wait;
+
+pub use ecs::{assert_alert, assert_tcp_alert, counter, is_action};
+pub use wait::{poll_until, wait_for_value, wait_until};
 
 /// A directory for test programs, outside every location the sensor treats as suspicious
 /// (`/tmp`, `/var/tmp`, `/dev/shm`), so verdicts do not depend on where the repository is
@@ -221,6 +227,81 @@ impl Net {
     }
 }
 
+/// A test-made network whose server side holds every address of `servers`
+/// (documentation ranges, or private ones a test excludes), each on a subnet shared with
+/// the client, whose address there is the subnet's first (`.1`, `::1`): a /24 for IPv4, a
+/// /64 for IPv6.
+pub fn public_net(servers: &[&str]) -> Result<Net> {
+    let net = Net::new()?;
+    for server in servers {
+        let (client, prefix) = match server
+            .parse::<std::net::IpAddr>()
+            .with_context(|| format!("server address {server:?}"))?
+        {
+            std::net::IpAddr::V4(a) => {
+                let [a, b, c, _] = a.octets();
+                (std::net::Ipv4Addr::new(a, b, c, 1).to_string(), 24)
+            }
+            std::net::IpAddr::V6(a) => {
+                let s = a.segments();
+                let first = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 1);
+                (first.to_string(), 64)
+            }
+        };
+        if client == *server {
+            bail!("server address {server} is the subnet's first, the client's");
+        }
+        net.subnet(&client, server, prefix)?;
+    }
+    Ok(net)
+}
+
+/// The workspace's root directory.
+pub fn repo() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests sit in the workspace")
+        .to_path_buf()
+}
+
+/// `cmd`'s executable as found on PATH, links resolved: the path the sensor reports.
+pub fn real_exe(cmd: &str) -> Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .with_context(|| format!("looking up {cmd}"))?;
+    let path = String::from_utf8(out.stdout).with_context(|| format!("the path of {cmd}"))?;
+    std::fs::canonicalize(path.trim()).with_context(|| format!("resolving {cmd} ({path:?})"))
+}
+
+/// The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2").then_some(())?;
+            pre.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .context("no cgroup2 hierarchy mounted")
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// (VmRSS, VmHWM) of `pid`, KiB.
+pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    Ok((status_kib(pid, "VmRSS")?, status_kib(pid, "VmHWM")?))
+}
+
 /// One HTTP GET with a real client (curl), returning (status, body).
 pub fn http_get(url: &str) -> Result<(u16, String)> {
     let out = Command::new("curl")
@@ -242,6 +323,11 @@ pub fn metric(body: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// [`metric`] for a counter the sensor always exports: absent is an error naming it, not 0.
+pub fn metric_counter(body: &str, name: &str) -> Result<u64> {
+    metric(body, name).with_context(|| format!("no sample {name} in /metrics"))
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         // Deleting the namespaces deletes the veth pair with them.
@@ -261,6 +347,8 @@ pub struct Sensor {
     lines: Arc<Mutex<Vec<Value>>>,
     bad_lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr.
+    readers: Vec<thread::JoinHandle<()>>,
     _shared: Option<RwLockReadGuard<'static, ()>>,
 }
 
@@ -370,7 +458,7 @@ impl Sensor {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().context("sensor stdout")?;
         let (l, b) = (lines.clone(), bad_lines.clone());
-        thread::spawn(move || {
+        let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Value>(&line) {
@@ -381,7 +469,7 @@ impl Sensor {
         });
         let mut err = child.stderr.take().context("sensor stderr")?;
         let e = stderr.clone();
-        thread::spawn(move || {
+        let err_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -397,6 +485,7 @@ impl Sensor {
             lines,
             bad_lines,
             stderr,
+            readers: vec![out_reader, err_reader],
             _shared: None,
         };
         // A guard against a hung start, generous: under emulation (the VM matrix) a start
@@ -431,28 +520,31 @@ impl Sensor {
         self.lines.lock().unwrap().clone()
     }
 
-    /// Waits for the first line matching `pred`.
+    /// Waits for the first line matching `pred`; fails at once if the sensor exits.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.lines().into_iter().find(&pred) {
-                return Ok(v);
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "sensor exited ({status}) while waited on; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out; lines: {:#?}\nstderr:\n{}",
-                    self.lines(),
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let found = poll_until(
+            timeout,
+            || {
+                if let Some(v) = self.lines().into_iter().find(&pred) {
+                    return Ok(Some(v));
+                }
+                if let Some(status) = self.child.try_wait()? {
+                    bail!(
+                        "sensor exited ({status}) while waited on; stderr:\n{}",
+                        self.stderr()
+                    );
+                }
+                Ok(None)
+            },
+            Option::is_some,
+        )?;
+        found.with_context(|| {
+            format!(
+                "timed out after {timeout:?}; lines: {:#?}\nstderr:\n{}",
+                self.lines(),
+                self.stderr()
+            )
+        })
     }
 
     /// The connection line (alert or event) for process `pid`, waiting for it.
@@ -474,22 +566,31 @@ impl Sensor {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// Sends `sig` and waits (up to 10 s) for exit.
+    /// Sends `sig`, waits (up to 10 s) for exit, and joins the threads that read its
+    /// stdout and stderr, so the lines returned are all it printed.
     pub fn stop_with(mut self, sig: i32) -> Result<(ExitStatus, Vec<Value>)> {
         self.signal(sig);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                // Let the reader thread see EOF.
-                thread::sleep(Duration::from_millis(100));
-                return Ok((status, self.lines()));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("sensor did not exit within 10 s of signal {sig}");
-            }
-            thread::sleep(Duration::from_millis(20));
+        let status = poll_until(
+            Duration::from_secs(10),
+            || Ok(self.child.try_wait()?),
+            Option::is_some,
+        )?;
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            bail!("sensor did not exit within 10 s of signal {sig}");
+        };
+        // The pipes close when the last holder exits: a child the sensor started could keep
+        // them open, so the wait is bounded rather than a bare join.
+        wait_until(
+            "the sensor's stdout and stderr readers to reach EOF",
+            Duration::from_secs(10),
+            || self.readers.iter().all(|r| r.is_finished()),
+        )?;
+        for r in self.readers.drain(..) {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("a sensor output reader panicked"))?;
         }
+        Ok((status, self.lines()))
     }
 }
 
@@ -938,35 +1039,32 @@ impl Journald {
             .spawn()
             .context("starting systemd-journald (package systemd)")?;
         let journald = Self { child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !journal_socket_answers() {
-            if Instant::now() > deadline {
-                bail!("systemd-journald did not open {JOURNAL_SOCKET}");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            &format!("systemd-journald to answer on {JOURNAL_SOCKET}"),
+            Duration::from_secs(10),
+            journal_socket_answers,
+        )?;
         Ok(journald)
     }
 
     /// Entries matching `matches` (FIELD=value; journalctl ANDs different fields), as JSON
     /// objects, waiting up to 15 s for at least `want`.
     pub fn entries(&self, matches: &[&str], want: usize) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let out = Command::new("journalctl")
-                .args(["-o", "json", "--all", "--no-pager"])
-                .args(matches)
-                .output()
-                .context("running journalctl")?;
-            let v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            if v.len() >= want || Instant::now() > deadline {
-                return Ok(v);
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            Duration::from_secs(15),
+            || {
+                let out = Command::new("journalctl")
+                    .args(["-o", "json", "--all", "--no-pager"])
+                    .args(matches)
+                    .output()
+                    .context("running journalctl")?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<Value>>())
+            },
+            |v| v.len() >= want,
+        )
     }
 
     /// The first entry matching `matches`, waiting for it.
