@@ -225,6 +225,16 @@ impl Net {
         );
         self.run("python3", &["-c", &code])
     }
+
+    /// One IPv4 TCP connect from python3 to `addr`:`port` that then lingers 0.3 s, so
+    /// /proc still shows its executable when the sensor looks (allow rules match on the
+    /// executable, never comm); returns its pid.
+    pub fn python_connect_lingering(&self, addr: &str, port: u16) -> Result<u32> {
+        let code = format!(
+            "import socket, time\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))\ntime.sleep(0.3)"
+        );
+        self.run("python3", &["-c", &code])
+    }
 }
 
 /// A test-made network whose server side holds every address of `servers`
@@ -265,13 +275,15 @@ pub fn repo() -> PathBuf {
 }
 
 /// `cmd`'s executable as found on PATH, links resolved: the path the sensor reports.
-pub fn real_exe(cmd: &str) -> Result<PathBuf> {
+pub fn real_exe(cmd: &str) -> Result<String> {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .output()
         .with_context(|| format!("looking up {cmd}"))?;
     let path = String::from_utf8(out.stdout).with_context(|| format!("the path of {cmd}"))?;
-    std::fs::canonicalize(path.trim()).with_context(|| format!("resolving {cmd} ({path:?})"))
+    let real = std::fs::canonicalize(path.trim())
+        .with_context(|| format!("resolving {cmd} ({path:?})"))?;
+    Ok(real.to_string_lossy().into_owned())
 }
 
 /// The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo.
@@ -551,6 +563,18 @@ impl Sensor {
     pub fn connection(&mut self, pid: u32, port: u16) -> Result<Value> {
         self.wait_for(Duration::from_secs(10), |v| is_connection(v, pid, port))
             .with_context(|| format!("no connection line for pid {pid} port {port}"))
+    }
+
+    /// A marker connect (`nc` to `dst`:4444 from the client side of `net`) and its line:
+    /// once it is seen every earlier record has been handled (the ring buffer delivers in
+    /// reservation order and the sensor handles it in order).
+    pub fn barrier(&mut self, net: &Net, dst: &str) -> Result<()> {
+        let pid = net.run("nc", &["-z", "-w2", dst, "4444"])?;
+        self.wait_for(Duration::from_secs(60), |v| is_connection(v, pid, 4444))
+            .with_context(|| {
+                format!("no line for the barrier connect (pid {pid}) to {dst}:4444")
+            })?;
+        Ok(())
     }
 
     /// Every connection line of process `pid`.
@@ -865,6 +889,22 @@ pub fn loaded_program_ids() -> Vec<u32> {
         .filter_map(Result::ok)
         .map(|p| p.id())
         .collect()
+}
+
+/// Which of `ids` are still loaded after the kernel has had up to 10 s to free them: it
+/// frees a program once its last reference is gone, asynchronously (RCU), so a check at
+/// the instant the holder exits can see it still.
+pub fn still_loaded(ids: &[u32]) -> Result<Vec<u32>> {
+    poll_until(
+        Duration::from_secs(10),
+        || {
+            Ok(loaded_program_ids()
+                .into_iter()
+                .filter(|id| ids.contains(id))
+                .collect::<Vec<u32>>())
+        },
+        Vec::is_empty,
+    )
 }
 
 /// The cgroup2 hierarchy for a test: the host's mount (unified, or hybrid under
