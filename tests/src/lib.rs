@@ -229,6 +229,26 @@ impl Net {
     /// One IPv4 TCP connect from python3 to `addr`:`port` that then lingers 0.3 s, so
     /// /proc still shows its executable when the sensor looks (allow rules match on the
     /// executable, never comm); returns its pid.
+    /// ssh (package-managed, on no list) to `dst`:`port`, non-interactive, to completion;
+    /// returns its pid.
+    pub fn ssh_connect(&self, dst: &str, port: u16) -> Result<u32> {
+        let port = port.to_string();
+        self.run(
+            "/usr/bin/ssh",
+            &[
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=2",
+                "-F",
+                "/dev/null",
+                "-p",
+                &port,
+                dst,
+            ],
+        )
+    }
+
     pub fn python_connect_lingering(&self, addr: &str, port: u16) -> Result<u32> {
         let code = format!(
             "import socket, time\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(({addr:?}, {port}))\ntime.sleep(0.3)"
@@ -766,6 +786,15 @@ pub fn without_mounts(cmd: &mut Command, unmount: &[&str]) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The host's program directories (those that exist here) a contained process needs
+/// bind-mounted to run the host's programs: the `binds` of [`contained`].
+pub fn program_dirs() -> Vec<&'static str> {
+    ["usr", "bin", "lib", "lib64"]
+        .into_iter()
+        .filter(|d| std::path::Path::new("/").join(d).exists())
+        .collect()
 }
 
 /// Makes `cmd` run as in a container: in a private mount namespace, with each directory of

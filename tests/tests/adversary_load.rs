@@ -146,10 +146,7 @@ fn hostile_fleet(net: &Net, scratch: &Scratch, fleet: &mut Fleet) -> Result<Vec<
         fleet.0.push(child);
     }
     let passwd = big_passwd();
-    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect();
+    let binds = sensor_tests::program_dirs();
     for i in 0..PASSWD_NAMESPACES {
         let root = scratch.dir.join(format!("root{i}"));
         std::fs::create_dir_all(root.join("etc"))?;

@@ -12,9 +12,7 @@ const PUBLIC: &str = "198.51.100.7";
 const FROZEN_RING: &str = "16777216";
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// Compiles a C program with the host's gcc.
@@ -243,22 +241,12 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
     Ok(())
 }
 
-/// The cgroup2 mount point, from our mountinfo.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mi.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2").then_some(())?;
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
 #[test]
 fn container_id_comes_from_the_kernels_cgroup_id_when_the_process_is_gone() -> Result<()> {
     if !root_or_skip("container_cgroup") {
         return Ok(());
     }
-    let root = cgroup2_root().context("no cgroup2 hierarchy mounted")?;
+    let root = sensor_tests::cgroup2_root()?;
     // A cgroup named the way Docker names a container's scope.
     let id = format!(
         "{:064x}",

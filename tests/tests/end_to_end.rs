@@ -101,18 +101,7 @@ fn tiers_and_standard_ports() -> Result<()> {
     let mut sensor = Sensor::start(&["--all"])?;
 
     // Tier 1: a package-managed program on no list, to a known C2 port.
-    let ssh = [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=2",
-        "-F",
-        "/dev/null",
-        "-p",
-        "4444",
-        PUBLIC,
-    ];
-    let pid = net.run("/usr/bin/ssh", &ssh)?;
+    let pid = net.ssh_connect(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_tcp_alert(&v, 1, "Low");
     assert_eq!(v["process"]["name"], "ssh");
@@ -164,6 +153,14 @@ fn private_net() -> Result<Net> {
     ])
 }
 
+/// The line of a python3 connect to `dst`:4444 under a sensor with `--all`.
+fn connection_to(dst: &str) -> Result<Value> {
+    let net = private_net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    let pid = net.python_connect(dst, 4444)?;
+    sensor.connection(pid, 4444)
+}
+
 #[rstest]
 #[case::ten("10.0.0.7", "10.0.0.0/8")]
 #[case::one_seventy_two("172.16.0.7", "172.16.0.0/12")]
@@ -177,10 +174,7 @@ fn private_destinations_are_excluded(#[case] dst: &str, #[case] excluded_by: &st
     if !root_or_skip("exclusions") {
         return Ok(());
     }
-    let net = private_net()?;
-    let mut sensor = Sensor::start(&["--all"])?;
-    let pid = net.python_connect(dst, 4444)?;
-    let v = sensor.connection(pid, 4444)?;
+    let v = connection_to(dst)?;
     assert_unscored(&v);
     assert_eq!(
         v["sensor"]["matched"]["excluded_network"], excluded_by,
@@ -197,10 +191,7 @@ fn public_destinations_are_not_excluded(#[case] dst: &str) -> Result<()> {
     if !root_or_skip("exclusions") {
         return Ok(());
     }
-    let net = private_net()?;
-    let mut sensor = Sensor::start(&["--all"])?;
-    let pid = net.python_connect(dst, 4444)?;
-    let v = sensor.connection(pid, 4444)?;
+    let v = connection_to(dst)?;
     assert_tcp_alert(&v, 3, "High");
     // An IPv4-mapped address prints as IPv4, the original kept in sensor.*, and is judged,
     // and typed, as IPv4.

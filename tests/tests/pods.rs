@@ -11,27 +11,13 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Net, Scratch, Sensor, cgroup2_root, root_or_skip};
 
 const PUBLIC: &str = "203.0.113.88";
 const UID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
-}
-
-/// The cgroup2 hierarchy, wherever it is mounted (unified or hybrid).
-fn cgroup2_root() -> Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then_some(())?;
-            pre.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .context("no cgroup2 hierarchy mounted")
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// A host root for the sensor: the host's passwd, and the kubelet's links for one pod.
@@ -207,10 +193,7 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
              s.settimeout(2); s.connect_ex(('{PUBLIC}', 4444)); time.sleep(1)"
         ),
     ]);
-    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect();
+    let binds = sensor_tests::program_dirs();
     sensor_tests::contained(&mut cmd, &root, &binds)?;
     let mut child = cmd.spawn().context("starting the contained python3")?;
     let pid = child.id();
