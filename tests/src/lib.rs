@@ -257,6 +257,25 @@ impl Net {
     }
 }
 
+/// Reads `from` to its end on a thread of its own, everything appended to the buffer
+/// returned; join the thread to know the buffer is whole.
+pub fn collect(
+    mut from: impl Read + Send + 'static,
+) -> (Arc<Mutex<Vec<u8>>>, thread::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, reader)
+}
+
 /// A test-made network whose server side holds every address of `servers`
 /// (documentation ranges, or private ones a test excludes), each on a subnet shared with
 /// the client, whose address there is the subnet's first (`.1`, `::1`): a /24 for IPv4, a
@@ -378,7 +397,7 @@ pub struct Sensor {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     bad_lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
     /// The threads reading stdout and stderr.
     readers: Vec<thread::JoinHandle<()>>,
     _shared: Option<RwLockReadGuard<'static, ()>>,
@@ -487,7 +506,6 @@ impl Sensor {
             .with_context(|| format!("starting {}", sensor_bin().display()))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let bad_lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().context("sensor stdout")?;
         let (l, b) = (lines.clone(), bad_lines.clone());
         let out_reader = thread::spawn(move || {
@@ -499,19 +517,7 @@ impl Sensor {
                 }
             }
         });
-        let mut err = child.stderr.take().context("sensor stderr")?;
-        let e = stderr.clone();
-        let err_reader = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, err_reader) = collect(child.stderr.take().context("sensor stderr")?);
         let mut s = Self {
             child,
             lines,
@@ -539,7 +545,7 @@ impl Sensor {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// Every line so far; panics if any stdout line was not one JSON object.

@@ -34,12 +34,11 @@ fn engine_stats(sensor: &Sensor) -> Option<Value> {
 }
 
 /// The event's place in the sensor's output (its id is RUN-SEQ, SEQ in hex).
-fn seq(v: &Value) -> u64 {
+fn seq(v: &Value) -> Option<u64> {
     v["event"]["id"]
         .as_str()
         .and_then(|id| id.rsplit_once('-'))
         .and_then(|(_, n)| u64::from_str_radix(n, 16).ok())
-        .unwrap_or(0)
 }
 
 fn evicted(engine: &Value) -> Result<u64> {
@@ -111,8 +110,9 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
 
     // The churn kept evicting while the beacon beat: at least a full tracker's worth
     // between every two beats (64 new keys within a beat would have evicted it before).
+    let found_seq = seq(&found).with_context(|| format!("no RUN-SEQ event.id: {found:#}"))?;
     let after = sensor.wait_for(Duration::from_secs(5), |v| {
-        v["event"]["action"] == "sensor-stats" && seq(v) > seq(&found)
+        v["event"]["action"] == "sensor-stats" && seq(v).is_some_and(|n| n > found_seq)
     })?["sensor"]["engine"]
         .clone();
     let during = evicted(&after)? - evicted(&before)?;

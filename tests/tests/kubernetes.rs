@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Sensor, root_or_skip, sensor_bin};
+use sensor_tests::{Sensor, root_or_skip, sensor_bin};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.9";
@@ -278,8 +278,7 @@ fn least_privilege_capabilities_are_enough() -> Result<()> {
         .iter()
         .filter_map(|c| c.as_str().map(|c| format!("CAP_{c}")))
         .collect();
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let net = sensor_tests::public_net(&[PUBLIC])?;
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let mut sensor = Sensor::start_with_capabilities(&caps, &[])?;
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;

@@ -16,9 +16,7 @@ const TRACING_MOUNTS: [&str; 3] = [
 ];
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 fn started(sensor: &Sensor) -> Value {

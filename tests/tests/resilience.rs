@@ -2,7 +2,7 @@
 //! reads during an alert storm, a `kill -9`, and its capabilities after start-up.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     process::{Child, ChildStdout, Command, Stdio},
     sync::{Arc, Condvar, Mutex, mpsc},
     thread,
@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sensor_tests::{
-    ATTACH_LOCK, Net, Scratch, forced_probe, http_get, metric_counter, poll_until, root_or_skip,
-    sensor_bin, wait_for_value,
+    ATTACH_LOCK, Net, Scratch, collect, forced_probe, http_get, metric_counter, poll_until,
+    root_or_skip, sensor_bin, wait_for_value,
 };
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ struct Held {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reading: Arc<Gate>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Held {
@@ -64,25 +64,15 @@ impl Held {
             .spawn()
             .context("starting the sensor")?;
         let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut err = child.stderr.take().context("stderr")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let e = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, _) = collect(child.stderr.take().context("stderr")?);
         let mut line = String::new();
         let started = loop {
             line.clear();
             if out.read_line(&mut line)? == 0 {
-                bail!("sensor exited before starting: {}", stderr.lock().unwrap());
+                bail!(
+                    "sensor exited before starting: {}",
+                    String::from_utf8_lossy(&stderr.lock().unwrap())
+                );
             }
             let v: Value = serde_json::from_str(&line).context("a stdout line")?;
             if v["event"]["action"] == "sensor-started" {
@@ -103,6 +93,10 @@ impl Held {
             },
             started,
         ))
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     fn lines(&self) -> Vec<String> {
@@ -191,7 +185,7 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
     assert!(
         seen_now >= made,
         "the reader saw {seen_now} of {made} connects while stdout was unread; stderr:\n{}",
-        sensor.stderr.lock().unwrap()
+        sensor.stderr()
     );
     assert_eq!(lost(&body)?, 0, "kernel losses during the storm");
     let dropped_while_unread = dropped(&body)?;
@@ -205,7 +199,7 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
         "the event loop stalled"
     );
     assert!(
-        sensor.stderr.lock().unwrap().contains("output queue full"),
+        sensor.stderr().contains("output queue full"),
         "the drop was not said when it started"
     );
     eprintln!(
@@ -281,7 +275,7 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
     let _ = flood.wait();
     eprintln!("SIGTERM during a storm, stdout blocked: exited in {took:?}");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
-    assert_eq!(status.code(), Some(0), "{}", sensor.stderr.lock().unwrap());
+    assert_eq!(status.code(), Some(0), "{}", sensor.stderr());
     Ok(())
 }
 
