@@ -60,6 +60,25 @@ impl Scratch {
         }
         Ok(dst.to_string_lossy().into_owned())
     }
+
+    /// A container's root here, `rootfs/` with an empty `etc/`; returns its path.
+    pub fn rootfs(&self) -> Result<PathBuf> {
+        let root = self.dir.join("rootfs");
+        std::fs::create_dir_all(root.join("etc"))
+            .with_context(|| format!("creating {}/etc", root.display()))?;
+        Ok(root)
+    }
+}
+
+/// How many processes a burst test starts: `SENSOR_TEST_BURST` (smaller in emulated VMs),
+/// else `default`.
+pub fn burst_count(default: usize) -> Result<usize> {
+    std::env::var("SENSOR_TEST_BURST").map_or(Ok(default), |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
+    })
 }
 
 impl Drop for Scratch {
@@ -601,6 +620,14 @@ impl Sensor {
                 format!("no line for the barrier connect (pid {pid}) to {dst}:4444")
             })?;
         Ok(())
+    }
+
+    /// Waits for the `policy-reloaded` line (the first one).
+    pub fn policy_reloaded(&mut self) -> Result<Value> {
+        self.wait_for(Duration::from_secs(60), |v| {
+            v["event"]["action"] == "policy-reloaded"
+        })
+        .context("no policy-reloaded line")
     }
 
     /// Every connection line of process `pid`.

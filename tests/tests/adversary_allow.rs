@@ -94,8 +94,7 @@ fn a_container_passwd_name_does_not_satisfy_a_users_rule() -> Result<()> {
     let backup = host_uid("backup")?;
     let scratch = Scratch::new("adversary-users")?;
     // The container's root says uid 4242 is `backup`.
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     std::fs::write(
         root.join("etc/passwd"),
         format!(

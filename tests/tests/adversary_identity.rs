@@ -76,8 +76,7 @@ fn container_passwd_that_is_a_device_node_is_never_opened() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new("passwd-dev")?;
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     let passwd = root.join("etc/passwd");
     // /dev/null's numbers: harmless if opened, and proof if it is (a watchdog is not).
     let c = CString::new(passwd.as_os_str().as_encoded_bytes())?;

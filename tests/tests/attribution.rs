@@ -168,12 +168,7 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
         return Ok(());
     }
     // 2000 processes; `SENSOR_TEST_BURST` sets another count (smaller in emulated VMs).
-    let n = std::env::var("SENSOR_TEST_BURST").map_or(Ok(2000), |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
-    })?;
+    let n = sensor_tests::burst_count(2000)?;
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = net()?;

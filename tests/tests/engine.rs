@@ -194,9 +194,7 @@ fn sighup_reloads_the_policy_and_keeps_it_when_invalid() -> Result<()> {
         "c2_ports = [4444, 8088]\n[[allow]]\nname = \"authorised pentest\"\nexecutables = [\"python3*\"]\ndestination_ports = [4444]\n",
     )?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
+    sensor.policy_reloaded()?;
     let v = py(&mut sensor)?;
     assert_eq!(v["event"]["kind"], "event", "{v:#}");
     assert_eq!(v["sensor"]["allow_rule"], "authorised pentest");

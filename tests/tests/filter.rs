@@ -126,7 +126,7 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     assert!(sensor.connections_of(pid).is_empty(), "8443 was standard");
     std::fs::write(&policy, RELOAD_POLICY)?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(WAIT, |v| v["event"]["action"] == "policy-reloaded")?;
+    sensor.policy_reloaded()?;
     let before = stats(&mut sensor)?;
     let pid = net.run(&connector, &[PUBLIC, "8443"])?;
     let v = sensor.wait_for(WAIT, |v| is_connection(v, pid, 8443))?;

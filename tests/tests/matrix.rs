@@ -127,12 +127,7 @@ fn one_sensor_lifecycle_burst_fileless_and_thread() -> Result<()> {
     if !root_or_skip("matrix_lifecycle") {
         return Ok(());
     }
-    let n = std::env::var("SENSOR_TEST_BURST").map_or(Ok(200), |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
-    })?;
+    let n = sensor_tests::burst_count(200)?;
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("matrix-lifecycle")?;

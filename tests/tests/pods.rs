@@ -7,7 +7,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -160,9 +159,7 @@ fn a_configmap_swap_reloads_the_policy() -> Result<()> {
     std::fs::write(v2.join("policy.toml"), "c2_ports = [4444, 9001]\n")?;
     std::os::unix::fs::symlink("..2026_11_25_10_05_00.2", dir.join("..data_tmp"))?;
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
+    sensor.policy_reloaded()?;
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
@@ -177,8 +174,7 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
     // A container: its own root (the host's programs bind-mounted, its own /etc/passwd)
     // in its own mount namespace. uid 4321 is "appuser" there and nobody on the host.
     let scratch = Scratch::new("container-users")?;
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nappuser:x:4321:4321::/app:/bin/sh\n",

@@ -463,9 +463,7 @@ fn capabilities_are_dropped_after_attach_and_features_still_work() -> Result<()>
     // A reload that changes scoring: 4444 is no longer a C2 port.
     std::fs::write(&policy, "c2_ports = [9001]\n")?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
+    sensor.policy_reloaded()?;
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
     let after = sensor.connection(pid, 4444)?;
     let risk = after["event"]["risk_score"]

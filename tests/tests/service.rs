@@ -86,9 +86,7 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
     // A reload (ExecReload sends SIGHUP) works: 9001 becomes a C2 port.
     std::fs::write(&policy, "c2_ports = [4444, 9001]\n")?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
+    sensor.policy_reloaded()?;
     let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
