@@ -20,8 +20,8 @@ const VARIANTS: [&str; 4] = [
 ];
 
 fn overlay(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/kubernetes/overlays")
+    sensor_tests::repo()
+        .join("deploy/kubernetes/overlays")
         .join(name)
 }
 
@@ -89,7 +89,7 @@ fn documents(python: &Path, yaml: &str) -> Result<Vec<Value>> {
 
 /// What the policy ConfigMap holds (its configMapGenerator's files).
 fn configmap_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base")
+    sensor_tests::repo().join("deploy/kubernetes/base")
 }
 
 fn daemonset(docs: &[Value]) -> Result<&Value> {
@@ -251,7 +251,7 @@ fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
     assert!(!ok, "a misspelt field passed: {text}");
     // The base ships the same sample policy as the Debian package (kustomize cannot
     // reach files outside its directory, so it is a copy).
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = sensor_tests::repo();
     assert_eq!(
         std::fs::read_to_string(root.join("deploy/kubernetes/base/policy.toml"))?,
         std::fs::read_to_string(root.join("deploy/systemd/policy.toml"))?,

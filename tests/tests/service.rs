@@ -15,7 +15,7 @@ const PUBLIC: &str = "192.0.2.7";
 const MAX_EXPOSURE: f64 = 3.0;
 
 fn unit_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/t1571-sensor.service")
+    sensor_tests::repo().join("deploy/systemd/t1571-sensor.service")
 }
 
 /// The unit's `CapabilityBoundingSet=`, as capability names (`CAP_BPF`, ...).
