@@ -134,6 +134,12 @@ impl Net {
         Ok(pid)
     }
 
+    /// `nc -z` (on the high-risk list) from the client namespace to `dst`:`port`, to
+    /// completion; returns its pid.
+    pub fn nc(&self, dst: &str, port: u16) -> Result<u32> {
+        self.run("nc", &["-z", "-w2", dst, &port.to_string()])
+    }
+
     /// One TCP connect from python3 in the client namespace to `addr`:`port` (IPv6 when
     /// `addr` has a colon), to completion; returns its pid.
     pub fn python_connect(&self, addr: &str, port: u16) -> Result<u32> {

@@ -225,7 +225,7 @@ impl Sensor {
     /// once it is seen every earlier record has been handled (the ring buffer delivers in
     /// reservation order and the sensor handles it in order).
     pub fn barrier(&mut self, net: &Net, dst: &str) -> Result<()> {
-        let pid = net.run("nc", &["-z", "-w2", dst, "4444"])?;
+        let pid = net.nc(dst, 4444)?;
         self.wait_for(Duration::from_secs(60), |v| is_connection(v, pid, 4444))
             .with_context(|| {
                 format!("no line for the barrier connect (pid {pid}) to {dst}:4444")

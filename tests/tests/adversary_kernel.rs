@@ -222,8 +222,8 @@ fn same_port_listeners_in_two_namespaces_are_told_apart() -> Result<()> {
     }
     assert_ne!(netns[0], netns[1]);
     // The second listener is the latest: a table keyed by port alone would give it both.
-    net1.run("nc", &["-z", "-w2", SERVER, "4444"])?;
-    net2.run("nc", &["-z", "-w2", SERVER2, "4444"])?;
+    net1.nc(SERVER, 4444)?;
+    net2.nc(SERVER2, 4444)?;
     for ((l, server, client), ns) in [(&nc, SERVER, CLIENT), (&py, SERVER2, CLIENT2)]
         .into_iter()
         .zip(netns)

@@ -301,7 +301,7 @@ fn nc_series(net: &Net) -> Result<Vec<u32>> {
     for i in 0..NC_COUNT {
         let due = start + NC_EVERY * i as u32;
         thread::sleep(due.saturating_duration_since(Instant::now()));
-        pids.push(net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?);
+        pids.push(net.nc(PUBLIC, 4444)?);
     }
     Ok(pids)
 }

@@ -185,7 +185,7 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
         format!("i=0; while [ $i -lt {n} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
     // A marker after the burst: once it is out, every earlier record has been handled.
-    let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let marker = net.nc(PUBLIC, 4444)?;
     sensor.wait_for(Duration::from_secs(120), |v| {
         sensor_tests::is_connection(v, marker, 4444)
     })?;

@@ -55,7 +55,7 @@ fn bind_shell_listen_is_high_and_a_connect_into_it_is_an_ingress_alert() -> Resu
 
     // The operator connects: SYN_RECV -> ESTABLISHED runs in softirq, yet the line names
     // nc, through its listen record.
-    net.run("nc", &["-z", "-w2", SERVER, "4444"])?;
+    net.nc(SERVER, 4444)?;
     let inbound = sensor.wait_for(WAIT, |v| is_action(v, "network-accept", nc.pid()))?;
     assert_alert(&inbound, 3, "High");
     assert_eq!(inbound["network"]["direction"], "ingress", "{inbound:#}");
@@ -104,7 +104,7 @@ fn inbound_to_an_unflagged_listener_is_counted_not_emitted() -> Result<()> {
         "the python3 listener on 8080 to accept",
         Duration::from_secs(10),
         || {
-            net.run("nc", &["-z", "-w2", SERVER, "8080"])?;
+            net.nc(SERVER, 8080)?;
             Ok(py.0.try_wait()?.is_some())
         },
         |accepted| *accepted,

@@ -35,7 +35,7 @@ fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
     }
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_tcp_alert(&v, 3, "High");
     assert_eq!(v["process"]["executable"], real_exe("nc")?);
@@ -214,7 +214,7 @@ fn without_all_only_alerts_are_printed() -> Result<()> {
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
     let quiet = net.run(&connector, &[PUBLIC, "80"])?;
-    let excluded = net.run("nc", &["-z", "-w2", "127.0.0.1", "4444"])?;
+    let excluded = net.nc("127.0.0.1", 4444)?;
     sensor.barrier(&net, PUBLIC)?;
     assert!(sensor.connections_of(quiet).is_empty());
     assert!(sensor.connections_of(excluded).is_empty());
@@ -266,7 +266,7 @@ fn process_gone_before_userspace_looks_is_attributed_from_the_kernel() -> Result
     // Freeze the sensor so the process execs, connects, exits and is reaped before any
     // record is read: /proc cannot help, only the kernel's exec record can.
     sensor.signal(libc::SIGSTOP);
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     sensor.signal(libc::SIGCONT);
     let v = sensor.connection(pid, 4444)?;
     assert_tcp_alert(&v, 3, "High");
@@ -517,7 +517,7 @@ fn custom_policy_changes_the_verdict() -> Result<()> {
     let mut sensor = Sensor::start(&["--all", "--config", path.to_str().unwrap()])?;
     let pid = net.run(&connector, &[PUBLIC, "12345"])?;
     assert_tcp_alert(&sensor.connection(pid, 12345)?, 3, "High");
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     assert_unscored(&sensor.connection(pid, 4444)?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -530,7 +530,7 @@ fn kernel_log_is_relayed_when_asked() -> Result<()> {
     }
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--kernel-log", "debug"])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     sensor.connection(pid, 4444)?;
     let want = format!("connect tgid={pid} dport=4444");
     wait_until(

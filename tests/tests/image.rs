@@ -78,7 +78,7 @@ fn image_binary_runs_checks_and_alerts() -> Result<()> {
     let net = sensor_tests::public_net(&[PUBLIC])?;
     let cmd = in_image(&root, &["run"])?;
     let mut sensor = Sensor::spawn(cmd)?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     if v["event"]["risk_score"] != 3 {
         bail!("expected a risk-3 alert from the image's binary: {v:#}");

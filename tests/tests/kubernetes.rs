@@ -281,7 +281,7 @@ fn least_privilege_capabilities_are_enough() -> Result<()> {
     let net = sensor_tests::public_net(&[PUBLIC])?;
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let mut sensor = Sensor::start_with_capabilities(&caps, &[])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())

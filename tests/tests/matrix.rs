@@ -38,7 +38,7 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
     let held = bpf_programs_of(sensor.pid());
 
     // Atomic 1: nc to 4444, IPv4.
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_tcp_alert(&v, 3, "High");
     check_hook(v["sensor"]["probe"].as_str().unwrap_or_default())?;
@@ -170,7 +170,7 @@ fn one_sensor_lifecycle_burst_fileless_and_thread() -> Result<()> {
     let script =
         format!("i=0; while [ $i -lt {n} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
-    let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let marker = net.nc(PUBLIC, 4444)?;
     sensor.wait_for(Duration::from_secs(300), |v| is_connection(v, marker, 4444))?;
     let (status, lines) = sensor.stop_with(libc::SIGTERM)?;
     assert_eq!(status.code(), Some(0));

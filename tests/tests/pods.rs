@@ -152,7 +152,7 @@ fn a_configmap_swap_reloads_the_policy() -> Result<()> {
     let net = net()?;
     let config = dir.join("policy.toml");
     let mut sensor = Sensor::start(&["--config", config.to_str().context("path")?])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     assert_eq!(sensor.connection(pid, 9001)?["event"]["risk_score"], 2);
     let v2 = dir.join("..2026_11_25_10_05_00.2");
     std::fs::create_dir_all(&v2)?;
@@ -160,7 +160,7 @@ fn a_configmap_swap_reloads_the_policy() -> Result<()> {
     std::os::unix::fs::symlink("..2026_11_25_10_05_00.2", dir.join("..data_tmp"))?;
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
     sensor.policy_reloaded()?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())

@@ -464,12 +464,12 @@ fn capabilities_are_dropped_after_attach_and_features_still_work() -> Result<()>
     std::fs::write(&policy, "c2_ports = [9001]\n")?;
     sensor.signal(libc::SIGHUP);
     sensor.policy_reloaded()?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let after = sensor.connection(pid, 4444)?;
     let risk = after["event"]["risk_score"]
         .as_u64()
         .context("risk_score")?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let new_c2 = sensor.connection(pid, 9001)?;
     assert_eq!(
         new_c2["sensor"]["matched"]["known_c2_port"], true,

@@ -77,17 +77,17 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
     let addr = sensor.metrics_address()?;
     assert_eq!(http_get(&format!("http://{addr}/healthz"))?.0, 200);
     // Alerts flow.
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 2, "{v:#}");
     // A reload (ExecReload sends SIGHUP) works: 9001 becomes a C2 port.
     std::fs::write(&policy, "c2_ports = [4444, 9001]\n")?;
     sensor.signal(libc::SIGHUP);
     sensor.policy_reloaded()?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())
@@ -232,7 +232,7 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
     let before = metric_counter(&body, high)?;
     const N: u64 = 3;
     for _ in 0..N {
-        let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+        let pid = net.nc(PUBLIC, 4444)?;
         sensor.connection(pid, 4444)?;
     }
     // Published after every drain: wait for the counter to settle, then compare exactly.

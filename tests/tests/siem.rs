@@ -97,10 +97,6 @@ fn curl(net: &Net, ip: &str, port: u16) -> Result<u32> {
     )
 }
 
-fn nc(net: &Net, ip: &str, port: u16) -> Result<u32> {
-    net.run("nc", &["-z", "-w", "2", ip, &port.to_string()])
-}
-
 /// Runs every case under a sensor started with `sensor_args`; returns the sensor's lines and
 /// the cases. `sysmon` picks the expectations of the Sysmon-style rules.
 fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)> {
@@ -141,7 +137,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Atomic 1 and 2.
         Case {
             name: "nc -> 4444 (Atomic 1)",
-            pid: nc(&net, PUBLIC, 4444)?,
+            pid: net.nc(PUBLIC, 4444)?,
             port: 4444,
             expected: high,
         },
@@ -204,7 +200,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Private destinations.
         Case {
             name: "nc -> 10.x:4444",
-            pid: nc(&net, PRIVATE_10, 4444)?,
+            pid: net.nc(PRIVATE_10, 4444)?,
             port: 4444,
             expected: &[],
         },

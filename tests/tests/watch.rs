@@ -120,7 +120,7 @@ fn live_view_shows_an_alert_filters_it_and_quits() -> Result<()> {
     let screen = poll_until(
         Duration::from_secs(30),
         || {
-            net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+            net.nc(PUBLIC, 4444)?;
             Ok(tmux.screen())
         },
         |s| s.contains(&target),
@@ -354,7 +354,7 @@ fn forged_entry_is(how: Started) -> Result<()> {
     let from_sensor = format!("_PID={sensor_pid}");
 
     // 1. A real alert, and its journal entry: the forger copies it.
-    let first = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let first = net.nc(PUBLIC, 4444)?;
     sensor.connection(first, 4444)?;
     let first_match = format!("SENSOR_PROCESS_PID={first}");
     let real = journal.entry(&[&from_sensor, &first_match])?;
