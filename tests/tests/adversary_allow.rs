@@ -18,9 +18,7 @@ const CONTAINER_UID: u32 = 4242;
 const DELEGATE_UID: u32 = 4243;
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// One python3 connect to PUBLIC:4444 that waits a second before exiting, so the
@@ -96,8 +94,7 @@ fn a_container_passwd_name_does_not_satisfy_a_users_rule() -> Result<()> {
     let backup = host_uid("backup")?;
     let scratch = Scratch::new("adversary-users")?;
     // The container's root says uid 4242 is `backup`.
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     std::fs::write(
         root.join("etc/passwd"),
         format!(
@@ -115,10 +112,7 @@ fn a_container_passwd_name_does_not_satisfy_a_users_rule() -> Result<()> {
     let ids = CONTAINER_UID.to_string();
     cmd.args(["--reuid", &ids, "--regid", &ids, "--clear-groups", "--"])
         .args(["/usr/bin/python3", "-c", CONNECT]);
-    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect();
+    let binds = sensor_tests::program_dirs();
     contained(&mut cmd, &root, &binds)?;
     let forged = line_of(&mut sensor, cmd)?;
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Running, Sensor, root_or_skip};
+use sensor_tests::{Running, Sensor, counter, public_net, root_or_skip};
 use serde_json::Value;
 
 const BEACON_DST: &str = "203.0.113.7";
@@ -34,16 +34,15 @@ fn engine_stats(sensor: &Sensor) -> Option<Value> {
 }
 
 /// The event's place in the sensor's output (its id is RUN-SEQ, SEQ in hex).
-fn seq(v: &Value) -> u64 {
+fn seq(v: &Value) -> Option<u64> {
     v["event"]["id"]
         .as_str()
         .and_then(|id| id.rsplit_once('-'))
         .and_then(|(_, n)| u64::from_str_radix(n, 16).ok())
-        .unwrap_or(0)
 }
 
-fn evicted(engine: &Value) -> u64 {
-    engine["beacon_keys_evicted"].as_u64().unwrap_or(0)
+fn evicted(engine: &Value) -> Result<u64> {
+    counter(engine, "beacon_keys_evicted")
 }
 
 #[test]
@@ -51,9 +50,7 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
     if !root_or_skip("adversary_beacon") {
         return Ok(());
     }
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", BEACON_DST, 24)?;
-    net.subnet("198.51.100.1", CHURN_DST, 24)?;
+    let net = public_net(&[BEACON_DST, CHURN_DST])?;
     let mut sensor = Sensor::start(&[
         "--beacon-max-keys",
         &MAX_KEYS.to_string(),
@@ -81,7 +78,8 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
     );
     // The churn has filled the tracker and evicts: it reaches the detector.
     sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "sensor-stats" && evicted(&v["sensor"]["engine"]) >= 2 * CHURN_RATE
+        v["event"]["action"] == "sensor-stats"
+            && evicted(&v["sensor"]["engine"]).is_ok_and(|n| n >= 2 * CHURN_RATE)
     })?;
     let before = engine_stats(&sensor).context("a sensor-stats line")?;
 
@@ -112,11 +110,12 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
 
     // The churn kept evicting while the beacon beat: at least a full tracker's worth
     // between every two beats (64 new keys within a beat would have evicted it before).
+    let found_seq = seq(&found).with_context(|| format!("no RUN-SEQ event.id: {found:#}"))?;
     let after = sensor.wait_for(Duration::from_secs(5), |v| {
-        v["event"]["action"] == "sensor-stats" && seq(v) > seq(&found)
+        v["event"]["action"] == "sensor-stats" && seq(v).is_some_and(|n| n > found_seq)
     })?["sensor"]["engine"]
         .clone();
-    let during = evicted(&after) - evicted(&before);
+    let during = evicted(&after)? - evicted(&before)?;
     eprintln!("beacon flagged after {took:?}; {during} keys evicted meanwhile; engine: {after:#}");
     assert!(
         during >= 9 * MAX_KEYS,
@@ -126,9 +125,9 @@ fn beacon_is_flagged_while_another_process_churns_200_destinations_a_second() ->
     let by_reason = &after["beacon_keys_evicted_by_reason"];
     let total: u64 = ["executable_quota", "tracker_full", "memory_budget"]
         .iter()
-        .map(|r| by_reason[r].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(total, evicted(&after), "{after:#}");
+        .map(|r| counter(by_reason, r))
+        .sum::<Result<u64>>()?;
+    assert_eq!(total, evicted(&after)?, "{after:#}");
     assert!(
         by_reason["executable_quota"].as_u64() >= Some(during),
         "the churner evicted its own keys: {after:#}"

@@ -24,9 +24,7 @@ fn connect_code(linger: u32) -> String {
 }
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("192.0.2.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// An inotify watch for IN_OPEN on one path, owned by the test: the observer.
@@ -72,22 +70,13 @@ impl Drop for OpenWatch {
     }
 }
 
-/// The host directories a contained process needs for python3.
-fn binds() -> Vec<&'static str> {
-    ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect()
-}
-
 #[test]
 fn container_passwd_that_is_a_device_node_is_never_opened() -> Result<()> {
     if !root_or_skip("passwd_device_node") {
         return Ok(());
     }
     let scratch = Scratch::new("passwd-dev")?;
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     let passwd = root.join("etc/passwd");
     // /dev/null's numbers: harmless if opened, and proof if it is (a watchdog is not).
     let c = CString::new(passwd.as_os_str().as_encoded_bytes())?;
@@ -122,7 +111,7 @@ fn container_passwd_that_is_a_device_node_is_never_opened() -> Result<()> {
             connect_code(30)
         ),
     ]);
-    sensor_tests::contained(&mut cmd, &root, &binds())?;
+    sensor_tests::contained(&mut cmd, &root, &sensor_tests::program_dirs())?;
     let child = Running(cmd.spawn().context("starting the contained python3")?);
     let v = sensor.connection(child.0.id(), 4444)?;
     assert_eq!(v["user"]["id"], "65534", "{v:#}");
@@ -397,20 +386,7 @@ fn modified_copy_outside_the_packages_is_unmanaged_and_medium() -> Result<()> {
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     assert_eq!(v["sensor"]["process"]["unmanaged"], false, "{v:#}");
-    let pid = net.run(
-        "/usr/bin/ssh",
-        &[
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=2",
-            "-F",
-            "/dev/null",
-            "-p",
-            "4444",
-            PUBLIC,
-        ],
-    )?;
+    let pid = net.ssh_connect(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["process"]["executable"], "/usr/bin/ssh", "{v:#}");
     assert_eq!(v["sensor"]["process"]["unmanaged"], false, "{v:#}");

@@ -8,11 +8,11 @@ use std::{
     io::Write,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Running, Sensor, root_or_skip};
+use anyhow::{Context, Result};
+use sensor_tests::{Net, Running, Sensor, is_action, public_net, root_or_skip, wait_until};
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.7";
@@ -27,12 +27,6 @@ const FROZEN_RING: &str = "16777216";
 const GRACE: &str = "0.2";
 const TICK: &str = "0.1";
 
-fn public_net(client: &str, server: &str) -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet(client, server, 24)?;
-    Ok(net)
-}
-
 /// The real path of the python3 `PATH` finds (behind links and wrapper scripts such as
 /// pyenv's shims), as the kernel maps it.
 fn real_python() -> Result<String> {
@@ -44,18 +38,6 @@ fn real_python() -> Result<String> {
         .output()
         .context("running python3")?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-/// Polls `cond` (a fact about the test's own processes, not the sensor) until it holds.
-fn wait_until(what: &str, cond: impl Fn() -> bool) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting until {what}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// The main thread of `pid` has exited (a zombie leader) while the process lives on.
@@ -88,7 +70,9 @@ libc.syscall(60 if platform.machine() == "x86_64" else 93, 0)
     cmd.args(["-c", &code]).stdin(Stdio::piped());
     let child = Running(cmd.spawn().context("starting python3")?);
     let pid = child.pid();
-    wait_until("python3's main thread exited", || leader_is_zombie(pid))?;
+    wait_until("python3's main thread exited", WAIT, || {
+        leader_is_zombie(pid)
+    })?;
     Ok(child)
 }
 
@@ -121,7 +105,7 @@ fn leader_exits_worker_renamed_connects_after_grace_is_high() -> Result<()> {
         return Ok(());
     }
     let python = real_python()?;
-    let net = public_net(CLIENT, SERVER)?;
+    let net = public_net(&[SERVER])?;
     let mut sensor = Sensor::start(&["--exit-grace", GRACE, "--stats-interval", TICK])?;
     let mut child = leaderless_python(&net, SERVER)?;
     // The attack waits past the grace: had the leader's exit ended the process, the table
@@ -142,7 +126,7 @@ fn leader_exited_before_the_sensor_started_is_high() -> Result<()> {
         return Ok(());
     }
     let python = real_python()?;
-    let net = public_net(CLIENT, SERVER)?;
+    let net = public_net(&[SERVER])?;
     let mut child = leaderless_python(&net, SERVER)?;
     let mut sensor = Sensor::start(&["--exit-grace", GRACE, "--stats-interval", TICK])?;
     go(&mut child)?;
@@ -169,7 +153,7 @@ fn connect_then_exec_benign_is_described_by_the_connecting_image() -> Result<()>
     }
     let python = real_python()?;
     let sleep = std::fs::canonicalize("/usr/bin/sleep")?;
-    let net = public_net(CLIENT, SERVER)?;
+    let net = public_net(&[SERVER])?;
     let mut sensor = Sensor::start(&["--ring-buffer-size", FROZEN_RING])?;
     sensor.signal(libc::SIGSTOP);
     let code = format!(
@@ -185,7 +169,7 @@ fn connect_then_exec_benign_is_described_by_the_connecting_image() -> Result<()>
         }
     };
     let pid = child.pid();
-    let exec_done = wait_until("python3 exec'd sleep", || {
+    let exec_done = wait_until("python3 exec'd sleep", WAIT, || {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == sleep)
     });
     sensor.signal(libc::SIGCONT);
@@ -197,10 +181,6 @@ fn connect_then_exec_benign_is_described_by_the_connecting_image() -> Result<()>
         "{v:#}"
     );
     Ok(())
-}
-
-fn is_action(v: &Value, action: &str, pid: u32) -> bool {
-    v["event"]["action"] == action && v["process"]["pid"] == pid
 }
 
 /// The inode of a process's network namespace, as /proc/PID/ns/net shows it.
@@ -217,7 +197,7 @@ fn same_port_listeners_in_two_namespaces_are_told_apart() -> Result<()> {
     if !root_or_skip("listeners_per_netns") {
         return Ok(());
     }
-    let (net1, net2) = (public_net(CLIENT, SERVER)?, public_net(CLIENT2, SERVER2)?);
+    let (net1, net2) = (public_net(&[SERVER])?, public_net(&[SERVER2])?);
     let mut sensor = Sensor::start(&["--all"])?;
     let mut nc = net1.server_command("nc");
     nc.args(["-l", "-p", "4444"]);
@@ -242,8 +222,8 @@ fn same_port_listeners_in_two_namespaces_are_told_apart() -> Result<()> {
     }
     assert_ne!(netns[0], netns[1]);
     // The second listener is the latest: a table keyed by port alone would give it both.
-    net1.run("nc", &["-z", "-w2", SERVER, "4444"])?;
-    net2.run("nc", &["-z", "-w2", SERVER2, "4444"])?;
+    net1.nc(SERVER, 4444)?;
+    net2.nc(SERVER2, 4444)?;
     for ((l, server, client), ns) in [(&nc, SERVER, CLIENT), (&py, SERVER2, CLIENT2)]
         .into_iter()
         .zip(netns)

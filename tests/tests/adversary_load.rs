@@ -18,8 +18,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use rstest::rstest;
 use sensor_tests::{
-    ATTACH_LOCK, Net, Scratch, Sensor, contained, http_get, is_connection, root_or_skip,
+    ATTACH_LOCK, Net, Scratch, Sensor, contained, counter, http_get, is_connection, memory_kib,
+    poll_until, root_or_skip, wait_for_value,
 };
 use serde_json::Value;
 
@@ -28,9 +30,7 @@ const PUBLIC: &str = "203.0.113.7";
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// Children killed and reaped on drop, whatever the test's outcome.
@@ -48,20 +48,6 @@ impl Drop for Fleet {
     }
 }
 
-/// (VmRSS, VmHWM) of `pid`, KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("{name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Waits until every pid of `pids` has a connection line to `port`; returns those found
 /// (all of them, or what had come when `timeout` ran out).
 fn connections(
@@ -70,25 +56,27 @@ fn connections(
     port: u16,
     timeout: Duration,
 ) -> Result<HashMap<u32, Value>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut found = HashMap::new();
-        for v in sensor.lines() {
-            for &pid in pids {
-                if is_connection(&v, pid, port) {
-                    found.entry(pid).or_insert_with(|| v.clone());
+    poll_until(
+        timeout,
+        || {
+            let mut found = HashMap::new();
+            for v in sensor.lines() {
+                for &pid in pids {
+                    if is_connection(&v, pid, port) {
+                        found.entry(pid).or_insert_with(|| v.clone());
+                    }
                 }
             }
-        }
-        if found.len() == pids.len() || Instant::now() > deadline {
-            return Ok(found);
-        }
-        // Fails fast if the sensor died (the OOM this test is about, for one).
-        if let Some(e) = sensor.stderr().lines().find(|l| l.contains("error:")) {
-            bail!("sensor failed: {e}");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+            // Fails fast if the sensor died (the OOM this test is about, for one).
+            if found.len() < pids.len()
+                && let Some(e) = sensor.stderr().lines().find(|l| l.contains("error:"))
+            {
+                bail!("sensor failed: {e}");
+            }
+            Ok(found)
+        },
+        |found| found.len() == pids.len(),
+    )
 }
 
 /// The kernel's record counters from `/metrics` (seen, emitted, lost per kind), those
@@ -158,10 +146,7 @@ fn hostile_fleet(net: &Net, scratch: &Scratch, fleet: &mut Fleet) -> Result<Vec<
         fleet.0.push(child);
     }
     let passwd = big_passwd();
-    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect();
+    let binds = sensor_tests::program_dirs();
     for i in 0..PASSWD_NAMESPACES {
         let root = scratch.dir.join(format!("root{i}"));
         std::fs::create_dir_all(root.join("etc"))?;
@@ -316,7 +301,7 @@ fn nc_series(net: &Net) -> Result<Vec<u32>> {
     for i in 0..NC_COUNT {
         let due = start + NC_EVERY * i as u32;
         thread::sleep(due.saturating_duration_since(Instant::now()));
-        pids.push(net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?);
+        pids.push(net.nc(PUBLIC, 4444)?);
     }
     Ok(pids)
 }
@@ -330,18 +315,14 @@ fn max_stall_after(sensor: &Sensor, after_stats: usize, timeout: Duration) -> Re
             .filter(|v| v["event"]["action"] == "sensor-stats")
             .collect()
     };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = stats(sensor).get(after_stats) {
-            return v["sensor"]["loop"]["max_stall_ms"]
-                .as_u64()
-                .with_context(|| format!("no sensor.loop.max_stall_ms in {v:#}"));
-        }
-        if Instant::now() > deadline {
-            bail!("no sensor-stats line within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let v = wait_for_value(
+        &format!("sensor-stats line {}", after_stats + 1),
+        timeout,
+        || Ok(stats(sensor).get(after_stats).cloned()),
+        Option::is_some,
+    )?
+    .context("no sensor-stats line")?;
+    counter(&v, "sensor.loop.max_stall_ms")
 }
 
 #[test]
@@ -575,19 +556,12 @@ fn flood_case(kind: Flood) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_udp_port_sweep_does_not_push_out_a_connect() -> Result<()> {
-    flood_case(Flood::UdpSweep)
-}
-
-#[test]
-fn a_loopback_accept_loop_does_not_push_out_a_connect() -> Result<()> {
-    flood_case(Flood::AcceptLoop)
-}
-
-#[test]
-fn an_exec_storm_does_not_push_out_a_connect() -> Result<()> {
-    flood_case(Flood::ExecStorm)
+#[rstest]
+#[case::udp_port_sweep(Flood::UdpSweep)]
+#[case::loopback_accept_loop(Flood::AcceptLoop)]
+#[case::exec_storm(Flood::ExecStorm)]
+fn a_flood_does_not_push_out_a_connect(#[case] kind: Flood) -> Result<()> {
+    flood_case(kind)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Sensor, http_get, metric, root_or_skip};
+use sensor_tests::{Sensor, http_get, metric_counter, root_or_skip, wait_until};
 
 /// The sensor's bound on open metrics connections (output::metrics::MAX_CONNECTIONS).
 const MAX_CONNECTIONS: usize = 32;
@@ -29,10 +29,11 @@ fn fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
-fn counter(addr: SocketAddr, name: &str) -> Result<u64> {
+/// The sensor's counter `t1571_sensor_{name}_total`, read from its `/metrics`.
+fn sensor_counter(addr: SocketAddr, name: &str) -> Result<u64> {
     let (code, body) = http_get(&format!("http://{addr}/metrics"))?;
     assert_eq!(code, 200, "{body}");
-    metric(&body, &format!("t1571_sensor_{name}_total")).with_context(|| format!("no {name}"))
+    metric_counter(&body, &format!("t1571_sensor_{name}_total"))
 }
 
 fn nofile(pid: u32, soft: Option<u64>) -> Result<libc::rlimit> {
@@ -129,8 +130,8 @@ fn idle_connections_cannot_hold_the_metrics_endpoint_nor_its_fds() -> Result<()>
             Err(e) => bail!("idle connection {i} not closed by the sensor: {e}"),
         }
     }
-    let cut = counter(addr, "metrics_connections_cut")?;
-    let timed_out = counter(addr, "metrics_connections_timed_out")?;
+    let cut = sensor_counter(addr, "metrics_connections_cut")?;
+    let timed_out = sensor_counter(addr, "metrics_connections_timed_out")?;
     eprintln!(
         "{IDLE} idle connections: sensor fds {base} -> at most {peak}; healthz and metrics answered in {answered_in:?}; {cut} cut, {timed_out} timed out"
     );
@@ -149,7 +150,7 @@ fn accept_out_of_fds_backs_off_instead_of_spinning() -> Result<()> {
     }
     let (sensor, addr) = metrics_sensor()?;
     let pid = sensor.pid();
-    assert_eq!(counter(addr, "metrics_accept_errors")?, 0);
+    assert_eq!(sensor_counter(addr, "metrics_accept_errors")?, 0);
     // Out of fds: a soft limit of 3 is below every fd the sensor could get (0-2 are its
     // standard streams), so each accept fails with EMFILE until it is raised again.
     let ticks0 = thread_ticks(pid, "metrics")?;
@@ -159,14 +160,16 @@ fn accept_out_of_fds_backs_off_instead_of_spinning() -> Result<()> {
     pending.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
     // The sensor met EMFILE (it says so once), then the condition is held for a measured
     // window: the rate of retries over it is what is checked.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !sensor.stderr().contains("metrics endpoint: accept failed") {
-        if Instant::now() > deadline {
-            nofile(pid, Some(old.rlim_cur))?;
-            bail!("no failed accept reported: {}", sensor.stderr());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let reported = wait_until(
+        "the sensor to report a failed accept",
+        Duration::from_secs(5),
+        || sensor.stderr().contains("metrics endpoint: accept failed"),
+    );
+    if let Err(e) = reported {
+        nofile(pid, Some(old.rlim_cur))?;
+        return Err(e.context(format!("stderr: {}", sensor.stderr())));
     }
+    // The measured window.
     std::thread::sleep(Duration::from_secs(3));
     nofile(pid, Some(old.rlim_cur))?;
     let held = t0.elapsed();
@@ -176,7 +179,7 @@ fn accept_out_of_fds_backs_off_instead_of_spinning() -> Result<()> {
     let mut answer = String::new();
     pending.read_to_string(&mut answer)?;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-    let errors = counter(addr, "metrics_accept_errors")?;
+    let errors = sensor_counter(addr, "metrics_accept_errors")?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let secs = held.as_secs_f64();

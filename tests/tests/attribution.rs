@@ -12,9 +12,7 @@ const PUBLIC: &str = "198.51.100.7";
 const FROZEN_RING: &str = "16777216";
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// Compiles a C program with the host's gcc.
@@ -170,12 +168,7 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
         return Ok(());
     }
     // 2000 processes; `SENSOR_TEST_BURST` sets another count (smaller in emulated VMs).
-    let n = std::env::var("SENSOR_TEST_BURST").map_or(Ok(2000), |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
-    })?;
+    let n = sensor_tests::burst_count(2000)?;
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let net = net()?;
@@ -192,7 +185,7 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
         format!("i=0; while [ $i -lt {n} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
     // A marker after the burst: once it is out, every earlier record has been handled.
-    let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let marker = net.nc(PUBLIC, 4444)?;
     sensor.wait_for(Duration::from_secs(120), |v| {
         sensor_tests::is_connection(v, marker, 4444)
     })?;
@@ -243,22 +236,12 @@ fn burst_of_short_lived_processes_is_fully_attributed() -> Result<()> {
     Ok(())
 }
 
-/// The cgroup2 mount point, from our mountinfo.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mi.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2").then_some(())?;
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
 #[test]
 fn container_id_comes_from_the_kernels_cgroup_id_when_the_process_is_gone() -> Result<()> {
     if !root_or_skip("container_cgroup") {
         return Ok(());
     }
-    let root = cgroup2_root().context("no cgroup2 hierarchy mounted")?;
+    let root = sensor_tests::cgroup2_root()?;
     // A cgroup named the way Docker names a container's scope.
     let id = format!(
         "{:064x}",

@@ -5,8 +5,10 @@
 
 use std::{process::Command, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Running, Scratch, Sensor, root_or_skip};
+use anyhow::{Context, Result};
+use sensor_tests::{
+    Net, Running, Scratch, Sensor, assert_alert, is_action, root_or_skip, wait_for_value,
+};
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.7";
@@ -14,30 +16,17 @@ const CLIENT: &str = "203.0.113.1";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet(CLIENT, SERVER, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[SERVER])
 }
 
 fn spawn(cmd: Command) -> Result<Running> {
     Running::spawn(cmd, "a listener")
 }
 
-fn is_action(v: &Value, action: &str, pid: u32) -> bool {
-    v["event"]["action"] == action && v["process"]["pid"] == pid
-}
-
 fn listen_of(sensor: &mut Sensor, pid: u32, port: u16) -> Result<Value> {
     sensor.wait_for(WAIT, |v| {
         is_action(v, "network-listen", pid) && v["source"]["port"] == port
     })
-}
-
-fn assert_alert(v: &Value, risk: u64, severity: &str) {
-    assert_eq!(v["event"]["kind"], "alert", "{v:#}");
-    assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
-    assert_eq!(v["sensor"]["severity"], severity, "{v:#}");
-    assert_eq!(v["threat"]["technique"]["id"][0], "T1571", "{v:#}");
 }
 
 #[test]
@@ -66,7 +55,7 @@ fn bind_shell_listen_is_high_and_a_connect_into_it_is_an_ingress_alert() -> Resu
 
     // The operator connects: SYN_RECV -> ESTABLISHED runs in softirq, yet the line names
     // nc, through its listen record.
-    net.run("nc", &["-z", "-w2", SERVER, "4444"])?;
+    net.nc(SERVER, 4444)?;
     let inbound = sensor.wait_for(WAIT, |v| is_action(v, "network-accept", nc.pid()))?;
     assert_alert(&inbound, 3, "High");
     assert_eq!(inbound["network"]["direction"], "ingress", "{inbound:#}");
@@ -112,18 +101,15 @@ fn inbound_to_an_unflagged_listener_is_counted_not_emitted() -> Result<()> {
     ]);
     let mut py = spawn(cmd)?;
     // Connect until the listener is up (it starts asynchronously).
-    let mut accepted = false;
-    for _ in 0..50 {
-        net.run("nc", &["-z", "-w2", SERVER, "8080"])?;
-        if py.0.try_wait()?.is_some() {
-            accepted = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !accepted {
-        bail!("the python3 listener on 8080 never accepted");
-    }
+    wait_for_value(
+        "the python3 listener on 8080 to accept",
+        Duration::from_secs(10),
+        || {
+            net.nc(SERVER, 8080)?;
+            Ok(py.0.try_wait()?.is_some())
+        },
+        |accepted| *accepted,
+    )?;
     let pid = py.pid();
     // A later alert as a barrier: everything before it has been handled.
     let mut cmd = net.server_command("nc");

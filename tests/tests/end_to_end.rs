@@ -1,12 +1,13 @@
 //! The sensor end to end on the running kernel: real programs connect inside test-made
 //! namespaces, the real `sensor` binary reports them, and the JSON lines are checked.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use rstest::rstest;
 use sensor_tests::{
-    ATTACH_LOCK, Net, Scratch, Sensor, bpf_programs_of, is_connection, loaded_program_ids,
-    root_or_skip, sensor_bin,
+    ATTACH_LOCK, Net, Scratch, Sensor, assert_tcp_alert, bpf_programs_of, is_connection,
+    loaded_program_ids, real_exe, root_or_skip, sensor_bin, wait_until,
 };
 use serde_json::Value;
 
@@ -15,32 +16,7 @@ const PUBLIC6: &str = "2001:db8::7";
 
 /// A namespace pair with the documentation ranges on its link.
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    net.subnet("2001:db8::1", PUBLIC6, 64)?;
-    Ok(net)
-}
-
-/// Resolves a command the way the kernel will report it: the executable behind all links.
-fn real_exe(cmd: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .unwrap();
-    let path = String::from_utf8(out.stdout).unwrap();
-    std::fs::canonicalize(path.trim()).unwrap()
-}
-
-fn assert_alert(v: &Value, risk: u64, severity: &str) {
-    assert_eq!(v["event"]["kind"], "alert", "{v:#}");
-    assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
-    assert_eq!(v["sensor"]["severity"], severity, "{v:#}");
-    assert_eq!(v["threat"]["technique"]["id"][0], "T1571", "{v:#}");
-    assert_eq!(v["threat"]["tactic"]["id"][0], "TA0011", "{v:#}");
-    assert_eq!(v["network"]["transport"], "tcp");
-    assert!(v["rule"]["name"].is_string());
-    assert!(v["host"]["name"].is_string());
-    assert!(v["@timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    sensor_tests::public_net(&[PUBLIC, PUBLIC6])
 }
 
 fn assert_unscored(v: &Value) {
@@ -52,14 +28,6 @@ fn assert_unscored(v: &Value) {
     );
 }
 
-/// Waits for a later marker connection so every earlier event has been processed
-/// (the ring buffer delivers in reservation order and the sensor handles it in order).
-fn barrier(sensor: &mut Sensor, net: &Net) -> Result<()> {
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
-    sensor.connection(pid, 4444)?;
-    Ok(())
-}
-
 #[test]
 fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
     if !root_or_skip("atomic_1") {
@@ -67,10 +35,10 @@ fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
     }
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
-    assert_alert(&v, 3, "High");
-    assert_eq!(v["process"]["executable"], real_exe("nc").to_str().unwrap());
+    assert_tcp_alert(&v, 3, "High");
+    assert_eq!(v["process"]["executable"], real_exe("nc")?);
     assert_eq!(v["destination"]["ip"], PUBLIC);
     assert_eq!(v["network"]["type"], "ipv4");
     assert_eq!(
@@ -83,7 +51,7 @@ fn atomic_1_netcat_to_4444_is_one_high_alert() -> Result<()> {
     assert_eq!(v["sensor"]["matched"]["high_risk_matched_by"], "executable");
     // The forced hook (SENSOR_PROBE), else the one auto selection picks on this kernel.
     sensor_tests::check_hook(v["sensor"]["probe"].as_str().unwrap_or_default())?;
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     assert_eq!(
         sensor.connections_of(pid).len(),
         1,
@@ -104,16 +72,13 @@ fn atomic_2_curl_and_python3_to_8088_are_risk_3() -> Result<()> {
         &["-s", "-m", "2", &format!("http://{PUBLIC}:8088/beacon")],
     )?;
     let v = sensor.connection(curl, 8088)?;
-    assert_alert(&v, 3, "High");
-    assert_eq!(
-        v["process"]["executable"],
-        real_exe("curl").to_str().unwrap()
-    );
+    assert_tcp_alert(&v, 3, "High");
+    assert_eq!(v["process"]["executable"], real_exe("curl")?);
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "curl");
 
     let py = net.python_connect(PUBLIC6, 8088)?;
     let v = sensor.connection(py, 8088)?;
-    assert_alert(&v, 3, "High");
+    assert_tcp_alert(&v, 3, "High");
     let exe = v["process"]["executable"].as_str().unwrap();
     assert!(
         exe.rsplit('/').next().unwrap().starts_with("python3"),
@@ -136,26 +101,15 @@ fn tiers_and_standard_ports() -> Result<()> {
     let mut sensor = Sensor::start(&["--all"])?;
 
     // Tier 1: a package-managed program on no list, to a known C2 port.
-    let ssh = [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=2",
-        "-F",
-        "/dev/null",
-        "-p",
-        "4444",
-        PUBLIC,
-    ];
-    let pid = net.run("/usr/bin/ssh", &ssh)?;
+    let pid = net.ssh_connect(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
-    assert_alert(&v, 1, "Low");
+    assert_tcp_alert(&v, 1, "Low");
     assert_eq!(v["process"]["name"], "ssh");
     assert!(v["sensor"]["matched"].get("high_risk_executable").is_none());
     // The same for a program no package installed: the unmanaged tier, Medium.
     let pid = net.run(&connector, &[PUBLIC, "4444"])?;
     let v = sensor.connection(pid, 4444)?;
-    assert_alert(&v, 2, "Medium");
+    assert_tcp_alert(&v, 2, "Medium");
     assert_eq!(v["process"]["name"], "connector");
     assert_eq!(
         v["sensor"]["matched"]["unmanaged_executable"], true,
@@ -165,7 +119,7 @@ fn tiers_and_standard_ports() -> Result<()> {
     // Tier 2: high-risk process, non-standard port above 1024.
     let pid = net.python_connect(PUBLIC, 5555)?;
     let v = sensor.connection(pid, 5555)?;
-    assert_alert(&v, 2, "Medium");
+    assert_tcp_alert(&v, 2, "Medium");
     assert!(
         v["event"]["reason"]
             .as_str()
@@ -184,57 +138,69 @@ fn tiers_and_standard_ports() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn private_destinations_are_excluded_public_ones_are_not() -> Result<()> {
+/// A namespace pair with the private ranges the exclusions cover on its link, beside the
+/// documentation ones (and 172.32.0.0/24, just outside 172.16.0.0/12).
+fn private_net() -> Result<Net> {
+    sensor_tests::public_net(&[
+        PUBLIC,
+        PUBLIC6,
+        "10.0.0.7",
+        "172.16.0.7",
+        "172.31.0.7",
+        "192.168.0.7",
+        "172.32.0.7",
+        "fd00::7",
+    ])
+}
+
+/// The line of a python3 connect to `dst`:4444 under a sensor with `--all`.
+fn connection_to(dst: &str) -> Result<Value> {
+    let net = private_net()?;
+    let mut sensor = Sensor::start(&["--all"])?;
+    let pid = net.python_connect(dst, 4444)?;
+    sensor.connection(pid, 4444)
+}
+
+#[rstest]
+#[case::ten("10.0.0.7", "10.0.0.0/8")]
+#[case::one_seventy_two("172.16.0.7", "172.16.0.0/12")]
+#[case::one_seventy_two_top("172.31.0.7", "172.16.0.0/12")]
+#[case::one_ninety_two("192.168.0.7", "192.168.0.0/16")]
+#[case::loopback("127.0.0.1", "127.0.0.0/8")]
+#[case::loopback6("::1", "::1/128")]
+#[case::unique_local("fd00::7", "fc00::/7")]
+#[case::mapped_private("::ffff:10.0.0.7", "10.0.0.0/8")]
+fn private_destinations_are_excluded(#[case] dst: &str, #[case] excluded_by: &str) -> Result<()> {
     if !root_or_skip("exclusions") {
         return Ok(());
     }
-    let net = public_net()?;
-    for (client, server, prefix) in [
-        ("10.0.0.1", "10.0.0.7", 24),
-        ("172.16.0.1", "172.16.0.7", 24),
-        ("172.31.0.1", "172.31.0.7", 24),
-        ("192.168.0.1", "192.168.0.7", 24),
-        ("172.32.0.1", "172.32.0.7", 24),
-        ("fd00::1", "fd00::7", 64),
-    ] {
-        net.subnet(client, server, prefix)?;
+    let v = connection_to(dst)?;
+    assert_unscored(&v);
+    assert_eq!(
+        v["sensor"]["matched"]["excluded_network"], excluded_by,
+        "{dst}: {v:#}"
+    );
+    Ok(())
+}
+
+#[rstest]
+#[case::just_outside_172_16("172.32.0.7")]
+#[case::documentation6(PUBLIC6)]
+#[case::mapped_documentation("::ffff:203.0.113.7")]
+fn public_destinations_are_not_excluded(#[case] dst: &str) -> Result<()> {
+    if !root_or_skip("exclusions") {
+        return Ok(());
     }
-    let mut sensor = Sensor::start(&["--all"])?;
-    for (dst, excluded_by) in [
-        ("10.0.0.7", "10.0.0.0/8"),
-        ("172.16.0.7", "172.16.0.0/12"),
-        ("172.31.0.7", "172.16.0.0/12"),
-        ("192.168.0.7", "192.168.0.0/16"),
-        ("127.0.0.1", "127.0.0.0/8"),
-        ("::1", "::1/128"),
-        ("fd00::7", "fc00::/7"),
-        ("::ffff:10.0.0.7", "10.0.0.0/8"),
-    ] {
-        let pid = net.python_connect(dst, 4444)?;
-        let v = sensor.connection(pid, 4444)?;
-        assert_unscored(&v);
-        assert_eq!(
-            v["sensor"]["matched"]["excluded_network"], excluded_by,
-            "{dst}: {v:#}"
-        );
+    let v = connection_to(dst)?;
+    assert_tcp_alert(&v, 3, "High");
+    // An IPv4-mapped address prints as IPv4, the original kept in sensor.*, and is judged,
+    // and typed, as IPv4.
+    let printed = dst.strip_prefix("::ffff:").unwrap_or(dst);
+    assert_eq!(v["destination"]["ip"], printed, "{v:#}");
+    if printed != dst {
+        assert_eq!(v["sensor"]["destination"]["original_ip"], dst, "{v:#}");
+        assert_eq!(v["network"]["type"], "ipv4", "{v:#}");
     }
-    for dst in ["172.32.0.7", PUBLIC6, "::ffff:203.0.113.7"] {
-        let pid = net.python_connect(dst, 4444)?;
-        let v = sensor.connection(pid, 4444)?;
-        assert_alert(&v, 3, "High");
-        // An IPv4-mapped address prints as IPv4, the original kept in sensor.*.
-        let printed = dst.strip_prefix("::ffff:").unwrap_or(dst);
-        assert_eq!(v["destination"]["ip"], printed, "{v:#}");
-        if printed != dst {
-            assert_eq!(v["sensor"]["destination"]["original_ip"], dst, "{v:#}");
-        }
-    }
-    // An IPv4-mapped address is judged, and typed, as IPv4.
-    let pid = net.python_connect("::ffff:203.0.113.7", 9001)?;
-    let v = sensor.connection(pid, 9001)?;
-    assert_eq!(v["network"]["type"], "ipv4");
-    assert_eq!(v["destination"]["ip"], "203.0.113.7");
     Ok(())
 }
 
@@ -248,8 +214,8 @@ fn without_all_only_alerts_are_printed() -> Result<()> {
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
     let quiet = net.run(&connector, &[PUBLIC, "80"])?;
-    let excluded = net.run("nc", &["-z", "-w2", "127.0.0.1", "4444"])?;
-    barrier(&mut sensor, &net)?;
+    let excluded = net.nc("127.0.0.1", 4444)?;
+    sensor.barrier(&net, PUBLIC)?;
     assert!(sensor.connections_of(quiet).is_empty());
     assert!(sensor.connections_of(excluded).is_empty());
     assert!(sensor.lines().iter().all(|v| v["event"]["kind"] != "event"));
@@ -269,7 +235,7 @@ fn hostile_command_line_stays_one_json_line() -> Result<()> {
     );
     let pid = net.run("python3", &["-c", &code, evil])?;
     let v = sensor.connection(pid, 9001)?;
-    assert_alert(&v, 3, "High");
+    assert_tcp_alert(&v, 3, "High");
     assert_eq!(v["process"]["args"][3], evil);
     assert!(
         v["process"]["command_line"]
@@ -300,15 +266,11 @@ fn process_gone_before_userspace_looks_is_attributed_from_the_kernel() -> Result
     // Freeze the sensor so the process execs, connects, exits and is reaped before any
     // record is read: /proc cannot help, only the kernel's exec record can.
     sensor.signal(libc::SIGSTOP);
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     sensor.signal(libc::SIGCONT);
     let v = sensor.connection(pid, 4444)?;
-    assert_alert(&v, 3, "High");
-    assert_eq!(
-        v["process"]["executable"],
-        real_exe("nc").to_str().unwrap(),
-        "{v:#}"
-    );
+    assert_tcp_alert(&v, 3, "High");
+    assert_eq!(v["process"]["executable"], real_exe("nc")?, "{v:#}");
     assert_eq!(
         v["process"]["command_line"],
         format!("nc -z -w2 {PUBLIC} 4444")
@@ -363,44 +325,41 @@ fn ring_buffer_overflow_is_counted_and_reported() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn sigterm_and_sigint_detach_and_exit_zero() -> Result<()> {
+#[rstest]
+#[case::sigterm(libc::SIGTERM)]
+#[case::sigint(libc::SIGINT)]
+fn signal_detaches_and_exits_zero(#[case] sig: i32) -> Result<()> {
     if !root_or_skip("detach") {
         return Ok(());
     }
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        let sensor = Sensor::start(&[])?;
-        // The connect hook, the lifecycle hooks, the state hook for listens (unless it is
-        // the connect hook) and the four UDP programs, held by the sensor.
-        let started = sensor
-            .lines()
-            .into_iter()
-            .find(|v| v["event"]["action"] == "sensor-started")
-            .unwrap();
-        let expected = sensor_tests::expected_programs(&started);
-        let ours = bpf_programs_of(sensor.pid());
-        assert_eq!(
-            ours.len(),
-            expected,
-            "programs held by the sensor: {ours:?}"
-        );
-        assert!(ours.iter().all(|id| loaded_program_ids().contains(id)));
-        let (status, lines) = sensor.stop_with(sig)?;
-        assert_eq!(status.code(), Some(0), "exit status after signal {sig}");
-        assert!(
-            lines
-                .iter()
-                .any(|v| v["event"]["action"] == "sensor-stopped")
-        );
-        let still: Vec<u32> = loaded_program_ids()
-            .into_iter()
-            .filter(|id| ours.contains(id))
-            .collect();
-        assert!(
-            still.is_empty(),
-            "programs left loaded after signal {sig}: {still:?}"
-        );
-    }
+    let sensor = Sensor::start(&[])?;
+    // The connect hook, the lifecycle hooks, the state hook for listens (unless it is
+    // the connect hook) and the four UDP programs, held by the sensor.
+    let started = sensor
+        .lines()
+        .into_iter()
+        .find(|v| v["event"]["action"] == "sensor-started")
+        .unwrap();
+    let expected = sensor_tests::expected_programs(&started);
+    let ours = bpf_programs_of(sensor.pid());
+    assert_eq!(
+        ours.len(),
+        expected,
+        "programs held by the sensor: {ours:?}"
+    );
+    assert!(ours.iter().all(|id| loaded_program_ids().contains(id)));
+    let (status, lines) = sensor.stop_with(sig)?;
+    assert_eq!(status.code(), Some(0), "exit status after signal {sig}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["event"]["action"] == "sensor-stopped")
+    );
+    let still = sensor_tests::still_loaded(&ours)?;
+    assert!(
+        still.is_empty(),
+        "programs left loaded after signal {sig}: {still:?}"
+    );
     Ok(())
 }
 
@@ -557,8 +516,8 @@ fn custom_policy_changes_the_verdict() -> Result<()> {
     )?;
     let mut sensor = Sensor::start(&["--all", "--config", path.to_str().unwrap()])?;
     let pid = net.run(&connector, &[PUBLIC, "12345"])?;
-    assert_alert(&sensor.connection(pid, 12345)?, 3, "High");
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    assert_tcp_alert(&sensor.connection(pid, 12345)?, 3, "High");
+    let pid = net.nc(PUBLIC, 4444)?;
     assert_unscored(&sensor.connection(pid, 4444)?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -571,17 +530,14 @@ fn kernel_log_is_relayed_when_asked() -> Result<()> {
     }
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--kernel-log", "debug"])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     sensor.connection(pid, 4444)?;
     let want = format!("connect tgid={pid} dport=4444");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sensor.stderr().contains(&want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no kernel log line {want:?} in:\n{}",
-            sensor.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        &format!("kernel log line {want:?} on the sensor's stderr"),
+        Duration::from_secs(10),
+        || sensor.stderr().contains(&want),
+    )
+    .with_context(|| format!("stderr:\n{}", sensor.stderr()))?;
     Ok(())
 }

@@ -6,24 +6,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Scratch, Sensor, replay, root_or_skip};
+use sensor_tests::{Net, Scratch, Sensor, counter, replay, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
-}
-
-/// python3 connects once to PUBLIC:port and lingers 0.3 s, so /proc still shows its
-/// executable when the sensor looks (allow rules match on the executable, never comm).
-fn python_connect(net: &Net, port: u16) -> Result<u32> {
-    let code = format!(
-        "import socket, time\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(({PUBLIC:?}, {port}))\ntime.sleep(0.3)"
-    );
-    net.run("python3", &["-c", &code])
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 fn temp_file(name: &str, text: &str) -> Result<PathBuf> {
@@ -97,8 +86,8 @@ fn python3_beacon_every_second_to_9001_is_detected() -> Result<()> {
         .collect();
     let total: u64 = rollups
         .iter()
-        .map(|v| v["sensor"]["rollup"]["connections"].as_u64().unwrap_or(0))
-        .sum();
+        .map(|v| counter(v, "sensor.rollup.connections"))
+        .sum::<Result<u64>>()?;
     assert!(total >= 10, "{rollups:#?}");
     let last = rollups.last().context("no rollup for python3")?;
     assert_eq!(last["sensor"]["rollup"]["partial_window"], true);
@@ -120,7 +109,7 @@ fn recorded_run_replays_under_a_new_policy() -> Result<()> {
     let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let net = public_net()?;
     let mut sensor = Sensor::start(&["--all"])?;
-    let nc = python_connect(&net, 4444)?;
+    let nc = net.python_connect_lingering(PUBLIC, 4444)?;
     let curl = net.run(
         "curl",
         &["-s", "-m", "2", &format!("http://{PUBLIC}:8088/")],
@@ -195,7 +184,7 @@ fn sighup_reloads_the_policy_and_keeps_it_when_invalid() -> Result<()> {
     let path = temp_file("hup.toml", "c2_ports = [4444, 8088]\n")?;
     let mut sensor = Sensor::start(&["--all", "--config", path.to_str().unwrap()])?;
     let py = |sensor: &mut Sensor| -> Result<Value> {
-        let pid = python_connect(&net, 4444)?;
+        let pid = net.python_connect_lingering(PUBLIC, 4444)?;
         sensor.connection(pid, 4444)
     };
     assert_eq!(py(&mut sensor)?["event"]["kind"], "alert");
@@ -205,9 +194,7 @@ fn sighup_reloads_the_policy_and_keeps_it_when_invalid() -> Result<()> {
         "c2_ports = [4444, 8088]\n[[allow]]\nname = \"authorised pentest\"\nexecutables = [\"python3*\"]\ndestination_ports = [4444]\n",
     )?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
+    sensor.policy_reloaded()?;
     let v = py(&mut sensor)?;
     assert_eq!(v["event"]["kind"], "event", "{v:#}");
     assert_eq!(v["sensor"]["allow_rule"], "authorised pentest");

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sensor_tests::{ATTACH_LOCK, Net, Scratch, Sensor, is_connection, root_or_skip};
+use sensor_tests::{
+    ATTACH_LOCK, Net, Scratch, Sensor, counter, is_connection, poll_until, public_net, root_or_skip,
+};
 use serde_json::{Value, json};
 
 const PUBLIC: &str = "203.0.113.7";
@@ -19,11 +21,7 @@ const PRIVATE: &str = "10.99.0.7";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    net.subnet("198.51.100.1", LATER_EXCLUDED, 24)?;
-    net.subnet("10.99.0.1", PRIVATE, 24)?;
-    Ok(net)
+    public_net(&[PUBLIC, LATER_EXCLUDED, PRIVATE])
 }
 
 /// The policy at start: 4444 is the only C2 port, the standard ports and the excluded
@@ -44,19 +42,13 @@ fn stats_lines(sensor: &Sensor) -> Vec<Value> {
 
 /// Waits for a `sensor-stats` line newer than the `n`th, and returns it.
 fn stats_after(sensor: &mut Sensor, n: usize) -> Result<Value> {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let s = stats_lines(sensor);
-        if s.len() > n {
-            return Ok(s[s.len() - 1].clone());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no sensor-stats line; stderr:\n{}",
+    let s = poll_until(WAIT, || Ok(stats_lines(sensor)), |s| s.len() > n)?;
+    s.last().filter(|_| s.len() > n).cloned().with_context(|| {
+        format!(
+            "no sensor-stats line after {n}; stderr:\n{}",
             sensor.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    })
 }
 
 /// Current counters: a `sensor-stats` line printed after this call.
@@ -65,18 +57,11 @@ fn stats(sensor: &mut Sensor) -> Result<Value> {
     stats_after(sensor, n)
 }
 
-fn kernel(stats: &Value, kind: &str, what: &str) -> u64 {
-    stats["sensor"]["kernel"]["records"][kind][what]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// A marker connect after everything before it: once its line is out, every earlier
-/// record has been handled (the ring buffer is in order, the sensor handles it in order).
-fn barrier(sensor: &mut Sensor, net: &Net) -> Result<()> {
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
-    sensor.wait_for(WAIT, |v| is_connection(v, pid, 4444))?;
-    Ok(())
+/// How much counter `path` grew from the `before` stats line to the `after` one.
+fn delta(before: &Value, after: &Value, path: &str) -> Result<u64> {
+    let (b, a) = (counter(before, path)?, counter(after, path)?);
+    a.checked_sub(b)
+        .with_context(|| format!("counter {path} went down, {b} to {a}"))
 }
 
 /// One sensor through the filter's whole story (a sensor start costs a minute in the
@@ -114,12 +99,11 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     let before = stats(&mut sensor)?;
     let storm = net.run(&connector, &[PUBLIC, "443", "2000"])?;
     let private = net.run(&connector, &[PRIVATE, "4444", "2000"])?;
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     let after = stats(&mut sensor)?;
-    let filtered = kernel(&after, "connect", "filtered") - kernel(&before, "connect", "filtered");
-    let seen = kernel(&after, "connect", "seen") - kernel(&before, "connect", "seen");
-    let reached = after["sensor"]["connections"].as_u64().unwrap_or(0)
-        - before["sensor"]["connections"].as_u64().unwrap_or(0);
+    let filtered = delta(&before, &after, "sensor.kernel.records.connect.filtered")?;
+    let seen = delta(&before, &after, "sensor.kernel.records.connect.seen")?;
+    let reached = delta(&before, &after, "sensor.connections")?;
     eprintln!(
         "benign storm: 4000 connects, kernel saw {seen}, filtered {filtered}; userspace connections +{reached}"
     );
@@ -138,11 +122,11 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     assert_eq!(alert["event"]["kind"], "alert", "{alert:#}");
     let alert = sensor.wait_for(WAIT, |v| is_connection(v, v6, 4444))?;
     assert_eq!(alert["event"]["kind"], "alert", "{alert:#}");
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     assert!(sensor.connections_of(pid).is_empty(), "8443 was standard");
     std::fs::write(&policy, RELOAD_POLICY)?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(WAIT, |v| v["event"]["action"] == "policy-reloaded")?;
+    sensor.policy_reloaded()?;
     let before = stats(&mut sensor)?;
     let pid = net.run(&connector, &[PUBLIC, "8443"])?;
     let v = sensor.wait_for(WAIT, |v| is_connection(v, pid, 8443))?;
@@ -151,17 +135,17 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     assert_eq!(v["event"]["risk_score"], 2, "{v:#}");
     let v4 = net.run(&connector, &[LATER_EXCLUDED, "4444"])?;
     let v6 = net.python_connect("::ffff:198.51.100.7", 4444)?;
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     let after = stats(&mut sensor)?;
     assert!(sensor.connections_of(v4).is_empty(), "excluded at reload");
     assert!(
         sensor.connections_of(v6).is_empty(),
         "IPv4-mapped, excluded at reload"
     );
-    let filtered = kernel(&after, "connect", "filtered") - kernel(&before, "connect", "filtered");
+    let filtered = delta(&before, &after, "sensor.kernel.records.connect.filtered")?;
     assert!(filtered >= 2, "filtered {filtered}");
     // One push at start and one per reload (the file watch may reload before SIGHUP).
-    let reloads = after["sensor"]["policy_reloads"].as_u64().unwrap_or(0);
+    let reloads = counter(&after, "sensor.policy_reloads")?;
     assert!(reloads >= 1, "{after:#}");
     assert_eq!(
         after["sensor"]["kernel"]["filter_pushes"].as_u64(),
@@ -175,11 +159,10 @@ fn one_sensor_filter_storm_reload_and_flood() -> Result<()> {
     let flood = net.run(&connector, &[PUBLIC, "4444", "5000"])?;
     sensor.wait_for(WAIT, |v| is_connection(v, flood, 4444))?;
 
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     let after = stats(&mut sensor)?;
-    let folded = after["sensor"]["kernel"]["folded"].as_u64().unwrap_or(0)
-        - before["sensor"]["kernel"]["folded"].as_u64().unwrap_or(0);
-    let emitted = kernel(&after, "connect", "emitted") - kernel(&before, "connect", "emitted");
+    let folded = delta(&before, &after, "sensor.kernel.folded")?;
+    let emitted = delta(&before, &after, "sensor.kernel.records.connect.emitted")?;
     eprintln!("flood: 5000 connects, kernel folded {folded}, emitted {emitted}");
     // Connects of one key closer than 250 ms are folded: nearly all of the flood (a
     // descheduled flood, as in an emulated VM, may leave some unfolded).
@@ -248,14 +231,14 @@ fn all_sees_what_the_filter_would_drop() -> Result<()> {
     assert_eq!(v["event"]["kind"], "event", "{v:#}");
     let v = sensor.wait_for(WAIT, |v| is_connection(v, private, 4444))?;
     assert_eq!(v["event"]["risk_score"], 0, "{v:#}");
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     assert_eq!(
         sensor.connections_of(std_port).len(),
         3,
         "no kernel folding"
     );
     let s = stats(&mut sensor)?;
-    assert_eq!(kernel(&s, "connect", "filtered"), 0, "{s:#}");
+    assert_eq!(counter(&s, "sensor.kernel.records.connect.filtered")?, 0, "{s:#}");
     assert_eq!(s["sensor"]["kernel"]["folded"], 0, "{s:#}");
     Ok(())
 }
@@ -300,10 +283,9 @@ fn bursty_beacon_keeps_its_beats_and_counts() -> Result<()> {
         .unwrap_or(0.0);
     assert!((0.95..1.6).contains(&interval), "interval {interval}");
 
-    barrier(&mut sensor, &net)?;
+    sensor.barrier(&net, PUBLIC)?;
     let after = stats(&mut sensor)?;
-    let folded = after["sensor"]["kernel"]["folded"].as_u64().unwrap_or(0)
-        - before["sensor"]["kernel"]["folded"].as_u64().unwrap_or(0);
+    let folded = delta(&before, &after, "sensor.kernel.folded")?;
     eprintln!("bursty beacon: 36 connects, kernel folded {folded}");
     assert!(folded >= 12, "folded {folded}");
     let (status, lines) = sensor.stop_with(libc::SIGTERM)?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Scratch, Sensor, root_or_skip};
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
@@ -57,8 +57,7 @@ fn hostile_names_paths_and_argv_stay_single_line_json_within_bounds() -> Result<
     std::fs::create_dir_all(&dir)?;
     let exe = dir.join(OsStr::from_bytes(name));
     std::fs::copy(env!("CARGO_BIN_EXE_connector"), &exe).context("copying the connector")?;
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
+    let net = sensor_tests::public_net(&[PUBLIC])?;
     let mut sensor = Sensor::start(&[])?;
 
     // 1. The hostile path, with hostile arguments after the connector's own three.

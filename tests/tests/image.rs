@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Sensor, root_or_skip};
+use sensor_tests::{Sensor, root_or_skip};
 
 const PUBLIC: &str = "203.0.113.77";
 
@@ -75,11 +75,10 @@ fn image_binary_runs_checks_and_alerts() -> Result<()> {
     );
     assert!(text.contains("the sensor can run here"), "{text}");
     // A short run that alerts.
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
+    let net = sensor_tests::public_net(&[PUBLIC])?;
     let cmd = in_image(&root, &["run"])?;
     let mut sensor = Sensor::spawn(cmd)?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     if v["event"]["risk_score"] != 3 {
         bail!("expected a risk-3 alert from the image's binary: {v:#}");

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Sensor, root_or_skip, sensor_bin};
+use sensor_tests::{Sensor, root_or_skip, sensor_bin};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.9";
@@ -20,8 +20,8 @@ const VARIANTS: [&str; 4] = [
 ];
 
 fn overlay(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/kubernetes/overlays")
+    sensor_tests::repo()
+        .join("deploy/kubernetes/overlays")
         .join(name)
 }
 
@@ -89,7 +89,7 @@ fn documents(python: &Path, yaml: &str) -> Result<Vec<Value>> {
 
 /// What the policy ConfigMap holds (its configMapGenerator's files).
 fn configmap_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base")
+    sensor_tests::repo().join("deploy/kubernetes/base")
 }
 
 fn daemonset(docs: &[Value]) -> Result<&Value> {
@@ -251,7 +251,7 @@ fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
     assert!(!ok, "a misspelt field passed: {text}");
     // The base ships the same sample policy as the Debian package (kustomize cannot
     // reach files outside its directory, so it is a copy).
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = sensor_tests::repo();
     assert_eq!(
         std::fs::read_to_string(root.join("deploy/kubernetes/base/policy.toml"))?,
         std::fs::read_to_string(root.join("deploy/systemd/policy.toml"))?,
@@ -278,11 +278,10 @@ fn least_privilege_capabilities_are_enough() -> Result<()> {
         .iter()
         .filter_map(|c| c.as_str().map(|c| format!("CAP_{c}")))
         .collect();
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let net = sensor_tests::public_net(&[PUBLIC])?;
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let mut sensor = Sensor::start_with_capabilities(&caps, &[])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())

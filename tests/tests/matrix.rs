@@ -6,12 +6,12 @@
 //! connect to the kernel's exec record) and a clean exit; and, once per kernel, what
 //! depends on the lifecycle hooks. On the host they run like any other test.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use sensor_tests::{
-    ATTACH_LOCK, Net, Scratch, Sensor, bpf_programs_of, check_hook, is_connection,
-    loaded_program_ids, root_or_skip,
+    ATTACH_LOCK, Net, Scratch, Sensor, assert_tcp_alert, bpf_programs_of, check_hook,
+    is_connection, real_exe, root_or_skip,
 };
 use serde_json::Value;
 
@@ -21,29 +21,7 @@ const PUBLIC6: &str = "2001:db8::7";
 const FROZEN_RING: &str = "16777216";
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("192.0.2.1", PUBLIC, 24)?;
-    net.subnet("2001:db8::1", PUBLIC6, 64)?;
-    Ok(net)
-}
-
-/// The executable behind all links, as the kernel reports it.
-fn real_exe(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()?;
-    let path = String::from_utf8(out.stdout)?;
-    Ok(std::fs::canonicalize(path.trim())
-        .with_context(|| format!("resolving {cmd}"))?
-        .to_string_lossy()
-        .into_owned())
-}
-
-fn assert_alert(v: &Value, risk: u64) {
-    assert_eq!(v["event"]["kind"], "alert", "{v:#}");
-    assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
-    assert_eq!(v["threat"]["technique"]["id"][0], "T1571", "{v:#}");
-    assert_eq!(v["network"]["transport"], "tcp", "{v:#}");
+    sensor_tests::public_net(&[PUBLIC, PUBLIC6])
 }
 
 /// Atomic tests 1 and 2, a process gone before userspace looks, and a clean exit, on
@@ -60,9 +38,9 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
     let held = bpf_programs_of(sensor.pid());
 
     // Atomic 1: nc to 4444, IPv4.
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
-    assert_alert(&v, 3);
+    assert_tcp_alert(&v, 3, "High");
     check_hook(v["sensor"]["probe"].as_str().unwrap_or_default())?;
     assert_eq!(v["process"]["executable"], real_exe("nc")?, "{v:#}");
     assert_eq!(
@@ -81,11 +59,11 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
         &["-s", "-m", "2", &format!("http://{PUBLIC}:8088/beacon")],
     )?;
     let v = sensor.connection(curl, 8088)?;
-    assert_alert(&v, 3);
+    assert_tcp_alert(&v, 3, "High");
     assert_eq!(v["process"]["executable"], real_exe("curl")?, "{v:#}");
     let py = net.python_connect(PUBLIC6, 8088)?;
     let v = sensor.connection(py, 8088)?;
-    assert_alert(&v, 3);
+    assert_tcp_alert(&v, 3, "High");
     assert_eq!(v["sensor"]["matched"]["high_risk_executable"], "python3");
     assert_eq!(v["destination"]["ip"], PUBLIC6, "{v:#}");
     assert_eq!(v["network"]["type"], "ipv6");
@@ -136,10 +114,7 @@ fn one_sensor_per_hook_atomic_cases_kernel_attribution_clean_exit() -> Result<()
             .iter()
             .any(|v| v["event"]["action"] == "sensor-stopped")
     );
-    let still: Vec<u32> = loaded_program_ids()
-        .into_iter()
-        .filter(|id| held.contains(id))
-        .collect();
+    let still = sensor_tests::still_loaded(&held)?;
     assert!(still.is_empty(), "programs left loaded: {still:?}");
     Ok(())
 }
@@ -152,12 +127,7 @@ fn one_sensor_lifecycle_burst_fileless_and_thread() -> Result<()> {
     if !root_or_skip("matrix_lifecycle") {
         return Ok(());
     }
-    let n = std::env::var("SENSOR_TEST_BURST").map_or(Ok(200), |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("SENSOR_TEST_BURST={v:?} is not a positive count"))
-    })?;
+    let n = sensor_tests::burst_count(200)?;
     // Exclusive: the burst would flood the ring buffers of other tests' sensors.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("matrix-lifecycle")?;
@@ -200,7 +170,7 @@ fn one_sensor_lifecycle_burst_fileless_and_thread() -> Result<()> {
     let script =
         format!("i=0; while [ $i -lt {n} ]; do {connector} {PUBLIC} 4444 & i=$((i+1)); done; wait");
     let shell = net.run("sh", &["-c", &script])?;
-    let marker = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let marker = net.nc(PUBLIC, 4444)?;
     sensor.wait_for(Duration::from_secs(300), |v| is_connection(v, marker, 4444))?;
     let (status, lines) = sensor.stop_with(libc::SIGTERM)?;
     assert_eq!(status.code(), Some(0));

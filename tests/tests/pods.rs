@@ -7,31 +7,16 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Net, Scratch, Sensor, cgroup2_root, root_or_skip};
 
 const PUBLIC: &str = "203.0.113.88";
 const UID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
 
 fn net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
-}
-
-/// The cgroup2 hierarchy, wherever it is mounted (unified or hybrid).
-fn cgroup2_root() -> Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then_some(())?;
-            pre.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .context("no cgroup2 hierarchy mounted")
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 /// A host root for the sensor: the host's passwd, and the kubelet's links for one pod.
@@ -167,17 +152,15 @@ fn a_configmap_swap_reloads_the_policy() -> Result<()> {
     let net = net()?;
     let config = dir.join("policy.toml");
     let mut sensor = Sensor::start(&["--config", config.to_str().context("path")?])?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     assert_eq!(sensor.connection(pid, 9001)?["event"]["risk_score"], 2);
     let v2 = dir.join("..2026_11_25_10_05_00.2");
     std::fs::create_dir_all(&v2)?;
     std::fs::write(v2.join("policy.toml"), "c2_ports = [4444, 9001]\n")?;
     std::os::unix::fs::symlink("..2026_11_25_10_05_00.2", dir.join("..data_tmp"))?;
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    sensor.policy_reloaded()?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())
@@ -191,8 +174,7 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
     // A container: its own root (the host's programs bind-mounted, its own /etc/passwd)
     // in its own mount namespace. uid 4321 is "appuser" there and nobody on the host.
     let scratch = Scratch::new("container-users")?;
-    let root = scratch.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc"))?;
+    let root = scratch.rootfs()?;
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nappuser:x:4321:4321::/app:/bin/sh\n",
@@ -207,10 +189,7 @@ fn users_in_a_container_come_from_its_own_passwd() -> Result<()> {
              s.settimeout(2); s.connect_ex(('{PUBLIC}', 4444)); time.sleep(1)"
         ),
     ]);
-    let binds: Vec<&str> = ["usr", "bin", "lib", "lib64"]
-        .into_iter()
-        .filter(|d| Path::new("/").join(d).exists())
-        .collect();
+    let binds = sensor_tests::program_dirs();
     sensor_tests::contained(&mut cmd, &root, &binds)?;
     let mut child = cmd.spawn().context("starting the contained python3")?;
     let pid = child.id();

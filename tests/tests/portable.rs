@@ -16,9 +16,7 @@ const TRACING_MOUNTS: [&str; 3] = [
 ];
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
 }
 
 fn started(sensor: &Sensor) -> Value {
@@ -53,7 +51,7 @@ fn alerts_without_tracefs_using_btf_hooks_only() -> Result<()> {
     // Frozen while nc execs, connects and exits: the alert's attribution can then only
     // come from the kernel's exec record, so the lifecycle hooks work without tracefs too.
     sensor.signal(libc::SIGSTOP);
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     sensor.signal(libc::SIGCONT);
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
@@ -127,7 +125,7 @@ fn classic_tracepoint_fallback_mounts_tracefs_privately() -> Result<()> {
         &["--probe", "tracepoint", "--ring-buffer-size", "16777216"],
         &TRACING_MOUNTS,
     )?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     assert_eq!(v["sensor"]["probe"], "tracepoint/sock/inet_sock_set_state");

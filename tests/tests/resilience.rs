@@ -2,37 +2,52 @@
 //! reads during an alert storm, a `kill -9`, and its capabilities after start-up.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     process::{Child, ChildStdout, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use sensor_tests::{
-    ATTACH_LOCK, Net, Scratch, forced_probe, http_get, metric, root_or_skip, sensor_bin,
+    ATTACH_LOCK, Net, Scratch, collect, forced_probe, http_get, metric_counter, poll_until,
+    root_or_skip, sensor_bin, wait_for_value,
 };
 use serde_json::Value;
 
 const PUBLIC: &str = "203.0.113.7";
 
 fn public_net() -> Result<Net> {
-    let net = Net::new()?;
-    net.subnet("203.0.113.1", PUBLIC, 24)?;
-    Ok(net)
+    sensor_tests::public_net(&[PUBLIC])
+}
+
+/// Whether the reader of a [`Held`] sensor may read: it blocks on the gate while closed.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.changed.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let open = self.open.lock().unwrap();
+        drop(self.changed.wait_while(open, |open| !*open).unwrap());
+    }
 }
 
 /// A `sensor run` whose stdout the test reads only when it wants to: a reader thread
-/// that stops reading while `paused` is set, leaving the pipe full.
+/// that stops reading while the gate is closed, leaving the pipe full.
 struct Held {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    paused: Arc<AtomicBool>,
-    stderr: Arc<Mutex<String>>,
+    reading: Arc<Gate>,
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Held {
@@ -49,25 +64,15 @@ impl Held {
             .spawn()
             .context("starting the sensor")?;
         let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut err = child.stderr.take().context("stderr")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let e = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, _) = collect(child.stderr.take().context("stderr")?);
         let mut line = String::new();
         let started = loop {
             line.clear();
             if out.read_line(&mut line)? == 0 {
-                bail!("sensor exited before starting: {}", stderr.lock().unwrap());
+                bail!(
+                    "sensor exited before starting: {}",
+                    String::from_utf8_lossy(&stderr.lock().unwrap())
+                );
             }
             let v: Value = serde_json::from_str(&line).context("a stdout line")?;
             if v["event"]["action"] == "sensor-started" {
@@ -76,18 +81,22 @@ impl Held {
         };
         let lines = Arc::new(Mutex::new(Vec::new()));
         // Paused from the start: nothing reads stdout until the test says so.
-        let paused = Arc::new(AtomicBool::new(true));
-        let (l, p) = (lines.clone(), paused.clone());
+        let reading = Arc::new(Gate::default());
+        let (l, p) = (lines.clone(), reading.clone());
         thread::spawn(move || read_when_allowed(out, &l, &p));
         Ok((
             Self {
                 child,
                 lines,
-                paused,
+                reading,
                 stderr,
             },
             started,
         ))
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     fn lines(&self) -> Vec<String> {
@@ -95,15 +104,9 @@ impl Held {
     }
 }
 
-fn read_when_allowed(
-    mut out: BufReader<ChildStdout>,
-    lines: &Mutex<Vec<String>>,
-    paused: &AtomicBool,
-) {
+fn read_when_allowed(mut out: BufReader<ChildStdout>, lines: &Mutex<Vec<String>>, reading: &Gate) {
     loop {
-        while paused.load(Ordering::SeqCst) {
-            thread::sleep(Duration::from_millis(10));
-        }
+        reading.wait_open();
         let mut line = String::new();
         match out.read_line(&mut line) {
             Ok(0) | Err(_) => return,
@@ -161,31 +164,31 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
         }
         Ok(body)
     };
-    let seen = |b: &str| metric(b, "t1571_sensor_connections_total").unwrap_or(0);
-    let dropped = |b: &str| metric(b, "t1571_sensor_output_dropped_total").unwrap_or(0);
-    let lost = |b: &str| metric(b, "t1571_sensor_lost_events_total").unwrap_or(0);
+    let seen = |b: &str| metric_counter(b, "t1571_sensor_connections_total");
+    let dropped = |b: &str| metric_counter(b, "t1571_sensor_output_dropped_total");
+    let lost = |b: &str| metric_counter(b, "t1571_sensor_lost_events_total");
 
     // At least 10 s with nobody reading stdout, from the storm on.
     let unread = Instant::now();
     let made = storm(&net, &connector, STORM)?;
     // The reader drains every connect of the storm while stdout is full: the ring-buffer
     // reader is never blocked by the writer.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let body = loop {
-        let body = metrics()?;
-        if seen(&body) >= made || Instant::now() > deadline {
-            break body;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let (body, seen_now) = poll_until(
+        Duration::from_secs(120),
+        || {
+            let body = metrics()?;
+            let n = seen(&body)?;
+            Ok((body, n))
+        },
+        |(_, n)| *n >= made,
+    )?;
     assert!(
-        seen(&body) >= made,
-        "the reader saw {} of {made} connects while stdout was unread; stderr:\n{}",
-        seen(&body),
-        sensor.stderr.lock().unwrap()
+        seen_now >= made,
+        "the reader saw {seen_now} of {made} connects while stdout was unread; stderr:\n{}",
+        sensor.stderr()
     );
-    assert_eq!(lost(&body), 0, "kernel losses during the storm");
-    let dropped_while_unread = dropped(&body);
+    assert_eq!(lost(&body)?, 0, "kernel losses during the storm");
+    let dropped_while_unread = dropped(&body)?;
     assert!(
         dropped_while_unread > 0,
         "{made} alerts cannot fit in a pipe and the queue"
@@ -196,7 +199,7 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
         "the event loop stalled"
     );
     assert!(
-        sensor.stderr.lock().unwrap().contains("output queue full"),
+        sensor.stderr().contains("output queue full"),
         "the drop was not said when it started"
     );
     eprintln!(
@@ -206,22 +209,21 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
     thread::sleep(Duration::from_secs(10).saturating_sub(unread.elapsed()));
 
     // Read again: the next line out says what was dropped.
-    sensor.paused.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let report = loop {
-        net.run(&connector, &[PUBLIC, "4444"])?;
-        let found = sensor.lines().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["event"]["action"] == "output-dropped").then_some(v)
-        });
-        if let Some(v) = found {
-            break v;
-        }
-        if Instant::now() > deadline {
-            bail!("no output-dropped line once stdout was read again");
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    sensor.reading.set(true);
+    // A connect per try: the line comes with the next line out.
+    let report = wait_for_value(
+        "an output-dropped line once stdout was read again",
+        Duration::from_secs(20),
+        || {
+            net.run(&connector, &[PUBLIC, "4444"])?;
+            Ok(sensor.lines().iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["event"]["action"] == "output-dropped").then_some(v)
+            }))
+        },
+        Option::is_some,
+    )?
+    .context("no output-dropped line")?;
     assert_eq!(report["event"]["kind"], "pipeline_error");
     let total = report["sensor"]["output_dropped"].as_u64().unwrap();
     assert!(total >= dropped_while_unread, "{report:#}");
@@ -234,41 +236,46 @@ fn a_stdout_nobody_reads_never_blocks_the_ring_buffer_reader() -> Result<()> {
 
     // Block stdout again and storm again; in the middle of the storm, with the queue
     // full and the writer in write(2) on a full pipe, SIGTERM exits within a second.
-    sensor.paused.store(true, Ordering::SeqCst);
-    let before = dropped(&metrics()?);
+    sensor.reading.set(false);
+    let before = dropped(&metrics()?)?;
     let mut flood = net
         .command(&connector)
         .args([PUBLIC, "4444", "1000000"])
         .spawn()
         .context("starting the second storm")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while dropped(&metrics()?) == before {
-        if Instant::now() > deadline {
-            bail!("the queue never filled again");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_value(
+        "the output queue to fill again (output_dropped to grow)",
+        Duration::from_secs(120),
+        || dropped(&metrics()?),
+        |now| *now != before,
+    )?;
     assert!(flood.try_wait()?.is_none(), "the storm ended too soon");
     let mut sensor = sensor;
     let pid = sensor.child.id();
     let t = Instant::now();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = sensor.child.try_wait()? {
-            break s;
+    // Waited for by a blocking wait(2) (the exit is timed), bounded by a watchdog.
+    let (exited, exit) = mpsc::channel();
+    let (status, took) = thread::scope(|s| {
+        let child = &mut sensor.child;
+        s.spawn(move || {
+            let _ = exited.send(child.wait());
+        });
+        match exit.recv_timeout(Duration::from_secs(5)) {
+            Ok(status) => Ok((status?, t.elapsed())),
+            Err(_) => {
+                // SAFETY: kill(2) on our own child; the waiting thread then returns.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                bail!("no exit 5 s after SIGTERM with stdout blocked")
+            }
         }
-        if t.elapsed() > Duration::from_secs(5) {
-            bail!("no exit 5 s after SIGTERM with stdout blocked");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let took = t.elapsed();
+    })?;
     let _ = flood.kill();
     let _ = flood.wait();
     eprintln!("SIGTERM during a storm, stdout blocked: exited in {took:?}");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
-    assert_eq!(status.code(), Some(0), "{}", sensor.stderr.lock().unwrap());
+    assert_eq!(status.code(), Some(0), "{}", sensor.stderr());
     Ok(())
 }
 
@@ -331,17 +338,12 @@ fn kill_9_leaves_no_program_attached() -> Result<()> {
     );
     // The kernel releases the links and programs once the last fd is closed; the
     // release itself may be deferred (RCU), so poll briefly.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (progs, links) = still_loaded(&ours)?;
-        if progs.is_empty() && links.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("after kill -9, still loaded: {progs:#?}\nstill attached: {links:#?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_value(
+        "the kernel to release the programs and links after kill -9 (still loaded, still attached)",
+        Duration::from_secs(5),
+        || still_loaded(&ours),
+        |(progs, links)| progs.is_empty() && links.is_empty(),
+    )?;
     Ok(())
 }
 
@@ -461,15 +463,13 @@ fn capabilities_are_dropped_after_attach_and_features_still_work() -> Result<()>
     // A reload that changes scoring: 4444 is no longer a C2 port.
     std::fs::write(&policy, "c2_ports = [9001]\n")?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    sensor.policy_reloaded()?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let after = sensor.connection(pid, 4444)?;
     let risk = after["event"]["risk_score"]
         .as_u64()
         .context("risk_score")?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let new_c2 = sensor.connection(pid, 9001)?;
     assert_eq!(
         new_c2["sensor"]["matched"]["known_c2_port"], true,

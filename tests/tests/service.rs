@@ -4,9 +4,10 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sensor_tests::{
-    ATTACH_LOCK, Journald, Net, Scratch, Sensor, http_get, metric, root_or_skip, sensor_bin,
+    ATTACH_LOCK, Journald, Scratch, Sensor, http_get, metric_counter, poll_until, public_net,
+    root_or_skip, sensor_bin, wait_for_value,
 };
 
 const PUBLIC: &str = "192.0.2.7";
@@ -14,7 +15,7 @@ const PUBLIC: &str = "192.0.2.7";
 const MAX_EXPOSURE: f64 = 3.0;
 
 fn unit_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/t1571-sensor.service")
+    sensor_tests::repo().join("deploy/systemd/t1571-sensor.service")
 }
 
 /// The unit's `CapabilityBoundingSet=`, as capability names (`CAP_BPF`, ...).
@@ -58,8 +59,7 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
     let scratch = Scratch::new("unit-caps")?;
     let policy = scratch.dir.join("policy.toml");
     std::fs::write(&policy, "c2_ports = [4444]\n")?;
-    let net = Net::new()?;
-    net.subnet("192.0.2.1", PUBLIC, 24)?;
+    let net = public_net(&[PUBLIC])?;
     // As the unit runs it: root, the bounding set cut to the unit's, no new privileges,
     // with every feature the unit turns on, and metrics.
     let policy_arg = policy.to_string_lossy().into_owned();
@@ -77,19 +77,17 @@ fn sensor_works_with_exactly_the_units_capabilities() -> Result<()> {
     let addr = sensor.metrics_address()?;
     assert_eq!(http_get(&format!("http://{addr}/healthz"))?.0, 200);
     // Alerts flow.
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let pid = net.nc(PUBLIC, 4444)?;
     let v = sensor.connection(pid, 4444)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 2, "{v:#}");
     // A reload (ExecReload sends SIGHUP) works: 9001 becomes a C2 port.
     std::fs::write(&policy, "c2_ports = [4444, 9001]\n")?;
     sensor.signal(libc::SIGHUP);
-    sensor.wait_for(Duration::from_secs(10), |v| {
-        v["event"]["action"] == "policy-reloaded"
-    })?;
-    let pid = net.run("nc", &["-z", "-w2", PUBLIC, "9001"])?;
+    sensor.policy_reloaded()?;
+    let pid = net.nc(PUBLIC, 9001)?;
     let v = sensor.connection(pid, 9001)?;
     assert_eq!(v["event"]["risk_score"], 3, "{v:#}");
     Ok(())
@@ -101,8 +99,7 @@ fn alerts_reach_journald_as_structured_entries() -> Result<()> {
         return Ok(());
     }
     let journal = Journald::ensure()?;
-    let net = Net::new()?;
-    net.subnet("192.0.2.1", PUBLIC, 24)?;
+    let net = public_net(&[PUBLIC])?;
     let mut sensor = Sensor::start(&["--output", "both"])?;
     // A padded command line: 100 KiB of arguments, more than journald takes in a line.
     let pad = "A".repeat(100 * 1024);
@@ -219,8 +216,7 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
     }
     // The counter is host-wide: no other test's sensor (and its alerts) may run meanwhile.
     let _only = ATTACH_LOCK.write().unwrap_or_else(|e| e.into_inner());
-    let net = Net::new()?;
-    net.subnet("192.0.2.1", PUBLIC, 24)?;
+    let net = public_net(&[PUBLIC])?;
     // Port 0: the kernel picks a free one; the sensor says which in sensor-started.
     let mut sensor = Sensor::start_unlocked(&[
         "--metrics",
@@ -233,37 +229,28 @@ fn metrics_count_alerts_exactly_and_healthz_sees_a_stall() -> Result<()> {
     let high = "t1571_sensor_alerts_by_severity_total{severity=\"high\"}";
     let (code, body) = http_get(&format!("http://{addr}/metrics"))?;
     assert_eq!(code, 200, "{body}");
-    let before = metric(&body, high).context("no high alert counter")?;
+    let before = metric_counter(&body, high)?;
     const N: u64 = 3;
     for _ in 0..N {
-        let pid = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+        let pid = net.nc(PUBLIC, 4444)?;
         sensor.connection(pid, 4444)?;
     }
     // Published on every stats tick: wait for the counter to settle, then compare exactly.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let after = loop {
-        let (_, body) = http_get(&format!("http://{addr}/metrics"))?;
-        let v = metric(&body, high).context("no high alert counter")?;
-        if v >= before + N || std::time::Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let after = poll_until(
+        Duration::from_secs(5),
+        || metric_counter(&http_get(&format!("http://{addr}/metrics"))?.1, high),
+        |v| *v >= before + N,
+    )?;
     assert_eq!(after - before, N);
     assert_eq!(http_get(&format!("http://{addr}/healthz"))?.0, 200);
     // The reader stalls (a test switch blocks the event loop): healthz turns 503 while
     // the endpoint, on its own thread, still answers.
     sensor.signal(libc::SIGUSR1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, _) = http_get(&format!("http://{addr}/healthz"))?;
-        if code == 503 {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("healthz never reported the stall");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_value(
+        "/healthz to report the stall (503)",
+        Duration::from_secs(15),
+        || Ok(http_get(&format!("http://{addr}/healthz"))?.0),
+        |code| *code == 503,
+    )?;
     Ok(())
 }

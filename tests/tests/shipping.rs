@@ -9,13 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests sit in the workspace")
-        .to_path_buf()
-}
+use sensor_tests::repo;
 
 fn rsyslogd() -> Option<PathBuf> {
     let found = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use sensor_tests::{Net, Scratch, Sensor, root_or_skip};
+use sensor_tests::{Net, Scratch, Sensor, public_net, repo, root_or_skip};
 use serde_json::Value;
 
 // Not the 203.0.113.7 other tests use: a beacon is keyed by executable and destination, and
@@ -54,13 +54,6 @@ executables = ["python3*"]
 destination_ports = [6667]
 "#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests sit in the workspace")
-        .to_path_buf()
-}
-
 /// The venv's python (`SIEM_PYTHON`, set by `cargo xtask test`; else the venv `cargo xtask
 /// siem` made). Without it the test skips, and fails under CI.
 fn siem_python(test: &str) -> Option<PathBuf> {
@@ -92,14 +85,6 @@ struct Case {
     expected: Rules,
 }
 
-/// python3 connects once to `ip:port` and lingers 0.3 s (allow rules read the executable).
-fn python_connect(net: &Net, ip: &str, port: u16) -> Result<u32> {
-    let code = format!(
-        "import socket, time\ns = socket.socket()\ns.settimeout(2)\ns.connect_ex(({ip:?}, {port}))\ntime.sleep(0.3)"
-    );
-    net.run("python3", &["-c", &code])
-}
-
 fn curl(net: &Net, ip: &str, port: u16) -> Result<u32> {
     net.run(
         "curl",
@@ -112,10 +97,6 @@ fn curl(net: &Net, ip: &str, port: u16) -> Result<u32> {
     )
 }
 
-fn nc(net: &Net, ip: &str, port: u16) -> Result<u32> {
-    net.run("nc", &["-z", "-w", "2", ip, &port.to_string()])
-}
-
 /// Runs every case under a sensor started with `sensor_args`; returns the sensor's lines and
 /// the cases. `sysmon` picks the expectations of the Sysmon-style rules.
 fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)> {
@@ -123,10 +104,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
     // beacons to the same address would share one beacon key and break its regularity.
     static RECORDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = RECORDING.lock().unwrap_or_else(|e| e.into_inner());
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
-    net.subnet("10.71.0.1", PRIVATE_10, 24)?;
-    net.subnet("192.168.71.1", PRIVATE_192, 24)?;
+    let net = public_net(&[PUBLIC, PRIVATE_10, PRIVATE_192])?;
     let scratch = Scratch::new("siem")?;
     let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
     let policy = scratch.dir.join("policy.toml");
@@ -159,7 +137,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Atomic 1 and 2.
         Case {
             name: "nc -> 4444 (Atomic 1)",
-            pid: nc(&net, PUBLIC, 4444)?,
+            pid: net.nc(PUBLIC, 4444)?,
             port: 4444,
             expected: high,
         },
@@ -171,14 +149,14 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         },
         Case {
             name: "python3 -> 8088 (Atomic 2)",
-            pid: python_connect(&net, PUBLIC, 8088)?,
+            pid: net.python_connect_lingering(PUBLIC, 8088)?,
             port: 8088,
             expected: high,
         },
         // The other tiers and the fileless rule.
         Case {
             name: "python3 -> 5555 (tier 2)",
-            pid: python_connect(&net, PUBLIC, 5555)?,
+            pid: net.python_connect_lingering(PUBLIC, 5555)?,
             port: 5555,
             expected: medium,
         },
@@ -197,7 +175,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Benign: standard ports, an ordinary program on an ordinary port.
         Case {
             name: "python3 -> 443",
-            pid: python_connect(&net, PUBLIC, 443)?,
+            pid: net.python_connect_lingering(PUBLIC, 443)?,
             port: 443,
             expected: &[],
         },
@@ -222,7 +200,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Private destinations.
         Case {
             name: "nc -> 10.x:4444",
-            pid: nc(&net, PRIVATE_10, 4444)?,
+            pid: net.nc(PRIVATE_10, 4444)?,
             port: 4444,
             expected: &[],
         },
@@ -235,7 +213,7 @@ fn record(sensor_args: &[&str], sysmon: bool) -> Result<(Vec<Value>, Vec<Case>)>
         // Allowed by the host's policy.
         Case {
             name: "python3 -> 6667 (allow rule)",
-            pid: python_connect(&net, PUBLIC, 6667)?,
+            pid: net.python_connect_lingering(PUBLIC, 6667)?,
             port: 6667,
             expected: allowed,
         },

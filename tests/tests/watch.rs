@@ -6,7 +6,6 @@
 
 use std::{
     ffi::{CString, OsStr},
-    io::Read,
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -14,13 +13,14 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use rstest::rstest;
 use sensor_tests::{
-    ATTACH_LOCK, JOURNAL_SOCKET, Journald, Net, Scratch, Sensor, forced_probe, root_or_skip,
-    sensor_bin,
+    ATTACH_LOCK, JOURNAL_SOCKET, Journald, Scratch, Sensor, collect, forced_probe, poll_until,
+    public_net, root_or_skip, sensor_bin, wait_until,
 };
 use serde_json::Value;
 
@@ -89,17 +89,11 @@ impl Tmux {
 
     /// Waits until the screen satisfies `pred`.
     fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("screen never showed {what}:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let s = poll_until(Duration::from_secs(30), || Ok(self.screen()), |s| pred(s))?;
+        if !pred(&s) {
+            bail!("screen never showed {what}:\n{s}");
         }
+        Ok(s)
     }
 }
 
@@ -118,24 +112,22 @@ fn live_view_shows_an_alert_filters_it_and_quits() -> Result<()> {
         return Ok(());
     }
     let _shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let net = public_net(&[PUBLIC])?;
     let tmux = Tmux::start(&format!("{} watch --live", sensor_bin().display()))?;
     tmux.wait("the view", |s| s.contains("t1571-sensor watch"))?;
     // The sensor it started needs a moment to attach; connect until the alert shows.
     let target = format!("{PUBLIC}:4444");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let screen = loop {
-        net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
-        let s = tmux.screen();
-        if s.contains(&target) {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!("no alert on screen:\n{s}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let screen = poll_until(
+        Duration::from_secs(30),
+        || {
+            net.nc(PUBLIC, 4444)?;
+            Ok(tmux.screen())
+        },
+        |s| s.contains(&target),
+    )?;
+    if !screen.contains(&target) {
+        bail!("no alert on screen:\n{screen}");
+    }
     let row = screen
         .lines()
         .find(|l| l.contains(&target))
@@ -150,13 +142,10 @@ fn live_view_shows_an_alert_filters_it_and_quits() -> Result<()> {
     tmux.keys(&["c"])?;
     tmux.wait("the alert again", |s| s.contains(&target))?;
     tmux.keys(&["q"])?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux.alive() {
-        if Instant::now() > deadline {
-            bail!("watch did not quit on q:\n{}", tmux.screen());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("watch to quit on q", Duration::from_secs(10), || {
+        !tmux.alive()
+    })
+    .with_context(|| format!("screen:\n{}", tmux.screen()))?;
     Ok(())
 }
 
@@ -301,36 +290,24 @@ impl PipedWatch {
             .stderr(Stdio::null())
             .spawn()
             .context("starting sensor watch")?;
-        let mut stdout = child.stdout.take().context("watch stdout")?;
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let o = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let (out, _) = collect(child.stdout.take().context("watch stdout")?);
         Ok(Self { child, out })
     }
 
     fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.out.lock().unwrap().clone();
-            if pred(&String::from_utf8_lossy(&out)) {
-                return Ok(out);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "watch never printed {what}:\n{}",
-                    String::from_utf8_lossy(&out)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let shows = |out: &Vec<u8>| pred(&String::from_utf8_lossy(out));
+        let out = poll_until(
+            Duration::from_secs(30),
+            || Ok(self.out.lock().unwrap().clone()),
+            shows,
+        )?;
+        if !shows(&out) {
+            bail!(
+                "watch never printed {what}:\n{}",
+                String::from_utf8_lossy(&out)
+            );
         }
+        Ok(out)
     }
 }
 
@@ -351,12 +328,11 @@ enum Started {
 }
 
 /// The sensor's real alerts through `sensor watch --journal`, and not the forged one.
-fn forged_entry_is_not_shown(how: Started) -> Result<()> {
+fn forged_entry_is(how: Started) -> Result<()> {
     let _shared = ATTACH_LOCK.read().unwrap_or_else(|e| e.into_inner());
     let journal = Journald::ensure()?;
     let scratch = Scratch::new("watch-journal")?;
-    let net = Net::new()?;
-    net.subnet("198.51.100.1", PUBLIC, 24)?;
+    let net = public_net(&[PUBLIC])?;
     let cgroup = match how {
         Started::AsUnit => Some(UnitCgroup::new()?),
         Started::ByHand => None,
@@ -378,7 +354,7 @@ fn forged_entry_is_not_shown(how: Started) -> Result<()> {
     let from_sensor = format!("_PID={sensor_pid}");
 
     // 1. A real alert, and its journal entry: the forger copies it.
-    let first = net.run("nc", &["-z", "-w2", PUBLIC, "4444"])?;
+    let first = net.nc(PUBLIC, 4444)?;
     sensor.connection(first, 4444)?;
     let first_match = format!("SENSOR_PROCESS_PID={first}");
     let real = journal.entry(&[&from_sensor, &first_match])?;
@@ -518,18 +494,12 @@ fn forged_entry_is_not_shown(how: Started) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn forged_journal_entry_is_not_shown_for_a_sensor_started_by_hand() -> Result<()> {
-    if !root_or_skip("watch_forged_pid") {
+#[rstest]
+#[case::started_by_hand(Started::ByHand)]
+#[case::as_the_sensor_unit(Started::AsUnit)]
+fn forged_journal_entry_is_not_shown(#[case] how: Started) -> Result<()> {
+    if !root_or_skip("watch_forged") {
         return Ok(());
     }
-    forged_entry_is_not_shown(Started::ByHand)
-}
-
-#[test]
-fn forged_journal_entry_is_not_shown_for_the_sensor_unit() -> Result<()> {
-    if !root_or_skip("watch_forged_unit") {
-        return Ok(());
-    }
-    forged_entry_is_not_shown(Started::AsUnit)
+    forged_entry_is(how)
 }

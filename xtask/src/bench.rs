@@ -7,22 +7,25 @@
 //! between commits.
 
 mod criterion;
+mod measure;
 mod net;
 mod report;
+mod rows;
 mod subject;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{cargo, cargo_env, image, toolchain};
+use measure::Sample;
 use net::Net;
-use subject::{Kind, Running};
+use rows::{Row, Traffic, latency_rows, rows, sensor};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -60,91 +63,6 @@ pub struct Args {
     #[arg(long)]
     criterion: bool,
 }
-
-/// The storm's shape.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Traffic {
-    /// One process to one C2 port (4444): every connect scores, one key.
-    Flood,
-    /// A high-risk process (`curl`) to 60,000 ports on each of 8 hosts: every connect
-    /// scores, every key distinct.
-    Scan,
-    /// Port 443 on a documentation address and a private (excluded) one: nothing scores.
-    Benign,
-}
-
-impl Traffic {
-    fn name(self) -> &'static str {
-        match self {
-            Traffic::Flood => "flood",
-            Traffic::Scan => "scan",
-            Traffic::Benign => "benign",
-        }
-    }
-
-    fn storm_args(self) -> Vec<String> {
-        let mut a = Vec::new();
-        let dsts: &[&str] = match self {
-            Traffic::Flood => &[net::SERVER],
-            Traffic::Scan => &net::SCAN_HOSTS,
-            Traffic::Benign => &[net::SERVER, net::PRIVATE],
-        };
-        for d in dsts {
-            a.extend(["--dst".to_string(), d.to_string()]);
-        }
-        a.push("--ports".into());
-        a.push(
-            match self {
-                Traffic::Flood => "4444",
-                Traffic::Scan => "1025-61024",
-                Traffic::Benign => "443",
-            }
-            .into(),
-        );
-        a
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub name: String,
-    pub label: String,
-    pub subject: Option<Kind>,
-    pub traffic: Traffic,
-}
-
-/// One row in one round.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Sample {
-    pub round: u32,
-    pub connects: u64,
-    pub per_second: f64,
-    /// Against no sensor on the same traffic in the same round.
-    pub ratio: Option<f64>,
-    /// The subject's utime + stime over the storm and its catch-up afterwards.
-    pub cpu_seconds: Option<f64>,
-    /// Its CPU use (% of one CPU) in the quiet second before the storm.
-    pub idle_cpu_percent: Option<f64>,
-    pub peak_rss_kib: Option<u64>,
-    /// VmRSS once the subject has caught up after the storm.
-    pub steady_rss_kib: Option<u64>,
-    /// Seconds the subject kept working after the storm ended.
-    pub catch_up_seconds: Option<f64>,
-    /// Lines the subject printed (connect alerts or events, and a few status lines).
-    pub lines: Option<u64>,
-    /// Connects userspace handled (`sensor.connections` of `sensor-stopped`).
-    pub handled: Option<u64>,
-    /// Ring-buffer events lost (`sensor.lost_events_total`, or bpftrace's "Lost N events").
-    pub lost: Option<u64>,
-    /// Every counter of `sensor-stopped` whose name says "lost" or "dropped".
-    pub loss_counters: Value,
-    /// Alert latency, connect to line read, in ms (paced runs only).
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    pub latency_max_ms: Option<f64>,
-    pub latency_samples: Option<usize>,
-}
-
 struct Bench {
     storm: PathBuf,
     curl: PathBuf,
@@ -347,257 +265,6 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         None => {}
     }
     Ok(())
-}
-
-fn sensor(bin: &Path, args: &[&str]) -> Kind {
-    Kind::Sensor {
-        bin: bin.to_path_buf(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-    }
-}
-
-fn rows(bin: &Path, bpftrace: bool, others: &[(String, PathBuf)]) -> Vec<Row> {
-    let row = |name: &str, label: &str, subject: Option<Kind>, traffic| Row {
-        name: name.into(),
-        label: label.into(),
-        subject,
-        traffic,
-    };
-    let mut rows = vec![
-        row("none", "no sensor (flood)", None, Traffic::Flood),
-        row("none-benign", "no sensor (benign)", None, Traffic::Benign),
-        row("none-scan", "no sensor (scan)", None, Traffic::Scan),
-        row(
-            "empty-tp_btf",
-            "empty program, tp_btf",
-            Some(Kind::Baseline { btf: true }),
-            Traffic::Benign,
-        ),
-        row(
-            "empty-tracepoint",
-            "empty program, tracepoint",
-            Some(Kind::Baseline { btf: false }),
-            Traffic::Benign,
-        ),
-        row(
-            "benign",
-            "sensor, benign",
-            Some(sensor(bin, &[])),
-            Traffic::Benign,
-        ),
-        row(
-            "flood",
-            "sensor, flood, fold on",
-            Some(sensor(bin, &[])),
-            Traffic::Flood,
-        ),
-        row(
-            "flood-nofold",
-            "sensor, flood, fold off",
-            Some(sensor(bin, &["--fold-period", "0"])),
-            Traffic::Flood,
-        ),
-        row(
-            "scan",
-            "sensor, scan, fold on",
-            Some(sensor(bin, &[])),
-            Traffic::Scan,
-        ),
-        row(
-            "scan-nofold",
-            "sensor, scan, fold off",
-            Some(sensor(bin, &["--fold-period", "0"])),
-            Traffic::Scan,
-        ),
-        row(
-            "all",
-            "sensor --all, benign",
-            Some(sensor(bin, &["--all"])),
-            Traffic::Benign,
-        ),
-    ];
-    if bpftrace {
-        rows.push(row(
-            "bpftrace",
-            "bpftrace printf, flood",
-            Some(Kind::Bpftrace),
-            Traffic::Flood,
-        ));
-    }
-    for (label, path) in others {
-        for (name, what, args, traffic) in [
-            ("benign", "benign", &[][..], Traffic::Benign),
-            (
-                "scan-nofold",
-                "scan, fold off",
-                &["--fold-period", "0"][..],
-                Traffic::Scan,
-            ),
-            ("all", "--all, benign", &["--all"][..], Traffic::Benign),
-        ] {
-            rows.push(row(
-                &format!("{label}-{name}"),
-                &format!("{label}: sensor, {what}"),
-                Some(sensor(path, args)),
-                traffic,
-            ));
-        }
-    }
-    rows
-}
-
-/// Paced at 10,000 connects/s, flood control off: each connect's line is timed.
-fn latency_rows(bin: &Path, bpftrace: bool) -> Vec<Row> {
-    let mut rows = vec![
-        Row {
-            name: "latency-flood-nofold".into(),
-            label: "sensor, flood, fold off".into(),
-            subject: Some(sensor(bin, &["--fold-period", "0"])),
-            traffic: Traffic::Flood,
-        },
-        Row {
-            name: "latency-scan-nofold".into(),
-            label: "sensor, scan, fold off".into(),
-            subject: Some(sensor(bin, &["--fold-period", "0"])),
-            traffic: Traffic::Scan,
-        },
-        Row {
-            name: "latency-all".into(),
-            label: "sensor --all, benign".into(),
-            subject: Some(sensor(bin, &["--all"])),
-            traffic: Traffic::Benign,
-        },
-    ];
-    if bpftrace {
-        rows.push(Row {
-            name: "latency-bpftrace".into(),
-            label: "bpftrace printf, flood".into(),
-            subject: Some(Kind::Bpftrace),
-            traffic: Traffic::Flood,
-        });
-    }
-    rows
-}
-
-impl Bench {
-    /// Starts the row's subject, runs the storm for `seconds` (paced at `rate` connects/s
-    /// if given: then each connect line's latency is measured), waits for the subject to
-    /// catch up, and stops it.
-    fn measure(&self, row: &Row, round: u32, seconds: f64, rate: Option<u32>) -> Result<Sample> {
-        let log = self.logs.join(format!("{}-{}.stderr", row.name, round + 1));
-        let running = match &row.subject {
-            Some(kind) => Some(Running::start(kind, &self.sensor, &log, rate.is_some())?),
-            None => None,
-        };
-        // Its CPU over a quiet second first: what it spends on the rest of the host (other
-        // processes' lifecycle records, timers), to tell apart from what the storm costs.
-        let (idle, before) = match &running {
-            Some(r) => {
-                let a = subject::cpu_seconds(r.pid())?;
-                std::thread::sleep(Duration::from_secs(1));
-                let b = subject::cpu_seconds(r.pid())?;
-                (Some(b - a), Some(b))
-            }
-            None => (None, None),
-        };
-        let exe = match row.traffic {
-            Traffic::Scan => &self.curl,
-            _ => &self.storm,
-        };
-        let mut cmd = Command::new(exe);
-        cmd.args(["--netns", &self.net.client_path()])
-            .args(row.traffic.storm_args())
-            .args(["--seconds", &seconds.to_string()]);
-        if let Some(r) = rate {
-            cmd.args(["--rate", &r.to_string()]);
-        }
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", exe.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let storm: Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("storm printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
-        let connects = storm["connects"].as_u64().context("storm: no connects")?;
-        if storm["errors"].as_u64() != Some(0) {
-            eprintln!(
-                "xtask bench: warning: the storm had {} errors besides RSTs (first: {})",
-                storm["errors"], storm["first_error"]
-            );
-        }
-        let mut s = Sample {
-            connects,
-            per_second: storm["per_second"].as_f64().unwrap_or(0.0),
-            loss_counters: Value::Null,
-            ..Default::default()
-        };
-        let Some(running) = running else {
-            return Ok(s);
-        };
-        let pid = running.pid();
-        let caught_up = subject::settle(pid, Duration::from_secs(30))?;
-        let cpu = subject::cpu_seconds(pid)? - before.unwrap_or(0.0);
-        let (peak, steady) = subject::memory_kib(pid)?;
-        let o = running.stop(matches!(row.subject, Some(Kind::Bpftrace)))?;
-        s.cpu_seconds = Some(cpu);
-        s.idle_cpu_percent = idle.map(|i| i * 100.0);
-        s.peak_rss_kib = Some(peak);
-        s.steady_rss_kib = Some(steady);
-        s.catch_up_seconds = Some(caught_up.as_secs_f64());
-        s.lines = Some(o.lines);
-        if let Some(stopped) = &o.stopped {
-            let sensor = &stopped["sensor"];
-            s.handled = sensor["connections"].as_u64();
-            s.lost = sensor["lost_events_total"].as_u64();
-            let mut counters = serde_json::Map::new();
-            loss_counters(sensor, "", &mut counters);
-            s.loss_counters = Value::Object(counters);
-        } else if matches!(row.subject, Some(Kind::Bpftrace)) {
-            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-            s.lost = Some(o.bpftrace_lost + subject::bpftrace_lost(&stderr));
-        } else if matches!(row.subject, Some(Kind::Sensor { .. })) {
-            eprintln!(
-                "xtask bench: warning: {} printed no sensor-stopped line; stderr:\n{}",
-                row.label,
-                subject::tail_of(&log)
-            );
-        }
-        if rate.is_some() {
-            let mut l = o.latencies_ns;
-            l.sort_unstable();
-            if !l.is_empty() {
-                let at = |q: f64| l[((l.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
-                s.latency_p50_ms = Some(at(0.5));
-                s.latency_p99_ms = Some(at(0.99));
-                s.latency_max_ms = Some(at(1.0));
-            }
-            s.latency_samples = Some(l.len());
-        }
-        Ok(s)
-    }
-}
-
-/// Counters named "...lost..." or "...dropped..." anywhere in `v`, by dotted path.
-fn loss_counters(v: &Value, path: &str, out: &mut serde_json::Map<String, Value>) {
-    if let Value::Object(m) = v {
-        for (k, v) in m {
-            let p = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
-            if v.is_number() && (k.contains("lost") || k.contains("dropped")) {
-                out.insert(p, v.clone());
-            } else {
-                loss_counters(v, &p, out);
-            }
-        }
-    }
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {

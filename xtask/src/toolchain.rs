@@ -121,7 +121,7 @@ pub fn ensure(force: bool) -> Result<()> {
 /// Debian package that provides it). Installed before any host test starts; the other steps
 /// of `cargo xtask test` that run first add rsyslog and rsyslog-elasticsearch (siem.rs),
 /// python3-venv (python.rs), musl-tools and podman (image.rs). Only the VM step's own tools
-/// (qemu, kmod, virtme-ng: vmtest.rs) come later, and no host test runs them.
+/// (qemu, kmod, virtme-ng: vmtest/host.rs) come later, and no host test runs them.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nc", "netcat-openbsd"),
