@@ -238,7 +238,11 @@ fn all_sees_what_the_filter_would_drop() -> Result<()> {
         "no kernel folding"
     );
     let s = stats(&mut sensor)?;
-    assert_eq!(counter(&s, "sensor.kernel.records.connect.filtered")?, 0, "{s:#}");
+    assert_eq!(
+        counter(&s, "sensor.kernel.records.connect.filtered")?,
+        0,
+        "{s:#}"
+    );
     assert_eq!(s["sensor"]["kernel"]["folded"], 0, "{s:#}");
     Ok(())
 }
