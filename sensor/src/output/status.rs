@@ -99,7 +99,7 @@ pub struct PolicyReload {
 }
 
 /// `sensor.*` of `events-lost`: the kernel's ring buffer was full.
-#[derive(Debug, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct EventsLost {
     pub lost_events: u64,
     pub lost_events_total: u64,

@@ -12,8 +12,10 @@ use crate::{
 };
 
 /// Everything the sensor reports about itself: the `sensor` object of `sensor-stats` and
-/// `sensor-stopped`, and what `/metrics` exports.
+/// `sensor-stopped`, and what `/metrics` exports. Read back (`sensor watch`), a counter or
+/// section a line of an earlier release lacks reads as 0; one of the wrong type is refused.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct Stats {
     /// What the pipeline counted (flattened: its names are top-level names).
     #[serde(flatten)]
@@ -45,10 +47,11 @@ pub struct Stats {
     pub event_loop: Loop,
 }
 
-/// What the pipeline counts as records go by.
+/// What the pipeline counts as records go by (read back as [`Stats`] is).
 #[derive(
     Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
+#[serde(default)]
 pub struct Counters {
     /// Connections handled (TCP connects, listens, inbound opens, UDP; each connect the
     /// kernel folded counts).
