@@ -94,6 +94,70 @@ impl Published {
     }
 }
 
+/// The smallest line a schema file takes: every required field, each the first value its
+/// type allows (0, "", false, [], an enum's first). Made from the file, so a case that
+/// changes one field tests that field's rule alone.
+fn smallest(root: &Value, node: &Value) -> Value {
+    if let Some(r) = node["$ref"].as_str() {
+        let name = r.trim_start_matches("#/$defs/");
+        return smallest(root, &root["$defs"][name]);
+    }
+    if let Some(first) = node["enum"].get(0) {
+        return first.clone();
+    }
+    match node["type"].as_str() {
+        Some("object") => {
+            let mut o = serde_json::Map::new();
+            for f in node["required"].as_array().into_iter().flatten() {
+                let f = f.as_str().unwrap_or_default();
+                o.insert(f.into(), smallest(root, &node["properties"][f]));
+            }
+            Value::Object(o)
+        }
+        Some("integer") | Some("number") => 0.into(),
+        Some("boolean") => false.into(),
+        Some("array") => Value::Array(Vec::new()),
+        _ => "".into(),
+    }
+}
+
+/// Fails unless `line` is refused with an error containing `says`.
+fn refused(published: &Published, line: &Value, says: &str) -> Result<()> {
+    let Err(e) = published.check("a bad line", std::slice::from_ref(line)) else {
+        bail!("a bad line validated: {line}");
+    };
+    let e = e.to_string();
+    if !e.contains(says) {
+        bail!("refused, but not for {says:?}: {e}");
+    }
+    Ok(())
+}
+
+/// A status line's counters are in the schema field by field: a counter of the wrong type
+/// or a missing one is refused, in a line that validates otherwise.
+fn stats_counters_are_checked(published: &Published, good: &Value) -> Result<()> {
+    published.check("a good stats line", std::slice::from_ref(good))?;
+    let mut text = good.clone();
+    text["sensor"]["lost_events_total"] = "7".into();
+    refused(published, &text, "at /sensor/lost_events_total")?;
+    let mut negative = good.clone();
+    negative["sensor"]["kernel"]["records"]["connect"]["lost"] = (-1).into();
+    refused(
+        published,
+        &negative,
+        "at /sensor/kernel/records/connect/lost",
+    )?;
+    let mut missing = good.clone();
+    (missing["sensor"]["engine"].as_object_mut())
+        .context("sensor.engine")?
+        .remove("beacons_detected");
+    refused(
+        published,
+        &missing,
+        "\"beacons_detected\" is a required property",
+    )
+}
+
 fn action(v: &Value) -> &str {
     v["event"]["action"].as_str().unwrap_or("")
 }
@@ -177,6 +241,9 @@ fn every_line_of_a_real_run_and_its_replay_validates() -> Result<()> {
         shows(&lines, a, t)?;
     }
     published.check("the live run", &lines)?;
+    // A real sensor-stats line with a counter made wrong is refused.
+    let stats = (lines.iter().find(|v| action(v) == "sensor-stats")).context("a stats line")?;
+    stats_counters_are_checked(&published, stats)?;
 
     // Its replay: the re-scored lines and the replay's own summary.
     let file = scratch.dir.join("recording.jsonl");
@@ -207,8 +274,8 @@ fn every_line_of_a_sysmon_view_run_validates() -> Result<()> {
 }
 
 /// The validator is not vacuous: a line with a field of the wrong type or `null` (unknown
-/// is absent), an action no schema has, and a line missing `sensor.*` are refused, each
-/// named.
+/// is absent), an action no schema has, a line missing `sensor.*`, and a `sensor-stats`
+/// line with a counter of the wrong type, negative or missing are refused, each named.
 #[test]
 fn a_wrong_line_is_refused() -> Result<()> {
     let published = Published::load()?;
@@ -233,11 +300,15 @@ fn a_wrong_line_is_refused() -> Result<()> {
         (unknown, "no schema"),
         (bare, "\"sensor\" is a required property"),
     ] {
-        let e = published
-            .check("a bad line", std::slice::from_ref(&line))
-            .expect_err("a bad line validated")
-            .to_string();
-        assert!(e.contains(says), "{e}");
+        refused(&published, &line, says)?;
     }
-    Ok(())
+    // A sensor-stats line made from its schema file, then one counter made wrong.
+    let file = &published.by_action["sensor-stats"];
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/schema")
+        .join(file);
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut stats = smallest(&schema, &schema);
+    stats["event"]["action"] = "sensor-stats".into();
+    stats_counters_are_checked(&published, &stats)
 }

@@ -62,7 +62,7 @@ pub fn run(a: ReplayArgs) -> Result<()> {
 /// not a record, and holding it whole would let one line exhaust memory.
 const MAX_LINE: usize = 1 << 20;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Summary {
     pub lines: u64,
     pub connections: u64,
@@ -75,8 +75,8 @@ pub struct Summary {
 }
 
 /// `sensor.*` of the `replay-summary` line.
-#[derive(Serialize)]
-struct SummaryFields<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct SummaryFields<'a> {
     replay: &'a Summary,
     engine: StatsReport,
 }

@@ -11,8 +11,14 @@ use anyhow::{Context, Result, bail};
 use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 use serde_json::Value;
 
-use crate::output::ecs::{
-    BeaconLine, ConnectionLine, Extra, RollupLine, SCHEMA_VERSION, StatusLine, SysmonLine,
+use crate::{
+    cmd::{replay::SummaryFields, run::started::Started},
+    output::{
+        ecs::{BeaconLine, ConnectionLine, RollupLine, SCHEMA_VERSION, StatusLine, SysmonLine},
+        metrics::stats::Stats,
+        sink::OutputDropped,
+        status::{EngineFields, EventsLost, PolicyReload},
+    },
 };
 
 /// How to bring `deploy/schema/` up to date (named by the drift test and `--check`).
@@ -88,21 +94,47 @@ pub const KINDS: &[Kind] = &[
         schema: schema::<RollupLine<'static>>,
     },
     Kind {
-        file: "status.schema.json",
-        actions: &[
-            "sensor-started",
-            "sensor-stats",
-            "sensor-stopped",
-            "events-lost",
-            "output-dropped",
-            "policy-reloaded",
-            "policy-reload-failed",
-            "engine-summary",
-            "replay-summary",
-        ],
-        description: "A line of the sensor's own: its state, counters, losses, policy reloads \
-            and summaries.",
-        schema: schema::<StatusLine<'static, Extra>>,
+        file: "status-started.schema.json",
+        actions: &["sensor-started"],
+        description: "The sensor's start: the hooks loaded and passed over, the settings in force.",
+        schema: schema::<StatusLine<'static, Started<'static>>>,
+    },
+    Kind {
+        file: "status-stats.schema.json",
+        actions: &["sensor-stats", "sensor-stopped"],
+        description: "The sensor's counters: every metrics interval (sensor-stats) and at its \
+            stop (sensor-stopped, the final totals).",
+        schema: schema::<StatusLine<'static, Stats>>,
+    },
+    Kind {
+        file: "status-events-lost.schema.json",
+        actions: &["events-lost"],
+        description: "Records the kernel could not put in a full ring buffer.",
+        schema: schema::<StatusLine<'static, EventsLost>>,
+    },
+    Kind {
+        file: "status-output-dropped.schema.json",
+        actions: &["output-dropped"],
+        description: "Lines dropped because the output queue was full.",
+        schema: schema::<StatusLine<'static, OutputDropped>>,
+    },
+    Kind {
+        file: "status-policy-reload.schema.json",
+        actions: &["policy-reloaded", "policy-reload-failed"],
+        description: "A SIGHUP's policy reload: the new policy in force, or why the old one stays.",
+        schema: schema::<StatusLine<'static, PolicyReload>>,
+    },
+    Kind {
+        file: "status-engine-summary.schema.json",
+        actions: &["engine-summary"],
+        description: "The engine's periodic or final summary.",
+        schema: schema::<StatusLine<'static, EngineFields<'static>>>,
+    },
+    Kind {
+        file: "status-replay-summary.schema.json",
+        actions: &["replay-summary"],
+        description: "What `sensor replay` read and re-scored.",
+        schema: schema::<StatusLine<'static, SummaryFields<'static>>>,
     },
     Kind {
         file: "sysmon.schema.json",
@@ -180,6 +212,15 @@ pub fn check(dir: &Path) -> Result<()> {
             stale.push(path.display().to_string());
         }
     }
+    // A kind's file left from an older layout describes lines no writer prints.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".schema.json") && !KINDS.iter().any(|k| k.file == name) {
+                stale.push(format!("{} (no kind's: remove it)", e.path().display()));
+            }
+        }
+    }
     if !stale.is_empty() {
         bail!(
             "the published schema differs from the types in {}: regenerate it with `{REGENERATE}`",
@@ -236,10 +277,15 @@ mod tests {
         check(&dir).unwrap();
         std::fs::write(dir.join("beacon.schema.json"), "{}\n").unwrap();
         let e = check(&dir).unwrap_err().to_string();
-        std::fs::remove_dir_all(&dir).ok();
         assert!(
             e.contains("beacon.schema.json") && e.contains(REGENERATE),
             "{e}"
         );
+        // A file of an older layout is stale too.
+        write(&dir).unwrap();
+        std::fs::write(dir.join("status.schema.json"), "{}\n").unwrap();
+        let e = check(&dir).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(e.contains("status.schema.json (no kind's"), "{e}");
     }
 }

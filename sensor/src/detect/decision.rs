@@ -111,7 +111,7 @@ pub struct EngineSummary {
 }
 
 /// Cumulative counters: the `sensor-stopped` event and summaries carry them.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct StatsReport {
     pub connections: u64,
     pub alerts: u64,

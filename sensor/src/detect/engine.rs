@@ -62,7 +62,7 @@ pub struct Stats {
 }
 
 /// The settings in force, for the `sensor-started` event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ConfigReport {
     pub rollup_window_seconds: f64,
     pub fold_period_seconds: f64,

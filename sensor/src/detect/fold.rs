@@ -37,7 +37,10 @@ pub struct FoldState {
 }
 
 /// Periods ended early, by reason, and the held lines that printed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[schemars(rename = "FoldEvictions")]
 pub struct Evictions {
     /// Keys whose period ended early to keep the table within its byte budget.
     pub memory_budget: u64,

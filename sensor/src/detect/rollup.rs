@@ -22,7 +22,9 @@ pub struct Config {
 }
 
 /// Why alerts were counted in no group (`connections_in_no_group`), in connections.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct NoGroup {
     /// `max_groups` groups were open.
     pub groups_full: u64,

@@ -132,7 +132,18 @@ impl<K: Send + 'static> Hasher<K> {
 }
 
 /// The hasher's counters, as `sensor.hashing` reports them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[schemars(rename = "HasherReport")]
 pub struct Report {
     pub queued: u64,
     /// Files not hashed for the byte budget.

@@ -240,7 +240,17 @@ impl KernelCounts {
 }
 
 /// What became of one kind's records in the kernel.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct Outcomes {
     pub seen: u64,
     pub filtered: u64,
@@ -249,7 +259,17 @@ pub struct Outcomes {
 }
 
 /// The kernel's record counters by kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct Records {
     pub connect: Outcomes,
     pub exec: Outcomes,

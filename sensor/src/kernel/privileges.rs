@@ -62,7 +62,7 @@ pub const KEPT: &[(Capability, &str)] = &[
 ];
 
 /// What [`drop_capabilities`] did, for `sensor-started`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Dropped {
     /// The capabilities left in the effective and permitted sets, `CAP_*`, sorted.
     pub kept: Vec<String>,

@@ -20,7 +20,7 @@ use crate::output::{
 };
 
 /// `sensor.*` of an `output-dropped` line.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct OutputDropped {
     pub dropped_lines: u64,
     pub output_dropped: u64,

@@ -50,14 +50,14 @@ pub fn status<'a, T: Serialize>(
 }
 
 /// `sensor.*` of the engine's `engine-summary` line.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct EngineFields<'a> {
     pub engine: &'a StatsReport,
     pub window: Window<'a>,
 }
 
 /// The summary window's connections and suppressions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Window<'a> {
     pub connections: u64,
     pub suppressed_by_rule: &'a BTreeMap<String, u64>,
@@ -88,7 +88,7 @@ pub fn engine_summary<'a>(
 }
 
 /// `sensor.*` of `policy-reloaded` and `policy-reload-failed`.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct PolicyReload {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
@@ -99,9 +99,9 @@ pub struct PolicyReload {
 }
 
 /// `sensor.*` of `events-lost`: the kernel's ring buffer was full.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct EventsLost {
     pub lost_events: u64,
     pub lost_events_total: u64,
-    pub cause: &'static str,
+    pub cause: Cow<'static, str>,
 }

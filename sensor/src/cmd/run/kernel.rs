@@ -144,7 +144,7 @@ impl Kernel {
                 EventsLost {
                     lost_events: delta,
                     lost_events_total: total,
-                    cause: "ring buffer full",
+                    cause: "ring buffer full".into(),
                 },
             );
             out.status(&line)?;

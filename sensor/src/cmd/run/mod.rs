@@ -10,7 +10,7 @@ mod kernel;
 mod reload;
 mod signals;
 mod stall;
-mod started;
+pub mod started;
 mod stats;
 mod ticks;
 

@@ -12,7 +12,7 @@ use crate::{
     pipeline::Pipeline,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Started<'a> {
     /// The connect hook in use.
     probe: &'static str,
@@ -32,13 +32,13 @@ pub struct Started<'a> {
 }
 
 /// A hook passed over, and why.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct Passed<'a> {
     hook: &'static str,
     error: &'a str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct ProcessHook<'a> {
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,13 +47,13 @@ struct ProcessHook<'a> {
     passed_over: Vec<Passed<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct Table {
     entries: usize,
     fingerprinted_executables: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct KernelFilter {
     filtering: bool,
     folding: bool,

@@ -6,10 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::{alert::Alert, filter::Filter, source::Input};
-use crate::output::ecs::{Action, ConnectionLine};
+use crate::output::{
+    ecs::{Action, ConnectionLine, StatusLine},
+    metrics::stats::Stats,
+    status::EventsLost,
+};
 
 /// Alerts kept for the table (newest first) and the rollup window.
 const KEEP: usize = 1000;
@@ -72,14 +74,23 @@ impl State {
         if l.event.action == Action::NetworkConnect {
             self.events += sensor.folded_count.unwrap_or(1);
         }
-        // The status lines' `sensor.*` has no type of its own yet: their loss total is
-        // read from the fields the connection type does not know.
-        if let Some(lost) = sensor
-            .extra
-            .get("lost_events_total")
-            .and_then(Value::as_u64)
-        {
-            self.lost = self.lost.max(lost);
+        // The loss total is in the status lines' own payloads: such a line (one a metrics
+        // interval, or a loss) is read again into its type; one that does not read is bad.
+        let lost = match l.event.action {
+            Action::SensorStats | Action::SensorStopped => {
+                serde_json::from_str::<StatusLine<'_, Stats>>(line)
+                    .map(|s| Some(s.sensor.fields.lost_events_total))
+            }
+            Action::EventsLost => serde_json::from_str::<StatusLine<'_, EventsLost>>(line)
+                .map(|s| Some(s.sensor.fields.lost_events_total)),
+            _ => Ok(None),
+        };
+        match lost {
+            Ok(lost) => self.lost = self.lost.max(lost.unwrap_or(0)),
+            Err(_) => {
+                self.bad_lines += 1;
+                return None;
+            }
         }
         let alert = Alert::from_line(&l)?;
         self.alert_count += 1;
@@ -128,6 +139,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::{super::filter::MinSeverity, *};
+    use crate::output::{ecs::Kind, status::status};
+    use serde_json::Value;
 
     const LINE: &str = r#"{"@timestamp":"2026-11-25T12:00:00.000Z","event":{"kind":"alert","action":"network-connect","risk_score":3,"reason":"known C2 port"},"process":{"executable":"/usr/bin/nc.openbsd","pid":42},"user":{"name":"root"},"destination":{"ip":"203.0.113.7","port":4444},"sensor":{"folded_count":2}}"#;
 
@@ -162,9 +175,29 @@ mod tests {
         );
         assert_eq!(s.bad_lines, 2);
         assert_eq!(s.events, 2, "a folded line stands for its count");
-        let stats = r#"{"@timestamp":"2026-11-25T12:00:01.000Z","event":{"kind":"metric","action":"sensor-stats"},"sensor":{"lost_events_total":7}}"#;
-        assert!(s.feed(stats).is_none());
+        // The loss total, from the typed payloads the sensor writes.
+        let stats = Stats {
+            lost_events_total: 7,
+            ..Default::default()
+        };
+        let stats = status(Kind::Metric, Action::SensorStats, "h", stats);
+        let stats = serde_json::to_string(&stats).unwrap();
+        assert!(s.feed(&stats).is_none());
         assert_eq!(s.lost, 7);
+        let lost = EventsLost {
+            lost_events: 2,
+            lost_events_total: 9,
+            cause: "ring buffer full".into(),
+        };
+        let lost = status(Kind::PipelineError, Action::EventsLost, "h", lost);
+        assert!(s.feed(&serde_json::to_string(&lost).unwrap()).is_none());
+        assert_eq!(s.lost, 9);
+        // A stats line whose counter is not a number is bad, not read as 0.
+        assert_eq!(s.bad_lines, 2);
+        let wrong = stats.replace(r#""lost_events_total":7"#, r#""lost_events_total":"7""#);
+        assert_ne!(wrong, stats);
+        assert!(s.feed(&wrong).is_none());
+        assert_eq!((s.bad_lines, s.lost), (3, 9));
     }
 
     /// Lines the current release wrote (the replay fixture, one malformed line among them)

@@ -29,7 +29,10 @@ type Slot = (OwnerId, IpAddr, u16);
 type Rank = (usize, u64);
 
 /// Why keys left the tracker, counted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[schemars(rename = "BeaconEvictions")]
 pub struct Evictions {
     /// A new key of an executable already at its quota: one of its own keys.
     pub executable_quota: u64,

@@ -201,7 +201,17 @@ impl Identities {
 }
 
 /// The cache of identified files, as `sensor.identity_cache` reports it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct CacheReport {
     pub entries: usize,
     pub bytes: usize,

@@ -71,7 +71,18 @@ fn run_bytes(r: &loader::Run) -> usize {
 pub const DEFAULT_MAX_BYTES: usize = 24 << 20;
 
 /// The table's size and turnover, as `sensor.process_table` reports it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[schemars(rename = "ProcessTableStats")]
 pub struct Stats {
     pub entries: usize,
     /// Bytes accounted for (see [`Entry::bytes`]) and the bound.

@@ -118,7 +118,17 @@ impl ContainerUsers {
 }
 
 /// The container user-name cache, as `sensor.container_users` reports it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct ContainerUsersReport {
     pub names: usize,
     pub bytes: usize,

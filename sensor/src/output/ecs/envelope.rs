@@ -9,7 +9,7 @@ use super::{Action, Extra, Kind, Strs, fields::*, is_empty, sensor::SensorFields
 
 /// One line: the sections a kind does not have are `None` and left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[schemars(bound = "S: schemars::JsonSchema + Default + Serialize")]
+#[schemars(bound = "S: schemars::JsonSchema")]
 pub struct EcsLine<'a, S> {
     /// RFC 3339, nanoseconds, UTC.
     #[serde(rename = "@timestamp", default)]
@@ -39,6 +39,7 @@ pub struct EcsLine<'a, S> {
     pub rule: Option<Rule<'a>>,
     /// Absent in lines of other tools: read as empty.
     #[serde(default)]
+    #[schemars(default = "no_schema_default")]
     pub sensor: SensorFields<'a, S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Endpoint>,
@@ -49,6 +50,14 @@ pub struct EcsLine<'a, S> {
     /// Top-level fields this type does not know (replay keeps them).
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// The schema has no default for `sensor` (the writer always sets it, and a status
+/// payload need not be `Default`): schemars leaves out a default it cannot serialise.
+struct NoSchemaDefault;
+
+fn no_schema_default() -> NoSchemaDefault {
+    NoSchemaDefault
 }
 
 /// `ecs.version`.

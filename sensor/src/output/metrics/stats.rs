@@ -12,8 +12,10 @@ use crate::{
 };
 
 /// Everything the sensor reports about itself: the `sensor` object of `sensor-stats` and
-/// `sensor-stopped`, and what `/metrics` exports.
-#[derive(Debug, Clone, Default, Serialize)]
+/// `sensor-stopped`, and what `/metrics` exports. Read back (`sensor watch`), a counter or
+/// section a line of an earlier release lacks reads as 0; one of the wrong type is refused.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct Stats {
     /// What the pipeline counted (flattened: its names are top-level names).
     #[serde(flatten)]
@@ -45,8 +47,11 @@ pub struct Stats {
     pub event_loop: Loop,
 }
 
-/// What the pipeline counts as records go by.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What the pipeline counts as records go by (read back as [`Stats`] is).
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default)]
 pub struct Counters {
     /// Connections handled (TCP connects, listens, inbound opens, UDP; each connect the
     /// kernel folded counts).
@@ -69,7 +74,9 @@ pub struct Counters {
 }
 
 /// Alert lines by severity.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct BySeverity {
     pub low: u64,
     pub medium: u64,
@@ -89,7 +96,9 @@ impl BySeverity {
 }
 
 /// Process lifecycle records handled.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ProcessRecords {
     pub exec: u64,
     pub fork: u64,
@@ -98,7 +107,9 @@ pub struct ProcessRecords {
 
 /// Listens, inbound opens and UDP: what the socket hooks counted, and the listeners kept
 /// for inbound attribution.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Sockets {
     pub listens: u64,
     pub listeners: usize,
@@ -113,7 +124,9 @@ pub struct Sockets {
 }
 
 /// What the kernel filtered, folded and counted, as userspace last read it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Kernel {
     /// Per record kind: seen, filtered, emitted, lost.
     pub records: Records,
@@ -137,7 +150,9 @@ pub struct Kernel {
 }
 
 /// The event loop.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Loop {
     /// Its longest single turn since start: every other record, timer and signal waited
     /// that long.
