@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, generate::SchemaSettings};
 use serde_json::Value;
 
 use crate::output::ecs::{
-    BeaconLine, ConnectionLine, Extra, RollupLine, SCHEMA_VERSION, StatusLine, SysmonLine,
+    BeaconLine, ConnectionLine, Extra, RollupLine, SCHEMA_VERSION, ScanLine, StatusLine, SysmonLine,
 };
 
 /// How to bring `deploy/schema/` up to date (named by the drift test and `--check`).
@@ -86,6 +86,13 @@ pub const KINDS: &[Kind] = &[
         actions: &["alert-rollup"],
         description: "One group's summary of one window of alerts.",
         schema: schema::<RollupLine<'static>>,
+    },
+    Kind {
+        file: "scan.schema.json",
+        actions: &["network-scan"],
+        description: "A scan alert: one group's connects to many ports or hosts in one window, \
+            folded into one line (at the threshold and at window end).",
+        schema: schema::<ScanLine<'static>>,
     },
     Kind {
         file: "status.schema.json",
