@@ -417,3 +417,6 @@ fn summary(key: GroupKey, window: Window, reason: Reason, at_ns: i128) -> Summar
         at_ns,
     }
 }
+
+#[cfg(test)]
+mod tests;
