@@ -29,15 +29,13 @@ fn has_pid(v: &Value, pid: u32) -> bool {
         .is_some_and(|p| p.contains(&pid.into()))
 }
 
-/// The scan alert's own fields.
-fn assert_scan(v: &Value) {
+/// The scan alert's own fields, at the highest risk seen (a high-risk program to a
+/// non-standard port is Medium, to a known C2 port High).
+fn assert_scan(v: &Value, risk: u64, severity: &str) {
     assert_eq!(v["event"]["kind"], "alert", "{v:#}");
     assert_eq!(v["rule"]["id"], "t1571-network-scan", "{v:#}");
-    assert_eq!(
-        v["event"]["risk_score"], 3,
-        "python3 and nc are High: {v:#}"
-    );
-    assert_eq!(v["sensor"]["severity"], "High", "{v:#}");
+    assert_eq!(v["event"]["risk_score"], risk, "{v:#}");
+    assert_eq!(v["sensor"]["severity"], severity, "{v:#}");
     assert!(v["event"]["start"].is_string() && v["event"]["end"].is_string());
     let sample = v["sensor"]["scan"]["sample"].as_array().unwrap();
     assert!(!sample.is_empty() && sample.len() <= 16, "{v:#}");
@@ -65,7 +63,7 @@ fn a_port_scan_is_one_alert_and_c2_connects_inside_it_keep_their_lines() -> Resu
     let at = sensor.wait_for(Duration::from_secs(30), |v| {
         v["event"]["action"] == "network-scan" && has_pid(v, pid)
     })?;
-    assert_scan(&at);
+    assert_scan(&at, 2, "Medium");
     assert_eq!(at["sensor"]["scan"]["reason"], "threshold", "{at:#}");
     assert_eq!(at["sensor"]["scan"]["distinct_ports"], 21, "{at:#}");
     // In the middle of the scan: 4444 from another python3 (the scanner's group), from
@@ -105,7 +103,7 @@ fn a_port_scan_is_one_alert_and_c2_connects_inside_it_keep_their_lines() -> Resu
         .collect();
     assert_eq!(reasons, ["threshold", "exit"], "one window: {mine:#?}");
     let end = mine[1];
-    assert_scan(end);
+    assert_scan(end, 3, "High");
     let s = &end["sensor"]["scan"];
     assert!(
         has_pid(end, other),
@@ -178,7 +176,7 @@ fn a_shell_loop_of_nc_is_one_scan(#[case] ports: u16) -> Result<()> {
         .iter()
         .find(|v| v["sensor"]["scan"]["reason"] == "exit")
         .with_context(|| format!("no scan for the loop: {lines:#?}"))?;
-    assert_scan(end);
+    assert_scan(end, 2, "Medium");
     let pids = end["sensor"]["scan"]["pids"].as_array().unwrap().len() as u64;
     let unlisted = counter(end, "sensor.scan.processes_not_listed")?;
     assert!(pids > 20, "one nc per port: {end:#}");
