@@ -70,7 +70,8 @@ fn a_port_scan_is_one_alert_and_c2_connects_inside_it_keep_their_lines() -> Resu
     assert_eq!(at["sensor"]["scan"]["distinct_ports"], 21, "{at:#}");
     // In the middle of the scan: 4444 from another python3 (the scanner's group), from
     // nc, then from the scanner itself. Each is its own alert line.
-    let other = net.python_connect(PUBLIC, 4444)?;
+    // Lingering, so its executable (the group key) is still in /proc when looked up.
+    let other = net.python_connect_lingering(PUBLIC, 4444)?;
     let nc = net.nc(PUBLIC, 4444)?;
     for p in [other, nc] {
         assert_tcp_alert(&sensor.connection(p, 4444)?, 3, "High");
