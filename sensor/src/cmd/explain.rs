@@ -94,6 +94,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         unmanaged,
         executable: Some(a.exe),
         pid: None,
+        process_start: None,
         parent_executable: a.parent,
         user_id,
         // A what-if: the name is taken as the host's account, the container as the

@@ -14,7 +14,9 @@ use serde_json::Value;
 use crate::{
     cmd::{replay::SummaryFields, run::started::Started},
     output::{
-        ecs::{BeaconLine, ConnectionLine, RollupLine, SCHEMA_VERSION, StatusLine, SysmonLine},
+        ecs::{
+            BeaconLine, ConnectionLine, RollupLine, SCHEMA_VERSION, ScanLine, StatusLine, SysmonLine,
+        },
         metrics::stats::Stats,
         sink::OutputDropped,
         status::{EngineFields, EventsLost, PolicyReload},
@@ -92,6 +94,13 @@ pub const KINDS: &[Kind] = &[
         actions: &["alert-rollup"],
         description: "One group's summary of one window of alerts.",
         schema: schema::<RollupLine<'static>>,
+    },
+    Kind {
+        file: "scan.schema.json",
+        actions: &["network-scan"],
+        description: "A scan alert: one group's connects to many ports or hosts in one window, \
+            folded into one line (at the threshold and at window end).",
+        schema: schema::<ScanLine<'static>>,
     },
     Kind {
         file: "status-started.schema.json",

@@ -8,7 +8,7 @@ use crate::{
     detect::{
         beacon::{self, Beacon},
         fold::{self, FoldState},
-        rollup,
+        rollup, scan,
         score::Verdict,
         severity::Severity,
     },
@@ -139,6 +139,14 @@ pub struct StatsReport {
     pub rollup_bytes: usize,
     pub rollup_max_bytes: usize,
     pub rollup_no_group_by_reason: rollup::NoGroup,
+    /// Scans summarised, connects folded into them (no line of their own), open
+    /// windows, their estimated memory, and windows ended early for memory.
+    pub scans_detected: u64,
+    pub scan_connects_folded: u64,
+    pub scan_windows: usize,
+    pub scan_bytes: usize,
+    pub scan_max_bytes: usize,
+    pub scan_evictions: scan::Evictions,
 }
 
 /// One line the engine wants printed, in the order it is to be printed.
@@ -147,6 +155,7 @@ pub enum Line<C> {
     Connection(Box<Decided<C>>),
     Beacon(Box<BeaconAlert<C>>),
     Rollup(Box<rollup::Summary>),
+    Scan(Box<scan::Summary>),
     Summary(Box<EngineSummary>),
 }
 
@@ -157,6 +166,7 @@ impl<C> Line<C> {
             Line::Connection(d) => d.ts_ns,
             Line::Beacon(b) => b.ts_ns,
             Line::Rollup(s) => s.window_end_ns,
+            Line::Scan(s) => s.at_ns,
             Line::Summary(s) => s.at_ns,
         }
     }

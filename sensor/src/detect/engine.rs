@@ -16,7 +16,7 @@ use crate::{
         fold,
         policy::Policy,
         rollup::{self, GroupKey},
-        score,
+        scan, score,
         subject::Subject,
     },
     kernel::records::Flow,
@@ -33,6 +33,7 @@ pub struct Config {
     pub fold_max_keys: usize,
     /// Estimated bytes flood control holds at most (keys and held repeats).
     pub fold_max_bytes: usize,
+    pub scan: scan::Config,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             fold_ns: 10 * 1_000_000_000,
             fold_max_keys: 4096,
             fold_max_bytes: 4 << 20,
+            scan: scan::Config::default(),
         }
     }
 }
@@ -79,6 +81,7 @@ pub struct Engine<C> {
     rollup: rollup::Rollup,
     beacons: beacon::Detector,
     fold: fold::Fold<Decided<C>>,
+    scans: scan::Scans,
     pub stats: Stats,
     /// Suppressions since the last periodic summary, and that summary window's start.
     window_suppressed: BTreeMap<String, u64>,
@@ -104,6 +107,7 @@ impl<C: Clone + HeapBytes> Engine<C> {
                 cfg.fold_max_bytes,
                 Decided::<C>::bytes,
             ),
+            scans: scan::Scans::new(cfg.scan),
             cfg,
             stats: Stats::default(),
             window_suppressed: BTreeMap::new(),
@@ -189,18 +193,20 @@ impl<C: Clone + HeapBytes> Engine<C> {
         if !alert && !self.cfg.all {
             return Outcome { lines, alert };
         }
-        let decided = Decided {
-            conn: make_conn(),
-            ts_ns: subject.ts_ns,
-            decision: Decision {
-                verdict,
-                risk: final_risk,
-                allow_rule: allow_name.filter(|_| suppressed),
-                beacon,
-                fold: None,
-            },
+        let decision = Decision {
+            verdict,
+            risk: final_risk,
+            allow_rule: allow_name.filter(|_| suppressed),
+            beacon,
+            fold: None,
         };
         if !alert {
+            let conn = make_conn();
+            let decided = Decided {
+                conn,
+                ts_ns: subject.ts_ns,
+                decision,
+            };
             lines.push(Line::Connection(Box::new(decided)));
             return Outcome { lines, alert };
         }
@@ -216,12 +222,22 @@ impl<C: Clone + HeapBytes> Engine<C> {
             parent: subject.parent_executable.clone().unwrap_or_default(),
         };
         let dst = subject.dst.to_string();
+        // Scan counting needs the key before the rollup takes it.
+        let print = self.scan(subject, &key, &decision, n, &mut lines);
         lines.extend(
             self.rollup
                 .add_n(key, &dst, subject.port, final_risk, subject.ts_ns, n)
                 .into_iter()
                 .map(|s| Line::Rollup(Box::new(s))),
         );
+        if !print {
+            return Outcome { lines, alert };
+        }
+        let decided = Decided {
+            conn: make_conn(),
+            ts_ns: subject.ts_ns,
+            decision,
+        };
         let beacon_alert = decided.decision.beacon.as_ref().filter(|b| b.new).map(|b| {
             Line::Beacon(Box::new(BeaconAlert {
                 conn: decided.conn.clone(),
@@ -235,6 +251,34 @@ impl<C: Clone + HeapBytes> Engine<C> {
         lines.extend(folded.into_iter().map(folded_line));
         lines.extend(beacon_alert);
         Outcome { lines, alert }
+    }
+
+    /// Counts an alerting connect towards a scan (connects only); whether it still gets
+    /// its own line. A new beacon is never folded away.
+    fn scan(
+        &mut self,
+        subject: &Subject,
+        key: &GroupKey,
+        d: &Decision,
+        n: u64,
+        lines: &mut Vec<Line<C>>,
+    ) -> bool {
+        if !matches!(subject.flow, Flow::Connect | Flow::Udp) {
+            return true;
+        }
+        let c = scan::Connect {
+            key,
+            process: (subject.pid.unwrap_or(0), subject.process_start.unwrap_or(0)),
+            dst: subject.dst,
+            port: subject.port,
+            risk: d.risk,
+            c2: self.policy.c2_ports.contains(&subject.port),
+            ts_ns: subject.ts_ns,
+            n,
+        };
+        let seen = self.scans.observe(&c, &self.policy.scan);
+        lines.extend(seen.summaries.into_iter().map(|s| Line::Scan(Box::new(s))));
+        seen.print || d.beacon.as_ref().is_some_and(|b| b.new)
     }
 
     /// Lines due by `now_ns`: ended flood-control periods, ended rollup windows, and the
@@ -251,6 +295,12 @@ impl<C: Clone + HeapBytes> Engine<C> {
                 .advance(now_ns)
                 .into_iter()
                 .map(|s| Line::Rollup(Box::new(s))),
+        );
+        out.extend(
+            self.scans
+                .advance(now_ns)
+                .into_iter()
+                .map(|s| Line::Scan(Box::new(s))),
         );
         if let Some(start) = self.summary_start
             && now_ns >= start + self.cfg.rollup.window_ns
@@ -269,6 +319,12 @@ impl<C: Clone + HeapBytes> Engine<C> {
                 .flush(now_ns)
                 .into_iter()
                 .map(|s| Line::Rollup(Box::new(s))),
+        );
+        out.extend(
+            self.scans
+                .flush(now_ns)
+                .into_iter()
+                .map(|s| Line::Scan(Box::new(s))),
         );
         out.push(self.summary(now_ns));
         self.summary_start = None;
@@ -322,6 +378,12 @@ impl<C: Clone + HeapBytes> Engine<C> {
             rollup_bytes: self.rollup.bytes(),
             rollup_max_bytes: self.rollup.max_bytes(),
             rollup_no_group_by_reason: self.rollup.no_group,
+            scans_detected: self.scans.scans_detected,
+            scan_connects_folded: self.scans.connects_folded,
+            scan_windows: self.scans.windows(),
+            scan_bytes: self.scans.bytes(),
+            scan_max_bytes: self.scans.max_bytes(),
+            scan_evictions: self.scans.evictions,
         }
     }
 }
@@ -334,152 +396,4 @@ fn folded_line<C>(f: fold::Folded<Decided<C>>) -> Line<C> {
 }
 
 #[cfg(test)]
-mod tests {
-    use rstest::rstest;
-
-    use super::*;
-    use crate::{
-        enrich::{Enriched, kubelet::Pod, procfs::ProcessInfo},
-        kernel::records::tests::{bytes, connect, raw},
-    };
-
-    const MS: i128 = 1_000_000;
-
-    /// A path of about `len` bytes: directories of 255-byte names, then `name`.
-    fn long_path(len: usize, tag: usize, name: &str) -> String {
-        let mut p = String::new();
-        while p.len() + 256 + name.len() < len {
-            p.push('/');
-            p.push_str(&format!("{tag:05}{}", "d".repeat(250)));
-        }
-        format!("{p}/{name}")
-    }
-
-    /// `nc` (high-risk: every non-standard port alerts) with `path_len`-byte paths; when
-    /// `deep`, 8 ancestors as long and an 8 KiB argv (else 2 and 3 short arguments), and a
-    /// pod; pid `pid`, executable variant `exe`.
-    fn hostile(path_len: usize, deep: bool, pid: u32, exe: usize, port: u16, ts: i128) -> Enriched {
-        let mut r = raw(sensor_common::AF_INET, [0; 16], port);
-        r.data.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
-        r.header.tgid = pid;
-        let args = if deep {
-            (0..32).map(|i| format!("{i:0>255}")).collect()
-        } else {
-            ["nc", "203.0.113.7", "4444"]
-                .map(String::from)
-                .into_iter()
-                .collect()
-        };
-        Enriched {
-            conn: connect(&bytes(&r)),
-            proc: ProcessInfo {
-                executable: Some(long_path(path_len, exe, "nc")),
-                args: Some(args),
-                ppid: Some(1),
-                parent_executable: Some(long_path(path_len, 1_000_000, "sh")),
-                container_id: Some("c".repeat(64)),
-                ancestors: (0..if deep { 8 } else { 2 })
-                    .map(|i| long_path(path_len, 2_000_000 + i, "sh"))
-                    .collect(),
-                pod: Some(Pod {
-                    namespace: "n".repeat(63),
-                    name: "p".repeat(253),
-                    container: "k".repeat(63),
-                    uid: Some("u".repeat(36)),
-                }),
-                ..Default::default()
-            },
-            user_name: Some("u".repeat(32)),
-            provenance: Default::default(),
-            host_name: "h".repeat(64),
-            attribution: None,
-            unix_ns: ts,
-        }
-    }
-
-    /// `keys` distinct (pid, port) alerts, each `repeats` times in a row within one fold period and
-    /// one rollup window, from one executable or one each: flood control and the rollup
-    /// stay within their byte budgets, and every connection is counted by the lines
-    /// (folded counts) and by the rollup (groups and connections in no group).
-    #[rstest]
-    #[case::short_paths(40, 1000, 3, false, false)]
-    #[case::hostile_one_executable(4000, 5000, 2, false, true)]
-    #[case::hostile_executable_per_key(4000, 5000, 2, true, true)]
-    fn memory_stays_in_budget_and_every_connection_is_counted(
-        #[case] path_len: usize,
-        #[case] keys: usize,
-        #[case] repeats: usize,
-        #[case] exe_per_key: bool,
-        #[case] hostile_sizes: bool,
-    ) {
-        let policy = Arc::new(Policy::default());
-        // Non-standard ports above 1024: `nc` alerts on each.
-        let ports: Vec<u16> = (20_000..)
-            .filter(|p| !policy.standard_ports.contains(p))
-            .take(keys)
-            .collect();
-        let mut e: Engine<Enriched> = Engine::new(policy, Config::default());
-        let t0 = 1_800_000_000_000 * MS;
-        let mut lines = Vec::new();
-        let mut n = 0u64;
-        for (k, &port) in ports.iter().enumerate() {
-            for r in 0..repeats {
-                let ts = t0 + (n as i128) * MS;
-                let exe = if exe_per_key { k } else { 0 };
-                let c = hostile(path_len, hostile_sizes, 1000 + k as u32, exe, port, ts);
-                if hostile_sizes && n == 0 {
-                    assert!(c.heap_bytes() > 40 << 10, "{} bytes", c.heap_bytes());
-                }
-                let out = e.decide(&Subject::from_enriched(&c), || c.clone());
-                assert!(out.alert, "key {k} repeat {r}");
-                lines.extend(out.lines);
-                n += 1;
-                let s = e.report();
-                assert!(s.fold_bytes <= s.fold_max_bytes, "{} bytes", s.fold_bytes);
-                assert!(
-                    s.rollup_bytes <= s.rollup_max_bytes,
-                    "{} bytes",
-                    s.rollup_bytes
-                );
-            }
-        }
-        let before = e.report();
-        lines.extend(e.finish(t0 + (n as i128) * MS));
-        let printed: u64 = lines
-            .iter()
-            .filter_map(|l| match l {
-                Line::Connection(d) => Some(d.decision.fold.map_or(1, |f| f.count)),
-                _ => None,
-            })
-            .sum();
-        assert_eq!(printed, n, "every connection is on a line");
-        let rollups: Vec<_> = lines
-            .iter()
-            .filter_map(|l| match l {
-                Line::Rollup(s) => Some(s),
-                _ => None,
-            })
-            .collect();
-        let in_groups: u64 = rollups.iter().map(|s| s.group.connections).sum();
-        let no_group = rollups.first().map_or(0, |s| s.connections_in_no_group);
-        assert_eq!(in_groups + no_group, n, "every connection is rolled up");
-        let ev = before.fold_evictions;
-        eprintln!(
-            "{path_len}-byte paths, {keys} keys x {repeats}: fold {} keys {} bytes {ev:?}, \
-             table full {}; rollup {} groups {} bytes, no group {:?}",
-            before.fold_keys,
-            before.fold_bytes,
-            before.fold_table_full,
-            before.rollup_groups,
-            before.rollup_bytes,
-            before.rollup_no_group_by_reason,
-        );
-        assert_eq!(ev.memory_budget > 0, hostile_sizes, "{ev:?}");
-        if hostile_sizes {
-            assert!(ev.held_lines_printed_early > 0, "{ev:?}");
-        }
-        let no = before.rollup_no_group_by_reason;
-        assert_eq!(no.groups_full + no.memory_budget, no_group);
-        assert_eq!(no.memory_budget > 0, exe_per_key && hostile_sizes, "{no:?}");
-    }
-}
+mod tests;

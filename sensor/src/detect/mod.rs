@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fold;
 pub mod policy;
 pub mod rollup;
+pub mod scan;
 pub mod score;
 pub mod severity;
 pub mod subject;

@@ -23,6 +23,9 @@ pub struct Subject {
     /// is unknown.
     pub comm: Option<String>,
     pub pid: Option<u64>,
+    /// The process's start time (boot nanoseconds live, `process.start` replayed): with
+    /// `pid`, one process (scans count per process).
+    pub process_start: Option<u64>,
     pub parent_executable: Option<String>,
     /// The kernel's uid (`user.id`).
     pub user_id: Option<u32>,
@@ -87,6 +90,7 @@ impl Subject {
             executable: executable.map(str::to_string),
             comm: Some(comm.to_string()),
             pid: None,
+            process_start: None,
             parent_executable: None,
             user_id: None,
             user_name: None,
@@ -125,6 +129,7 @@ impl Subject {
             executable: e.proc.executable.clone(),
             comm: Some(e.conn.comm.clone()),
             pid: Some(u64::from(e.conn.tgid)),
+            process_start: Some(e.conn.start_time_ns),
             parent_executable: e.proc.parent_executable.clone(),
             user_id: Some(e.conn.uid),
             user_name: e.user_name.clone(),

@@ -78,6 +78,12 @@ impl<'a> Summary<'a> {
             }
             Line::Beacon(b) => Self::connection(&b.conn, "alert", "beacon-detected", b.risk),
             Line::Rollup(_) => Self::status("event", "alert-rollup"),
+            Line::Scan(s) => Self {
+                risk: s.risk,
+                executable: Some(s.key.executable.as_str()).filter(|e| !e.is_empty()),
+                user: Some(s.key.user.as_str()).filter(|u| !u.is_empty()),
+                ..Self::status("alert", "network-scan")
+            },
             Line::Summary(_) => Self::status("state", "engine-summary"),
         }
     }

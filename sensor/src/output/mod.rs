@@ -18,6 +18,7 @@ pub mod queue;
 pub mod recorded;
 pub mod redact;
 mod rollup;
+mod scan;
 pub mod sink;
 pub mod status;
 mod sysmon;
@@ -89,6 +90,12 @@ pub fn write<C: Render>(line: &Line<C>, cx: &Context, out: &mut Vec<u8>) -> Resu
         }
         Line::Rollup(s) => {
             let mut l = rollup::line(s);
+            cx.stamp(&mut l);
+            to_writer(out, &l)
+        }
+        // Not a connection: ECS under `--format sysmon-json` too (Sysmon has no such event).
+        Line::Scan(s) => {
+            let mut l = scan::line(s);
             cx.stamp(&mut l);
             to_writer(out, &l)
         }

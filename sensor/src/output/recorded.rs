@@ -137,6 +137,13 @@ impl Recorded {
             executable,
             comm,
             pid: p.and_then(|p| p.pid).map(u64::from),
+            // The entity id stands for pid and start time (scans count per process).
+            process_start: p.and_then(|p| p.entity_id.as_deref()).map(|id| {
+                std::hash::BuildHasher::hash_one(
+                    &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+                    id,
+                )
+            }),
             parent_executable: own(p
                 .and_then(|p| p.parent.as_ref())
                 .and_then(|p| p.executable.as_ref())),

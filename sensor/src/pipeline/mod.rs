@@ -209,6 +209,7 @@ impl Pipeline {
                     d.decision.risk
                 }
                 Line::Beacon(b) => b.risk,
+                Line::Scan(s) => s.risk,
                 _ => 0,
             };
             self.counters.alerts_by_severity.count(risk);

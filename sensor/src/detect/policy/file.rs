@@ -31,6 +31,8 @@ struct PolicyFile {
     writable_locations: Option<SVec<String>>,
     /// The unmanaged-executable tier: its risk and trusted paths (each replacing the default).
     unmanaged: Option<Spanned<UnmanagedFile>>,
+    /// When connects become a scan (`[scan]`).
+    scan: Option<super::scan::ScanFile>,
     /// Same lists, added to (not replacing) the defaults or the replaced lists above.
     extend: Option<ExtendFile>,
     #[serde(default)]
@@ -82,12 +84,12 @@ enum PortItem {
 }
 
 /// Turns byte offsets into "line L, column C" (1-based, columns in characters).
-struct Source<'a> {
+pub(super) struct Source<'a> {
     text: &'a str,
 }
 
 impl Source<'_> {
-    fn err(&self, span: Range<usize>, msg: impl std::fmt::Display) -> anyhow::Error {
+    pub(super) fn err(&self, span: Range<usize>, msg: impl std::fmt::Display) -> anyhow::Error {
         let before = self.text.get(..span.start).unwrap_or(self.text);
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
@@ -228,6 +230,9 @@ pub(super) fn parse(text: &str) -> Result<Policy> {
         }
     }
 
+    if let Some(f) = &file.scan {
+        p.scan = super::scan::parse(&src, f)?;
+    }
     if let Some(u) = &file.unmanaged {
         let u = u.get_ref();
         if let Some(r) = &u.risk {

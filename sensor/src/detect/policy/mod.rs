@@ -15,9 +15,11 @@ use serde::Serialize;
 pub mod allow;
 mod file;
 pub mod glob;
+pub mod scan;
 pub mod schedule;
 
 pub use allow::{AllowRule, PortRange};
+pub use scan::ScanPolicy;
 pub use schedule::Schedule;
 
 use crate::detect::{policy::glob::Pattern, subject::Subject};
@@ -96,6 +98,8 @@ pub struct Policy {
     pub writable_locations: Vec<Pattern>,
     /// The tier of executables no package installed (`[unmanaged]`).
     pub unmanaged: Unmanaged,
+    /// When connects become a scan (`[scan]`).
+    pub scan: ScanPolicy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
 }
@@ -188,6 +192,7 @@ impl Default for Policy {
                 .map(|(n, p)| (n.to_string(), p.iter().copied().collect()))
                 .collect(),
             unmanaged: Unmanaged::default(),
+            scan: ScanPolicy::default(),
             allow: Vec::new(),
         }
     }

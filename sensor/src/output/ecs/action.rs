@@ -12,6 +12,7 @@ pub enum Action {
     NetworkListen,
     NetworkAccept,
     BeaconDetected,
+    NetworkScan,
     AlertRollup,
     EngineSummary,
     SensorStarted,
@@ -25,11 +26,12 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::NetworkConnect,
         Action::NetworkListen,
         Action::NetworkAccept,
         Action::BeaconDetected,
+        Action::NetworkScan,
         Action::AlertRollup,
         Action::EngineSummary,
         Action::SensorStarted,
@@ -48,6 +50,7 @@ impl Action {
             Action::NetworkListen => "network-listen",
             Action::NetworkAccept => "network-accept",
             Action::BeaconDetected => "beacon-detected",
+            Action::NetworkScan => "network-scan",
             Action::AlertRollup => "alert-rollup",
             Action::EngineSummary => "engine-summary",
             Action::SensorStarted => "sensor-started",

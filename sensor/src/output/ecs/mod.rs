@@ -5,7 +5,7 @@
 //! are kept in its `extra` map, so a replayed line is printed with everything it had.
 //!
 //! The line kinds: [`ConnectionLine`] (`network-connect`, `network-listen`,
-//! `network-accept`, UDP connects), [`BeaconLine`], [`RollupLine`], [`StatusLine`] (the
+//! `network-accept`, UDP connects), [`BeaconLine`], [`RollupLine`], [`ScanLine`], [`StatusLine`] (the
 //! sensor's own state, metric and error lines) and [`SysmonLine`] (`--format sysmon-json`).
 
 pub mod action;
@@ -25,7 +25,8 @@ pub use fields::{
 };
 pub use sensor::{
     BeaconSensor, BeaconStats, ConnectionSensor, ContainerTrust, Matched, Original, Rollup,
-    RollupSensor, SensorFields, SensorProcess, ServiceAway, UserSource,
+    RollupSensor, Scan, ScanSensor, ScanTarget, SensorFields, SensorProcess, ServiceAway,
+    UserSource,
 };
 pub use sysmon::{SysmonLine, SysmonSensor};
 
@@ -45,6 +46,8 @@ pub type ConnectionLine<'a> = EcsLine<'a, ConnectionSensor<'a>>;
 pub type BeaconLine<'a> = EcsLine<'a, BeaconSensor<'a>>;
 /// An `alert-rollup` line.
 pub type RollupLine<'a> = EcsLine<'a, RollupSensor<'a>>;
+/// A `network-scan` alert.
+pub type ScanLine<'a> = EcsLine<'a, ScanSensor<'a>>;
 /// A line of the sensor's own (`sensor-started`, `sensor-stats`, `events-lost`, ...):
 /// `T` is its `sensor.*` payload.
 pub type StatusLine<'a, T> = EcsLine<'a, T>;
@@ -87,6 +90,7 @@ mod tests {
             schemars::schema_for!(ConnectionLine<'static>),
             schemars::schema_for!(BeaconLine<'static>),
             schemars::schema_for!(RollupLine<'static>),
+            schemars::schema_for!(ScanLine<'static>),
             schemars::schema_for!(StatusLine<'static, Extra>),
             schemars::schema_for!(SysmonLine<'static>),
         ] {

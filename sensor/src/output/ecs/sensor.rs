@@ -225,3 +225,46 @@ pub struct Rollup<'a> {
     pub window_seconds: f64,
     pub window_start: Cow<'a, str>,
 }
+
+/// `sensor.*` of a `network-scan` alert.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScanSensor<'a> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<Scan<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `sensor.scan`: one group's connects in one window, past the threshold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Scan<'a> {
+    /// `threshold` (just passed), `window-end`, `memory-budget` (ended early), `exit`.
+    pub reason: Cow<'a, str>,
+    pub connections: u64,
+    /// Connects with no line of their own (the rest were printed: before the threshold,
+    /// and each known C2 port new for its process).
+    pub connections_folded: u64,
+    pub distinct_ports: usize,
+    pub distinct_hosts: usize,
+    /// Connects to hosts past the counted ones (`distinct_hosts` is then a lower bound).
+    pub hosts_not_counted: u64,
+    /// The first distinct (host, port) pairs.
+    pub sample: Vec<ScanTarget>,
+    /// Every known C2 port hit, in full.
+    pub c2_ports: Vec<u16>,
+    pub pids: Vec<u64>,
+    pub processes_not_listed: u64,
+    pub threshold_ports: u32,
+    pub threshold_hosts: u32,
+    pub window_seconds: u32,
+    pub window_start: Cow<'a, str>,
+}
+
+/// One sampled destination of a scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScanTarget {
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+}
