@@ -226,6 +226,8 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
     let mut loaded = load::load(&load, &env)?;
     let rings = Rings::new(loaded.take_rings()?)?;
     let mut kernel = Kernel::take(&mut loaded)?;
+    // The kernel's BTF is needed no more once the hooks are attached.
+    drop(env);
     kernel.push(&mut pipeline)?;
     // Seed after the lifecycle hooks are attached: every process is then either in /proc
     // now or announced by a record later.
@@ -278,6 +280,7 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
     lp.publish(&LoopStall::default())?;
     lp.status(Kind::State, Action::SensorStarted, started)?;
     lp.out.flush()?;
+    load::trim_heap();
     let running = format!("running; {}", loaded.selection.chosen.hook());
     lp.notifier.ready(&running);
     info!("{running} (SIGINT or SIGTERM to stop)");
