@@ -105,13 +105,20 @@ impl<'a> Btf<'a> {
         let o = *self.types.get(id).filter(|_| id != 0)? as usize;
         let name_off = u32_at(self.data, o).ok()?;
         let info = u32_at(self.data, o + 4).ok()?;
-        Some((name_off, (info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1))
+        Some((
+            name_off,
+            (info >> 24) & 0x1f,
+            (info & 0xffff) as usize,
+            info >> 31 == 1,
+        ))
     }
 
     /// The members of struct or union `id` (none for other kinds).
     fn members(&self, id: usize) -> impl Iterator<Item = Member> + '_ {
         let (o, vlen, kind_flag) = match self.header(id) {
-            Some((_, KIND_STRUCT | KIND_UNION, vlen, flag)) => (self.types[id] as usize, vlen, flag),
+            Some((_, KIND_STRUCT | KIND_UNION, vlen, flag)) => {
+                (self.types[id] as usize, vlen, flag)
+            }
             _ => (0, 0, false),
         };
         (0..vlen).filter_map(move |i| {
@@ -155,8 +162,10 @@ impl<'a> Btf<'a> {
             }
             if m.name_off == 0 {
                 let inner = m.type_id as usize;
-                if matches!(self.header(inner), Some((_, KIND_STRUCT | KIND_UNION, _, _)))
-                    && let Some(found) = self.find_member(inner, member, here)
+                if matches!(
+                    self.header(inner),
+                    Some((_, KIND_STRUCT | KIND_UNION, _, _))
+                ) && let Some(found) = self.find_member(inner, member, here)
                 {
                     return Some(found);
                 }
