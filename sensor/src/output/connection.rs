@@ -13,7 +13,7 @@ use crate::{
         score::{MatchedBy, Verdict},
         severity::Severity,
     },
-    enrich::{Enriched, procfs::exe_name, proctable::lineage},
+    enrich::{Enriched, procfs::exe_name},
     kernel::{
         records::{Flow, canonical},
         sockets::UDP_HOOK,
@@ -138,7 +138,7 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
             fileless: p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
             identity: p.identity.map(b),
             image_mismatch: p.image_mismatch.then_some(true),
-            lineage: lineage(p).map(Cow::Owned),
+            lineage: pr.lineage.clone().map(Cow::Owned),
             loader: p.loader.as_deref().map(b),
             loader_check: p.loader_check.map(b),
             loader_claim: p.loader_claim.as_deref().map(b),

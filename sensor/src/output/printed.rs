@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    enrich::Enriched,
+    enrich::{Enriched, proctable::lineage},
     kernel::argv::Argv,
     output::redact::{self, MAX_FIELD},
 };
@@ -20,6 +20,8 @@ pub struct Printed {
     pub redacted: Vec<&'static str>,
     /// The fields cut at MAX_FIELD (`sensor.truncated`).
     pub truncated: Vec<&'static str>,
+    /// `sensor.process.lineage`: the ancestors' names and its own, oldest first.
+    pub lineage: Option<String>,
 }
 
 impl Printed {
@@ -90,6 +92,7 @@ impl Printed {
             command_line,
             redacted,
             truncated,
+            lineage: lineage(p),
         }
     }
 }
@@ -101,6 +104,7 @@ impl Printed {
         s(&self.executable)
             + s(&self.parent_executable)
             + s(&self.command_line)
+            + s(&self.lineage)
             + self.args.as_ref().map_or(0, |a| {
                 a.iter().map(|x| x.capacity() + 24).sum::<usize>() + 24 * a.capacity()
             })
@@ -115,6 +119,7 @@ struct Entry {
     parent_executable: Option<String>,
     /// Shared with the process table: equal by pointer in the common case.
     args: Option<Argv>,
+    ancestors: Vec<String>,
     printed: Arc<Printed>,
     bytes: usize,
 }
@@ -142,6 +147,7 @@ impl PrintedCache {
             && hit.executable == p.executable
             && hit.parent_executable == p.parent_executable
             && hit.args == p.args
+            && hit.ancestors == p.ancestors
         {
             return hit.printed.clone();
         }
@@ -156,6 +162,7 @@ impl PrintedCache {
             + printed.heap_bytes()
             + s(&p.executable)
             + s(&p.parent_executable)
+            + p.ancestors.iter().map(|a| a.len() + 24).sum::<usize>()
             // Kept alive by the entry after the process table lets it go.
             + p.args.as_ref().map_or(0, Argv::heap_bytes);
         if self.bytes + bytes > MAX_BYTES {
@@ -169,6 +176,7 @@ impl PrintedCache {
                 executable: p.executable.clone(),
                 parent_executable: p.parent_executable.clone(),
                 args: p.args.clone(),
+                ancestors: p.ancestors.clone(),
                 printed: printed.clone(),
                 bytes,
             },
