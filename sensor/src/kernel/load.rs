@@ -278,6 +278,9 @@ pub fn baseline(btf: bool) -> Result<()> {
         p.attach(layout::TRACEPOINT_CATEGORY, layout::TRACEPOINT_NAME)
             .context("attach")?;
     }
+    // As `run` does: the BTF is needed no more, and the heap it used goes back.
+    drop(env);
+    trim_heap();
     println!("{{\"event\":{{\"kind\":\"state\",\"action\":\"baseline-started\"}}}}");
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain signal-mask calls on a local sigset; the signals are blocked, then
