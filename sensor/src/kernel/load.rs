@@ -45,21 +45,40 @@ pub struct Environment {
 
 impl Environment {
     pub fn probe() -> Self {
+        let mut env = Self::layout_only();
+        env.read_btf();
+        env
+    }
+
+    /// The layout only: [`Environment::read_btf`] later, once the object is loaded, so the
+    /// loader's own parse of the kernel BTF (`EbpfLoader::new` always makes one) and ours
+    /// are never in memory together.
+    pub fn layout_only() -> Self {
         let mut layout = KernelLayout::UNKNOWN;
-        let (btf, btf_error) = match std::fs::read("/sys/kernel/btf/vmlinux")
+        let btf_error = std::fs::read("/sys/kernel/btf/vmlinux")
             .context("reading /sys/kernel/btf/vmlinux")
             .and_then(|data| {
                 let ours = btf::Btf::parse(&data).context("parsing kernel BTF")?;
                 layout::apply_btf(&mut layout, &ours);
-                Btf::parse(&data, aya::Endianness::default()).context("parsing kernel BTF (aya)")
-            }) {
-            Ok(b) => (Some(b), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+                Ok(())
+            })
+            .err()
+            .map(|e| format!("{e:#}"));
         Self {
             layout,
-            btf,
+            btf: None,
             btf_error,
+        }
+    }
+
+    /// aya's parse of the kernel BTF, which the BTF hooks are loaded with.
+    pub fn read_btf(&mut self) {
+        if self.btf.is_some() || self.btf_error.is_some() {
+            return;
+        }
+        match Btf::from_sys_fs().context("parsing kernel BTF (aya)") {
+            Ok(b) => self.btf = Some(b),
+            Err(e) => self.btf_error = Some(format!("{e:#}")),
         }
     }
 }
@@ -103,10 +122,13 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
         );
     }
     raise_memlock();
-    // The kernel BTF parsed once (`Environment::probe`): `EbpfLoader::new` would parse
-    // /sys/kernel/btf/vmlinux again (a few MiB of heap) for its own relocations.
-    EbpfLoader::new()
-        .btf(env.btf.as_ref())
+    // The kernel BTF parsed once when already read (`Environment::probe`); otherwise the
+    // loader's own parse, freed with the loader before `read_btf` makes ours.
+    let mut loader = EbpfLoader::new();
+    if let Some(btf) = env.btf.as_ref() {
+        loader.btf(Some(btf));
+    }
+    loader
         .override_global(LAYOUT_GLOBAL, &env.layout, true)
         .override_global(aya_log::LEVEL, &opts.kernel_log_level, false)
         .override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, true)
@@ -125,9 +147,24 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
         .context("loading the eBPF object (maps, ring buffer)")
 }
 
+/// `run`'s load: the layout, the object, then the BTF for the hooks (one parse of it in
+/// memory at a time), dropped with the heap it used once the hooks are attached.
+pub fn load_once(opts: &Options) -> Result<Loaded> {
+    let mut env = Environment::layout_only();
+    let ebpf = load_object(opts, &env)?;
+    env.read_btf();
+    let loaded = attach_all(ebpf, opts, &env);
+    drop(env);
+    trim_heap();
+    loaded
+}
+
 /// Loads the object and attaches the first hook of `opts.probes` that works.
 pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
-    let mut ebpf = load_object(opts, env)?;
+    attach_all(load_object(opts, env)?, opts, env)
+}
+
+fn attach_all(mut ebpf: Ebpf, opts: &Options, env: &Environment) -> Result<Loaded> {
     let selection = attach::select(&opts.probes, |p| {
         let r = attach::attach(&mut ebpf, p, &env.layout, env.btf.as_ref());
         if let Err(e) = &r {

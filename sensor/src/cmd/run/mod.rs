@@ -37,7 +37,7 @@ use crate::{
         host::HostInfo, identity, kubelet::Pods, packages::Packages, procfs::Procfs,
         proctable::ProcTable, users::UserNames,
     },
-    kernel::load::{self, Environment, Loaded},
+    kernel::load::{self, Loaded},
     output::{
         self,
         clock::BootClock,
@@ -222,12 +222,9 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
         keep_capabilities,
     } = opts;
     let notifier = Notifier::from_env();
-    let env = Environment::probe();
-    let mut loaded = load::load(&load, &env)?;
+    let mut loaded = load::load_once(&load)?;
     let rings = Rings::new(loaded.take_rings()?)?;
     let mut kernel = Kernel::take(&mut loaded)?;
-    // The kernel's BTF is needed no more once the hooks are attached.
-    drop(env);
     kernel.push(&mut pipeline)?;
     // Seed after the lifecycle hooks are attached: every process is then either in /proc
     // now or announced by a record later.
