@@ -267,6 +267,15 @@ fn stages(each: &mut dyn FnMut(&str, &mut dyn FnMut())) {
         buf.push(b'\n');
     });
 
+    // The same line with the printed-strings cache emptied first: what every line paid
+    // before the cache (redaction, argv join and bounds per line).
+    each("render_write_uncached", &mut || {
+        buf.clear();
+        cx.clear_printed();
+        output::write(black_box(&lines[0]), &cx, &mut buf).unwrap();
+        buf.push(b'\n');
+    });
+
     for (name, bytes) in [("whole_hostile", &hostile), ("whole_benign", &benign)] {
         let mut en = Enricher::new();
         let mut eng = engine();

@@ -17,7 +17,7 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
+/// One member of a struct or union, read from the blob when asked.
 struct Member {
     name_off: u32,
     type_id: u32,
@@ -27,31 +27,29 @@ struct Member {
     bitfield: bool,
 }
 
-#[derive(Debug, Clone)]
-struct Type {
-    name_off: u32,
-    kind: u32,
-    members: Vec<Member>,
+/// The type section indexed, borrowing the blob: 4 bytes per type (where its record
+/// starts) instead of a copy of every struct's members, so reading the layout costs the
+/// load path about half a MiB, not a second parse's worth (aya parses it for the loader).
+pub struct Btf<'a> {
+    data: &'a [u8],
+    /// Index = type id; id 0 is `void` (offset 0, never read as a record).
+    types: Vec<u32>,
+    strings: &'a [u8],
 }
 
-/// Parsed type section: composite types with their members, everything else as a stub.
-pub struct Btf {
-    /// Index = type id; id 0 is `void`.
-    types: Vec<Type>,
-    strings: Vec<u8>,
+fn u32_at(data: &[u8], o: usize) -> Result<u32> {
+    let b = data.get(o..o + 4).context("BTF truncated")?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-impl Btf {
-    pub fn parse(data: &[u8]) -> Result<Self> {
-        let u16_at = |o: usize| -> Result<u16> {
-            let b = data.get(o..o + 2).context("BTF truncated")?;
-            Ok(u16::from_le_bytes([b[0], b[1]]))
-        };
-        let u32_at = |o: usize| -> Result<u32> {
-            let b = data.get(o..o + 4).context("BTF truncated")?;
-            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        ensure!(u16_at(0)? == BTF_MAGIC, "not little-endian BTF (bad magic)");
+impl<'a> Btf<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<Self> {
+        let b = data.get(0..2).context("BTF truncated")?;
+        ensure!(
+            u16::from_le_bytes([b[0], b[1]]) == BTF_MAGIC,
+            "not little-endian BTF (bad magic)"
+        );
+        let u32_at = |o: usize| u32_at(data, o);
         let hdr_len = u32_at(4)? as usize;
         let type_off = u32_at(8)? as usize;
         let type_len = u32_at(12)? as usize;
@@ -73,52 +71,67 @@ impl Btf {
             types_end <= data.len() && strs_end <= data.len(),
             "BTF sections out of bounds"
         );
-        let strings = data[strs_start..strs_end].to_vec();
+        let strings = &data[strs_start..strs_end];
 
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            members: Vec::new(),
-        }];
+        let mut types = vec![0u32];
         let mut o = types_start;
         while o < types_end {
-            let name_off = u32_at(o)?;
             let info = u32_at(o + 4)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            o += 12;
-            let mut members = Vec::new();
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = o + i * 12;
-                        let raw = u32_at(m + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(m)?,
-                            type_id: u32_at(m + 4)?,
-                            // With kind_flag the high 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
-                            bitfield: kind_flag && raw >> 24 != 0,
-                        });
-                    }
-                    vlen * 12
-                }
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 0 | 20.. => bail!("unknown BTF kind {kind} at byte {o}"),
                 _ => 0,
             };
-            o += extra;
-            types.push(Type {
-                name_off,
-                kind,
-                members,
-            });
+            types.push(u32::try_from(o).context("BTF larger than 4 GiB")?);
+            o += 12 + extra;
+            // Members are read later without checks: the whole record must be in the section.
+            ensure!(o <= types_end, "BTF truncated in type {}", types.len() - 1);
         }
-        Ok(Self { types, strings })
+        types.shrink_to_fit();
+        Ok(Self {
+            data,
+            types,
+            strings,
+        })
+    }
+
+    /// (name_off, kind, vlen, kind_flag) of type `id`; None for void or a bad id.
+    fn header(&self, id: usize) -> Option<(u32, u32, usize, bool)> {
+        let o = *self.types.get(id).filter(|_| id != 0)? as usize;
+        let name_off = u32_at(self.data, o).ok()?;
+        let info = u32_at(self.data, o + 4).ok()?;
+        Some((
+            name_off,
+            (info >> 24) & 0x1f,
+            (info & 0xffff) as usize,
+            info >> 31 == 1,
+        ))
+    }
+
+    /// The members of struct or union `id` (none for other kinds).
+    fn members(&self, id: usize) -> impl Iterator<Item = Member> + '_ {
+        let (o, vlen, kind_flag) = match self.header(id) {
+            Some((_, KIND_STRUCT | KIND_UNION, vlen, flag)) => {
+                (self.types[id] as usize, vlen, flag)
+            }
+            _ => (0, 0, false),
+        };
+        (0..vlen).filter_map(move |i| {
+            let m = o + 12 + i * 12;
+            let raw = u32_at(self.data, m + 8).ok()?;
+            Some(Member {
+                name_off: u32_at(self.data, m).ok()?,
+                type_id: u32_at(self.data, m + 4).ok()?,
+                // With kind_flag the high 8 bits hold a bitfield size.
+                bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
+                bitfield: kind_flag && raw >> 24 != 0,
+            })
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -131,24 +144,28 @@ impl Btf {
     /// structs and unions (where `skc_daddr` and friends live). None for a bitfield or a
     /// member that does not start on a byte (before 5.6, `sk_protocol` was one).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        let ty = self.types.iter().find(|t| {
-            t.kind == KIND_STRUCT && self.name(t.name_off) == name && !t.members.is_empty()
+        let id = (1..self.types.len()).find(|&id| {
+            self.header(id).is_some_and(|(name_off, kind, vlen, _)| {
+                kind == KIND_STRUCT && vlen > 0 && self.name(name_off) == name
+            })
         })?;
-        self.find_member(ty, member, 0)
+        self.find_member(id, member, 0)
             .filter(|bits| bits % 8 == 0)
             .map(|bits| bits / 8)
     }
 
-    fn find_member(&self, ty: &Type, member: &str, base_bits: u32) -> Option<u32> {
-        for m in &ty.members {
+    fn find_member(&self, id: usize, member: &str, base_bits: u32) -> Option<u32> {
+        for m in self.members(id) {
             let here = base_bits.checked_add(m.bit_offset)?;
             if m.name_off != 0 && self.name(m.name_off) == member {
                 return (!m.bitfield).then_some(here);
             }
             if m.name_off == 0 {
-                let inner = self.types.get(m.type_id as usize)?;
-                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
-                    && let Some(found) = self.find_member(inner, member, here)
+                let inner = m.type_id as usize;
+                if matches!(
+                    self.header(inner),
+                    Some((_, KIND_STRUCT | KIND_UNION, _, _))
+                ) && let Some(found) = self.find_member(inner, member, here)
                 {
                     return Some(found);
                 }
@@ -214,7 +231,8 @@ pub(crate) mod tests {
 
     #[test]
     fn finds_direct_and_anonymous_members() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let blob = sample();
+        let btf = Btf::parse(&blob).unwrap();
         assert_eq!(btf.member_offset("outer", "a"), Some(0));
         assert_eq!(btf.member_offset("outer", "b"), Some(4));
         assert_eq!(btf.member_offset("outer", "c"), Some(4));

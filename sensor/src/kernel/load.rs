@@ -45,21 +45,40 @@ pub struct Environment {
 
 impl Environment {
     pub fn probe() -> Self {
+        let mut env = Self::layout_only();
+        env.read_btf();
+        env
+    }
+
+    /// The layout only: [`Environment::read_btf`] later, once the object is loaded, so the
+    /// loader's own parse of the kernel BTF (`EbpfLoader::new` always makes one) and ours
+    /// are never in memory together.
+    pub fn layout_only() -> Self {
         let mut layout = KernelLayout::UNKNOWN;
-        let (btf, btf_error) = match std::fs::read("/sys/kernel/btf/vmlinux")
+        let btf_error = std::fs::read("/sys/kernel/btf/vmlinux")
             .context("reading /sys/kernel/btf/vmlinux")
             .and_then(|data| {
                 let ours = btf::Btf::parse(&data).context("parsing kernel BTF")?;
                 layout::apply_btf(&mut layout, &ours);
-                Btf::parse(&data, aya::Endianness::default()).context("parsing kernel BTF (aya)")
-            }) {
-            Ok(b) => (Some(b), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+                Ok(())
+            })
+            .err()
+            .map(|e| format!("{e:#}"));
         Self {
             layout,
-            btf,
+            btf: None,
             btf_error,
+        }
+    }
+
+    /// aya's parse of the kernel BTF, which the BTF hooks are loaded with.
+    pub fn read_btf(&mut self) {
+        if self.btf.is_some() || self.btf_error.is_some() {
+            return;
+        }
+        match Btf::from_sys_fs().context("parsing kernel BTF (aya)") {
+            Ok(b) => self.btf = Some(b),
+            Err(e) => self.btf_error = Some(format!("{e:#}")),
         }
     }
 }
@@ -103,7 +122,13 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
         );
     }
     raise_memlock();
-    EbpfLoader::new()
+    // The kernel BTF parsed once when already read (`Environment::probe`); otherwise the
+    // loader's own parse, freed with the loader before `read_btf` makes ours.
+    let mut loader = EbpfLoader::new();
+    if let Some(btf) = env.btf.as_ref() {
+        loader.btf(Some(btf));
+    }
+    loader
         .override_global(LAYOUT_GLOBAL, &env.layout, true)
         .override_global(aya_log::LEVEL, &opts.kernel_log_level, false)
         .override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, true)
@@ -122,9 +147,24 @@ pub fn load_object(opts: &Options, env: &Environment) -> Result<Ebpf> {
         .context("loading the eBPF object (maps, ring buffer)")
 }
 
+/// `run`'s load: the layout, the object, then the BTF for the hooks (one parse of it in
+/// memory at a time), dropped with the heap it used once the hooks are attached.
+pub fn load_once(opts: &Options) -> Result<Loaded> {
+    let mut env = Environment::layout_only();
+    let ebpf = load_object(opts, &env)?;
+    env.read_btf();
+    let loaded = attach_all(ebpf, opts, &env);
+    drop(env);
+    trim_heap();
+    loaded
+}
+
 /// Loads the object and attaches the first hook of `opts.probes` that works.
 pub fn load(opts: &Options, env: &Environment) -> Result<Loaded> {
-    let mut ebpf = load_object(opts, env)?;
+    attach_all(load_object(opts, env)?, opts, env)
+}
+
+fn attach_all(mut ebpf: Ebpf, opts: &Options, env: &Environment) -> Result<Loaded> {
     let selection = attach::select(&opts.probes, |p| {
         let r = attach::attach(&mut ebpf, p, &env.layout, env.btf.as_ref());
         if let Err(e) = &r {
@@ -275,6 +315,9 @@ pub fn baseline(btf: bool) -> Result<()> {
         p.attach(layout::TRACEPOINT_CATEGORY, layout::TRACEPOINT_NAME)
             .context("attach")?;
     }
+    // As `run` does: the BTF is needed no more, and the heap it used goes back.
+    drop(env);
+    trim_heap();
     println!("{{\"event\":{{\"kind\":\"state\",\"action\":\"baseline-started\"}}}}");
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain signal-mask calls on a local sigset; the signals are blocked, then
@@ -288,6 +331,14 @@ pub fn baseline(btf: bool) -> Result<()> {
         libc::sigwait(&set, &mut sig);
     }
     Ok(())
+}
+
+/// Gives the heap the load path freed back to the kernel: parsing BTF and the object
+/// leaves megabytes of freed small blocks that glibc keeps (its trim only looks at the top
+/// of the heap). Once, after the load; nothing on the event path calls it.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; 0 keeps no padding.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

@@ -13,7 +13,7 @@ use crate::{
         score::{MatchedBy, Verdict},
         severity::Severity,
     },
-    enrich::{Enriched, procfs::exe_name, proctable::lineage},
+    enrich::{Enriched, procfs::exe_name},
     kernel::{
         records::{Flow, canonical},
         sockets::UDP_HOOK,
@@ -29,7 +29,6 @@ use crate::{
             SysmonLine, Tactic, Thread, Threat, User, UserSource,
         },
         flow::{NETWORK, Shape, Side, UDP},
-        printed::Printed,
         sysmon,
     },
 };
@@ -72,7 +71,7 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
     let c = &e.conn;
     let p = &e.proc;
     let shape = Shape::of(c.flow);
-    let pr = Printed::of(e);
+    let pr = cx.printed(e);
     let mut ends: [Option<(Endpoint, Option<Original>)>; 2] = [None, None];
     for (side, ip, port) in [(shape.local, c.src, c.sport), (shape.peer, c.dst, c.dport)] {
         match side {
@@ -139,7 +138,7 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
             fileless: p.location.map(|l| matches!(l, "memfd" | "fd" | "deleted")),
             identity: p.identity.map(b),
             image_mismatch: p.image_mismatch.then_some(true),
-            lineage: lineage(p).map(Cow::Owned),
+            lineage: pr.lineage.clone().map(Cow::Owned),
             loader: p.loader.as_deref().map(b),
             loader_check: p.loader_check.map(b),
             loader_claim: p.loader_claim.as_deref().map(b),
@@ -147,9 +146,9 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
             unmanaged: p.unmanaged,
             extra: Extra::new(),
         }),
-        redacted: names(pr.redacted),
+        redacted: names(pr.redacted.clone()),
         source: source.as_ref().and_then(|s| s.1.clone()),
-        truncated: names(pr.truncated),
+        truncated: names(pr.truncated.clone()),
         unknown_fields: Some(unknown),
         user: e.provenance.user_name.map(|s| UserSource {
             name_source: Some(b(s.as_str())),
@@ -188,11 +187,14 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
         kind: Some(b(if family.is_ipv4() { "ipv4" } else { "ipv6" })),
     });
     line.process = Some(Process {
-        args: pr.args.map(|a| a.into_iter().map(Cow::Owned).collect()),
+        args: pr
+            .args
+            .as_ref()
+            .map(|a| a.iter().map(|x| Cow::Owned(x.clone())).collect()),
         args_count: pr.args_count,
-        command_line: pr.command_line.map(Cow::Owned),
+        command_line: pr.command_line.clone().map(Cow::Owned),
         entity_id: cx.entity_id(c.tgid, c.start_time_ns).map(Cow::Owned),
-        executable: pr.executable.map(Cow::Owned),
+        executable: pr.executable.clone().map(Cow::Owned),
         name: Some(b(p.executable.as_deref().map(exe_name).unwrap_or(&c.comm))),
         parent: some(Parent {
             // The kernel's parent (real_parent), whose start time the record carries.
@@ -200,7 +202,7 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
                 .then(|| cx.entity_id(c.ppid, c.parent_start_time_ns))
                 .flatten()
                 .map(Cow::Owned),
-            executable: pr.parent_executable.map(Cow::Owned),
+            executable: pr.parent_executable.clone().map(Cow::Owned),
             name: p.parent_executable.as_deref().map(exe_name).map(b),
             pid: p.ppid,
         }),

@@ -5,7 +5,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     sync::{
-        LazyLock,
+        Arc, LazyLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -15,8 +15,11 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
 use crate::{
-    enrich::host::HostInfo,
-    output::ecs::{Agent, EcsLine, EcsVersion, Host, Os},
+    enrich::{Enriched, host::HostInfo},
+    output::{
+        ecs::{Agent, EcsLine, EcsVersion, Host, Os},
+        printed::{Printed, PrintedCache},
+    },
 };
 
 /// The ECS version the lines follow; `sensor/tests/ecs_fields.json` is its field table.
@@ -44,6 +47,8 @@ pub struct Context {
     host_fields: Host<'static>,
     /// (pid, start time) -> `process.entity_id`: two SHA-256 per line otherwise.
     entity_ids: RefCell<HashMap<(u32, u64), String>>,
+    /// (pid, start time) -> the process's printed strings (redacted, joined, bounded).
+    printed: RefCell<PrintedCache>,
 }
 
 /// Entity ids remembered at most; the cache is dropped whole past that.
@@ -94,6 +99,7 @@ impl Context {
             },
             host_fields,
             entity_ids: RefCell::new(HashMap::new()),
+            printed: RefCell::default(),
         }
     }
 
@@ -131,6 +137,23 @@ impl Context {
         let id = hex_prefix(&format!("{host}\0{pid}\0{start_time_ns}"), 32);
         ids.insert((pid, start_time_ns), id.clone());
         Some(id)
+    }
+
+    /// What a line prints of `e`'s process strings, made once per process (and exec).
+    pub fn printed(&self, e: &Enriched) -> Arc<Printed> {
+        self.printed.borrow_mut().get(e)
+    }
+
+    /// The printed-strings cache: (entries, bytes, entries evicted so far).
+    pub fn printed_cache(&self) -> (usize, usize, u64) {
+        let c = self.printed.borrow();
+        (c.entries(), c.bytes(), c.evicted)
+    }
+
+    /// Empties the printed-strings cache: the bench's uncached row (each line pays
+    /// redaction and joining again, as before the cache).
+    pub fn clear_printed(&self) {
+        self.printed.borrow_mut().clear();
     }
 
     /// Adds the writer's fields to a line, keeping any it already has (replayed lines

@@ -21,7 +21,7 @@ use crate::output::journald::{Entry, Journal};
 
 /// Lines the queue holds at most; with [`MAX_BYTES`], about 8 MiB of lines in the worst case.
 pub const MAX_LINES: usize = 8192;
-/// Bytes of rendered lines the queue holds at most.
+/// Bytes of rendered lines the queue holds at most (their heap, as allocated).
 pub const MAX_BYTES: usize = 8 << 20;
 
 /// One rendered line and, when the journal is an output, its journal entry.
@@ -89,7 +89,9 @@ impl Queue {
 
     /// Queues a line without ever blocking; an error when the writer has stopped.
     pub fn push(&mut self, item: Item) -> Result<Push> {
-        let len = item.line.len();
+        // The heap the line holds, not its length: a line rendered into a bigger buffer
+        // holds the whole buffer while it waits (the sink shrinks it first).
+        let len = item.line.capacity();
         let queued = self.shared.queued_bytes.load(Ordering::Relaxed);
         if queued + len > self.max_bytes && queued > 0 {
             self.check()?;
@@ -183,7 +185,7 @@ fn write_loop<W: Write>(
         while let Some(item) = next {
             shared
                 .queued_bytes
-                .fetch_sub(item.line.len(), Ordering::Relaxed);
+                .fetch_sub(item.line.capacity(), Ordering::Relaxed);
             shared.queued_lines.fetch_sub(1, Ordering::Relaxed);
             if let Some(o) = &mut out
                 && let Err(e) = o
@@ -298,6 +300,31 @@ mod tests {
         }
         // One taken by the blocked writer, one queued, then the bound.
         assert!(full >= 8, "{full} refused");
+        q.close(Duration::from_millis(10));
+    }
+
+    #[test]
+    fn byte_bound_counts_the_heap_a_line_holds() {
+        let (_open_tx, open) = channel();
+        let (got, _got_rx) = channel();
+        let mut q = Queue::spawn(Some(Gate { open, got }), false, 1000, 10_000).unwrap();
+        let mut full = 0;
+        for _ in 0..10 {
+            // A short line left in a 4 KiB render buffer.
+            let mut line = String::with_capacity(4096);
+            line.push('x');
+            if q.push(Item {
+                line,
+                journal: None,
+            })
+            .unwrap()
+                == Push::Full
+            {
+                full += 1;
+            }
+        }
+        // One taken by the blocked writer, at most three queued (12 KiB > 10,000).
+        assert!(full >= 6, "{full} refused");
         q.close(Duration::from_millis(10));
     }
 

@@ -91,11 +91,14 @@ impl Sink {
     }
 
     /// Queues one line already serialised (one JSON object, no newline).
-    pub fn emit_line(&mut self, line: String, summary: &Summary) -> Result<()> {
+    pub fn emit_line(&mut self, mut line: String, summary: &Summary) -> Result<()> {
         if self.dropping > 0 && !(self.queue.below_half() && self.report_drops()?) {
             self.drop_line();
             return Ok(());
         }
+        // Rendered into a buffer sized for the longest line: a waiting line keeps only its
+        // own bytes (glibc shrinks in place), so a full queue is its byte bound, not 3x it.
+        line.shrink_to_fit();
         let journal = self.journald.then(|| Entry::new(summary, &line));
         if self.queue.push(Item { line, journal })? == Push::Full {
             self.drop_line();

@@ -15,7 +15,6 @@ use crate::{
         context::Context,
         ecs::{SCHEMA_VERSION, SysmonLine, SysmonSensor},
         flow::{Shape, Side},
-        printed::Printed,
     },
 };
 
@@ -34,7 +33,7 @@ pub fn network_connect<'a>(
         return None;
     }
     let shape = Shape::of(c.flow);
-    let pr = Printed::of(e);
+    let pr = cx.printed(e);
     // Sysmon's Source is the end that opened the connection, as the ECS line's source.
     let ((src, sport), (dst, dport)) = match shape.local {
         Side::Destination => ((c.dst, c.dport), (c.src, c.sport)),
@@ -58,6 +57,7 @@ pub fn network_connect<'a>(
         process_id: c.tgid,
         image: pr
             .executable
+            .clone()
             .map_or(Cow::Borrowed(c.comm.as_str()), Cow::Owned),
         user: e
             .user_name
@@ -73,12 +73,12 @@ pub fn network_connect<'a>(
         destination_is_ipv6: flag(dst_c.is_ipv6()),
         destination_ip: Some(dst_c),
         destination_port: Some(dport),
-        parent_image: pr.parent_executable.map(Cow::Owned),
+        parent_image: pr.parent_executable.clone().map(Cow::Owned),
         parent_process_id: p.ppid,
         parent_process_guid: (c.ppid != 0)
             .then(|| guid(c.ppid, c.parent_start_time_ns))
             .flatten(),
-        command_line: pr.command_line.map(Cow::Owned),
+        command_line: pr.command_line.clone().map(Cow::Owned),
         original_file_name: p.executable.as_deref().map(exe_name).map(Cow::Borrowed),
         sensor: SysmonSensor {
             allow_rule: d.allow_rule.as_deref().map(Cow::Borrowed),
@@ -86,11 +86,11 @@ pub fn network_connect<'a>(
             event_id: Cow::Owned(cx.event_id()),
             location: p.location.map(Cow::Borrowed),
             original_destination_ip: (dst_c != dst).then_some(dst),
-            redacted: names(pr.redacted),
+            redacted: names(pr.redacted.clone()),
             risk_score: d.risk,
             schema_version: Cow::Borrowed(SCHEMA_VERSION),
             severity: Severity::of(d.risk),
-            truncated: names(pr.truncated),
+            truncated: names(pr.truncated.clone()),
         },
         extra: Default::default(),
     })

@@ -37,7 +37,7 @@ use crate::{
         host::HostInfo, identity, kubelet::Pods, packages::Packages, procfs::Procfs,
         proctable::ProcTable, users::UserNames,
     },
-    kernel::load::{self, Environment, Loaded},
+    kernel::load::{self, Loaded},
     output::{
         self,
         clock::BootClock,
@@ -222,8 +222,7 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
         keep_capabilities,
     } = opts;
     let notifier = Notifier::from_env();
-    let env = Environment::probe();
-    let mut loaded = load::load(&load, &env)?;
+    let mut loaded = load::load_once(&load)?;
     let rings = Rings::new(loaded.take_rings()?)?;
     let mut kernel = Kernel::take(&mut loaded)?;
     kernel.push(&mut pipeline)?;
@@ -278,6 +277,7 @@ fn start(opts: Options) -> Result<(Loaded, Sources, Loop)> {
     lp.publish(&LoopStall::default())?;
     lp.status(Kind::State, Action::SensorStarted, started)?;
     lp.out.flush()?;
+    load::trim_heap();
     let running = format!("running; {}", loaded.selection.chosen.hook());
     lp.notifier.ready(&running);
     info!("{running} (SIGINT or SIGTERM to stop)");

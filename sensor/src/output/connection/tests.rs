@@ -1,7 +1,7 @@
 //! The connection line's fields, each flow kind's ends, and a recorded line read back
 //! into the subject live scoring decided on.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde_json::{Value, json};
 
@@ -360,4 +360,44 @@ pub(super) fn replayed(e: &Enriched) -> Recorded {
         recorded::Read::Connection(r) => *r,
         recorded::Read::Other => panic!("not read as a connection: {text}"),
     }
+}
+
+/// The printed strings are made once per process, never shown for another image after an
+/// exec (same pid and start time), and the cache stays under its byte bound.
+#[test]
+fn printed_strings_cached_per_process_and_exec() {
+    let cx = Context::named("h");
+    let mut e = flow_conn(
+        Flow::Connect,
+        "/usr/bin/nc",
+        ("192.0.2.10", 40000),
+        ("203.0.113.7", 4444),
+    );
+    e.conn.start_time_ns = 77;
+    e.proc.args = Some(argv(vec![
+        "nc".into(),
+        "--password".into(),
+        "hunter2".into(),
+    ]));
+    let first = cx.printed(&e);
+    assert!(Arc::ptr_eq(&first, &cx.printed(&e)), "a hit");
+    assert_eq!(
+        first.command_line.as_deref(),
+        Some("nc --password <redacted>")
+    );
+    // An exec: the same process, another image and argv.
+    e.proc.executable = Some("/usr/bin/curl".into());
+    e.proc.args = Some(argv(vec!["curl".into()]));
+    let j = line_json(&e, &cx);
+    assert_eq!(j["process"]["executable"], "/usr/bin/curl");
+    assert_eq!(j["process"]["command_line"], "curl");
+    assert_eq!(cx.printed_cache().0, 1, "the entry replaced");
+    // Many processes: the bytes stay bounded, the dropped entries counted.
+    for pid in 0..20_000 {
+        e.conn.tgid = pid;
+        cx.printed(&e);
+    }
+    let (entries, bytes, evicted) = cx.printed_cache();
+    assert!(bytes <= crate::output::printed::MAX_BYTES, "{bytes}");
+    assert!(evicted > 0 && entries < 20_000, "{entries} {evicted}");
 }
