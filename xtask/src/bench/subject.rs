@@ -45,6 +45,7 @@ enum Clock {
 #[derive(Default)]
 pub struct Output {
     pub lines: u64,
+    pub bytes: u64,
     /// Connect lines with an event time, and their delay (ns) from event to read.
     pub latencies_ns: Vec<i64>,
     /// The last `sensor-stopped` line.
@@ -85,8 +86,9 @@ fn event_time(line: &[u8], clock: Clock) -> Option<i64> {
 }
 
 /// Reads `out` to EOF. Until `ready` is seen, lines are searched for it (and the sender
-/// told); after that, only counted, unless `latency` asks for each connect's delay. The
-/// last 256 KiB are kept for the `sensor-stopped` line.
+/// told); after that, only newlines and bytes are counted (no JSON, no per-line work: the
+/// reader must keep up with the sensor at full speed), unless `latency` asks for each
+/// connect's delay. The last 256 KiB are kept for the `sensor-stopped` line.
 fn read(
     mut out: impl Read,
     ready: &'static str,
@@ -95,7 +97,7 @@ fn read(
     bpftrace: bool,
 ) -> Output {
     let mut o = Output::default();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 4 << 20];
     let mut pending: Vec<u8> = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     let mut started = false;
@@ -112,6 +114,7 @@ fn read(
             })
         });
         o.lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        o.bytes += n as u64;
         if !started || latency.is_some() || bpftrace {
             pending.extend_from_slice(chunk);
             let end = pending
@@ -187,6 +190,13 @@ impl Running {
             .spawn()
             .with_context(|| format!("starting {cmd:?}"))?;
         let out = child.stdout.take().context("stdout")?;
+        // A pipe of 1 MiB (the default maximum) instead of 64 KiB: the sensor's writer
+        // thread does not block on a reader that was off the CPU for a moment.
+        // SAFETY: fcntl on a pipe fd we own; failure only leaves the default size.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        }
         let (tx, rx) = mpsc::channel();
         let clock = latency.then_some(clock);
         let bpftrace = matches!(kind, Kind::Bpftrace);
