@@ -34,9 +34,10 @@ pub(super) fn cpu_us_per_connect(s: &Sample) -> Option<f64> {
     Some(s.cpu_seconds? * 1e6 / s.connects.max(1) as f64)
 }
 /// Per line the sensor wrote (`output_written`): with `--all`, the live cost of a printed
-/// line (its connect's handling included).
+/// line (its connect's handling included). Only where it wrote at least one line per 10
+/// connects: below that it is the cost of the connects, not of lines.
 pub(super) fn cpu_us_per_printed(s: &Sample) -> Option<f64> {
-    let w = s.written.filter(|w| *w > 0)?;
+    let w = s.written.filter(|w| *w > 0 && *w * 10 >= s.connects)?;
     Some(s.cpu_seconds? * 1e6 / w as f64)
 }
 pub(super) fn cpu_us_per_handled(s: &Sample) -> Option<f64> {

@@ -61,7 +61,7 @@ pub fn verdicts(run: &Run) -> Vec<Verdict> {
         let m = floor.zip(run.ratio(name)).map(|(f, r)| {
             let behind = (f - r) * 100.0;
             (
-                format!("{r:.3} vs floor {f:.3}: {behind:.1} points behind"),
+                format!("{r:.3} vs floor {f:.3}: {:+.1} points", -behind),
                 behind <= 3.0,
             )
         });
@@ -257,6 +257,7 @@ mod tests {
             steady_rss_kib: Some(steady_mib << 10),
             peak_rss_kib: Some(peak_mib << 10),
             cpu_seconds: Some(1.0),
+            connects: 250_000,
             written: Some(250_000),
             ..Default::default()
         }
