@@ -27,8 +27,19 @@ pub struct Sample {
     pub steady_rss_kib: Option<u64>,
     /// Seconds the subject kept working after the storm ended.
     pub catch_up_seconds: Option<f64>,
-    /// Lines the subject printed (connect alerts or events, and a few status lines).
+    /// Lines the subject printed (connect alerts or events, and a few status lines), as
+    /// the harness's reader counted them, and their bytes.
     pub lines: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Connection lines the sensor printed (`sensor.connections_printed`).
+    pub printed: Option<u64>,
+    /// Lines the sensor wrote to its outputs (`sensor.output_written`).
+    pub written: Option<u64>,
+    /// Lines the sensor dropped because its output queue was full: the reader did not keep
+    /// up (`sensor.output_dropped`).
+    pub output_dropped: Option<u64>,
+    /// Connect records the kernel could not reserve (`sensor.kernel.records.connect.lost`).
+    pub kernel_connect_lost: Option<u64>,
     /// Connects userspace handled (`sensor.connections` of `sensor-stopped`).
     pub handled: Option<u64>,
     /// Ring-buffer events lost (`sensor.lost_events_total`, or bpftrace's "Lost N events").
@@ -119,10 +130,15 @@ impl Bench {
         s.steady_rss_kib = Some(steady);
         s.catch_up_seconds = Some(caught_up.as_secs_f64());
         s.lines = Some(o.lines);
+        s.bytes = Some(o.bytes);
         if let Some(stopped) = &o.stopped {
             let sensor = &stopped["sensor"];
             s.handled = sensor["connections"].as_u64();
             s.lost = sensor["lost_events_total"].as_u64();
+            s.printed = sensor["connections_printed"].as_u64();
+            s.written = sensor["output_written"].as_u64();
+            s.output_dropped = sensor["output_dropped"].as_u64();
+            s.kernel_connect_lost = sensor["kernel"]["records"]["connect"]["lost"].as_u64();
             let mut counters = serde_json::Map::new();
             loss_counters(sensor, "", &mut counters);
             s.loss_counters = Value::Object(counters);

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::{Row, Sample, subject::Kind};
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -18,7 +18,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Median, min and max of one figure over a row's rounds.
-fn spread(ss: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<(f64, f64, f64)> {
+pub(super) fn spread(ss: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<(f64, f64, f64)> {
     let v: Vec<f64> = ss.iter().filter_map(f).collect();
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;
@@ -30,14 +30,21 @@ fn spread(ss: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<(f64, f64
 fn cpu_ms_per_10k(s: &Sample) -> Option<f64> {
     Some(s.cpu_seconds? * 1e3 / s.connects.max(1) as f64 * 1e4)
 }
-fn cpu_us_per_connect(s: &Sample) -> Option<f64> {
+pub(super) fn cpu_us_per_connect(s: &Sample) -> Option<f64> {
     Some(s.cpu_seconds? * 1e6 / s.connects.max(1) as f64)
 }
-fn cpu_us_per_handled(s: &Sample) -> Option<f64> {
+/// Per line the sensor wrote (`output_written`): with `--all`, the live cost of a printed
+/// line (its connect's handling included). Only where it wrote at least one line per 10
+/// connects: below that it is the cost of the connects, not of lines.
+pub(super) fn cpu_us_per_printed(s: &Sample) -> Option<f64> {
+    let w = s.written.filter(|w| *w > 0 && *w * 10 >= s.connects)?;
+    Some(s.cpu_seconds? * 1e6 / w as f64)
+}
+pub(super) fn cpu_us_per_handled(s: &Sample) -> Option<f64> {
     let h = s.handled.filter(|h| *h > 0)?;
     Some(s.cpu_seconds? * 1e6 / h as f64)
 }
-fn mib(kib: Option<u64>) -> Option<f64> {
+pub(super) fn mib(kib: Option<u64>) -> Option<f64> {
     kib.map(|k| k as f64 / 1024.0)
 }
 
@@ -79,6 +86,11 @@ pub fn rows_json(rows: &[Row], samples: &[Vec<Sample>]) -> Value {
                     "cpu_ms_per_10k_connects": stat(ss, &cpu_ms_per_10k),
                     "cpu_us_per_connect": stat(ss, &cpu_us_per_connect),
                     "cpu_us_per_handled": stat(ss, &cpu_us_per_handled),
+                    "cpu_us_per_printed_line": stat(ss, &cpu_us_per_printed),
+                    "lines_written": stat(ss, &|s| s.written.map(|l| l as f64)),
+                    "connections_printed": stat(ss, &|s| s.printed.map(|l| l as f64)),
+                    "kernel_connect_lost": stat(ss, &|s| s.kernel_connect_lost.map(|l| l as f64)),
+                    "output_dropped": stat(ss, &|s| s.output_dropped.map(|l| l as f64)),
                     "idle_cpu_percent": stat(ss, &|s| s.idle_cpu_percent),
                     "peak_rss_mib": stat(ss, &|s| mib(s.peak_rss_kib)),
                     "steady_rss_mib": stat(ss, &|s| mib(s.steady_rss_kib)),
@@ -123,25 +135,28 @@ pub fn print_table(
     for legend in [
         "median [min-max] over rounds; ratio: connects/s against no sensor on the same traffic, same round;",
         "CPU: the subject's utime+stime (/proc/PID/stat) over the storm and its catch-up, per 10,000 connects",
-        "and per connect; µs/handled: per connect its userspace handled (sensor.connections); idle%: its CPU",
-        "in the quiet second before; peak: VmHWM (max over rounds); RSS: VmRSS after catch-up; lost:",
-        "sensor.lost_events_total or bpftrace's Lost (max); lines/c: stdout lines per connect; catch-up: how",
-        "long it kept working after the storm",
+        "and per connect; µs/handled: per connect its userspace handled (sensor.connections); µs/line: per",
+        "line it wrote (sensor.output_written); idle%: its CPU in the quiet second before; peak: VmHWM (max",
+        "over rounds); RSS: VmRSS after catch-up; lost: sensor.lost_events_total or bpftrace's Lost (max);",
+        "dropped: sensor.output_dropped (max; the harness's reader not keeping up); lines/c: stdout lines",
+        "per connect; catch-up: how long it kept working after the storm",
     ] {
         println!("{legend}");
     }
     println!(
-        "{:<30} {:>9} {:>20} {:>10} {:>8} {:>9} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "{:<30} {:>9} {:>20} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
         "row",
         "conn/s",
         "ratio",
         "CPU ms/10k",
         "µs/conn",
         "µs/handled",
+        "µs/line",
         "idle%",
         "peak MiB",
         "RSS MiB",
         "lost",
+        "dropped",
         "lines/c",
         "catch-up"
     );
@@ -151,18 +166,25 @@ pub fn print_table(
             .filter_map(|s| s.lost)
             .map(|l| l as f64)
             .reduce(f64::max);
+        let dropped = ss
+            .iter()
+            .filter_map(|s| s.output_dropped)
+            .map(|l| l as f64)
+            .reduce(f64::max);
         println!(
-            "{:<30} {:>9} {:>20} {:>10} {:>8} {:>10} {:>6} {:>8} {:>8} {:>9} {:>8} {:>7}s",
+            "{:<30} {:>9} {:>20} {:>10} {:>8} {:>10} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7}s",
             r.label,
             cell(spread(ss, |s| Some(s.per_second)).map(|t| t.0), 0),
             range(spread(ss, |s| s.ratio), 3),
             cell(spread(ss, cpu_ms_per_10k).map(|t| t.0), 1),
             cell(spread(ss, cpu_us_per_connect).map(|t| t.0), 2),
             cell(spread(ss, cpu_us_per_handled).map(|t| t.0), 2),
+            cell(spread(ss, cpu_us_per_printed).map(|t| t.0), 2),
             cell(spread(ss, |s| s.idle_cpu_percent).map(|t| t.0), 1),
             cell(spread(ss, |s| mib(s.peak_rss_kib)).map(|t| t.2), 1),
             cell(spread(ss, |s| mib(s.steady_rss_kib)).map(|t| t.0), 1),
             cell(lost, 0),
+            cell(dropped, 0),
             cell(
                 spread(ss, |s| Some(s.lines? as f64 / s.connects.max(1) as f64)).map(|t| t.0),
                 3
@@ -197,17 +219,23 @@ pub fn print_table(
     }
     if let Some((r, s)) = loss {
         println!();
+        let n = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
         println!(
-            "loss run, {}: {} connects at {:.0}/s; userspace handled {}; lost {}; loss counters {}; catch-up {:.1} s; peak RSS {:.1} MiB",
+            "loss run, {}: {} connects at {:.0}/s; userspace handled {}; kernel: connect records lost {}, lost_events_total {}; output: {} lines written, {} dropped (reader read {} lines, {:.0} MiB); catch-up {:.1} s; peak RSS {:.1} MiB",
             r.label,
             s.connects,
             s.per_second,
-            s.handled.map_or("?".into(), |h| h.to_string()),
-            s.lost.map_or("?".into(), |l| l.to_string()),
-            s.loss_counters,
+            n(s.handled),
+            n(s.kernel_connect_lost),
+            n(s.lost),
+            n(s.written),
+            n(s.output_dropped),
+            n(s.lines),
+            s.bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
             s.catch_up_seconds.unwrap_or(0.0),
             mib(s.peak_rss_kib).unwrap_or(0.0),
         );
+        println!("loss counters: {}", s.loss_counters);
     }
 }
 

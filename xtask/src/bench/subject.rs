@@ -45,6 +45,7 @@ enum Clock {
 #[derive(Default)]
 pub struct Output {
     pub lines: u64,
+    pub bytes: u64,
     /// Connect lines with an event time, and their delay (ns) from event to read.
     pub latencies_ns: Vec<i64>,
     /// The last `sensor-stopped` line.
@@ -68,25 +69,60 @@ fn now_ns(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// Offsets of the newlines in `buf`. glibc's memchr and memmem (below) because the
+/// harness runs unoptimised (dev profile), where a byte loop would not keep up with the
+/// sensor's stdout at full speed.
+fn newlines(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = buf.get(at..)?;
+        // SAFETY: memchr reads at most rest.len() bytes of a live slice.
+        let p = unsafe { libc::memchr(rest.as_ptr().cast(), i32::from(b'\n'), rest.len()) };
+        if p.is_null() {
+            return None;
+        }
+        let i = at + (p as usize - rest.as_ptr() as usize);
+        at = i + 1;
+        Some(i)
+    })
+}
+
+/// Where `needle` starts in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    // SAFETY: memmem reads at most the given lengths of two live slices.
+    let p = unsafe {
+        libc::memmem(
+            hay.as_ptr().cast(),
+            hay.len(),
+            needle.as_ptr().cast(),
+            needle.len(),
+        )
+    };
+    (!p.is_null()).then(|| p as usize - hay.as_ptr() as usize)
+}
+
 /// The event time of one line, on `clock`; None for lines that are not connects.
 fn event_time(line: &[u8], clock: Clock) -> Option<i64> {
-    let text = std::str::from_utf8(line).ok()?;
     match clock {
         Clock::Realtime => {
-            if !text.contains("\"network-connect\"") {
-                return None;
-            }
-            let at = text.split_once("\"@timestamp\":\"")?.1;
-            let ts: jiff::Timestamp = at.get(..at.find('"')?)?.parse().ok()?;
+            find(line, b"\"network-connect\"")?;
+            const KEY: &[u8] = b"\"@timestamp\":\"";
+            let at = &line[find(line, KEY)? + KEY.len()..];
+            let at = &at[..at.iter().position(|&b| b == b'"')?];
+            let ts: jiff::Timestamp = std::str::from_utf8(at).ok()?.parse().ok()?;
             i64::try_from(ts.as_nanosecond()).ok()
         }
-        Clock::Monotonic => text.rsplit(' ').next()?.trim().parse().ok(),
+        Clock::Monotonic => {
+            let text = std::str::from_utf8(line).ok()?;
+            text.rsplit(' ').next()?.trim().parse().ok()
+        }
     }
 }
 
 /// Reads `out` to EOF. Until `ready` is seen, lines are searched for it (and the sender
-/// told); after that, only counted, unless `latency` asks for each connect's delay. The
-/// last 256 KiB are kept for the `sensor-stopped` line.
+/// told); after that, only newlines and bytes are counted (no JSON, no per-line work: the
+/// reader must keep up with the sensor at full speed), unless `latency` asks for each
+/// connect's delay. The last 256 KiB are kept for the `sensor-stopped` line.
 fn read(
     mut out: impl Read,
     ready: &'static str,
@@ -95,7 +131,7 @@ fn read(
     bpftrace: bool,
 ) -> Output {
     let mut o = Output::default();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 4 << 20];
     let mut pending: Vec<u8> = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     let mut started = false;
@@ -111,15 +147,15 @@ fn read(
                 Clock::Monotonic => libc::CLOCK_MONOTONIC,
             })
         });
-        o.lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        o.lines += newlines(chunk).count() as u64;
+        o.bytes += n as u64;
         if !started || latency.is_some() || bpftrace {
             pending.extend_from_slice(chunk);
-            let end = pending
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            for line in pending[..end].split(|&b| b == b'\n') {
-                if !started && String::from_utf8_lossy(line).contains(ready) {
+            let mut start = 0;
+            for end in newlines(&pending) {
+                let line = &pending[start..end];
+                start = end + 1;
+                if !started && find(line, ready.as_bytes()).is_some() {
                     started = true;
                     let _ = tx.send(());
                 }
@@ -132,7 +168,7 @@ fn read(
                     o.latencies_ns.push(at - t);
                 }
             }
-            pending.drain(..end);
+            pending.drain(..start);
         }
         tail.extend_from_slice(chunk);
         if tail.len() > 512 << 10 {
@@ -187,6 +223,13 @@ impl Running {
             .spawn()
             .with_context(|| format!("starting {cmd:?}"))?;
         let out = child.stdout.take().context("stdout")?;
+        // A pipe of 1 MiB (the default maximum) instead of 64 KiB: the sensor's writer
+        // thread does not block on a reader that was off the CPU for a moment.
+        // SAFETY: fcntl on a pipe fd we own; failure only leaves the default size.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        }
         let (tx, rx) = mpsc::channel();
         let clock = latency.then_some(clock);
         let bpftrace = matches!(kind, Kind::Bpftrace);
@@ -352,6 +395,17 @@ mod tests {
             Some(123_456_789)
         );
         assert_eq!(event_time(b"Attaching 1 probe...", Clock::Monotonic), None);
+    }
+
+    #[test]
+    fn newlines_and_needles_are_found() {
+        assert_eq!(newlines(b"a\nbc\n\nd").collect::<Vec<_>>(), [1, 4, 5]);
+        assert_eq!(newlines(b"").count(), 0);
+        assert_eq!(
+            find(b"xx\"sensor-started\"y", b"\"sensor-started\""),
+            Some(2)
+        );
+        assert_eq!(find(b"sensor", b"sensor-started"), None);
     }
 
     #[test]
