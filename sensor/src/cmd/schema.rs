@@ -15,7 +15,8 @@ use crate::{
     cmd::{replay::SummaryFields, run::started::Started},
     output::{
         ecs::{
-            BeaconLine, ConnectionLine, RollupLine, SCHEMA_VERSION, ScanLine, StatusLine, SysmonLine,
+            BeaconLine, ConnectionLine, RollupLine, SCHEMA_VERSION, ScanLine, StatusLine,
+            SysmonLine,
         },
         metrics::stats::Stats,
         sink::OutputDropped,
