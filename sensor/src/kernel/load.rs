@@ -335,10 +335,14 @@ pub fn baseline(btf: bool) -> Result<()> {
 
 /// Gives the heap the load path freed back to the kernel: parsing BTF and the object
 /// leaves megabytes of freed small blocks that glibc keeps (its trim only looks at the top
-/// of the heap). Once, after the load; nothing on the event path calls it.
+/// of the heap). Once, after the load; nothing on the event path calls it. musl's
+/// allocator has no such call (and returns freed memory by itself).
 pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions; 0 keeps no padding.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
