@@ -625,7 +625,13 @@ fn long_paths_and_deep_ancestry_keep_flood_control_and_rollups_in_budget() -> Re
     // Each parent runs the next as a child (the trailing `:` keeps sh from exec'ing it).
     let step =
         r#"n=$1; shift; if [ "$n" = END ]; then "$1" -c "$2"; else "$n" -c "$0" "$0" "$@"; fi; :"#;
-    let mut sensor = Sensor::start_unlocked(&["--metrics-interval", "1"])?;
+    // This is flood control's and the rollups' test: the sweep must not be summarised as
+    // a scan (no more than 65,535 distinct ports can pass).
+    let policy = scratch.dir.join("no-scan.toml");
+    std::fs::write(&policy, "[scan]\nports = 65535\n").context("writing the policy")?;
+    let policy = policy.to_string_lossy().into_owned();
+    let mut sensor =
+        Sensor::start_unlocked(&["--metrics-interval", "1", "--config", policy.as_str()])?;
     let (rss_idle, _) = memory_kib(sensor.pid())?;
     let started = Instant::now();
     let out = net

@@ -214,10 +214,12 @@ impl<C: Clone + HeapBytes> Engine<C> {
         let key = GroupKey {
             host: subject.host_name.clone().unwrap_or_default(),
             executable: subject.who(),
+            // The uid the kernel gave, not the name: a short-lived process's name may be
+            // unresolvable (its mount namespace gone), which must not split its group.
             user: subject
-                .user_name
-                .clone()
-                .or_else(|| subject.user_id.map(|u| u.to_string()))
+                .user_id
+                .map(|u| u.to_string())
+                .or_else(|| subject.user_name.clone())
                 .unwrap_or_default(),
             parent: subject.parent_executable.clone().unwrap_or_default(),
         };

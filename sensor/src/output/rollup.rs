@@ -83,11 +83,22 @@ pub fn line(s: &Summary) -> RollupLine<'_> {
         ..Default::default()
     })
     .filter(|p| *p != Process::default());
-    line.user = opt(&k.user).map(|u| User {
-        name: Some(Cow::Owned(u)),
-        ..Default::default()
-    });
+    line.user = opt(&k.user).map(group_user);
     line
+}
+
+/// A group's user: the uid when the kernel gave one (`user.id`), else the name recorded.
+pub(crate) fn group_user(u: String) -> User<'static> {
+    match u.parse::<u32>() {
+        Ok(_) => User {
+            id: Some(Cow::Owned(u)),
+            ..Default::default()
+        },
+        Err(_) => User {
+            name: Some(Cow::Owned(u)),
+            ..Default::default()
+        },
+    }
 }
 
 #[cfg(test)]

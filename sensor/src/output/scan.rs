@@ -10,9 +10,10 @@ use crate::{
         clock,
         ecs::{
             Action, EcsLine, Event, Host, Kind, Parent, Process, Rule, Scan, ScanLine, ScanSensor,
-            ScanTarget, User,
+            ScanTarget,
         },
         flow::NETWORK,
+        rollup::group_user,
     },
 };
 
@@ -94,10 +95,7 @@ pub fn line(s: &Summary) -> ScanLine<'_> {
         ..Default::default()
     })
     .filter(|p| *p != Process::default());
-    line.user = opt(&k.user).map(|u| User {
-        name: Some(Cow::Owned(u)),
-        ..Default::default()
-    });
+    line.user = opt(&k.user).map(group_user);
     line.rule = Some(Rule {
         id: Some(Cow::Borrowed(SCAN_RULE_ID)),
         name: Some(Cow::Borrowed(SCAN_RULE_NAME)),
