@@ -76,17 +76,7 @@ struct Bench {
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     if args.criterion {
         toolchain::ensure(false)?;
-        cargo(
-            root,
-            &[
-                "build",
-                "--release",
-                "-p",
-                "sensor",
-                "--features",
-                "test-hooks",
-            ],
-        )?;
+        crate::build_sensor_with_test_hooks(root)?;
         cargo_env(
             root,
             &["bench", "-p", "sensor-tests", "--bench", "connect_cost"],
@@ -107,17 +97,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
 
     toolchain::ensure(false)?;
     // `bench-baseline` (the empty programs) is a test hook.
-    cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "sensor",
-            "--features",
-            "test-hooks",
-        ],
-    )?;
+    crate::build_sensor_with_test_hooks(root)?;
     cargo(
         root,
         &["build", "--release", "-p", "sensor-tests", "--bin", "storm"],

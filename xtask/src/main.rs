@@ -203,6 +203,22 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The release sensor with the test hooks (`--test-stall-on-usr1`, `bench-baseline`), as
+/// the bench and the VM matrix run it.
+fn build_sensor_with_test_hooks(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "sensor",
+            "--features",
+            "test-hooks",
+        ],
+    )
+}
+
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     cargo_env(root, args, &[])
 }

@@ -236,17 +236,7 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
     }
     ensure_bpftool()?;
     // The tests use the test hooks (`--test-stall-on-usr1`).
-    crate::cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "sensor",
-            "--features",
-            "test-hooks",
-        ],
-    )?;
+    crate::build_sensor_with_test_hooks(root)?;
     crate::cargo(root, &["build", "-p", "xtask"])?;
     let tests = test_binaries(root)?;
     let sensor = root.join("target/release/sensor");
