@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The static (musl) build, which the image ships, allocates with mimalloc: musl's own
-/// malloc cost up to twice the CPU per printed event (`cargo xtask bench`, README).
+/// malloc cost up to twice the CPU per printed event (`cargo xtask bench`, docs/benchmarks.md).
 #[cfg(target_env = "musl")]
 mod alloc {
     #[global_allocator]

@@ -1,6 +1,6 @@
 //! The five published SIEM rules, each reduced to its documented semantics
 //! (../shared/reference/detection-model.md, "Where the five differ"), scored on one corpus
-//! next to this engine. The table asserted here is the one in the README. All rules get the
+//! next to this engine. The table asserted here is the one in docs/rules-compared.md. All rules get the
 //! same Linux lists; what differs is how they use them:
 //!
 //! | rule | process match | tier 2 | event filter | excluded destinations |

@@ -3,7 +3,7 @@
 //! an empty program on the connect hook, the sensor on benign and hostile traffic, the
 //! sensor with `--all`, and bpftrace printing the same tuple; rows interleaved, several
 //! rounds, medians and spread. Then paced runs for alert latency, and a sustained run for
-//! ring-buffer loss at full speed. Prints a table, the same as markdown for the README
+//! ring-buffer loss at full speed. Prints a table, the same as markdown for docs/benchmarks.md
 //! (with the commit), and each figure read against issue 21's targets; `--json FILE`
 //! writes every figure for comparison between commits.
 
@@ -239,8 +239,8 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         loss.as_ref(),
         &doc,
     );
-    // The same run as markdown, for the README's benchmark section, read against the
-    // issue's targets; kept in target/bench/last-run.md too.
+    // The same run as markdown, for the book's benchmark chapter (docs/benchmarks.md), read
+    // against the issue's targets; kept in target/bench/last-run.md too.
     let md = targets::markdown(
         &targets::Run {
             rows: &rows,

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz | vmtest`.
+//! Project tasks: `cargo xtask setup | build | run | test | docs | bench | fuzz | vmtest`.
 //!
 //! Everything a fresh machine lacks beyond the Rust toolchains is installed here:
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
@@ -6,6 +6,7 @@
 
 mod bench;
 mod deb;
+mod docs;
 mod fuzz;
 mod image;
 mod python;
@@ -59,6 +60,9 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
     },
+    /// Build the book (docs/, mdBook, installed when missing) into target/book and check
+    /// every internal link of the book and the README.
+    Docs,
     /// Build the Debian package (release binary, unit, sample policy, man page) into
     /// target/debian/.
     Deb,
@@ -123,6 +127,7 @@ fn main() -> Result<()> {
             println!("{reference}");
             Ok(())
         }
+        Task::Docs => docs::build(&root),
         Task::Deb => {
             toolchain::ensure(false)?;
             cargo(&root, &["build", "--release", "-p", "sensor"])?;
@@ -135,6 +140,8 @@ fn main() -> Result<()> {
             toolchain::ensure_test_programs()?;
             let siem_python = siem::ensure_test_tools(&root)?;
             let k8s_python = python::venv(&root, "k8s-venv", "deploy/kubernetes/requirements.txt")?;
+            // The book builds and none of its links (nor the README's) is broken.
+            docs::build(&root)?;
             // The test hooks (`--test-stall-on-usr1`, `bench-baseline`) are in this build only.
             cargo(
                 &root,

@@ -2,7 +2,7 @@
 //! destination and port at a regular interval. RITA-style statistics on the gaps between
 //! connections: the median gap is the interval, the median absolute deviation (MAD) over
 //! the median is the dispersion, Bowley's quartile skew says whether gaps lean long or
-//! short. Thresholds (measured in the unit tests, see README):
+//! short. Thresholds (measured in the unit tests, see docs/engine.md):
 //!
 //! * at least [`Config::min_connections`] (10) connections, gaps from the last 32;
 //! * median gap within 1 s .. 1 h, widened by the 25 % jitter tolerance (0.75 s .. 4500 s);

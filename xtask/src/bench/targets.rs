@@ -1,4 +1,4 @@
-//! The run as markdown the README's benchmark section holds verbatim (with its commit),
+//! The run as markdown the book's benchmark chapter (docs/benchmarks.md) holds verbatim (with its commit),
 //! and each figure read against issue 21's targets: met / NOT met.
 
 use serde_json::Value;
