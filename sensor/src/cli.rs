@@ -8,7 +8,7 @@ use crate::cmd::{self, run::KernelLog};
 
 #[derive(Parser)]
 #[command(
-    name = "sensor",
+    name = "t1571-sensor",
     version,
     about = "eBPF sensor for C2 over non-standard ports (MITRE ATT&CK T1571)"
 )]
@@ -46,7 +46,7 @@ enum Command {
     },
     /// Explain how one connection would be scored: verdict and the reason chain.
     Score(cmd::explain::ScoreArgs),
-    /// Re-score JSON lines recorded by `sensor run --all` with the current policy.
+    /// Re-score JSON lines recorded by `t1571-sensor run --all` with the current policy.
     Replay(cmd::replay::ReplayArgs),
     /// Live view of the sensor's alerts in the terminal (journal, file, stdin, or --live).
     Watch(cmd::watch::WatchArgs),
@@ -122,7 +122,7 @@ pub fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("sensor: error: {e:#}");
+            eprintln!("t1571-sensor: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -130,7 +130,7 @@ pub fn main() -> ExitCode {
 
 /// The man page, rendered from this command line (clap_mangen), as section 8.
 fn man() -> anyhow::Result<()> {
-    let cmd = Cli::command().name("t1571-sensor");
+    let cmd = Cli::command();
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(cmd)
         .section("8")

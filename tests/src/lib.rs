@@ -109,7 +109,9 @@ pub fn root_or_skip(test: &str) -> bool {
 pub fn sensor_bin() -> PathBuf {
     std::env::var_os("SENSOR_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sensor"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/t1571-sensor")
+        })
 }
 
 pub(crate) static NEXT: AtomicU32 = AtomicU32::new(0);

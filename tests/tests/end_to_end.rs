@@ -475,7 +475,7 @@ fn unprivileged_run_names_the_missing_privileges() -> Result<()> {
     // Drop to nobody with no capabilities, as a sysadmin forgetting sudo would be. A copy
     // in the scratch dir, so nobody can reach it wherever the repository is checked out.
     let scratch = Scratch::new("unprivileged")?;
-    let bin = scratch.dir.join("sensor");
+    let bin = scratch.dir.join("t1571-sensor");
     std::fs::copy(sensor_bin(), &bin)?;
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let out = Command::new("setpriv")

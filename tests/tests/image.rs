@@ -26,10 +26,10 @@ fn image_root() -> Option<PathBuf> {
     }
 }
 
-/// `/sensor ARGS` inside the image's root, /proc and /sys bind-mounted into it privately.
+/// `/t1571-sensor ARGS` inside the image's root, /proc and /sys bind-mounted into it privately.
 fn in_image(root: &std::path::Path, args: &[&str]) -> Result<Command> {
     std::fs::create_dir_all(root.join("etc")).context("creating /etc in the image root")?;
-    let mut cmd = Command::new("/sensor");
+    let mut cmd = Command::new("/t1571-sensor");
     cmd.args(args);
     sensor_tests::contained(&mut cmd, root, &["proc", "sys"])?;
     Ok(cmd)
@@ -50,8 +50,8 @@ fn image_binary_runs_checks_and_alerts() -> Result<()> {
         .filter(|n| !matches!(n.as_str(), "proc" | "sys" | "etc" | "dev" | "run"))
         .collect();
     entries.sort();
-    assert_eq!(entries, ["sensor"], "unexpected files in the image");
-    let file = Command::new("file").arg(root.join("sensor")).output();
+    assert_eq!(entries, ["t1571-sensor"], "unexpected files in the image");
+    let file = Command::new("file").arg(root.join("t1571-sensor")).output();
     if let Ok(f) = file {
         let text = String::from_utf8_lossy(&f.stdout);
         assert!(
@@ -65,7 +65,7 @@ fn image_binary_runs_checks_and_alerts() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sensor "));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("t1571-sensor "));
     let out = in_image(&root, &["check"])?.output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

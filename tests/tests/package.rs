@@ -44,7 +44,7 @@ fn deb_installs_runs_and_removes() -> Result<()> {
     run(Command::new("dpkg").arg("-i").arg(&deb))?;
     let result = (|| -> Result<()> {
         let version = run(Command::new("/usr/bin/t1571-sensor").arg("--version"))?;
-        assert!(version.starts_with("sensor "), "{version}");
+        assert!(version.starts_with("t1571-sensor "), "{version}");
         let unit = std::fs::read_to_string("/lib/systemd/system/t1571-sensor.service")?;
         assert!(
             unit.contains("ExecStart=/usr/bin/t1571-sensor run"),

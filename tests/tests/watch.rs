@@ -400,7 +400,7 @@ fn forged_entry_is(how: Started) -> Result<()> {
             .as_ref()
             .map_or("t1571-sensor.service".into(), |c| c.unit.clone()),
     ));
-    fields.push(("_COMM".into(), "sensor".into()));
+    fields.push(("_COMM".into(), "t1571-sensor".into()));
     let datagram = scratch.dir.join("forged.bin");
     std::fs::write(&datagram, native_datagram(&fields))?;
     // As nobody; it stays alive until its entry is in, so journald reads its cgroup.

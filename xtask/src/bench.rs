@@ -80,7 +80,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         cargo_env(
             root,
             &["bench", "-p", "sensor-tests", "--bench", "connect_cost"],
-            &[("SENSOR_BIN", root.join("target/release/sensor"))],
+            &[("SENSOR_BIN", root.join("target/release/t1571-sensor"))],
         )?;
         return criterion::report(&root.join("target/criterion/connect"));
     }
@@ -134,7 +134,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let b = Bench {
         storm,
         curl,
-        sensor: root.join("target/release/sensor"),
+        sensor: root.join("target/release/t1571-sensor"),
         logs,
         net: Net::new().context("making the test namespaces")?,
     };

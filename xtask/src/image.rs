@@ -30,7 +30,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The static binary: `target/x86_64-unknown-linux-musl/<profile>/sensor`. Releases ship
+/// The static binary: `target/x86_64-unknown-linux-musl/<profile>/t1571-sensor`. Releases ship
 /// the release profile; the tests build the image from the dev profile, which compiles in
 /// half the time and runs the same code.
 pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
@@ -60,7 +60,7 @@ pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
         .join("target")
         .join(TARGET)
         .join(if release { "release" } else { "debug" })
-        .join("sensor"))
+        .join("t1571-sensor"))
 }
 
 /// An engine that can build: its command. podman is installed if none is found. The
@@ -84,7 +84,7 @@ pub fn build_image(root: &Path, binary: &Path) -> Result<String> {
     let ctx = root.join("target/image-context");
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx).context("creating the build context")?;
-    std::fs::copy(binary, ctx.join("sensor")).context("copying the binary")?;
+    std::fs::copy(binary, ctx.join("t1571-sensor")).context("copying the binary")?;
     std::fs::copy(
         root.join("deploy/container/Containerfile"),
         ctx.join("Containerfile"),
@@ -115,7 +115,7 @@ pub fn build_image(root: &Path, binary: &Path) -> Result<String> {
 pub fn export(reference: &str, dir: &Path) -> Result<()> {
     let engine = engine()?;
     let out = Command::new(engine)
-        .args(["create", reference, "/sensor"])
+        .args(["create", reference, "/t1571-sensor"])
         .output()
         .context("creating a container to export")?;
     if !out.status.success() {

@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             toolchain::ensure(false)?;
             cargo(&root, &["build", "--release", "-p", "sensor"])?;
-            let bin = root.join("target/release/sensor");
+            let bin = root.join("target/release/t1571-sensor");
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
                 bail!(
@@ -131,7 +131,7 @@ fn main() -> Result<()> {
         Task::Deb => {
             toolchain::ensure(false)?;
             cargo(&root, &["build", "--release", "-p", "sensor"])?;
-            let deb = deb::build(&root, &root.join("target/release/sensor"))?;
+            let deb = deb::build(&root, &root.join("target/release/t1571-sensor"))?;
             println!("{}", deb.display());
             Ok(())
         }
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
                 )?;
             }
             // The package test installs what users install: built from this very binary.
-            let deb = deb::build(&root, &root.join("target/debug/sensor"))?;
+            let deb = deb::build(&root, &root.join("target/debug/t1571-sensor"))?;
             // The image as shipped (static build, FROM scratch), unpacked for the image test.
             let image_root = root.join("target/image-rootfs");
             let bin = image::build_static(&root, false)?;
@@ -169,7 +169,7 @@ fn main() -> Result<()> {
                 "--exclude",
                 "sensor-ebpf",
                 "--no-fail-fast",
-                // Or this build of the workspace would rebuild target/debug/sensor without them.
+                // Or this build of the workspace would rebuild target/debug/t1571-sensor without them.
                 "--features",
                 "sensor/test-hooks",
                 "--",
@@ -179,7 +179,7 @@ fn main() -> Result<()> {
                 &root,
                 &test,
                 &[
-                    ("SENSOR_BIN", root.join("target/debug/sensor")),
+                    ("SENSOR_BIN", root.join("target/debug/t1571-sensor")),
                     ("SIEM_PYTHON", siem_python),
                     ("SENSOR_DEB", deb),
                     ("K8S_PYTHON", k8s_python),

@@ -143,7 +143,7 @@ pub const KINDS: &[Kind] = &[
     Kind {
         file: "status-replay-summary.schema.json",
         actions: &["replay-summary"],
-        description: "What `sensor replay` read and re-scored.",
+        description: "What `t1571-sensor replay` read and re-scored.",
         schema: schema::<StatusLine<'static, SummaryFields<'static>>>,
     },
     Kind {

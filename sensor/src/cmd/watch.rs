@@ -41,7 +41,7 @@ pub struct WatchArgs {
     /// A sensor started by hand (as root), by its process id, in the journal of this boot.
     #[arg(long, value_name = "PID", conflicts_with_all = ["file", "live"])]
     pid: Option<u32>,
-    /// Start a sensor in-process-tree (`sensor run`, as root) and watch its output.
+    /// Start a sensor in-process-tree (`t1571-sensor run`, as root) and watch its output.
     #[arg(long)]
     live: bool,
     /// Show only alerts of at least this severity.

@@ -246,7 +246,7 @@ mod tests {
 
     fn sensor() -> Option<Kind> {
         Some(Kind::Sensor {
-            bin: "sensor".into(),
+            bin: "t1571-sensor".into(),
             args: vec![],
         })
     }

@@ -239,7 +239,7 @@ pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
     crate::build_sensor_with_test_hooks(root)?;
     crate::cargo(root, &["build", "-p", "xtask"])?;
     let tests = test_binaries(root)?;
-    let sensor = root.join("target/release/sensor");
+    let sensor = root.join("target/release/t1571-sensor");
     let xtask = root.join("target/debug/xtask");
     let probes = probes(&sensor, &args.probe)?;
     let out_root = root.join("target/vmtest");

@@ -15,7 +15,7 @@ pub(super) fn plain(source: &Source, state: &mut State) -> Result<()> {
     for input in source.lines.iter() {
         if input == Input::Untrusted {
             eprintln!(
-                "sensor watch: skipped a journal entry journald does not attribute to the sensor ({} so far)",
+                "t1571-sensor watch: skipped a journal entry journald does not attribute to the sensor ({} so far)",
                 state.untrusted + 1
             );
         }

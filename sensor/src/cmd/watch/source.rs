@@ -232,7 +232,7 @@ pub fn open(c: &Choice) -> Result<Source> {
         let exe = std::env::current_exe().context("finding the sensor binary")?;
         let mut cmd = Command::new(exe);
         cmd.arg("run");
-        return spawn_lines(cmd, "sensor run", ecs_line);
+        return spawn_lines(cmd, "t1571-sensor run", ecs_line);
     }
     if !c.journal && !std::io::stdin().is_terminal() {
         return Ok(Source {
@@ -284,7 +284,7 @@ mod tests {
             ("_UID", "65534".into()),
             ("_PID", "4242".into()),
             ("_SYSTEMD_UNIT", DEFAULT_UNIT.into()),
-            ("_COMM", "sensor".into()),
+            ("_COMM", "t1571-sensor".into()),
             ("SYSLOG_IDENTIFIER", ALERT_IDENTIFIER.into()),
             ("SENSOR_ECS_JSON", ecs.clone()),
         ]);
