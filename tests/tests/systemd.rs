@@ -316,6 +316,9 @@ impl Drop for Container {
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();
         }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -55,7 +55,10 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
     if !unit.contains(&format!("ExecStart={INSTALLED_BIN} run")) {
         bail!("deploy/systemd/t1571-sensor.service does not run {INSTALLED_BIN}");
     }
-    write(&stage.join("lib/systemd/system/t1571-sensor.service"), &unit)?;
+    write(
+        &stage.join("lib/systemd/system/t1571-sensor.service"),
+        &unit,
+    )?;
     let policy = std::fs::read_to_string(root.join("deploy/systemd/policy.toml"))
         .context("reading the sample policy")?;
     write(&stage.join("etc/t1571-sensor/policy.toml"), &policy)?;
