@@ -32,6 +32,8 @@ fn deb_installs_runs_and_removes() -> Result<()> {
     };
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
     assert!(info.contains("Package: t1571-sensor"), "{info}");
+    // The unit's ExecReload= runs procps's /bin/kill, which a minimal Debian lacks.
+    assert!(info.contains("Depends: libc6, procps"), "{info}");
     let files = run(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
     for f in [
         "./usr/bin/t1571-sensor",

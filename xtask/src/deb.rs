@@ -1,8 +1,9 @@
 //! `cargo xtask deb`: a Debian package of the release binary, staged by hand and built with
 //! `dpkg-deb` (always on a Debian host; cargo-deb would be one more tool to build): the
-//! binary as /usr/bin/t1571-sensor, the systemd unit, a commented sample policy at
-//! /etc/t1571-sensor/policy.toml (a conffile: upgrades keep local edits), and the man page
-//! the binary renders from its own command line (clap_mangen).
+//! binary as /usr/bin/t1571-sensor, the systemd unit (its `ExecReload=` is procps's kill,
+//! hence the dependency), a commented sample policy at /etc/t1571-sensor/policy.toml (a
+//! conffile: upgrades keep local edits), and the man page the binary renders from its own
+//! command line (clap_mangen).
 
 use std::{
     path::{Path, PathBuf},
@@ -12,9 +13,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub const PACKAGE: &str = "t1571-sensor";
-/// Where the package installs the binary; the unit's manual-install path is rewritten to it.
+/// Where the package installs the binary, the path the unit runs.
 const INSTALLED_BIN: &str = "/usr/bin/t1571-sensor";
-const UNIT_BIN: &str = "/usr/local/bin/sensor";
 
 fn write(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -52,9 +52,12 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
 
     let unit = std::fs::read_to_string(root.join("deploy/systemd/t1571-sensor.service"))
         .context("reading the unit")?;
+    if !unit.contains(&format!("ExecStart={INSTALLED_BIN} run")) {
+        bail!("deploy/systemd/t1571-sensor.service does not run {INSTALLED_BIN}");
+    }
     write(
         &stage.join("lib/systemd/system/t1571-sensor.service"),
-        &unit.replace(UNIT_BIN, INSTALLED_BIN),
+        &unit,
     )?;
     let policy = std::fs::read_to_string(root.join("deploy/systemd/policy.toml"))
         .context("reading the sample policy")?;
@@ -92,7 +95,7 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
              Installed-Size: {size_kib}\n\
              Section: admin\n\
              Priority: optional\n\
-             Depends: libc6\n\
+             Depends: libc6, procps\n\
              Description: eBPF sensor for command and control over non-standard ports\n \
              Scores outbound connections in the kernel (MITRE ATT&CK T1571) and writes\n \
              ECS JSON alerts to journald and stdout.\n"

@@ -149,6 +149,10 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("file", "file"),
     // The cgroup v1 test mounts its own hierarchy.
     ("mount", "mount"),
+    // The systemd test makes a bookworm userland and boots it with systemd as PID 1.
+    ("debootstrap", "debootstrap"),
+    ("systemd-nspawn", "systemd-container"),
+    ("nsenter", "util-linux"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
