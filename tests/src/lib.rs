@@ -20,6 +20,7 @@ mod mounts;
 mod net;
 mod process;
 mod sensor;
+mod unit_cgroup;
 pub mod wait;
 
 pub use bpf::{bpf_programs_of, expected_programs, loaded_program_ids, still_loaded};
@@ -32,6 +33,7 @@ pub use process::{
     status_kib,
 };
 pub use sensor::{ATTACH_LOCK, Sensor, auto_hook, check_hook, forced_probe, is_connection, replay};
+pub use unit_cgroup::{UnitCgroup, native_datagram};
 pub use wait::{poll_until, wait_for_value, wait_until};
 
 /// A directory for test programs, outside every location the sensor treats as suspicious
