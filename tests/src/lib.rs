@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 mod bpf;
 pub mod ecs;
 mod journal;
+mod kube;
 mod mounts;
 mod net;
 mod process;
@@ -26,6 +27,7 @@ pub mod wait;
 pub use bpf::{bpf_programs_of, expected_programs, loaded_program_ids, still_loaded};
 pub use ecs::{assert_alert, assert_tcp_alert, counter, is_action};
 pub use journal::{JOURNAL_SOCKET, Journald};
+pub use kube::{daemonset, k8s_python, kustomize, overlay, yaml_documents};
 pub use mounts::{Cgroup2, cgroup2_root, contained, mounted_types, program_dirs, without_mounts};
 pub use net::{Net, http_get, metric, metric_counter, public_net};
 pub use process::{

@@ -149,6 +149,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("file", "file"),
     // The cgroup v1 test mounts its own hierarchy.
     ("mount", "mount"),
+    // The image test runs the image under runc, from a bundle with the DaemonSet's
+    // security context and the containers' default seccomp profile (podman's package).
+    ("runc", "runc"),
+    (
+        "/usr/share/containers/seccomp.json",
+        "golang-github-containers-common",
+    ),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
