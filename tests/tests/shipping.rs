@@ -326,44 +326,68 @@ fn rsyslog_ships_the_sensors_documents_from_the_journal_and_nothing_else() -> Re
             .context("starting rsyslogd")?,
     );
 
-    // Atomic test 1: nc to 4444 on a documentation address, in the test's namespace.
+    // Atomic test 1: nc to 4444 on a documentation address, in the test's namespace; and a
+    // program with a long command line, whose document (over 8 KiB, rsyslog's default
+    // message size) must arrive whole too.
     let nc = net.nc(PUBLIC, 4444)?;
     let printed = sensor.connection(nc, 4444)?;
     assert_eq!(printed["event"]["kind"], "alert", "{printed:#}");
-    let is_it = |d: &Value| d["process"]["pid"] == nc && d["event"]["kind"] == "alert";
-
-    // Over TCP: the whole document, as the sensor printed it, in a frame from its pid.
-    let lines = poll_until(
-        Duration::from_secs(60),
-        || Ok(received.lock().unwrap().clone()),
-        |ls| ls.iter().any(|l| frame(l).is_ok_and(|(_, d)| is_it(&d))),
+    let connector = scratch.connector(env!("CARGO_BIN_EXE_connector"))?;
+    let filler = "x".repeat(3000);
+    let long = net.run(
+        &connector,
+        &[PUBLIC, "4444", "1", &filler, &filler, &filler, &filler],
     )?;
-    let (procid, doc) = lines
-        .iter()
-        .filter_map(|l| frame(l).ok())
-        .find(|(_, d)| is_it(d))
-        .with_context(|| format!("the alert never arrived over TCP; got {lines:#?}"))?;
-    assert_eq!(doc, printed, "the document changed on the way");
-    assert_eq!(procid, sensor_pid);
-
-    // In the file: the same, one document per line.
-    let file_lines = poll_until(
-        Duration::from_secs(30),
-        || Ok(std::fs::read_to_string(&file).unwrap_or_default()),
-        |t| {
-            t.lines()
-                .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|d| is_it(&d)))
-        },
-    )?;
-    let in_file: Vec<Value> = file_lines
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON in the file: {l:?}")))
-        .collect::<Result<_>>()?;
-    assert_eq!(
-        in_file.iter().find(|d| is_it(d)),
-        Some(&printed),
-        "the document changed on the way to the file"
+    let printed_long = sensor.connection(long, 4444)?;
+    assert_eq!(printed_long["event"]["kind"], "alert", "{printed_long:#}");
+    let long_len = printed_long.to_string().len();
+    assert!(
+        long_len > 8192,
+        "the long document is only {long_len} bytes"
     );
+    let of = |pid: u32| move |d: &Value| d["process"]["pid"] == pid;
+
+    for (pid, printed) in [(nc, &printed), (long, &printed_long)] {
+        let is_it = of(pid);
+        // Over TCP: the whole document, as the sensor printed it, in a frame from its pid.
+        let lines = poll_until(
+            Duration::from_secs(60),
+            || Ok(received.lock().unwrap().clone()),
+            |ls| ls.iter().any(|l| frame(l).is_ok_and(|(_, d)| is_it(&d))),
+        )?;
+        let (procid, doc) = lines
+            .iter()
+            .filter_map(|l| frame(l).ok())
+            .find(|(_, d)| is_it(d))
+            .with_context(|| {
+                format!("pid {pid}'s alert never arrived whole over TCP; got {lines:#?}")
+            })?;
+        assert_eq!(&doc, printed, "the document changed on the way");
+        assert_eq!(procid, sensor_pid);
+
+        // In the file: the same, one document per line.
+        let text = poll_until(
+            Duration::from_secs(30),
+            || Ok(std::fs::read_to_string(&file).unwrap_or_default()),
+            |t| {
+                t.lines()
+                    .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|d| is_it(&d)))
+            },
+        )?;
+        let in_file = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|d| is_it(d));
+        assert_eq!(
+            in_file.as_ref(),
+            Some(printed),
+            "the document changed on the way to the file"
+        );
+    }
+    let file_lines = std::fs::read_to_string(&file)?;
+    for l in file_lines.lines() {
+        serde_json::from_str::<Value>(l).with_context(|| format!("not JSON in the file: {l:?}"))?;
+    }
 
     // Nothing else: every frame is a sensor document (no log line, no summary), and no
     // forgery, though both were read before the alert.
