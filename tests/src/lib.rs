@@ -16,15 +16,18 @@ use anyhow::{Context, Result};
 mod bpf;
 pub mod ecs;
 mod journal;
+mod kube;
 mod mounts;
 mod net;
 mod process;
 mod sensor;
+mod unit_cgroup;
 pub mod wait;
 
 pub use bpf::{bpf_programs_of, expected_programs, loaded_program_ids, still_loaded};
 pub use ecs::{assert_alert, assert_tcp_alert, counter, is_action};
 pub use journal::{JOURNAL_SOCKET, Journald};
+pub use kube::{daemonset, k8s_python, kustomize, overlay, yaml_documents};
 pub use mounts::{Cgroup2, cgroup2_root, contained, mounted_types, program_dirs, without_mounts};
 pub use net::{Net, http_get, metric, metric_counter, public_net};
 pub use process::{
@@ -32,6 +35,7 @@ pub use process::{
     status_kib,
 };
 pub use sensor::{ATTACH_LOCK, Sensor, auto_hook, check_hook, forced_probe, is_connection, replay};
+pub use unit_cgroup::{UnitCgroup, native_datagram};
 pub use wait::{poll_until, wait_for_value, wait_until};
 
 /// A directory for test programs, outside every location the sensor treats as suspicious

@@ -7,8 +7,10 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result, bail};
-use sensor_tests::{Sensor, root_or_skip, sensor_bin};
+use anyhow::{Context, Result};
+use sensor_tests::{
+    Sensor, daemonset, k8s_python, kustomize, root_or_skip, sensor_bin, yaml_documents,
+};
 use serde_json::Value;
 
 const PUBLIC: &str = "198.51.100.9";
@@ -18,27 +20,6 @@ const VARIANTS: [&str; 4] = [
     "journald",
     "servicemonitor",
 ];
-
-fn overlay(name: &str) -> PathBuf {
-    sensor_tests::repo()
-        .join("deploy/kubernetes/overlays")
-        .join(name)
-}
-
-/// The project's Python (a venv `cargo xtask test` makes, with kubernetes-validate and
-/// PyYAML), from K8S_PYTHON; skipped without it, failed under CI.
-fn python() -> Option<PathBuf> {
-    match std::env::var_os("K8S_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("K8S_PYTHON is not set: run the tests through `cargo xtask test`");
-            }
-            eprintln!("SKIPPED kubernetes: K8S_PYTHON not set (cargo xtask test sets it)");
-            None
-        }
-    }
-}
 
 /// kubernetes-validate --strict on `file`: (passed, its output).
 fn validate(python: &Path, file: &Path) -> Result<(bool, String)> {
@@ -55,47 +36,9 @@ fn validate(python: &Path, file: &Path) -> Result<(bool, String)> {
     Ok((out.status.success() && !text.contains("ERROR"), text))
 }
 
-fn render(name: &str) -> Result<String> {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(overlay(name))
-        .output()
-        .context("running kubectl kustomize")?;
-    if !out.status.success() {
-        bail!(
-            "kubectl kustomize {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The rendered documents as JSON (PyYAML in the project's venv).
-fn documents(python: &Path, yaml: &str) -> Result<Vec<Value>> {
-    let mut child = Command::new(python)
-        .args([
-            "-c",
-            "import json,sys,yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running python")?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, yaml.as_bytes())?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    serde_json::from_slice(&out.stdout).context("parsing the documents")
-}
-
 /// What the policy ConfigMap holds (its configMapGenerator's files).
 fn configmap_dir() -> PathBuf {
     sensor_tests::repo().join("deploy/kubernetes/base")
-}
-
-fn daemonset(docs: &[Value]) -> Result<&Value> {
-    docs.iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .context("no DaemonSet rendered")
 }
 
 /// `sensor ARGS --dry-run` with the container's args, `$(POD_IP)` expanded to `pod_ip`.
@@ -129,16 +72,16 @@ fn expand_and_dry_run(name: &str, c: &Value, pod_ip: &str) -> Result<()> {
 
 #[test]
 fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
-    let Some(python) = python() else {
+    let Some(python) = k8s_python() else {
         return Ok(());
     };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("manifests");
     std::fs::create_dir_all(&dir)?;
     for name in VARIANTS {
-        let yaml = render(name)?;
+        let yaml = kustomize(name)?;
         let file = dir.join(format!("{name}.yaml"));
         std::fs::write(&file, &yaml)?;
-        let docs = documents(&python, &yaml)?;
+        let docs = yaml_documents(&python, &yaml)?;
         // The ServiceMonitor is a CRD: no schema ships for it; it is checked by shape.
         let (crds, core): (Vec<&Value>, Vec<&Value>) = docs
             .iter()
@@ -244,7 +187,7 @@ fn every_variant_renders_and_validates_against_the_schemas() -> Result<()> {
         }
     }
     // The validator rejects what it should: a misspelt field fails strict validation.
-    let bad = render("privileged")?.replace("hostPID: true", "hostPIDs: true");
+    let bad = kustomize("privileged")?.replace("hostPID: true", "hostPIDs: true");
     let file = dir.join("misspelt.yaml");
     std::fs::write(&file, bad)?;
     let (ok, text) = validate(&python, &file)?;
@@ -265,10 +208,10 @@ fn least_privilege_capabilities_are_enough() -> Result<()> {
     if !root_or_skip("least_privilege") {
         return Ok(());
     }
-    let Some(python) = python() else {
+    let Some(python) = k8s_python() else {
         return Ok(());
     };
-    let docs = documents(&python, &render("least-privilege")?)?;
+    let docs = yaml_documents(&python, &kustomize("least-privilege")?)?;
     let sc = &daemonset(&docs)?["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");

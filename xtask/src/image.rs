@@ -78,8 +78,30 @@ fn engine() -> Result<&'static str> {
     Ok("podman")
 }
 
-/// Builds the image from `binary`; returns its reference.
-pub fn build_image(root: &Path, binary: &Path) -> Result<String> {
+/// The tag of an image: the version for a release build, `test` for the dev-profile build
+/// the tests use (it must never pass for a release).
+pub fn tag(release: bool) -> String {
+    if release {
+        env!("CARGO_PKG_VERSION").to_string()
+    } else {
+        "test".to_string()
+    }
+}
+
+/// The commit the image is built from, when the tree is a git checkout.
+fn revision(root: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    let rev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && rev.len() == 40).then_some(rev)
+}
+
+/// Builds the image from `binary`, tagged [`tag`]; returns its reference. Labels with
+/// values known here: the version (release builds only) and the git revision.
+pub fn build_image(root: &Path, binary: &Path, release: bool) -> Result<String> {
     let engine = engine()?;
     let ctx = root.join("target/image-context");
     let _ = std::fs::remove_dir_all(&ctx);
@@ -90,21 +112,27 @@ pub fn build_image(root: &Path, binary: &Path) -> Result<String> {
         ctx.join("Containerfile"),
     )
     .context("copying the Containerfile")?;
-    let version = env!("CARGO_PKG_VERSION");
-    let reference = format!("{IMAGE}:{version}");
+    let reference = format!("{IMAGE}:{}", tag(release));
+    let mut labels = Vec::new();
+    if release {
+        labels.push(format!(
+            "org.opencontainers.image.version={}",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    if let Some(rev) = revision(root) {
+        labels.push(format!("org.opencontainers.image.revision={rev}"));
+    }
     let mut cmd = Command::new(engine);
     match engine {
         "buildah" => cmd.arg("bud"),
         _ => cmd.arg("build"),
     };
+    for l in &labels {
+        cmd.args(["--label", l]);
+    }
     run(cmd
-        .args([
-            "--build-arg",
-            &format!("VERSION={version}"),
-            "-t",
-            &reference,
-            "-f",
-        ])
+        .args(["-t", &reference, "-f"])
         .arg(ctx.join("Containerfile"))
         .arg(&ctx))?;
     eprintln!("xtask: built {reference} with {engine}");

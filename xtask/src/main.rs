@@ -53,7 +53,8 @@ enum Task {
     Siem,
     /// Build the static (musl) binary and the FROM scratch container image.
     Image {
-        /// Build the binary with the dev profile (faster; what the tests use).
+        /// Build the binary with the dev profile (faster; what the tests use), tagged
+        /// `:test`; without it the release build is tagged with the version.
         #[arg(long)]
         dev: bool,
         /// Also unpack the image's filesystem into this directory.
@@ -120,7 +121,7 @@ fn main() -> Result<()> {
         Task::Image { dev, export } => {
             toolchain::ensure(false)?;
             let bin = image::build_static(&root, !dev)?;
-            let reference = image::build_image(&root, &bin)?;
+            let reference = image::build_image(&root, &bin, !dev)?;
             if let Some(dir) = export {
                 image::export(&reference, &dir)?;
             }
@@ -161,7 +162,7 @@ fn main() -> Result<()> {
             // The image as shipped (static build, FROM scratch), unpacked for the image test.
             let image_root = root.join("target/image-rootfs");
             let bin = image::build_static(&root, false)?;
-            let reference = image::build_image(&root, &bin)?;
+            let reference = image::build_image(&root, &bin, false)?;
             image::export(&reference, &image_root)?;
             let mut test = vec![
                 "test",
@@ -184,6 +185,7 @@ fn main() -> Result<()> {
                     ("SENSOR_DEB", deb),
                     ("K8S_PYTHON", k8s_python),
                     ("SENSOR_IMAGE_ROOT", image_root),
+                    ("SENSOR_IMAGE", PathBuf::from(&reference)),
                 ],
             );
             if !args.is_empty() {

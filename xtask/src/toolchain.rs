@@ -153,6 +153,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("systemd-nspawn", "systemd-container"),
     ("nsenter", "util-linux"),
+    // The image test runs the image under runc, from a bundle with the DaemonSet's
+    // security context and the containers' default seccomp profile (podman's package).
+    ("runc", "runc"),
+    (
+        "/usr/share/containers/seccomp.json",
+        "golang-github-containers-common",
+    ),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with
