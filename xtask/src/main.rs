@@ -75,7 +75,7 @@ enum Task {
         target: Option<String>,
     },
     /// Build and run every test: unit tests and the real-kernel integration tests, then
-    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`). With a test name filter
+    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`, then `--arch arm64`). With a test name filter
     /// only the host's tests run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -219,6 +219,12 @@ fn main() -> Result<()> {
             }
             // The matrix runs even when the host's tests failed: both are reported.
             let matrix = vmtest::vmtest(&root, &vmtest::Args::default_matrix());
+            // The arm64 row (docs/arm64.md): a few minutes, run even when x86_64's failed.
+            let matrix = match (matrix, arm64::vmtest(&root, &arm64::Args::default_matrix())) {
+                (Ok(()), arm) => arm,
+                (Err(x), Ok(())) => Err(x),
+                (Err(x), Err(a)) => Err(anyhow::anyhow!("{x:#}; and {a:#}")),
+            };
             match (host, matrix) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),

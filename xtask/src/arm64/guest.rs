@@ -52,10 +52,14 @@ pub fn guest(probes: &str) -> Result<()> {
     let mut blocks = Vec::new();
     for probe in probes.split(',') {
         let prefix = format!("{}/", probe.replace('-', "_"));
-        let loads = probe == "auto" || hooks.iter().any(|(h, ok)| h.starts_with(&prefix) && *ok);
+        // Why a hook does not load here, in `sensor check`'s words.
+        let refused = hooks
+            .iter()
+            .find(|(h, _)| h.starts_with(&prefix))
+            .and_then(|(_, r)| r.as_ref().err());
         let t0 = Instant::now();
-        let status = if !loads {
-            "does not load (sensor check)".to_string()
+        let status = if let (Some(why), false) = (refused, probe == "auto") {
+            format!("does not load: {why}")
         } else {
             match per_hook(&ns, probe, auto.as_deref()) {
                 Ok(()) => "pass".to_string(),
@@ -69,16 +73,16 @@ pub fn guest(probes: &str) -> Result<()> {
     let result = json!({
         "release": release,
         "auto": auto,
-        "hooks": hooks.iter().map(|(h, ok)| json!({"hook": h, "ok": ok})).collect::<Vec<_>>(),
+        "hooks": hooks.iter().map(|(h, r)| json!({"hook": h, "ok": r.is_ok()})).collect::<Vec<_>>(),
         "blocks": blocks,
     });
     println!("{RESULT_MARK}{result}");
     Ok(())
 }
 
-/// Connect hooks `sensor check` lists, with whether each loads here.
-fn connect_hooks(text: &str) -> Vec<(String, bool)> {
-    let mut hooks: Vec<(String, bool)> = Vec::new();
+/// Connect hooks `sensor check` lists, with whether each loads here (else why not).
+fn connect_hooks(text: &str) -> Vec<(String, Result<(), String>)> {
+    let mut hooks: Vec<(String, Result<(), String>)> = Vec::new();
     for line in text.lines() {
         let Some((name, status)) = line.split_once(char::is_whitespace) else {
             continue;
@@ -86,7 +90,13 @@ fn connect_hooks(text: &str) -> Vec<(String, bool)> {
         if (name.ends_with("/tcp_connect") || name.ends_with("/inet_sock_set_state"))
             && !hooks.iter().any(|(n, _)| n == name)
         {
-            hooks.push((name.to_string(), status.trim().starts_with("ok")));
+            let status = status.trim();
+            let r = if status.starts_with("ok") {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            };
+            hooks.push((name.to_string(), r));
         }
     }
     hooks

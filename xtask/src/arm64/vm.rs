@@ -42,6 +42,12 @@ pub struct Args {
 }
 
 impl Args {
+    /// The row `cargo xtask test` runs after the x86_64 matrix: both arm64 kernels, every
+    /// hook (about a minute a boot under TCG, after the arm64 builds).
+    pub fn default_matrix() -> Self {
+        Self::new("all", "all")
+    }
+
     pub fn new(kernel: &str, probe: &str) -> Self {
         // `all` means the x86_64 matrix's kernels: both arm64 pins.
         let kernel = match kernel {
