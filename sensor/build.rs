@@ -36,8 +36,16 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
 
-    // A separate target dir: the outer cargo holds the lock on the main one.
-    let target_dir = root.join("target").join("bpf");
+    // The programs read kprobe arguments from `struct pt_regs`, whose layout is the
+    // architecture's: aya-ebpf takes it from AYA_BPF_TARGET_ARCH (else the build host's), so
+    // it must be the sensor's own target, not the machine building it.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+    // A separate target dir: the outer cargo holds the lock on the main one. One per
+    // foreign architecture, so building both does not rebuild each time.
+    let target_dir = match arch.as_str() {
+        "x86_64" => root.join("target").join("bpf"),
+        other => root.join("target").join(format!("bpf-{other}")),
+    };
     let mut cmd = Command::new("rustup");
     cmd.args([
         "run",
@@ -56,7 +64,8 @@ fn main() {
         "--target-dir",
     ])
     .arg(&target_dir)
-    .current_dir(&root);
+    .current_dir(&root)
+    .env("AYA_BPF_TARGET_ARCH", &arch);
     // The benchmark's empty programs ship only with the sensor's own test hooks.
     if env::var_os("CARGO_FEATURE_TEST_HOOKS").is_some() {
         cmd.args(["--features", "test-hooks"]);

@@ -249,7 +249,9 @@ fn bundle(dir: &Path, image_root: &Path, pod: &Value, c: &Value) -> Result<()> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("etc"))?;
     std::fs::hard_link(image_root.join("t1571-sensor"), rootfs.join("t1571-sensor"))
-        .or_else(|_| std::fs::copy(image_root.join("t1571-sensor"), rootfs.join("t1571-sensor")).map(|_| ()))
+        .or_else(|_| {
+            std::fs::copy(image_root.join("t1571-sensor"), rootfs.join("t1571-sensor")).map(|_| ())
+        })
         .context("the image's binary into the bundle")?;
     let out = Command::new("runc")
         .args(["spec", "--bundle"])

@@ -40,8 +40,13 @@ fn arch() -> Result<&'static str> {
 
 /// Builds `target/debian/t1571-sensor_<version>_<arch>.deb` from `binary`.
 pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
+    build_arch(root, binary, arch()?, binary)
+}
+
+/// [`build`] for Debian architecture `arch` (a cross-built `binary`); the man page comes
+/// from `man_from`, a build of the same sources that runs here.
+pub fn build_arch(root: &Path, binary: &Path, arch: &str, man_from: &Path) -> Result<PathBuf> {
     let version = env!("CARGO_PKG_VERSION");
-    let arch = arch()?;
     let stage = root.join("target/debian").join(PACKAGE);
     let _ = std::fs::remove_dir_all(&stage);
 
@@ -63,10 +68,10 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
         .context("reading the sample policy")?;
     write(&stage.join("etc/t1571-sensor/policy.toml"), &policy)?;
 
-    let man = Command::new(binary)
+    let man = Command::new(man_from)
         .arg("man")
         .output()
-        .with_context(|| format!("running {} man", binary.display()))?;
+        .with_context(|| format!("running {} man", man_from.display()))?;
     if !man.status.success() || man.stdout.is_empty() {
         bail!("`sensor man` printed no man page");
     }

@@ -4,6 +4,7 @@
 //! nightly's rust-src, bpf-linker built against nightly's own LLVM, and the programs the
 //! integration tests drive (netcat, curl, python3, iproute2).
 
+mod arm64;
 mod bench;
 mod deb;
 mod docs;
@@ -37,8 +38,12 @@ enum Task {
         #[arg(long)]
         force: bool,
     },
-    /// Build the sensor (release), with its eBPF object embedded.
-    Build,
+    /// Build the sensor (release), with its eBPF object embedded. `--target aarch64`: the
+    /// static arm64 binary (installs the Rust target, gcc-aarch64-linux-gnu, musl headers).
+    Build {
+        #[arg(long, value_name = "ARCH")]
+        target: Option<String>,
+    },
     /// Build and run `sensor run` as root; arguments after `--` go to `sensor run`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -60,15 +65,22 @@ enum Task {
         /// Also unpack the image's filesystem into this directory.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+        /// Also build the arm64 static binary and a manifest list of the amd64 and arm64
+        /// images (`localhost/t1571-sensor:VERSION-multiarch`).
+        #[arg(long)]
+        multiarch: bool,
     },
     /// Build the book (docs/, mdBook, installed when missing) into target/book and check
     /// every internal link of the book and the README.
     Docs,
     /// Build the Debian package (release binary, unit, sample policy, man page) into
-    /// target/debian/.
-    Deb,
+    /// target/debian/. `--target aarch64`: the arm64 package, from the static arm64 binary.
+    Deb {
+        #[arg(long, value_name = "ARCH")]
+        target: Option<String>,
+    },
     /// Build and run every test: unit tests and the real-kernel integration tests, then
-    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`). With a test name filter
+    /// the default kernel matrix (`vmtest --kernel 6.1,6.12`, then `--arch arm64`). With a test name filter
     /// only the host's tests run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -84,14 +96,22 @@ enum Task {
     /// Inside a vmtest VM: run the plan (internal).
     #[command(hide = true)]
     VmGuest { plan: PathBuf },
+    /// Inside an arm64 vmtest VM: the per-hook case for each of PROBES (internal).
+    #[command(hide = true)]
+    Arm64Guest { probes: String },
 }
 
 fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::Setup { force } => toolchain::ensure(force),
-        Task::Build => {
+        Task::Build { target } => {
             toolchain::ensure(false)?;
+            if is_arm64(target.as_deref())? {
+                let bin = arm64::build_static(&root, true, false)?;
+                println!("{}", bin.display());
+                return Ok(());
+            }
             cargo(&root, &["build", "--release", "-p", "sensor"])
         }
         Task::Run { args } => {
@@ -118,7 +138,11 @@ fn main() -> Result<()> {
         }
         Task::Bench(args) => bench::run(&root, &args),
         Task::Siem => siem::convert(&root),
-        Task::Image { dev, export } => {
+        Task::Image {
+            dev,
+            export,
+            multiarch,
+        } => {
             toolchain::ensure(false)?;
             let bin = image::build_static(&root, !dev)?;
             let reference = image::build_image(&root, &bin, !dev)?;
@@ -126,13 +150,24 @@ fn main() -> Result<()> {
                 image::export(&reference, &dir)?;
             }
             println!("{reference}");
+            if multiarch {
+                let arm = arm64::build_static(&root, !dev, false)?;
+                let list = arm64::manifest(&root, &[("amd64", &bin), ("arm64", &arm)])?;
+                println!("{list}");
+            }
             Ok(())
         }
         Task::Docs => docs::build(&root),
-        Task::Deb => {
+        Task::Deb { target } => {
             toolchain::ensure(false)?;
             cargo(&root, &["build", "--release", "-p", "sensor"])?;
-            let deb = deb::build(&root, &root.join("target/release/t1571-sensor"))?;
+            let host = root.join("target/release/t1571-sensor");
+            let deb = if is_arm64(target.as_deref())? {
+                let arm = arm64::build_static(&root, true, false)?;
+                deb::build_arch(&root, &arm, "arm64", &host)?
+            } else {
+                deb::build(&root, &host)?
+            };
             println!("{}", deb.display());
             Ok(())
         }
@@ -193,6 +228,12 @@ fn main() -> Result<()> {
             }
             // The matrix runs even when the host's tests failed: both are reported.
             let matrix = vmtest::vmtest(&root, &vmtest::Args::default_matrix());
+            // The arm64 row (docs/arm64.md): a few minutes, run even when x86_64's failed.
+            let matrix = match (matrix, arm64::vmtest(&root, &arm64::Args::default_matrix())) {
+                (Ok(()), arm) => arm,
+                (Err(x), Ok(())) => Err(x),
+                (Err(x), Err(a)) => Err(anyhow::anyhow!("{x:#}; and {a:#}")),
+            };
             match (host, matrix) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
@@ -202,7 +243,17 @@ fn main() -> Result<()> {
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Vmtest(args) => vmtest::vmtest(&root, &args),
         Task::VmGuest { plan } => vmtest::guest(&plan),
+        Task::Arm64Guest { probes } => arm64::guest::guest(&probes),
     }
+}
+
+/// Whether `--target` names arm64 (None and x86_64 are this host's build).
+fn is_arm64(target: Option<&str>) -> Result<bool> {
+    Ok(match target {
+        None | Some("x86_64" | "amd64" | "x86_64-unknown-linux-gnu") => false,
+        Some("aarch64" | "arm64" | arm64::TARGET) => true,
+        Some(other) => bail!("--target {other}: known are x86_64 and aarch64 (arm64)"),
+    })
 }
 
 fn workspace_root() -> PathBuf {

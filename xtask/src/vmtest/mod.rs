@@ -133,6 +133,10 @@ pub struct Args {
     /// Every integration test, timing-sensitive ones included, in every block.
     #[arg(long)]
     full: bool,
+    /// The guest's architecture: x86_64, or arm64 (Debian's arm64 kernels under
+    /// qemu-system-aarch64; see xtask/src/arm64).
+    #[arg(long, default_value = "x86_64")]
+    arch: String,
 }
 
 impl Args {
@@ -142,6 +146,7 @@ impl Args {
             kernel: "6.1,6.12".into(),
             probe: "all".into(),
             full: false,
+            arch: "x86_64".into(),
         }
     }
 }
@@ -210,6 +215,16 @@ struct Prepared {
 /// The whole matrix. `root` is the workspace; `xtask` the running xtask executable,
 /// which the guest runs too.
 pub fn vmtest(root: &Path, args: &Args) -> Result<()> {
+    match args.arch.as_str() {
+        "x86_64" | "amd64" => {}
+        "arm64" | "aarch64" if !args.full => {
+            return crate::arm64::vmtest(root, &crate::arm64::Args::new(&args.kernel, &args.probe));
+        }
+        "arm64" | "aarch64" => {
+            bail!("--full needs the test executables: the arm64 guest runs the per-hook case only")
+        }
+        other => bail!("--arch {other}: x86_64 or arm64"),
+    }
     let started = Instant::now();
     let mut kernels: Vec<&str> = Vec::new();
     for k in args.kernel.split(',').map(str::trim) {
