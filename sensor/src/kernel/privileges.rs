@@ -12,6 +12,26 @@ fn effective_caps() -> Result<u64> {
     Ok(status.capeff)
 }
 
+/// The other threads of this process whose permitted set is not empty, as `TID (name)`:
+/// capabilities are per thread, so those keep theirs when this one drops.
+fn other_threads_holding_capabilities() -> Vec<String> {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let Ok(process) = procfs::process::Process::myself() else {
+        return Vec::new();
+    };
+    let Ok(tasks) = process.tasks() else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| t.tid != me)
+        .filter_map(|t| t.status().ok())
+        .filter(|s| s.capprm != 0)
+        .map(|s| format!("{} ({})", s.pid, s.name))
+        .collect()
+}
+
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -98,10 +118,12 @@ pub fn drop_capabilities(keep_all: bool, map_access: impl FnOnce() -> bool) -> R
             all_kept: true,
         });
     }
-    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
-    if threads > 1 {
+    // The hashing thread drops all of its own at its start; any other holder is a gap.
+    let holders = other_threads_holding_capabilities();
+    if !holders.is_empty() {
         log::warn!(
-            "dropping capabilities with {threads} threads running: only this one's are dropped"
+            "dropping capabilities while other threads hold some ({}): only this one's are dropped",
+            holders.join(", ")
         );
     }
     let bpf_caps = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN];
@@ -153,6 +175,41 @@ pub fn drop_capabilities(keep_all: bool, map_access: impl FnOnce() -> bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread that still holds capabilities is named; once it has cleared its own it is
+    /// not (the hashing thread's case).
+    #[test]
+    fn only_threads_still_holding_capabilities_are_named() {
+        if own_status().1 == 0 {
+            eprintln!("SKIPPED: this test process holds no capabilities");
+            return;
+        }
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (told, heard) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("capholder".into())
+            .spawn(move || {
+                told.send(()).unwrap();
+                wait.recv().unwrap();
+                caps::clear(None, CapSet::Effective).unwrap();
+                caps::clear(None, CapSet::Permitted).unwrap();
+                told.send(()).unwrap();
+                wait.recv().unwrap();
+            })
+            .unwrap();
+        heard.recv().unwrap();
+        let named = other_threads_holding_capabilities();
+        assert!(named.iter().any(|n| n.contains("(capholder)")), "{named:?}");
+        go.send(()).unwrap();
+        heard.recv().unwrap();
+        let named = other_threads_holding_capabilities();
+        assert!(
+            !named.iter().any(|n| n.contains("(capholder)")),
+            "{named:?}"
+        );
+        go.send(()).unwrap();
+        t.join().unwrap();
+    }
 
     /// This thread's capability sets and no_new_privs (capabilities are per thread, so a
     /// test thread can drop its own without touching the others).
