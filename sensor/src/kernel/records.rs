@@ -5,7 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, anyhow, bail};
-use sensor_common::{AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, RecordKind, TaskEvent};
+use sensor_common::{
+    AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, PAYLOAD_MISMATCH, PAYLOAD_REPORTED,
+    PAYLOAD_TRUNCATED, PayloadClass, PayloadEvent, RecordKind, TaskEvent,
+};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::kernel::{argv::Argv, probe::Probe};
@@ -127,6 +130,27 @@ pub enum Record {
     Exec(Exec),
     Fork(Task),
     Exit(Task),
+    /// The first payload of an outbound TCP flow (protocol on the port).
+    Payload(Payload),
+}
+
+/// The first bytes a client sent on an outbound TCP flow, with the flow's connect
+/// identity (`conn.flow` is `Connect`; addresses and ports from the packet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub conn: Connection,
+    /// The kernel's classification; userspace parses again.
+    pub class: PayloadClass,
+    /// The classes the port expects (empty: none).
+    pub expected: Vec<PayloadClass>,
+    /// The connect record went to userspace too.
+    pub reported: bool,
+    /// The kernel found the class not among the expected.
+    pub mismatch: bool,
+    /// Payload bytes in the segment; `bytes` holds the first of them, up to the bound.
+    pub payload_len: u32,
+    pub truncated: bool,
+    pub bytes: Vec<u8>,
 }
 
 /// Reads a `T` from the start of `bytes` (any alignment: the ring buffer guarantees only
@@ -180,6 +204,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         RecordKind::Listen => decode_connect(bytes, Flow::Listen).map(Record::Connect),
         RecordKind::Inbound => decode_connect(bytes, Flow::Inbound).map(Record::Connect),
         RecordKind::Udp => decode_connect(bytes, Flow::Udp).map(Record::Connect),
+        RecordKind::Payload => decode_payload(bytes).map(Record::Payload),
         RecordKind::Fork => {
             let ev: TaskEvent = read_record(bytes, "fork record")?;
             Ok(Record::Fork(task(&ev.header)))
@@ -210,22 +235,85 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     }
 }
 
+/// The (destination, source) addresses of a record's `family`, `daddr` and `saddr`.
+fn addresses(family: u16, daddr: &[u8; 16], saddr: &[u8; 16]) -> Result<(IpAddr, IpAddr)> {
+    Ok(match family {
+        AF_INET => {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(daddr), v4(saddr))
+        }
+        AF_INET6 => (
+            IpAddr::V6(Ipv6Addr::from(*daddr)),
+            IpAddr::V6(Ipv6Addr::from(*saddr)),
+        ),
+        other => bail!("unknown address family {other}"),
+    })
+}
+
+fn decode_payload(bytes: &[u8]) -> Result<Payload> {
+    // Read in place: the record is 2 KiB, no copy of it on the way.
+    let (ev, _) = PayloadEvent::ref_from_prefix(bytes).map_err(|_| {
+        anyhow!(
+            "record of {} bytes, shorter than a payload record ({})",
+            bytes.len(),
+            std::mem::size_of::<PayloadEvent>()
+        )
+    })?;
+    let (h, d) = (&ev.header, &ev.data);
+    let (dst, src) = addresses(d.family, &d.daddr, &d.saddr)?;
+    let Some(class) = PayloadClass::from_u8(d.class) else {
+        bail!("unknown payload class {}", d.class);
+    };
+    let captured = d.captured as usize;
+    if captured > d.bytes.len() || captured == 0 || d.captured > d.payload_len {
+        bail!(
+            "payload record says {} bytes captured of {} (bound {})",
+            d.captured,
+            d.payload_len,
+            d.bytes.len()
+        );
+    }
+    let expected = PayloadClass::ALL
+        .into_iter()
+        .filter(|c| d.expected & c.bit() != 0)
+        .collect();
+    Ok(Payload {
+        conn: Connection {
+            flow: Flow::Connect,
+            tgid: h.tgid,
+            tid: h.tid,
+            ppid: h.ppid,
+            uid: h.uid,
+            gid: h.gid,
+            boot_ns: h.ktime_ns,
+            start_time_ns: h.start_time_ns,
+            parent_start_time_ns: h.parent_start_time_ns,
+            cgroup_id: h.cgroup_id,
+            dst,
+            dport: d.dport,
+            src,
+            sport: d.sport,
+            probe: None,
+            comm: c_string(&h.comm),
+            image: None,
+            netns: 0,
+        },
+        class,
+        expected,
+        reported: d.flags & PAYLOAD_REPORTED != 0,
+        mismatch: d.flags & PAYLOAD_MISMATCH != 0,
+        payload_len: d.payload_len,
+        truncated: d.flags & PAYLOAD_TRUNCATED != 0,
+        bytes: d.bytes[..captured].to_vec(),
+    })
+}
+
 fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
     let ConnectEvent {
         header: h,
         data: ev,
     } = read_record(bytes, "connect event")?;
-    let (dst, src) = match ev.family {
-        AF_INET => {
-            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            (v4(&ev.daddr), v4(&ev.saddr))
-        }
-        AF_INET6 => (
-            IpAddr::V6(Ipv6Addr::from(ev.daddr)),
-            IpAddr::V6(Ipv6Addr::from(ev.saddr)),
-        ),
-        other => bail!("unknown address family {other}"),
-    };
+    let (dst, src) = addresses(ev.family, &ev.daddr, &ev.saddr)?;
     Ok(Connection {
         flow,
         tgid: h.tgid,
