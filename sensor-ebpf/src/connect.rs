@@ -16,7 +16,7 @@ use sensor_common::{
 };
 
 use crate::{
-    filter::{active, filtered, folded},
+    filter::{active, filtered, folded, would_filter},
     maps::{
         CONNECTS, LAYOUT, SOCKETS, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
         count_seen, protocol_settings, socket_submit_flags, tp_layout,
@@ -48,12 +48,16 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let Some(kind) = transition(old, new) else {
-        return 0;
-    };
     if sk.is_null() {
         return 0;
     }
+    let Some(kind) = transition(old, new) else {
+        // fentry or kprobe reports connects: only remember the flow for the egress hook.
+        if (old, new) == (TCP_CLOSE, TCP_SYN_SENT) && protocol_settings().enabled != 0 {
+            remember_only(sk);
+        }
+        return 0;
+    };
     let l = LAYOUT.load();
     // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
     // MPTCP sockets pass through this tracepoint too; only TCP ones are connects.
@@ -70,6 +74,45 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     };
     from_sock(&ctx, sk, Probe::TpBtf, kind, cookie);
     0
+}
+
+/// Protocol on the port where another hook reports connects: the flow's identity is
+/// remembered here, with whether the filter passed its connect (a fold is not known
+/// here: a folded connect counts as reported, so its first bytes go up).
+#[inline(always)]
+fn remember_only(sk: *const u8) {
+    let l = LAYOUT.load();
+    // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
+    if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let mut ev = empty_event(Probe::TpBtf);
+    // SAFETY: as in from_sock.
+    unsafe {
+        ev.data.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
+        ev.data.dport = u16::from_be(read::<u16>(sk, l.sk_dport).unwrap_or(0));
+        if ev.data.family == AF_INET {
+            let d = read::<[u8; 4]>(sk, l.sk_daddr).unwrap_or([0; 4]);
+            ev.data.daddr[..4].copy_from_slice(&d);
+        } else {
+            ev.data.daddr = read::<[u8; 16]>(sk, l.sk_v6_daddr).unwrap_or([0; 16]);
+        }
+    }
+    let (generation, settings) = active();
+    let dropped = would_filter(
+        generation,
+        &settings,
+        ev.data.family,
+        &ev.data.daddr,
+        ev.data.dport,
+    );
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: the task is only read through probe_read.
+    unsafe { fill_header(&mut ev.header, RecordKind::Connect, task, &l) };
+    remember(cookie, &ev.header, !dropped);
 }
 
 /// The record a state transition makes, if any. CLOSE -> SYN_SENT is tcp_connect() in

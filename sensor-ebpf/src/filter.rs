@@ -41,14 +41,24 @@ pub(crate) fn filtered(
     daddr: &[u8; 16],
     dport: u16,
 ) -> bool {
-    if s.filter == 0 {
-        return false;
-    }
-    let drop = port_bit(generation, dport) || excluded(generation, family, daddr);
+    let drop = would_filter(generation, s, family, daddr, dport);
     if drop {
         count_stat(kind, STAT_FILTERED);
     }
     drop
+}
+
+/// [`filtered`] without counting: what the filter decides for a connect another hook
+/// reports.
+#[inline(always)]
+pub(crate) fn would_filter(
+    generation: u32,
+    s: &FilterSettings,
+    family: u16,
+    daddr: &[u8; 16],
+    dport: u16,
+) -> bool {
+    s.filter != 0 && (port_bit(generation, dport) || excluded(generation, family, daddr))
 }
 
 #[inline(always)]

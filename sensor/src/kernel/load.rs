@@ -187,7 +187,11 @@ fn attach_all(mut ebpf: Ebpf, opts: &Options, env: &Environment) -> Result<Loade
     ));
     lifecycle.push(sockets::attach_udp(&mut ebpf));
     // Protocol on the port: attached whenever it can be; the policy switch is a map.
-    lifecycle.push(protocol::attach(&mut ebpf, true, selection.chosen));
+    let state_hook = lifecycle
+        .iter()
+        .find(|l| l.event == "listen")
+        .and_then(|l| l.attached);
+    lifecycle.push(protocol::attach(&mut ebpf, true, state_hook));
     for l in &lifecycle {
         for (hook, e) in &l.passed_over {
             debug!("{hook} unavailable: {e}");

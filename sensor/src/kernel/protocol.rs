@@ -7,7 +7,8 @@
 //! 1.8 KB ClientHello is one skb. There is no `tcp_sendmsg_locked` tracepoint to take a
 //! BTF program, and sockops + sk_msg would switch the socket's operations.
 //! The flow's identity is remembered by socket cookie at connect by the tp_btf state hook
-//! (the only connect hook given a BTF-typed socket), so the feature needs that hook.
+//! (the only hook given a BTF-typed socket; attached for listens where fentry or kprobe
+//! reports connects), so the feature needs that hook.
 
 use std::fs::File;
 
@@ -59,9 +60,10 @@ impl Expectations {
     }
 }
 
-/// Attaches the egress program to the cgroup2 root, unless the feature is off or the
-/// connect hook cannot remember flows (only tp_btf can). Reported with the other hooks.
-pub fn attach(ebpf: &mut Ebpf, enabled: bool, connect_hook: Probe) -> LifecycleAttach {
+/// Attaches the egress program to the cgroup2 root, unless the feature is off or no hook
+/// remembers flows (`state_hook`: the hook the state program is attached as; only its
+/// tp_btf form can ask a socket for its cookie). Reported with the other hooks.
+pub fn attach(ebpf: &mut Ebpf, enabled: bool, state_hook: Option<&str>) -> LifecycleAttach {
     let mut out = LifecycleAttach {
         event: "protocol",
         attached: None,
@@ -71,11 +73,11 @@ pub fn attach(ebpf: &mut Ebpf, enabled: bool, connect_hook: Probe) -> LifecycleA
         if !enabled {
             bail!("off in the policy ([protocol] enabled = false)");
         }
-        if connect_hook != Probe::TpBtf {
+        if state_hook != Some(Probe::TpBtf.hook()) {
             bail!(
-                "the connect hook is {}; flows are remembered only by {}",
-                connect_hook.hook(),
-                Probe::TpBtf.hook()
+                "flows are remembered at connect only by {}, which is not attached here ({})",
+                Probe::TpBtf.hook(),
+                state_hook.unwrap_or("no state hook")
             );
         }
         let root = cgroup2_root().context("finding the cgroup2 root")?;
