@@ -158,6 +158,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: l.attribution.map(|_| "listen-record"),
                     unix_ns,
+                    protocol: None,
                 }
             }
             None => {
@@ -182,6 +183,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: None,
                     unix_ns,
+                    protocol: None,
                 }
             }
         };
