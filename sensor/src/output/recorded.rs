@@ -170,6 +170,7 @@ impl Recorded {
             content_match: own(sp.and_then(|p| p.content_match.as_ref())),
             location: own(sp.and_then(|p| p.location.as_ref())),
             unmanaged: sp.and_then(|p| p.unmanaged),
+            protocol: None,
         })
     }
 }

@@ -137,6 +137,7 @@ mod tests {
             host_name: "h".into(),
             attribution: None,
             unix_ns: 0,
+            protocol: None,
         };
         let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
         let d = Decision {

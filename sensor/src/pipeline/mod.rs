@@ -162,6 +162,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: l.attribution.map(|_| "listen-record"),
                     unix_ns,
+                    protocol: None,
                 }
             }
             None => {
@@ -186,6 +187,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: None,
                     unix_ns,
+                    protocol: None,
                 }
             }
         };
