@@ -149,6 +149,11 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("file", "file"),
     // The cgroup v1 test mounts its own hierarchy.
     ("mount", "mount"),
+    // Protocol on the port (tests/tests/protocol.rs): openssl s_server and its
+    // certificate, the ssh client to sshd on 443; the benchmark's bulk throughput.
+    ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/ssh", "openssh-client"),
+    ("iperf3", "iperf3"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with

@@ -41,25 +41,6 @@ pub struct Expectations {
     pub ports: Vec<(u16, Vec<PayloadClass>)>,
 }
 
-impl Expectations {
-    /// Until the policy's `[protocol]` section is read: the standard pairs.
-    pub fn defaults() -> Self {
-        let mut ports = Vec::new();
-        for p in [443, 8443, 853, 993, 995, 465] {
-            ports.push((p, vec![PayloadClass::Tls]));
-        }
-        for p in [80, 8080] {
-            ports.push((p, vec![PayloadClass::Http]));
-        }
-        ports.push((22, vec![PayloadClass::Ssh]));
-        Self {
-            enabled: true,
-            ja4: false,
-            ports,
-        }
-    }
-}
-
 /// Attaches the egress program to the cgroup2 root, unless the feature is off or no hook
 /// remembers flows (`state_hook`: the hook the state program is attached as; only its
 /// tp_btf form can ask a socket for its cookie). Reported with the other hooks.

@@ -1,10 +1,16 @@
 //! First payloads from the egress hook (protocol on the port): attributed like the connect
 //! they belong to (pid and start time from the connect's own header), inspected, scored.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use super::Pipeline;
-use crate::{enrich::attribute::attribute, kernel::records::Payload, output::sink::Sink};
+use crate::{
+    enrich::{attribute::attribute, protocol::inspect},
+    kernel::records::Payload,
+    output::sink::Sink,
+};
 
 /// What userspace did with the first payloads the kernel sent.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -28,7 +34,7 @@ impl Pipeline {
             self.kernel.payloads.truncated += 1;
         }
         let unix_ns = self.clock.to_unix_ns(p.conn.boot_ns);
-        let enriched = attribute(
+        let mut enriched = attribute(
             &mut self.table,
             &mut self.pods,
             &mut self.users,
@@ -36,7 +42,8 @@ impl Pipeline {
             self.host_name.clone(),
             unix_ns,
         );
-        let _ = (enriched, out);
-        Ok(())
+        // Parsed here, on the loop: bounded by the kernel's 2 KiB, one record per flow.
+        enriched.protocol = Some(Arc::new(inspect(&p.bytes)));
+        self.decide(enriched, 1, out)
     }
 }

@@ -185,8 +185,30 @@ fn filter_policy(pipeline: &Pipeline) -> Result<FilterPolicy> {
 }
 
 /// What the egress hook is told for the policy in force.
-fn expectations(_pipeline: &Pipeline) -> protocol::Expectations {
-    protocol::Expectations::defaults()
+fn expectations(pipeline: &Pipeline) -> protocol::Expectations {
+    use sensor_common::PayloadClass;
+    let p = &pipeline.engine.policy().protocol;
+    let ports = p
+        .expected_ports()
+        .into_iter()
+        .map(|port| {
+            let classes = [
+                (PayloadClass::Tls, &p.tls_ports),
+                (PayloadClass::Http, &p.http_ports),
+                (PayloadClass::Ssh, &p.ssh_ports),
+            ]
+            .into_iter()
+            .filter(|(_, set)| set.contains(&port))
+            .map(|(c, _)| c)
+            .collect();
+            (port, classes)
+        })
+        .collect();
+    protocol::Expectations {
+        enabled: p.enabled,
+        ja4: !p.ja4_blocklist.is_empty(),
+        ports,
+    }
 }
 
 /// The kernel programs' own log messages (aya-log), relayed to stderr when asked for.
