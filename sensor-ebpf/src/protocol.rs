@@ -16,7 +16,7 @@ use sensor_common::{
     AF_INET, AF_INET6, FlowIdentity, Header, PAYLOAD_CAPTURE, PAYLOAD_MISMATCH, PAYLOAD_REPORTED,
     PAYLOAD_TRUNCATED, PROTO_EXPECTED, PROTO_LOST, PROTO_MISMATCH, PROTO_SEEN, PROTO_SENT,
     PROTO_TRUNCATED, PROTO_UNEXPECTED_QUIET, PROTO_UNTRACKED, PayloadClass, PayloadEvent,
-    RecordKind,
+    RecordKind, classify,
 };
 
 use crate::maps::{
@@ -85,53 +85,6 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
         tcp,
         payload: tcp + u32::from(doff >> 4) * 4,
     })
-}
-
-/// HTTP/1.x methods with their space, as (bytes, length) compared to the first 8 bytes.
-const METHODS: [(&[u8; 8], usize); 9] = [
-    (b"GET     ", 4),
-    (b"POST    ", 5),
-    (b"PUT     ", 4),
-    (b"HEAD    ", 5),
-    (b"DELETE  ", 7),
-    (b"OPTIONS ", 8),
-    (b"PATCH   ", 6),
-    (b"CONNECT ", 8),
-    (b"TRACE   ", 6),
-];
-
-#[inline(always)]
-fn classify(b: &[u8; 8], n: u32) -> PayloadClass {
-    if n >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 {
-        return PayloadClass::Tls;
-    }
-    if n >= 4 && b[0] == b'S' && b[1] == b'S' && b[2] == b'H' && b[3] == b'-' {
-        return PayloadClass::Ssh;
-    }
-    let word = u64::from_ne_bytes(*b);
-    for (m, len) in METHODS {
-        let mask = if len == 8 {
-            u64::MAX
-        } else {
-            // The first `len` bytes in memory order (little and big endian alike).
-            u64::from_ne_bytes(prefix_mask(len))
-        };
-        if n as usize >= len && word & mask == u64::from_ne_bytes(*m) & mask {
-            return PayloadClass::Http;
-        }
-    }
-    PayloadClass::Other
-}
-
-#[inline(always)]
-const fn prefix_mask(len: usize) -> [u8; 8] {
-    let mut m = [0u8; 8];
-    let mut i = 0;
-    while i < len {
-        m[i] = 0xff;
-        i += 1;
-    }
-    m
 }
 
 #[inline(always)]

@@ -125,7 +125,7 @@ fn curl_to_openssl_s_server_on_8443_is_tls_with_sni_and_ja4_and_bulk_arrives_int
     let st = Command::new("openssl")
         .args(["rand", "-out"])
         .arg(&bulk)
-        .arg(&(4 << 20).to_string())
+        .arg((4 << 20).to_string())
         .status()
         .context("openssl rand")?;
     assert!(st.success(), "openssl rand failed");

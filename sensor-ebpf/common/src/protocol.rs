@@ -146,3 +146,107 @@ pub struct Payload {
 pub type PayloadEvent = crate::Event<Payload>;
 pub const PAYLOAD_EVENT_SIZE: usize = core::mem::size_of::<PayloadEvent>();
 const _: () = assert!(PAYLOAD_EVENT_SIZE == 72 + 56 + PAYLOAD_CAPTURE);
+
+/// HTTP/1.x methods with their space, as (bytes, length) compared to the first 8 bytes.
+const METHODS: [(&[u8; 8], usize); 9] = [
+    (b"GET     ", 4),
+    (b"POST    ", 5),
+    (b"PUT     ", 4),
+    (b"HEAD    ", 5),
+    (b"DELETE  ", 7),
+    (b"OPTIONS ", 8),
+    (b"PATCH   ", 6),
+    (b"CONNECT ", 8),
+    (b"TRACE   ", 6),
+];
+
+/// The class of a flow's first bytes: `b` holds the first `n` (at most 8), the rest zero.
+/// In the kernel's egress hook, so plain loops and compares only.
+#[inline(always)]
+pub fn classify(b: &[u8; 8], n: u32) -> PayloadClass {
+    if n >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 {
+        return PayloadClass::Tls;
+    }
+    if n >= 4 && b[0] == b'S' && b[1] == b'S' && b[2] == b'H' && b[3] == b'-' {
+        return PayloadClass::Ssh;
+    }
+    let word = u64::from_ne_bytes(*b);
+    for (m, len) in METHODS {
+        let mask = if len == 8 {
+            u64::MAX
+        } else {
+            // The first `len` bytes in memory order (little and big endian alike).
+            u64::from_ne_bytes(prefix_mask(len))
+        };
+        if n as usize >= len && word & mask == u64::from_ne_bytes(*m) & mask {
+            return PayloadClass::Http;
+        }
+    }
+    PayloadClass::Other
+}
+
+const fn prefix_mask(len: usize) -> [u8; 8] {
+    let mut m = [0u8; 8];
+    let mut i = 0;
+    while i < len {
+        m[i] = 0xff;
+        i += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(bytes: &[u8]) -> PayloadClass {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        classify(&b, n as u32)
+    }
+
+    #[test]
+    fn first_bytes_classify() {
+        assert_eq!(class(&[0x16, 0x03, 0x01, 0x02, 0x00]), PayloadClass::Tls);
+        assert_eq!(class(&[0x16, 0x03, 0x04]), PayloadClass::Tls);
+        assert_eq!(class(&[0x16, 0x03, 0x05, 0, 0]), PayloadClass::Other);
+        assert_eq!(class(&[0x17, 0x03, 0x03, 0, 0]), PayloadClass::Other);
+        assert_eq!(class(b"SSH-2.0-OpenSSH_9.6"), PayloadClass::Ssh);
+        for m in [
+            "GET / HTTP/1.1",
+            "POST /x",
+            "PUT /",
+            "HEAD /",
+            "DELETE /",
+            "OPTIONS *",
+            "PATCH /",
+            "CONNECT a:443",
+            "TRACE /",
+        ] {
+            assert_eq!(class(m.as_bytes()), PayloadClass::Http, "{m}");
+        }
+        for other in [
+            "GETX /",
+            "GET",
+            "get / HTTP/1.1",
+            "uid=0(root)",
+            "OPTIONSX",
+            "",
+            "P",
+        ] {
+            assert_eq!(class(other.as_bytes()), PayloadClass::Other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn classes_round_trip_and_have_distinct_bits() {
+        let mut mask = 0u8;
+        for c in PayloadClass::ALL {
+            assert_eq!(PayloadClass::from_u8(c as u8), Some(c));
+            assert_eq!(mask & c.bit(), 0);
+            mask |= c.bit();
+        }
+        assert_eq!(PayloadClass::from_u8(0), None);
+    }
+}

@@ -522,3 +522,76 @@ pub(crate) mod tests {
         assert!(decode(&as_bytes(&task_event(RecordKind::Fork))[..40]).is_err());
     }
 }
+
+#[cfg(test)]
+mod payload_tests {
+    use sensor_common::{PAYLOAD_CAPTURE, Payload as PayloadData};
+
+    use super::*;
+
+    fn record(captured: u32, payload_len: u32, class: u8, flags: u8) -> Vec<u8> {
+        let mut ev = PayloadEvent {
+            header: Header::EMPTY,
+            data: PayloadData {
+                family: AF_INET,
+                dport: 443,
+                sport: 40000,
+                class,
+                expected: PayloadClass::Tls.bit(),
+                flags,
+                _pad: [0; 3],
+                payload_len,
+                captured,
+                _pad2: 0,
+                daddr: [0; 16],
+                saddr: [0; 16],
+                bytes: [0xaa; PAYLOAD_CAPTURE],
+            },
+        };
+        ev.header.kind = RecordKind::Payload as u32;
+        ev.header.tgid = 42;
+        ev.data.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        ev.data.bytes[..8].copy_from_slice(b"SSH-2.0-");
+        // SAFETY: a repr(C) record of plain integers, read as bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&raw const ev).cast::<u8>(),
+                std::mem::size_of::<PayloadEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_payload_record() {
+        let b = record(21, 21, PayloadClass::Ssh as u8, PAYLOAD_MISMATCH);
+        let Record::Payload(p) = decode(&b).unwrap() else {
+            panic!("not a payload record");
+        };
+        assert_eq!(p.conn.tgid, 42);
+        assert_eq!(p.conn.dst.to_string(), "203.0.113.7");
+        assert_eq!((p.conn.dport, p.conn.sport), (443, 40000));
+        assert_eq!(p.class, PayloadClass::Ssh);
+        assert_eq!(p.expected, [PayloadClass::Tls]);
+        assert!(p.mismatch && !p.reported && !p.truncated);
+        assert_eq!(p.bytes.len(), 21);
+        assert!(p.bytes.starts_with(b"SSH-2.0-"));
+    }
+
+    #[test]
+    fn rejects_bad_payload_records() {
+        let ok = record(2048, 5000, 1, PAYLOAD_TRUNCATED);
+        assert!(decode(&ok).is_ok());
+        for (bad, why) in [
+            (record(2049, 5000, 1, 0), "captured"),
+            (record(0, 10, 1, 0), "captured"),
+            (record(20, 10, 1, 0), "captured"),
+            (record(10, 10, 9, 0), "class"),
+        ] {
+            let e = decode(&bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        let e = decode(&ok[..200]).unwrap_err().to_string();
+        assert!(e.contains("shorter than a payload record"), "{e}");
+    }
+}
