@@ -2,7 +2,7 @@
 //! kept), the subject scoring decides on read from it, and its line re-rendered from the
 //! type with the scoring fields the current policy decided.
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
@@ -170,7 +170,7 @@ impl Recorded {
             content_match: own(sp.and_then(|p| p.content_match.as_ref())),
             location: own(sp.and_then(|p| p.location.as_ref())),
             unmanaged: sp.and_then(|p| p.unmanaged),
-            protocol: None,
+            protocol: crate::output::connection::protocol::recorded_facts(l).map(Arc::new),
         })
     }
 }
