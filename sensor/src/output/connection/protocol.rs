@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use crate::{
-    enrich::protocol::{HttpFacts, Protocol, ProtocolFacts, SshFacts, TlsFacts},
+    enrich::protocol::{Protocol, ProtocolFacts},
     output::ecs::{
         ConnectionLine, Http, HttpRequest, SensorProtocol, Tls, TlsClient, Url, UserAgent,
     },
@@ -57,49 +57,6 @@ pub fn protocol_fields<'a>(line: &mut ConnectionLine<'a>, facts: &'a ProtocolFac
     }
     debug_assert!(facts.protocol != Protocol::Tls || facts.http.is_none());
     line.sensor.fields.protocol = Some(sp);
-}
-
-/// The facts a recorded line printed, for replay to score as live did (`network.protocol`
-/// and the fields scoring reads; an SSH banner is not scored). None without
-/// `network.protocol`.
-pub fn recorded_facts(line: &ConnectionLine<'_>) -> Option<ProtocolFacts> {
-    let protocol = match line.network.as_ref()?.protocol.as_deref()? {
-        "tls" => Protocol::Tls,
-        "http" => Protocol::Http,
-        "ssh" => Protocol::Ssh,
-        _ => Protocol::Other,
-    };
-    let own = |v: Option<&Cow<'_, str>>| v.map(|s| s.to_string());
-    let sp = line.sensor.fields.protocol.as_ref();
-    let client = line.tls.as_ref().and_then(|t| t.client.as_ref());
-    Some(ProtocolFacts {
-        protocol,
-        tls: (protocol == Protocol::Tls).then(|| TlsFacts {
-            version: own(line.tls.as_ref().and_then(|t| t.version.as_ref())),
-            sni: own(client.and_then(|c| c.server_name.as_ref())),
-            alpn: sp
-                .and_then(|p| p.alpn.as_ref())
-                .map(|a| a.iter().map(|x| x.to_string()).collect())
-                .unwrap_or_default(),
-            ja4: own(client.and_then(|c| c.ja4.as_ref())),
-        }),
-        http: (protocol == Protocol::Http).then(|| HttpFacts {
-            method: line
-                .http
-                .as_ref()
-                .and_then(|h| h.request.as_ref())
-                .and_then(|r| r.method.as_deref())
-                .unwrap_or_default()
-                .to_string(),
-            host: own(line.url.as_ref().and_then(|u| u.domain.as_ref())),
-            user_agent: own(line.user_agent.as_ref().and_then(|u| u.original.as_ref())),
-        }),
-        ssh: sp.and_then(|p| p.ssh_banner.as_ref()).map(|b| SshFacts {
-            banner: b.to_string(),
-        }),
-        captured: sp.and_then(|p| p.captured_bytes).unwrap_or(0),
-        truncated: sp.and_then(|p| p.truncated).unwrap_or(false),
-    })
 }
 
 /// A Host header's name without its port (`[2001:db8::1]:8080` gives `2001:db8::1`).
