@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use crate::{
-    enrich::protocol::{Protocol, ProtocolFacts},
+    enrich::protocol::ProtocolFacts,
     output::ecs::{
         ConnectionLine, Http, HttpRequest, SensorProtocol, Tls, TlsClient, Url, UserAgent,
     },
@@ -55,7 +55,6 @@ pub fn protocol_fields<'a>(line: &mut ConnectionLine<'a>, facts: &'a ProtocolFac
     if let Some(s) = &facts.ssh {
         sp.ssh_banner = Some(b(&s.banner));
     }
-    debug_assert!(facts.protocol != Protocol::Tls || facts.http.is_none());
     line.sensor.fields.protocol = Some(sp);
 }
 
