@@ -224,4 +224,31 @@ mod tests {
     fn ja4_shape(#[case] s: &str, #[case] ok: bool) {
         assert_eq!(is_ja4(s), ok, "{s}");
     }
+
+    #[test]
+    fn every_toml_block_in_the_protocol_doc_parses() {
+        let doc = include_str!("../../../../docs/protocol.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|p| p.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 2);
+        for block in blocks {
+            if let Err(e) = Policy::parse(block) {
+                panic!("docs/protocol.md policy block does not parse: {e:#}\n{block}");
+            }
+        }
+        // The documented defaults are the defaults.
+        let shown = Policy::parse(
+            doc.split("```toml\n")
+                .nth(1)
+                .unwrap()
+                .split("```")
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shown.protocol, ProtocolPolicy::default());
+    }
 }
