@@ -154,3 +154,101 @@ pub(super) fn parse(src: &Source<'_>, f: &ProtocolFile) -> Result<ProtocolPolicy
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+    use crate::detect::policy::Policy;
+
+    #[test]
+    fn defaults_a_valid_section_and_show_round_trip() {
+        let d = Policy::default().protocol;
+        assert!(d.enabled && d.ja4_blocklist.is_empty());
+        assert_eq!(d.expected(443), vec![Protocol::Tls]);
+        assert_eq!(d.expected(22), vec![Protocol::Ssh]);
+        assert!(d.expected(4444).is_empty());
+        assert_eq!(
+            d.expected_ports().into_iter().collect::<Vec<_>>(),
+            vec![22, 80, 443, 465, 853, 993, 995, 8080, 8443]
+        );
+        let p = Policy::parse(
+            "[protocol]\nenabled = false\nhttp_ports = [80, 8000]\nja4_blocklist = [\" t13d3112h2_e8f1e7e78f70_b26ce05bbdd6\"]\n",
+        )
+        .unwrap();
+        assert!(!p.protocol.enabled);
+        assert_eq!(p.protocol.http_ports, BTreeSet::from([80, 8000]));
+        assert_eq!(p.protocol.tls_ports, d.tls_ports);
+        assert!(
+            p.protocol
+                .ja4_blocklist
+                .contains("t13d3112h2_e8f1e7e78f70_b26ce05bbdd6")
+        );
+        let shown = p.to_toml().unwrap();
+        assert!(shown.contains("[protocol]"), "{shown}");
+        assert_eq!(Policy::parse(&shown).unwrap(), p, "{shown}");
+    }
+
+    #[rstest]
+    #[case(
+        "[protocol]\ntls_ports = [0]\n",
+        "line 2, column 14: protocol tls_ports port 0 is out of range"
+    )]
+    #[case(
+        "[protocol]\nssh_ports = [70000]\n",
+        "protocol ssh_ports port 70000 is out of range"
+    )]
+    #[case(
+        "[protocol]\nja4_blocklist = [\"abc\"]\n",
+        "line 2, column 18: protocol ja4_blocklist entry \"abc\" is not a JA4"
+    )]
+    #[case(
+        "[protocol]\nmismatch_risk = 4\n",
+        "line 2, column 17: protocol mismatch_risk 4 is not 1"
+    )]
+    #[case("[protocol]\nja4 = []\n", "unknown field `ja4`")]
+    fn bad_settings_are_named(#[case] text: &str, #[case] want: &str) {
+        let err = format!("{:#}", Policy::parse(text).unwrap_err());
+        assert!(err.contains(want), "{err}");
+    }
+
+    #[rstest]
+    #[case("t13d1516h2_8daaf6152771_d8a2da3f94cd", true)]
+    #[case("q13i0000000_000000000000_000000000000", false)]
+    #[case("t13i000000_000000000000_000000000000", true)]
+    #[case("t13d1516h2_8daaf6152771_d8a2da3f94c", false)]
+    #[case("x13d1516h2_8daaf6152771_d8a2da3f94cd", false)]
+    #[case("t13d1516h2-8daaf6152771_d8a2da3f94cd", false)]
+    #[case("t13d15x6h2_8daaf6152771_d8a2da3f94cd", false)]
+    fn ja4_shape(#[case] s: &str, #[case] ok: bool) {
+        assert_eq!(is_ja4(s), ok, "{s}");
+    }
+
+    #[test]
+    fn every_toml_block_in_the_protocol_doc_parses() {
+        let doc = include_str!("../../../../docs/protocol.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|p| p.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 2);
+        for block in blocks {
+            if let Err(e) = Policy::parse(block) {
+                panic!("docs/protocol.md policy block does not parse: {e:#}\n{block}");
+            }
+        }
+        // The documented defaults are the defaults.
+        let shown = Policy::parse(
+            doc.split("```toml\n")
+                .nth(1)
+                .unwrap()
+                .split("```")
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shown.protocol, ProtocolPolicy::default());
+    }
+}

@@ -51,7 +51,8 @@ pub fn parse(b: &[u8]) -> (Option<HttpFacts>, bool) {
         Err(httparse::Error::TooManyHeaders) => {
             return (request_line_only(b), false);
         }
-        Err(_) => return (request_line_only(b), true),
+        // Not HTTP after all (or hostile): the method alone.
+        Err(_) => return (request_line_only(b), false),
     };
     let Some(method) = req.method else {
         return (request_line_only(b), !complete);

@@ -113,3 +113,6 @@ pub fn clean(bytes: &[u8], max: usize) -> String {
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

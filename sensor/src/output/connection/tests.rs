@@ -48,7 +48,7 @@ pub(super) fn line_json(e: &Enriched, cx: &Context) -> Value {
 }
 
 /// A connection of `flow` between `local` and `peer` by `exe`.
-pub(super) fn flow_conn(flow: Flow, exe: &str, local: (&str, u16), peer: (&str, u16)) -> Enriched {
+pub(crate) fn flow_conn(flow: Flow, exe: &str, local: (&str, u16), peer: (&str, u16)) -> Enriched {
     let octets = |ip: &str| match ip.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => {
             let mut o = [0u8; 16];
