@@ -151,6 +151,14 @@ fn curl_to_openssl_s_server_on_8443_is_tls_with_sni_and_ja4_and_bulk_arrives_int
     if !hook_attached(&mut sensor, test)? {
         return Ok(());
     }
+    let curl = || {
+        let mut c = net.command("curl");
+        c.args(["-sk", "-m", "30", "--resolve"])
+            .arg(format!("c2.example:8443:{SERVER}"))
+            .arg("https://c2.example:8443/bulk.bin");
+        c
+    };
+    let reference = reference_ja4(&net, &curl)?;
     let mut cmd = net.server_command("openssl");
     cmd.args(["s_server", "-quiet", "-accept", "8443", "-WWW", "-cert"])
         .arg(&cert)
@@ -160,13 +168,11 @@ fn curl_to_openssl_s_server_on_8443_is_tls_with_sni_and_ja4_and_bulk_arrives_int
     let _server = Running::spawn(cmd, "openssl s_server")?;
     listening(&net, 8443)?;
     let got = scratch.dir.join("got.bin");
-    let mut curl = net.command("curl");
-    curl.args(["-sk", "-m", "30", "--resolve"])
-        .arg(format!("c2.example:8443:{SERVER}"))
-        .arg("https://c2.example:8443/bulk.bin")
+    let mut child = curl()
         .arg("-o")
-        .arg(&got);
-    let mut child = curl.spawn().context("starting curl")?;
+        .arg(&got)
+        .spawn()
+        .context("starting curl")?;
     let pid = child.id();
     let st = child.wait()?;
     assert!(st.success(), "curl failed: {st}");
@@ -187,13 +193,49 @@ fn curl_to_openssl_s_server_on_8443_is_tls_with_sni_and_ja4_and_bulk_arrives_int
         "{ja4}"
     );
     assert_eq!(ja4.split('_').count(), 3, "{ja4}");
-    if let Ok(expected) = std::env::var("SENSOR_TEST_EXPECTED_JA4") {
+    if let Some(expected) = reference {
         assert_eq!(
             ja4, expected,
-            "JA4 differs from the independent implementation"
+            "JA4 differs from ja4plus's for the same client"
         );
     }
     Ok(())
+}
+
+/// The JA4 the independent implementation (ja4plus, deploy/siem/ja4_reference.py in
+/// SIEM_PYTHON's venv) computes for the ClientHello `client()` sends: it listens on
+/// 8443 in the server namespace for one connection. None (SKIPPED, a failure under CI)
+/// without SIEM_PYTHON.
+fn reference_ja4(net: &Net, client: &dyn Fn() -> Command) -> Result<Option<String>> {
+    let Some(python) = std::env::var_os("SIEM_PYTHON") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            bail!("SIEM_PYTHON is not set under CI (cargo xtask test sets it)");
+        }
+        eprintln!("SKIPPED the JA4 cross-check: SIEM_PYTHON not set (run cargo xtask test)");
+        return Ok(None);
+    };
+    let script = sensor_tests::repo().join("deploy/siem/ja4_reference.py");
+    let mut cmd = net.server_command(&python.to_string_lossy());
+    cmd.arg(&script)
+        .args(["--listen", &format!("{SERVER}:8443")])
+        .stdout(Stdio::piped());
+    let reference = cmd.spawn().context("starting ja4_reference.py --listen")?;
+    listening(net, 8443)?;
+    // The listener closes after the first flight: curl fails, as expected.
+    let _ = client()
+        .status()
+        .context("curl to the reference listener")?;
+    let out = reference.wait_with_output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "ja4_reference.py printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    let ja4 = v[format!("{SERVER}:8443")]
+        .as_str()
+        .with_context(|| format!("no reference JA4: {v}"))?;
+    Ok(Some(ja4.to_string()))
 }
 
 #[test]
