@@ -5,13 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, anyhow, bail};
-use sensor_common::{
-    AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, PAYLOAD_MISMATCH, PAYLOAD_REPORTED,
-    PAYLOAD_TRUNCATED, PayloadClass, PayloadEvent, RecordKind, TaskEvent,
-};
+use sensor_common::{AF_INET, AF_INET6, ConnectEvent, ExecEvent, Header, RecordKind, TaskEvent};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::kernel::{argv::Argv, probe::Probe};
+
+mod payload;
+pub use payload::Payload;
 
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
@@ -134,25 +134,6 @@ pub enum Record {
     Payload(Payload),
 }
 
-/// The first bytes a client sent on an outbound TCP flow, with the flow's connect
-/// identity (`conn.flow` is `Connect`; addresses and ports from the packet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload {
-    pub conn: Connection,
-    /// The kernel's classification; userspace parses again.
-    pub class: PayloadClass,
-    /// The classes the port expects (empty: none).
-    pub expected: Vec<PayloadClass>,
-    /// The connect record went to userspace too.
-    pub reported: bool,
-    /// The kernel found the class not among the expected.
-    pub mismatch: bool,
-    /// Payload bytes in the segment; `bytes` holds the first of them, up to the bound.
-    pub payload_len: u32,
-    pub truncated: bool,
-    pub bytes: Vec<u8>,
-}
-
 /// Reads a `T` from the start of `bytes` (any alignment: the ring buffer guarantees only
 /// 8 bytes), or says how short the record is.
 fn read_record<T: FromBytes + KnownLayout + Immutable>(bytes: &[u8], what: &str) -> Result<T> {
@@ -204,7 +185,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         RecordKind::Listen => decode_connect(bytes, Flow::Listen).map(Record::Connect),
         RecordKind::Inbound => decode_connect(bytes, Flow::Inbound).map(Record::Connect),
         RecordKind::Udp => decode_connect(bytes, Flow::Udp).map(Record::Connect),
-        RecordKind::Payload => decode_payload(bytes).map(Record::Payload),
+        RecordKind::Payload => payload::decode(bytes).map(Record::Payload),
         RecordKind::Fork => {
             let ev: TaskEvent = read_record(bytes, "fork record")?;
             Ok(Record::Fork(task(&ev.header)))
@@ -247,64 +228,6 @@ fn addresses(family: u16, daddr: &[u8; 16], saddr: &[u8; 16]) -> Result<(IpAddr,
             IpAddr::V6(Ipv6Addr::from(*saddr)),
         ),
         other => bail!("unknown address family {other}"),
-    })
-}
-
-fn decode_payload(bytes: &[u8]) -> Result<Payload> {
-    // Read in place: the record is 2 KiB, no copy of it on the way.
-    let (ev, _) = PayloadEvent::ref_from_prefix(bytes).map_err(|_| {
-        anyhow!(
-            "record of {} bytes, shorter than a payload record ({})",
-            bytes.len(),
-            std::mem::size_of::<PayloadEvent>()
-        )
-    })?;
-    let (h, d) = (&ev.header, &ev.data);
-    let (dst, src) = addresses(d.family, &d.daddr, &d.saddr)?;
-    let Some(class) = PayloadClass::from_u8(d.class) else {
-        bail!("unknown payload class {}", d.class);
-    };
-    let captured = d.captured as usize;
-    if captured > d.bytes.len() || captured == 0 || d.captured > d.payload_len {
-        bail!(
-            "payload record says {} bytes captured of {} (bound {})",
-            d.captured,
-            d.payload_len,
-            d.bytes.len()
-        );
-    }
-    let expected = PayloadClass::ALL
-        .into_iter()
-        .filter(|c| d.expected & c.bit() != 0)
-        .collect();
-    Ok(Payload {
-        conn: Connection {
-            flow: Flow::Connect,
-            tgid: h.tgid,
-            tid: h.tid,
-            ppid: h.ppid,
-            uid: h.uid,
-            gid: h.gid,
-            boot_ns: h.ktime_ns,
-            start_time_ns: h.start_time_ns,
-            parent_start_time_ns: h.parent_start_time_ns,
-            cgroup_id: h.cgroup_id,
-            dst,
-            dport: d.dport,
-            src,
-            sport: d.sport,
-            probe: None,
-            comm: c_string(&h.comm),
-            image: None,
-            netns: 0,
-        },
-        class,
-        expected,
-        reported: d.flags & PAYLOAD_REPORTED != 0,
-        mismatch: d.flags & PAYLOAD_MISMATCH != 0,
-        payload_len: d.payload_len,
-        truncated: d.flags & PAYLOAD_TRUNCATED != 0,
-        bytes: d.bytes[..captured].to_vec(),
     })
 }
 
@@ -520,78 +443,5 @@ pub(crate) mod tests {
         // A truncated exec record is rejected.
         assert!(decode(&as_bytes(&exec)[..100]).is_err());
         assert!(decode(&as_bytes(&task_event(RecordKind::Fork))[..40]).is_err());
-    }
-}
-
-#[cfg(test)]
-mod payload_tests {
-    use sensor_common::{PAYLOAD_CAPTURE, Payload as PayloadData};
-
-    use super::*;
-
-    fn record(captured: u32, payload_len: u32, class: u8, flags: u8) -> Vec<u8> {
-        let mut ev = PayloadEvent {
-            header: Header::EMPTY,
-            data: PayloadData {
-                family: AF_INET,
-                dport: 443,
-                sport: 40000,
-                class,
-                expected: PayloadClass::Tls.bit(),
-                flags,
-                _pad: [0; 3],
-                payload_len,
-                captured,
-                _pad2: 0,
-                daddr: [0; 16],
-                saddr: [0; 16],
-                bytes: [0xaa; PAYLOAD_CAPTURE],
-            },
-        };
-        ev.header.kind = RecordKind::Payload as u32;
-        ev.header.tgid = 42;
-        ev.data.daddr[..4].copy_from_slice(&[203, 0, 113, 7]);
-        ev.data.bytes[..8].copy_from_slice(b"SSH-2.0-");
-        // SAFETY: a repr(C) record of plain integers, read as bytes.
-        unsafe {
-            std::slice::from_raw_parts(
-                (&raw const ev).cast::<u8>(),
-                std::mem::size_of::<PayloadEvent>(),
-            )
-        }
-        .to_vec()
-    }
-
-    #[test]
-    fn decodes_a_payload_record() {
-        let b = record(21, 21, PayloadClass::Ssh as u8, PAYLOAD_MISMATCH);
-        let Record::Payload(p) = decode(&b).unwrap() else {
-            panic!("not a payload record");
-        };
-        assert_eq!(p.conn.tgid, 42);
-        assert_eq!(p.conn.dst.to_string(), "203.0.113.7");
-        assert_eq!((p.conn.dport, p.conn.sport), (443, 40000));
-        assert_eq!(p.class, PayloadClass::Ssh);
-        assert_eq!(p.expected, [PayloadClass::Tls]);
-        assert!(p.mismatch && !p.reported && !p.truncated);
-        assert_eq!(p.bytes.len(), 21);
-        assert!(p.bytes.starts_with(b"SSH-2.0-"));
-    }
-
-    #[test]
-    fn rejects_bad_payload_records() {
-        let ok = record(2048, 5000, 1, PAYLOAD_TRUNCATED);
-        assert!(decode(&ok).is_ok());
-        for (bad, why) in [
-            (record(2049, 5000, 1, 0), "captured"),
-            (record(0, 10, 1, 0), "captured"),
-            (record(20, 10, 1, 0), "captured"),
-            (record(10, 10, 9, 0), "class"),
-        ] {
-            let e = decode(&bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{e}");
-        }
-        let e = decode(&ok[..200]).unwrap_err().to_string();
-        assert!(e.contains("shorter than a payload record"), "{e}");
     }
 }
