@@ -81,7 +81,29 @@ fn iperf(net: &Net, seconds: f64) -> Result<f64> {
     let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
     v.pointer("/end/sum_received/bits_per_second")
         .and_then(Value::as_f64)
-        .context("iperf3: no end.sum_received.bits_per_second")
+        .with_context(|| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            format!(
+                "iperf3: no end.sum_received.bits_per_second (error: {}; {} bytes of output)",
+                v["error"],
+                text.len()
+            )
+        })
+}
+
+/// [`iperf`], tried up to three times (a run can fail to start while the server binds).
+fn iperf_retried(net: &Net, seconds: f64) -> Result<f64> {
+    let mut last = None;
+    for _ in 0..3 {
+        match iperf(net, seconds) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                eprintln!("xtask bench: warning: {e:#}; running iperf3 again");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.context("iperf3 never ran")?)
 }
 
 /// Runs the rows; prints a table to stderr and returns the figures.
@@ -115,7 +137,7 @@ pub fn run(net: &Net, sensor: &Path, dir: &Path, rounds: u32, seconds: f64) -> R
                 }
                 None => None,
             };
-            this[i] = iperf(net, seconds)?;
+            this[i] = iperf_retried(net, seconds)?;
             if let Some(r) = running {
                 r.stop(false)?;
             }
