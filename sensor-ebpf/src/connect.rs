@@ -21,7 +21,7 @@ use crate::{
         CONNECTS, LAYOUT, SOCKETS, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
         count_seen, protocol_settings, socket_submit_flags, tp_layout,
     },
-    protocol::remember,
+    protocol::{remember, wants_flow},
     task::{exe_file, file_id, fill_header, read, sock_netns},
 };
 
@@ -108,6 +108,9 @@ fn remember_only(sk: *const u8) {
         &ev.data.daddr,
         ev.data.dport,
     );
+    if dropped && !wants_flow(generation, ev.data.family, &ev.data.daddr, ev.data.dport) {
+        return;
+    }
     // SAFETY: helper without arguments; the task is only read through probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: the task is only read through probe_read.
@@ -270,7 +273,17 @@ fn emit<C: aya_ebpf::EbpfContext>(
             &ev.data.daddr,
             ev.data.dport,
         );
-    if dropped && cookie == 0 {
+    // A connect kept in the kernel is remembered only where its first bytes could matter:
+    // a port with an expectation, a destination not excluded. The rest cost nothing more.
+    let quiet_cookie = if cookie != 0
+        && connect
+        && wants_flow(generation, ev.data.family, &ev.data.daddr, ev.data.dport)
+    {
+        cookie
+    } else {
+        0
+    };
+    if dropped && quiet_cookie == 0 {
         return;
     }
     // SAFETY: helper without arguments; the task is only read through probe_read.
@@ -278,7 +291,7 @@ fn emit<C: aya_ebpf::EbpfContext>(
     // SAFETY: the task is only read through probe_read.
     unsafe { fill_header(&mut ev.header, kind, task, l) };
     if dropped || (connect && folded(&settings, ev)) {
-        remember(cookie, &ev.header, false);
+        remember(quiet_cookie, &ev.header, false);
         return;
     }
     // SAFETY: kernel pointers, only read through probe_read.

@@ -70,7 +70,7 @@ pub(crate) fn port_bit(generation: u32, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn excluded(generation: u32, family: u16, daddr: &[u8; 16]) -> bool {
+pub(crate) fn excluded(generation: u32, family: u16, daddr: &[u8; 16]) -> bool {
     let mapped = family == AF_INET6
         && daddr[..10].iter().all(|&b| b == 0)
         && daddr[10] == 0xff

@@ -19,6 +19,7 @@ use sensor_common::{
     RecordKind, classify,
 };
 
+use crate::filter::excluded;
 use crate::maps::{
     FLOW_SCRATCH, PROTOCOL_FLOWS, PROTOCOL_PORTS, SOCKETS, count_protocol, protocol_settings,
     socket_submit_flags,
@@ -51,6 +52,15 @@ pub(crate) fn remember(cookie: u64, header: &Header, reported: bool) {
             count_protocol(PROTO_UNTRACKED);
         }
     }
+}
+
+/// Whether a connect kept in the kernel (filtered or folded) is worth remembering: its
+/// port expects a protocol (a mismatch would go up) and its destination is not excluded
+/// (excluded destinations never score). Otherwise its first bytes could only be counted.
+#[inline(always)]
+pub(crate) fn wants_flow(generation: u32, family: u16, daddr: &[u8; 16], dport: u16) -> bool {
+    // SAFETY: hash lookup of a plain key.
+    unsafe { PROTOCOL_PORTS.get(&dport) }.is_some() && !excluded(generation, family, daddr)
 }
 
 /// The packet's flow: family, the TCP header's offset and the payload's.
