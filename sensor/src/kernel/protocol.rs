@@ -2,10 +2,11 @@
 //! attached to the cgroup2 root (it always allows), the port expectations and switches
 //! pushed into its maps, and its counters read back.
 //!
-//! Hook chosen by measurement on 6.18: `cgroup_skb/egress` loads and sees every outbound
-//! segment with its socket (cookie) and its bytes (`bpf_skb_load_bytes`), before GSO, so a
-//! 1.8 KB ClientHello is one skb. There is no `tcp_sendmsg_locked` tracepoint to take a
-//! BTF program, and sockops + sk_msg would switch the socket's operations.
+//! Hook: `cgroup_skb/egress` loads and works on 6.18, 6.1 and 6.12 alike and sees every
+//! outbound segment with its socket (cookie) and its bytes (`bpf_skb_load_bytes`), before
+//! GSO, so a 1.8 KB ClientHello is one skb. The `tcp_sendmsg_locked` BTF tracepoint is
+//! missing on 6.1 and gives the user's iovec, not the segment; sockops + sk_msg would
+//! switch the socket's operations (docs/protocol-hook.md).
 //! The flow's identity is remembered by socket cookie at connect by the tp_btf state hook
 //! (the only hook given a BTF-typed socket; attached for listens where fentry or kprobe
 //! reports connects), so the feature needs that hook.
