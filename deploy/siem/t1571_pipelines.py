@@ -24,6 +24,8 @@ from sigma.types import SigmaNumber, SigmaString
 
 # Splunk: the JSON lines arrive with this sourcetype (KV_MODE = json keeps the dotted names).
 SPLUNK_SOURCETYPE = "t1571:sensor"
+# Fields the sensor prints as JSON arrays that rules match on.
+SPLUNK_ARRAY_FIELDS = ["sensor.matched.protocol"]
 
 # Google SecOps: what a parser for the sensor's JSON fills in the Unified Data Model.
 UDM_FIELDS = {
@@ -45,6 +47,8 @@ UDM_FIELDS = {
     "sensor.allow_rule": "security_result.action_details",
     # memfd, fd, deleted, tmp, dev_shm: a tag on the executable's file.
     "sensor.process.location": "principal.process.file.tags",
+    # What the flow's first bytes added (protocol_mismatch, ...): the result's details.
+    "sensor.matched.protocol": "security_result.category_details",
 }
 # UDM enumerations for the values the rules compare.
 UDM_VALUES = {
@@ -71,6 +75,7 @@ QRADAR_FIELDS = {
     "network.direction": "T1571 Network Direction",
     "sensor.allow_rule": "T1571 Allow Rule",
     "sensor.process.location": "T1571 Process Location",
+    "sensor.matched.protocol": "T1571 Protocol Findings",
 }
 
 
@@ -99,7 +104,14 @@ def splunk_pipeline() -> ProcessingPipeline:
             ProcessingItem(
                 identifier="t1571_splunk_sourcetype",
                 transformation=AddConditionTransformation({"sourcetype": SPLUNK_SOURCETYPE}),
-            )
+            ),
+            # KV_MODE = json names a JSON array's values `field{}`.
+            ProcessingItem(
+                identifier="t1571_splunk_arrays",
+                transformation=FieldMappingTransformation(
+                    {f: f + "{}" for f in SPLUNK_ARRAY_FIELDS}
+                ),
+            ),
         ],
     )
 

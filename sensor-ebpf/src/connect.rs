@@ -5,7 +5,7 @@
 //! `STATE_CONNECTS` says whether it emits connects too.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_current_task,
+    helpers::generated::{bpf_get_current_task, bpf_get_socket_cookie},
     macros::{btf_tracepoint, fentry, kprobe, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
@@ -16,25 +16,26 @@ use sensor_common::{
 };
 
 use crate::{
-    filter::{active, filtered, folded},
+    filter::{active, filtered, folded, would_filter},
     maps::{
         CONNECTS, LAYOUT, SOCKETS, STATE_CONNECTS, connect_submit_flags, count_emitted, count_loss,
-        count_seen, socket_submit_flags, tp_layout,
+        count_seen, protocol_settings, socket_submit_flags, tp_layout,
     },
+    protocol::{remember, wants_flow},
     task::{exe_file, file_id, fill_header, read, sock_netns},
 };
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    from_sock(&ctx, sk, Probe::Fentry, RecordKind::Connect);
+    from_sock(&ctx, sk, Probe::Fentry, RecordKind::Connect, 0);
     0
 }
 
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(0) {
-        from_sock(&ctx, sk, Probe::Kprobe, RecordKind::Connect);
+        from_sock(&ctx, sk, Probe::Kprobe, RecordKind::Connect, 0);
     }
     0
 }
@@ -47,20 +48,74 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let Some(kind) = transition(old, new) else {
-        return 0;
-    };
     if sk.is_null() {
         return 0;
     }
+    let Some(kind) = transition(old, new) else {
+        // fentry or kprobe reports connects: only remember the flow for the egress hook.
+        if (old, new) == (TCP_CLOSE, TCP_SYN_SENT) && protocol_settings().enabled != 0 {
+            remember_only(sk);
+        }
+        return 0;
+    };
     let l = LAYOUT.load();
     // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
     // MPTCP sockets pass through this tracepoint too; only TCP ones are connects.
     if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
         return 0;
     }
-    from_sock(&ctx, sk, Probe::TpBtf, kind);
+    // Protocol on the port: the flow's identity is remembered by socket cookie, which only
+    // a BTF-typed socket pointer can be asked for (so only this hook does it).
+    let cookie = if kind == RecordKind::Connect && protocol_settings().enabled != 0 {
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket argument.
+        unsafe { bpf_get_socket_cookie(sk as *mut _) }
+    } else {
+        0
+    };
+    from_sock(&ctx, sk, Probe::TpBtf, kind, cookie);
     0
+}
+
+/// Protocol on the port where another hook reports connects: the flow's identity is
+/// remembered here, with whether the filter passed its connect (a fold is not known
+/// here: a folded connect counts as reported, so its first bytes go up).
+#[inline(always)]
+fn remember_only(sk: *const u8) {
+    let l = LAYOUT.load();
+    // SAFETY: `sk` is the tracepoint's socket pointer, read only through probe_read.
+    if unsafe { read::<u16>(sk, l.sk_protocol) } != Some(IPPROTO_TCP) {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut _) };
+    let mut ev = empty_event(Probe::TpBtf);
+    // SAFETY: as in from_sock.
+    unsafe {
+        ev.data.family = read::<u16>(sk, l.sk_family).unwrap_or(0);
+        ev.data.dport = u16::from_be(read::<u16>(sk, l.sk_dport).unwrap_or(0));
+        if ev.data.family == AF_INET {
+            let d = read::<[u8; 4]>(sk, l.sk_daddr).unwrap_or([0; 4]);
+            ev.data.daddr[..4].copy_from_slice(&d);
+        } else {
+            ev.data.daddr = read::<[u8; 16]>(sk, l.sk_v6_daddr).unwrap_or([0; 16]);
+        }
+    }
+    let (generation, settings) = active();
+    let dropped = would_filter(
+        generation,
+        &settings,
+        ev.data.family,
+        &ev.data.daddr,
+        ev.data.dport,
+    );
+    if dropped && !wants_flow(generation, ev.data.family, &ev.data.daddr, ev.data.dport) {
+        return;
+    }
+    // SAFETY: helper without arguments; the task is only read through probe_read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: the task is only read through probe_read.
+    unsafe { fill_header(&mut ev.header, RecordKind::Connect, task, &l) };
+    remember(cookie, &ev.header, !dropped);
 }
 
 /// The record a state transition makes, if any. CLOSE -> SYN_SENT is tcp_connect() in
@@ -131,14 +186,20 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // SAFETY: as above; the pointer is only followed through probe_read.
         unsafe { ctx.read_at::<*const u8>(t.skaddr as usize) }.unwrap_or(core::ptr::null())
     };
-    emit(&ctx, &mut ev, kind, sk, &l);
+    emit(&ctx, &mut ev, kind, sk, &l, 0);
     0
 }
 
 /// fentry and kprobe see `struct sock *` as tcp_connect's first argument, tp_btf as the
 /// state hook's.
 #[inline(always)]
-fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: Probe, kind: RecordKind) {
+fn from_sock<C: aya_ebpf::EbpfContext>(
+    ctx: &C,
+    sk: *const u8,
+    probe: Probe,
+    kind: RecordKind,
+    cookie: u64,
+) {
     let l = LAYOUT.load();
     if sk.is_null() || l.sk_family == OFFSET_UNKNOWN {
         return;
@@ -162,7 +223,7 @@ fn from_sock<C: aya_ebpf::EbpfContext>(ctx: &C, sk: *const u8, probe: Probe, kin
             return;
         }
     }
-    emit(ctx, &mut ev, kind, sk, &l);
+    emit(ctx, &mut ev, kind, sk, &l, cookie);
 }
 
 /// A connect-layout record with only its probe set: the socket's fields are read and
@@ -197,12 +258,13 @@ fn emit<C: aya_ebpf::EbpfContext>(
     kind: RecordKind,
     sk: *const u8,
     l: &KernelLayout,
+    cookie: u64,
 ) {
     let k = kind as u32;
     count_seen(k);
     let connect = kind == RecordKind::Connect;
     let (generation, settings) = active();
-    if connect
+    let dropped = connect
         && filtered(
             generation,
             &settings,
@@ -210,15 +272,26 @@ fn emit<C: aya_ebpf::EbpfContext>(
             ev.data.family,
             &ev.data.daddr,
             ev.data.dport,
-        )
+        );
+    // A connect kept in the kernel is remembered only where its first bytes could matter:
+    // a port with an expectation, a destination not excluded. The rest cost nothing more.
+    let quiet_cookie = if cookie != 0
+        && connect
+        && wants_flow(generation, ev.data.family, &ev.data.daddr, ev.data.dport)
     {
+        cookie
+    } else {
+        0
+    };
+    if dropped && quiet_cookie == 0 {
         return;
     }
     // SAFETY: helper without arguments; the task is only read through probe_read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: the task is only read through probe_read.
     unsafe { fill_header(&mut ev.header, kind, task, l) };
-    if connect && folded(&settings, ev) {
+    if dropped || (connect && folded(&settings, ev)) {
+        remember(quiet_cookie, &ev.header, false);
         return;
     }
     // SAFETY: kernel pointers, only read through probe_read.
@@ -228,7 +301,8 @@ fn emit<C: aya_ebpf::EbpfContext>(
             set_image(ev, task, l);
         }
     }
-    submit(ctx, ev);
+    let sent = submit(ctx, ev);
+    remember(cookie, &ev.header, sent);
 }
 
 /// The current task's executable (inode, device) into a record: what made the connect,
@@ -262,7 +336,7 @@ pub(crate) fn connect_event_for(
 /// TCP connects go to their own ring; listens, inbound opens and UDP to the sockets ring
 /// (a flood of them can push out neither a connect nor an exec record).
 #[inline(always)]
-pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
+pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) -> bool {
     let connect = ev.header.kind == RecordKind::Connect as u32;
     // One reserve call per map: each call site sees a constant map.
     let reserved = if connect {
@@ -296,7 +370,11 @@ pub(crate) fn submit<C: aya_ebpf::EbpfContext>(ctx: &C, ev: &ConnectEvent) {
                     ev.data.dport
                 );
             }
+            true
         }
-        None => count_loss(ev.header.kind),
+        None => {
+            count_loss(ev.header.kind);
+            false
+        }
     }
 }

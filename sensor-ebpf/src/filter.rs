@@ -41,14 +41,24 @@ pub(crate) fn filtered(
     daddr: &[u8; 16],
     dport: u16,
 ) -> bool {
-    if s.filter == 0 {
-        return false;
-    }
-    let drop = port_bit(generation, dport) || excluded(generation, family, daddr);
+    let drop = would_filter(generation, s, family, daddr, dport);
     if drop {
         count_stat(kind, STAT_FILTERED);
     }
     drop
+}
+
+/// [`filtered`] without counting: what the filter decides for a connect another hook
+/// reports.
+#[inline(always)]
+pub(crate) fn would_filter(
+    generation: u32,
+    s: &FilterSettings,
+    family: u16,
+    daddr: &[u8; 16],
+    dport: u16,
+) -> bool {
+    s.filter != 0 && (port_bit(generation, dport) || excluded(generation, family, daddr))
 }
 
 #[inline(always)]
@@ -60,7 +70,7 @@ pub(crate) fn port_bit(generation: u32, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn excluded(generation: u32, family: u16, daddr: &[u8; 16]) -> bool {
+pub(crate) fn excluded(generation: u32, family: u16, daddr: &[u8; 16]) -> bool {
     let mapped = family == AF_INET6
         && daddr[..10].iter().all(|&b| b == 0)
         && daddr[10] == 0xff

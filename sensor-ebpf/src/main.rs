@@ -9,7 +9,7 @@
 //! exec, fork and exit records feed userspace's process table through the same ring buffer,
 //! so a process's exec record always precedes its connects. Every record is a
 //! `sensor_common::Event<T>` whose header `task::fill_header` fills; `udp`: cgroup sock_addr hooks for
-//! UDP. `maps` holds what the programs share; `baseline` the benchmark's empty programs
+//! UDP; `protocol`: the first payload of each outbound TCP flow (cgroup_skb egress). `maps` holds what the programs share; `baseline` the benchmark's empty programs
 //! (feature `test-hooks` only).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -26,6 +26,8 @@ mod filter;
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod protocol;
 #[cfg(target_arch = "bpf")]
 mod task;
 #[cfg(target_arch = "bpf")]

@@ -9,8 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    COUNTER_SLOTS, EXCLUDED_MAX, FOLD_MAX, FilterSettings, FoldKey, FoldValue, KernelLayout,
-    LOSS_SLOTS, LOST_RESERVE, PORT_WORDS, STAT_EMITTED, STAT_LOST, STAT_SEEN, TracepointLayout,
+    COUNTER_SLOTS, EXCLUDED_MAX, FOLD_MAX, FilterSettings, FlowIdentity, FoldKey, FoldValue,
+    KernelLayout, LOSS_SLOTS, LOST_RESERVE, PORT_WORDS, PROTO_SLOTS, PROTOCOL_FLOWS_MAX,
+    PROTOCOL_PORTS_MAX, ProtocolSettings, STAT_EMITTED, STAT_LOST, STAT_SEEN, TracepointLayout,
     counter_slot,
 };
 
@@ -195,4 +196,47 @@ pub(crate) fn count(slot: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *n += 1 };
     }
+}
+
+/// The port's expected protocol (sensor_common::PROTOCOL_PORTS_MAP).
+#[map]
+pub(crate) static PROTOCOL_PORTS: HashMap<u16, u8> =
+    HashMap::with_max_entries(PROTOCOL_PORTS_MAX, 0);
+
+/// The protocol feature's switches; zeroed (off) until userspace writes them.
+#[map]
+pub(crate) static PROTOCOL_SETTINGS: Array<ProtocolSettings> = Array::with_max_entries(1, 0);
+
+/// Socket cookie -> who connected (sensor_common::PROTOCOL_FLOWS_MAP). LRU: a flow that
+/// never sends (a refused connect) ages out instead of filling the table.
+#[map]
+pub(crate) static PROTOCOL_FLOWS: LruHashMap<u64, FlowIdentity> =
+    LruHashMap::with_max_entries(PROTOCOL_FLOWS_MAX, 0);
+
+/// Per-CPU scratch where a [`FlowIdentity`] is built: the connect hook's stack is near
+/// its limit.
+#[map]
+pub(crate) static FLOW_SCRATCH: PerCpuArray<FlowIdentity> = PerCpuArray::with_max_entries(1, 0);
+
+/// The feature's per-CPU counters (`PROTO_*` slots).
+#[map]
+pub(crate) static PROTOCOL_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(PROTO_SLOTS, 0);
+
+/// Adds one to a per-CPU slot of PROTOCOL_COUNTERS.
+#[inline(always)]
+pub(crate) fn count_protocol(slot: u32) {
+    if let Some(n) = PROTOCOL_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Whether the protocol feature is on (userspace wrote its settings).
+#[inline(always)]
+pub(crate) fn protocol_settings() -> ProtocolSettings {
+    PROTOCOL_SETTINGS
+        .get(0)
+        .copied()
+        .unwrap_or(ProtocolSettings { enabled: 0, ja4: 0 })
 }

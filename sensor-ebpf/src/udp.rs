@@ -96,5 +96,5 @@ fn observe(ctx: &SockAddrContext, family: u16) {
     // SAFETY: the task is only read through probe_read. (No namespace: no socket pointer
     // is readable from this context, and the task's would cost stack this hook lacks.)
     unsafe { set_image(&mut ev, task, &l) };
-    submit(ctx, &ev);
+    let _ = submit(ctx, &ev);
 }

@@ -14,6 +14,7 @@ mod report;
 mod rows;
 mod subject;
 mod targets;
+mod throughput;
 
 use std::{
     path::{Path, PathBuf},
@@ -50,6 +51,12 @@ pub struct Args {
     /// Leave out the static musl build's rows.
     #[arg(long)]
     no_musl: bool,
+    /// Leave out the bulk throughput rows (iperf3, protocol on the port on and off).
+    #[arg(long)]
+    no_throughput: bool,
+    /// Only the throughput rows (and the storm rows --only names).
+    #[arg(long)]
+    throughput_only: bool,
     /// Leave out bpftrace (and do not install it).
     #[arg(long)]
     no_bpftrace: bool,
@@ -140,11 +147,17 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     };
 
     let wanted = |r: &Row| {
+        if args.throughput_only {
+            return !args.only.is_empty() && args.only.iter().any(|o| r.name.contains(o.as_str()));
+        }
         r.subject.is_none()
             || args.only.is_empty()
             || args.only.iter().any(|o| r.name.contains(o.as_str()))
     };
-    let rows: Vec<Row> = rows(&b.sensor, bpftrace, &others)
+    let off_config = dir.join("protocol-off.toml");
+    std::fs::write(&off_config, "[protocol]\nenabled = false\n")
+        .with_context(|| format!("writing {}", off_config.display()))?;
+    let rows: Vec<Row> = rows(&b.sensor, bpftrace, &others, &off_config)
         .into_iter()
         .filter(wanted)
         .collect();
@@ -217,7 +230,20 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Some((row.clone(), b.measure(&row, 0, 60.0, None)?))
     };
 
+    let throughput = if args.no_throughput {
+        None
+    } else {
+        Some(throughput::run(
+            &b.net,
+            &b.sensor,
+            &dir,
+            rounds.max(3),
+            seconds.max(3.0),
+        )?)
+    };
+
     let doc = json!({
+        "throughput": throughput,
         "commit": git(root, &["rev-parse", "HEAD"]),
         "dirty": git(root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),

@@ -11,8 +11,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// The fuzz targets (sensor/fuzz/fuzz_targets): the policy parser, `sensor replay`'s
-/// line parser, the ring-buffer record decoder.
-pub const TARGETS: &[&str] = &["policy", "replay_line", "record"];
+/// line parser, the ring-buffer record decoder, a flow's first bytes.
+pub const TARGETS: &[&str] = &["policy", "replay_line", "record", "first_bytes"];
 
 /// Seconds per target in `cargo xtask test`.
 pub const SHORT: u64 = 20;
@@ -22,7 +22,7 @@ pub struct Args {
     /// How long to fuzz each target.
     #[arg(long, default_value_t = 300)]
     pub seconds: u64,
-    /// One target (policy, replay_line, record); all when left out.
+    /// One target (policy, replay_line, record, first_bytes); all when left out.
     pub target: Option<String>,
 }
 

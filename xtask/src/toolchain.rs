@@ -160,6 +160,11 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
         "/usr/share/containers/seccomp.json",
         "golang-github-containers-common",
     ),
+    // Protocol on the port (tests/tests/protocol.rs): openssl s_server and its
+    // certificate, the ssh client to sshd on 443; the benchmark's bulk throughput.
+    ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/ssh", "openssh-client"),
+    ("iperf3", "iperf3"),
 ];
 
 /// Packages whose maintainer scripts would start a system service: installed with

@@ -4,10 +4,12 @@
 //! identity, times, cgroup), filled in the kernel by one helper, then the kind's own data.
 //! Userspace reads the header first (with zerocopy, behind the `user` feature) and the
 //! rest by its kind.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 mod probe;
+mod protocol;
 pub use probe::Probe;
+pub use protocol::*;
 
 /// What a record is: `Header::kind`.
 #[repr(u32)]
@@ -33,6 +35,9 @@ pub enum RecordKind {
     /// [`ConnectEvent`] layout: an outbound UDP datagram or UDP connect(), from the
     /// cgroup sock_addr hooks, in the sending task; first per (socket, destination).
     Udp = 7,
+    /// [`PayloadEvent`]: the first payload of an outbound TCP flow, from the egress hook.
+    /// The header is the connect's (remembered at connect), not the sending task's.
+    Payload = 8,
 }
 
 impl RecordKind {
@@ -46,6 +51,7 @@ impl RecordKind {
             5 => Some(Self::Listen),
             6 => Some(Self::Inbound),
             7 => Some(Self::Udp),
+            8 => Some(Self::Payload),
             _ => None,
         }
     }
@@ -100,7 +106,8 @@ pub const STAT_EMITTED: u32 = 2;
 /// Records lost: the ring-buffer reserve failed.
 pub const STAT_LOST: u32 = 3;
 const STATS_PER_KIND: u32 = 4;
-/// Record kinds with counters: every [`RecordKind`] value is below this.
+/// Record kinds with counters: every [`RecordKind`] value but `Payload` (counted in
+/// `PROTOCOL_COUNTERS`) is below this.
 pub const COUNTED_KINDS: u32 = 8;
 /// The counter of `stat` for record kind `kind` (a [`RecordKind`] as `u32`).
 pub const fn counter_slot(kind: u32, stat: u32) -> u32 {
@@ -476,4 +483,6 @@ mod user {
     unsafe impl aya::Pod for super::FilterSettings {}
     unsafe impl aya::Pod for super::FoldKey {}
     unsafe impl aya::Pod for super::FoldValue {}
+    unsafe impl aya::Pod for super::ProtocolSettings {}
+    unsafe impl aya::Pod for super::FlowIdentity {}
 }

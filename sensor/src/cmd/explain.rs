@@ -108,6 +108,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         container_id: a.container,
         kubernetes_namespace: a.k8s_namespace,
         pod_name: a.pod,
+        protocol: None,
     };
     let e = explain(&policy, &subject);
     if a.json {

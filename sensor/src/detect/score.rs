@@ -14,6 +14,7 @@
 
 mod high_risk;
 mod listen;
+pub mod protocol;
 
 use std::net::IpAddr;
 
@@ -66,6 +67,9 @@ pub struct Verdict {
     /// The executable is unmanaged (see [`unmanaged`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unmanaged: bool,
+    /// What the flow's first bytes added (connects whose first bytes were seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<protocol::ProtocolVerdict>,
 }
 
 /// A known service on a port that is not its own.
@@ -125,6 +129,9 @@ impl Verdict {
         if self.loopback_only {
             out.push("loopback-only listener (one tier less)".to_string());
         }
+        if let Some(p) = &self.protocol {
+            out.extend(p.reasons.iter().map(protocol::ProtocolReason::text));
+        }
         out
     }
 }
@@ -161,7 +168,7 @@ fn score_connect(policy: &Policy, subject: &Subject) -> Verdict {
     };
     // Said only where it made the tier.
     let unmanaged = unmanaged && known_c2_port && high_risk.is_none() && excluded_by.is_none();
-    Verdict {
+    let mut v = Verdict {
         risk,
         known_c2_port,
         non_standard_port,
@@ -170,7 +177,17 @@ fn score_connect(policy: &Policy, subject: &Subject) -> Verdict {
         excluded_by,
         service_away: None,
         loopback_only: false,
+        protocol: None,
+    };
+    if let Some(facts) = subject.protocol.as_deref()
+        && policy.protocol.enabled
+        && subject.flow == Flow::Connect
+    {
+        let (risk, pv) = protocol::score(policy, facts, port, &v);
+        v.risk = risk;
+        v.protocol = Some(pv);
     }
+    v
 }
 
 /// The excluded network containing `ip`; IPv4-mapped IPv6 is judged as its IPv4 address.

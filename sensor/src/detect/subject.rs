@@ -3,10 +3,13 @@
 //! to it by `output::recorded` (output's types are a later stage than this one), through
 //! the same choice of ends ([`scored_ends`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use crate::{
-    enrich::{Enriched, procfs::exe_name, users::NameSource},
+    enrich::{Enriched, procfs::exe_name, protocol::ProtocolFacts, users::NameSource},
     kernel::records::Flow,
 };
 
@@ -49,6 +52,8 @@ pub struct Subject {
     pub location: Option<String>,
     /// Not in the host's package database (`sensor.process.unmanaged`); None: unknown.
     pub unmanaged: Option<bool>,
+    /// What the flow's first bytes speak, where they were seen.
+    pub protocol: Option<Arc<ProtocolFacts>>,
 }
 
 /// Parses an RFC 3339 time with an offset (`Z`, `+HH:MM` or `-HH:MM`) to Unix
@@ -105,6 +110,7 @@ impl Subject {
             content_match: None,
             location: None,
             unmanaged: None,
+            protocol: None,
         }
     }
 
@@ -144,6 +150,7 @@ impl Subject {
             content_match: e.proc.content_match.clone(),
             location: e.proc.location.map(str::to_string),
             unmanaged: e.proc.unmanaged,
+            protocol: e.protocol.clone(),
         }
     }
 

@@ -75,5 +75,6 @@ pub fn attribute(
         host_name,
         attribution: source,
         unix_ns,
+        protocol: None,
     }
 }

@@ -14,8 +14,11 @@ pub mod mapped;
 pub mod packages;
 pub mod procfs;
 pub mod proctable;
+pub mod protocol;
 pub mod rootfs;
 pub mod users;
+
+use std::sync::Arc;
 
 use crate::{
     enrich::{container::Trust, procfs::ProcessInfo, users::NameSource},
@@ -39,13 +42,17 @@ pub struct Enriched {
     pub attribution: Attribution,
     /// Wall-clock time of the connect, Unix nanoseconds.
     pub unix_ns: i128,
+    /// What the flow's first bytes speak ([`protocol::inspect`]), where the kernel sent them.
+    pub protocol: Option<Arc<protocol::ProtocolFacts>>,
 }
 
 impl Enriched {
     /// Heap bytes this connection's description holds (argv in full though shared): what
     /// a cache keeping a copy of it pays. The one estimate every such cache uses.
     pub fn heap_bytes(&self) -> usize {
-        parts_heap_bytes(&self.conn, &self.proc, self.user_name.as_deref()) + self.host_name.len()
+        parts_heap_bytes(&self.conn, &self.proc, self.user_name.as_deref())
+            + self.host_name.len()
+            + self.protocol.as_ref().map_or(0, |p| p.heap_bytes())
     }
 }
 

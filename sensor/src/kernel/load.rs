@@ -16,6 +16,7 @@ use crate::{
     kernel::attach::{self, LifecycleAttach, Probe, Selection},
     kernel::btf,
     kernel::layout,
+    kernel::protocol,
     kernel::sockets,
     kernel::tracefs::{self, Tracefs},
 };
@@ -185,6 +186,12 @@ fn attach_all(mut ebpf: Ebpf, opts: &Options, env: &Environment) -> Result<Loade
         env.btf.as_ref(),
     ));
     lifecycle.push(sockets::attach_udp(&mut ebpf));
+    // Protocol on the port: attached whenever it can be; the policy switch is a map.
+    let state_hook = lifecycle
+        .iter()
+        .find(|l| l.event == "listen")
+        .and_then(|l| l.attached);
+    lifecycle.push(protocol::attach(&mut ebpf, true, state_hook));
     for l in &lifecycle {
         for (hook, e) in &l.passed_over {
             debug!("{hook} unavailable: {e}");
@@ -202,6 +209,7 @@ fn attach_all(mut ebpf: Ebpf, opts: &Options, env: &Environment) -> Result<Loade
                 match l.event {
                     "listen" => "listening sockets and inbound connections go unseen",
                     "udp" => "UDP goes unseen",
+                    "protocol" => "the sensor runs without protocol on the port",
                     _ => "short-lived processes may go unattributed",
                 }
             ),

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod load;
 pub mod privileges;
 pub mod probe;
+pub mod protocol;
 pub mod records;
 pub mod sockets;
 pub mod tracefs;

@@ -10,6 +10,9 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::kernel::{argv::Argv, probe::Probe};
 
+mod payload;
+pub use payload::Payload;
+
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`; everything else is unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -127,6 +130,8 @@ pub enum Record {
     Exec(Exec),
     Fork(Task),
     Exit(Task),
+    /// The first payload of an outbound TCP flow (protocol on the port).
+    Payload(Payload),
 }
 
 /// Reads a `T` from the start of `bytes` (any alignment: the ring buffer guarantees only
@@ -180,6 +185,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         RecordKind::Listen => decode_connect(bytes, Flow::Listen).map(Record::Connect),
         RecordKind::Inbound => decode_connect(bytes, Flow::Inbound).map(Record::Connect),
         RecordKind::Udp => decode_connect(bytes, Flow::Udp).map(Record::Connect),
+        RecordKind::Payload => payload::decode(bytes).map(Record::Payload),
         RecordKind::Fork => {
             let ev: TaskEvent = read_record(bytes, "fork record")?;
             Ok(Record::Fork(task(&ev.header)))
@@ -210,22 +216,27 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     }
 }
 
+/// The (destination, source) addresses of a record's `family`, `daddr` and `saddr`.
+fn addresses(family: u16, daddr: &[u8; 16], saddr: &[u8; 16]) -> Result<(IpAddr, IpAddr)> {
+    Ok(match family {
+        AF_INET => {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(daddr), v4(saddr))
+        }
+        AF_INET6 => (
+            IpAddr::V6(Ipv6Addr::from(*daddr)),
+            IpAddr::V6(Ipv6Addr::from(*saddr)),
+        ),
+        other => bail!("unknown address family {other}"),
+    })
+}
+
 fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
     let ConnectEvent {
         header: h,
         data: ev,
     } = read_record(bytes, "connect event")?;
-    let (dst, src) = match ev.family {
-        AF_INET => {
-            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            (v4(&ev.daddr), v4(&ev.saddr))
-        }
-        AF_INET6 => (
-            IpAddr::V6(Ipv6Addr::from(ev.daddr)),
-            IpAddr::V6(Ipv6Addr::from(ev.saddr)),
-        ),
-        other => bail!("unknown address family {other}"),
-    };
+    let (dst, src) = addresses(ev.family, &ev.daddr, &ev.saddr)?;
     Ok(Connection {
         flow,
         tgid: h.tgid,

@@ -183,6 +183,7 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
         community_id: flow_id.map(Cow::Owned),
         direction: shape.direction.map(b),
         iana_number: Some(b(iana_str(shape.iana_number))),
+        protocol: None,
         transport: Some(b(shape.transport)),
         kind: Some(b(if family.is_ipv4() { "ipv4" } else { "ipv6" })),
     });
@@ -221,6 +222,9 @@ pub fn parts<'a>(e: &'a Enriched, cx: &'a Context) -> ConnectionLine<'a> {
         id: Some(Cow::Owned(c.uid.to_string())),
         name: e.user_name.as_deref().map(b),
     });
+    if let Some(facts) = e.protocol.as_deref() {
+        protocol::protocol_fields(&mut line, facts);
+    }
     line
 }
 
@@ -304,6 +308,11 @@ fn matched(v: &Verdict, flow: Flow) -> Matched<'_> {
         known_c2_port: Some(v.known_c2_port),
         loopback_only: listener.then_some(v.loopback_only),
         non_standard_port: Some(v.non_standard_port),
+        protocol: v
+            .protocol
+            .as_ref()
+            .filter(|p| !p.reasons.is_empty())
+            .map(|p| p.reasons.iter().map(|r| b(r.code())).collect()),
         service_away: v
             .service_away
             .as_ref()
@@ -352,6 +361,8 @@ impl Render for Enriched {
         sysmon::network_connect(self, d, cx)
     }
 }
+
+pub mod protocol;
 
 #[cfg(test)]
 mod flows;

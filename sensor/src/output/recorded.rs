@@ -2,7 +2,7 @@
 //! kept), the subject scoring decides on read from it, and its line re-rendered from the
 //! type with the scoring fields the current policy decided.
 
-use std::{borrow::Cow, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
@@ -13,7 +13,10 @@ use crate::{
         engine::{Engine, Outcome},
         subject::{Subject, parse_time, scored_ends},
     },
-    enrich::users::NameSource,
+    enrich::{
+        protocol::{HttpFacts, Protocol, ProtocolFacts, SshFacts, TlsFacts},
+        users::NameSource,
+    },
     kernel::records::Flow,
     output::{
         Render,
@@ -170,6 +173,7 @@ impl Recorded {
             content_match: own(sp.and_then(|p| p.content_match.as_ref())),
             location: own(sp.and_then(|p| p.location.as_ref())),
             unmanaged: sp.and_then(|p| p.unmanaged),
+            protocol: recorded_facts(l).map(Arc::new),
         })
     }
 }
@@ -210,4 +214,47 @@ impl Engine<Recorded> {
         let subject = r.subject()?;
         Ok(self.decide(&subject, move || r))
     }
+}
+
+/// The facts a recorded line printed, for replay to score as live did (`network.protocol`
+/// and the fields scoring reads; an SSH banner is not scored). None without
+/// `network.protocol`.
+pub fn recorded_facts(line: &ConnectionLine<'_>) -> Option<ProtocolFacts> {
+    let protocol = match line.network.as_ref()?.protocol.as_deref()? {
+        "tls" => Protocol::Tls,
+        "http" => Protocol::Http,
+        "ssh" => Protocol::Ssh,
+        _ => Protocol::Other,
+    };
+    let own = |v: Option<&Cow<'_, str>>| v.map(|s| s.to_string());
+    let sp = line.sensor.fields.protocol.as_ref();
+    let client = line.tls.as_ref().and_then(|t| t.client.as_ref());
+    Some(ProtocolFacts {
+        protocol,
+        tls: (protocol == Protocol::Tls).then(|| TlsFacts {
+            version: own(line.tls.as_ref().and_then(|t| t.version.as_ref())),
+            sni: own(client.and_then(|c| c.server_name.as_ref())),
+            alpn: sp
+                .and_then(|p| p.alpn.as_ref())
+                .map(|a| a.iter().map(|x| x.to_string()).collect())
+                .unwrap_or_default(),
+            ja4: own(client.and_then(|c| c.ja4.as_ref())),
+        }),
+        http: (protocol == Protocol::Http).then(|| HttpFacts {
+            method: line
+                .http
+                .as_ref()
+                .and_then(|h| h.request.as_ref())
+                .and_then(|r| r.method.as_deref())
+                .unwrap_or_default()
+                .to_string(),
+            host: own(line.url.as_ref().and_then(|u| u.domain.as_ref())),
+            user_agent: own(line.user_agent.as_ref().and_then(|u| u.original.as_ref())),
+        }),
+        ssh: sp.and_then(|p| p.ssh_banner.as_ref()).map(|b| SshFacts {
+            banner: b.to_string(),
+        }),
+        captured: sp.and_then(|p| p.captured_bytes).unwrap_or(0),
+        truncated: sp.and_then(|p| p.truncated).unwrap_or(false),
+    })
 }

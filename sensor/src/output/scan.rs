@@ -146,6 +146,7 @@ mod tests {
             host_name: "h".into(),
             attribution: None,
             unix_ns: ts,
+            protocol: None,
         }
     }
 

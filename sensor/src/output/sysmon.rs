@@ -12,6 +12,7 @@ use crate::{
     kernel::records::{Flow, canonical},
     output::{
         clock,
+        connection::protocol::domain,
         context::Context,
         ecs::{SCHEMA_VERSION, SysmonLine, SysmonSensor},
         flow::{Shape, Side},
@@ -73,6 +74,11 @@ pub fn network_connect<'a>(
         destination_is_ipv6: flag(dst_c.is_ipv6()),
         destination_ip: Some(dst_c),
         destination_port: Some(dport),
+        destination_hostname: e.protocol.as_deref().and_then(|f| {
+            let sni = f.tls.as_ref().and_then(|t| t.sni.as_deref());
+            let host = f.http.as_ref().and_then(|h| h.host.as_deref()).map(domain);
+            sni.or(host).map(Cow::Borrowed)
+        }),
         parent_image: pr.parent_executable.clone().map(Cow::Owned),
         parent_process_id: p.ppid,
         parent_process_guid: (c.ppid != 0)
@@ -84,8 +90,24 @@ pub fn network_connect<'a>(
             allow_rule: d.allow_rule.as_deref().map(Cow::Borrowed),
             content_match: p.content_match.as_deref().map(Cow::Borrowed),
             event_id: Cow::Owned(cx.event_id()),
+            ja4: e
+                .protocol
+                .as_deref()
+                .and_then(|f| f.tls.as_ref()?.ja4.as_deref())
+                .map(Cow::Borrowed),
             location: p.location.map(Cow::Borrowed),
+            matched_protocol: d
+                .verdict
+                .protocol
+                .as_ref()
+                .filter(|p| !p.reasons.is_empty())
+                .map(|p| p.reasons.iter().map(|r| Cow::Borrowed(r.code())).collect()),
             original_destination_ip: (dst_c != dst).then_some(dst),
+            protocol: e
+                .protocol
+                .as_deref()
+                .map(|f| Cow::Borrowed(f.protocol.as_str())),
+
             redacted: names(pr.redacted.clone()),
             risk_score: d.risk,
             schema_version: Cow::Borrowed(SCHEMA_VERSION),
@@ -120,6 +142,15 @@ mod tests {
 
     /// The Sysmon view of a `flow` between 192.0.2.1:`sport` (local) and 192.0.2.9:`dport`.
     fn view(flow: Flow, sport: u16, dport: u16) -> Option<serde_json::Value> {
+        view_with(flow, sport, dport, None)
+    }
+
+    fn view_with(
+        flow: Flow,
+        sport: u16,
+        dport: u16,
+        first: Option<&[u8]>,
+    ) -> Option<serde_json::Value> {
         let mut raw = raw(sensor_common::AF_INET, [0; 16], dport);
         raw.data.daddr[..4].copy_from_slice(&[192, 0, 2, 9]);
         raw.data.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
@@ -137,6 +168,7 @@ mod tests {
             host_name: "h".into(),
             attribution: None,
             unix_ns: 0,
+            protocol: first.map(|b| std::sync::Arc::new(crate::enrich::protocol::inspect(b))),
         };
         let verdict = score(&Policy::default(), &Subject::from_enriched(&e));
         let d = Decision {
@@ -187,5 +219,27 @@ mod tests {
             as_guid("0123456789abcdef0123456789abcdef"),
             "{01234567-89ab-cdef-0123-456789abcdef}"
         );
+    }
+
+    /// The first bytes' protocol, name and JA4 ride along; the reasons as codes.
+    #[test]
+    fn the_view_carries_the_protocol() {
+        let hello = include_bytes!("../../tests/fixtures/protocol/tls-curl-sni.bin");
+        let v = view_with(Flow::Connect, 40000, 8088, Some(hello)).unwrap();
+        assert_eq!(v["DestinationHostname"], "c2.example");
+        assert_eq!(v["sensor"]["protocol"], "tls");
+        assert_eq!(v["sensor"]["ja4"], "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6");
+        assert_eq!(
+            v["sensor"]["matched_protocol"],
+            serde_json::json!(["protocol_non_standard_port"])
+        );
+        let v = view_with(Flow::Connect, 40000, 443, Some(b"SSH-2.0-x\r\n")).unwrap();
+        assert_eq!(
+            v["sensor"]["matched_protocol"],
+            serde_json::json!(["protocol_mismatch"])
+        );
+        assert_eq!(v["sensor"]["risk_score"], 3);
+        let v = view(Flow::Connect, 40000, 4444).unwrap();
+        assert!(v.get("DestinationHostname").is_none() && v["sensor"].get("protocol").is_none());
     }
 }

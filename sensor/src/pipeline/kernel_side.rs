@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use crate::{
-    kernel::{filter::KernelCounts, fold::fold_key, records::Connection},
+    kernel::{
+        filter::KernelCounts, fold::fold_key, protocol::KernelProtocolCounts, records::Connection,
+    },
     output::metrics::stats,
 };
 use sensor_common::{FOLD_MAX, FoldKey};
@@ -38,6 +40,10 @@ pub struct KernelSide {
     handled_ns: u64,
     /// Collected repeats with no record kept to stand for them (built from the key).
     pub fold_untemplated: u64,
+    /// The protocol egress hook's counters as last read, and what userspace did with its
+    /// records.
+    pub protocol: KernelProtocolCounts,
+    pub payloads: super::PayloadCounts,
 }
 
 /// Bytes the templates may hold: one per kernel fold key would be up to 2 x 16,384 records.
@@ -116,6 +122,17 @@ impl KernelSide {
             counter_read_errors: self.read_errors,
             filter_pushes: self.filter_pushes,
             filter_generation: self.filter_generation,
+            protocol: stats::Protocol {
+                seen: self.protocol.seen,
+                expected_in_kernel: self.protocol.expected,
+                mismatch: self.protocol.mismatch,
+                sent: self.protocol.sent,
+                truncated: self.protocol.truncated,
+                dropped: self.protocol.lost,
+                unexpected_in_kernel: self.protocol.quiet,
+                untracked: self.protocol.untracked,
+                received: self.payloads.records,
+            },
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod kernel_side;
 mod listeners;
+mod protocol;
 mod reload;
 
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 
 use self::listeners::Listener;
-pub use self::{kernel_side::KernelSide, listeners::Sockets, reload::reload};
+pub use self::{
+    kernel_side::KernelSide, listeners::Sockets, protocol::PayloadCounts, reload::reload,
+};
 // The counters are the stats' own (one struct for the stats lines and /metrics).
 pub use crate::output::metrics::stats::Counters;
 // The host's name is enrich's; `cmd::run` names it through here.
@@ -64,6 +67,7 @@ impl Pipeline {
                 self.counters.process_records.exit += 1;
                 self.table.on_exit(t);
             }
+            Record::Payload(p) => self.payload(p, out)?,
         }
         Ok(())
     }
@@ -158,6 +162,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: l.attribution.map(|_| "listen-record"),
                     unix_ns,
+                    protocol: None,
                 }
             }
             None => {
@@ -182,6 +187,7 @@ impl Pipeline {
                     host_name: self.host_name.clone(),
                     attribution: None,
                     unix_ns,
+                    protocol: None,
                 }
             }
         };

@@ -113,6 +113,15 @@ impl Net {
     pub fn client_path(&self) -> String {
         format!("/run/netns/{}", self.client)
     }
+
+    /// The namespaces' names, for `ip netns exec` (the throughput rows).
+    pub fn client_name(&self) -> String {
+        self.client.clone()
+    }
+
+    pub fn server_name(&self) -> String {
+        self.server.clone()
+    }
 }
 
 impl Drop for Net {

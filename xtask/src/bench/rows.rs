@@ -63,7 +63,14 @@ pub(super) fn sensor(bin: &Path, args: &[&str]) -> Kind {
     }
 }
 
-pub(super) fn rows(bin: &Path, bpftrace: bool, others: &[(String, PathBuf)]) -> Vec<Row> {
+pub(super) fn rows(
+    bin: &Path,
+    bpftrace: bool,
+    others: &[(String, PathBuf)],
+    protocol_off: &Path,
+) -> Vec<Row> {
+    let off = protocol_off.to_string_lossy();
+    let off: &str = &off;
     let row = |name: &str, label: &str, subject: Option<Kind>, traffic| Row {
         name: name.into(),
         label: label.into(),
@@ -121,6 +128,25 @@ pub(super) fn rows(bin: &Path, bpftrace: bool, others: &[(String, PathBuf)]) -> 
             "sensor --all, benign",
             Some(sensor(bin, &["--all"])),
             Traffic::Benign,
+        ),
+        // Protocol on the port off: the rows above have it on (the default).
+        row(
+            "benign-protocol-off",
+            "sensor, benign, protocol off",
+            Some(sensor(bin, &["--config", off])),
+            Traffic::Benign,
+        ),
+        row(
+            "flood-protocol-off",
+            "sensor, flood, fold on, protocol off",
+            Some(sensor(bin, &["--config", off])),
+            Traffic::Flood,
+        ),
+        row(
+            "scan-nofold-protocol-off",
+            "sensor, scan, fold off, protocol off",
+            Some(sensor(bin, &["--fold-period", "0", "--config", off])),
+            Traffic::Scan,
         ),
     ];
     if bpftrace {

@@ -118,6 +118,9 @@ const AUTO_SET: &[(&str, &[&str])] = &[
     // Exit and exec semantics (signal->live at exit, the image at connect) and the
     // socket's namespace, read at this kernel's offsets.
     ("adversary_kernel", &[]),
+    // Protocol on the port: the egress hook and the flow table on this kernel (where the
+    // hook cannot load, the sensor must say so and run without it).
+    ("protocol", &[]),
 ];
 
 #[derive(clap::Args)]

@@ -173,6 +173,7 @@ fn boot_ns(r: &Record) -> u64 {
         Record::Connect(c) => c.boot_ns,
         Record::Exec(e) => e.task.boot_ns,
         Record::Fork(t) | Record::Exit(t) => t.boot_ns,
+        Record::Payload(p) => p.conn.boot_ns,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
         filter::{self, CounterReader, FilterPolicy, KernelFilter, KernelFold},
         load::{self, Loaded},
         privileges::{self, Dropped},
+        protocol::{self, ProtocolMaps},
     },
     output::{
         self,
@@ -28,6 +29,7 @@ pub struct Kernel {
     counters: CounterReader,
     fold: KernelFold,
     losses: load::LossCounter,
+    protocol: ProtocolMaps,
     /// Ring-buffer losses reported so far (`lost_events_total`).
     lost_reported: u64,
 }
@@ -36,7 +38,12 @@ impl Kernel {
     /// Takes the maps out of the loaded object. Until the first push the filter maps are
     /// zero: everything passes, nothing folds.
     pub fn take(loaded: &mut Loaded) -> Result<Self> {
+        let attached = loaded
+            .lifecycle
+            .iter()
+            .any(|l| l.attached == Some(protocol::PROTOCOL_HOOK));
         Ok(Self {
+            protocol: ProtocolMaps::take(&mut loaded.ebpf, attached)?,
             losses: loaded.take_losses()?,
             filter: KernelFilter::take(&mut loaded.ebpf)?,
             counters: CounterReader::take(&mut loaded.ebpf)?,
@@ -67,7 +74,9 @@ impl Kernel {
         pipeline.kernel.folding = p.settings.fold != 0;
         pipeline.kernel.filter_pushes += 1;
         pipeline.kernel.filter_generation = self.filter.generation();
-        Ok(())
+        self.protocol
+            .push(&expectations(pipeline))
+            .context("protocol on the port: writing the port expectations")
     }
 
     /// Drops the capabilities the sensor no longer needs. Capabilities are per thread:
@@ -110,6 +119,13 @@ impl Kernel {
     pub fn read_counts(&self, pipeline: &mut Pipeline) {
         match self.counters.read() {
             Ok(c) => pipeline.kernel.counts = c,
+            Err(e) => {
+                pipeline.kernel.read_errors += 1;
+                warn!("{e:#}; read again at the next interval");
+            }
+        }
+        match self.protocol.read() {
+            Ok(c) => pipeline.kernel.protocol = c,
             Err(e) => {
                 pipeline.kernel.read_errors += 1;
                 warn!("{e:#}; read again at the next interval");
@@ -166,6 +182,33 @@ fn filter_policy(pipeline: &Pipeline) -> Result<FilterPolicy> {
         cfg.all,
         fold_ns,
     )
+}
+
+/// What the egress hook is told for the policy in force.
+fn expectations(pipeline: &Pipeline) -> protocol::Expectations {
+    use sensor_common::PayloadClass;
+    let p = &pipeline.engine.policy().protocol;
+    let ports = p
+        .expected_ports()
+        .into_iter()
+        .map(|port| {
+            let classes = [
+                (PayloadClass::Tls, &p.tls_ports),
+                (PayloadClass::Http, &p.http_ports),
+                (PayloadClass::Ssh, &p.ssh_ports),
+            ]
+            .into_iter()
+            .filter(|(_, set)| set.contains(&port))
+            .map(|(c, _)| c)
+            .collect();
+            (port, classes)
+        })
+        .collect();
+    protocol::Expectations {
+        enabled: p.enabled,
+        ja4: !p.ja4_blocklist.is_empty(),
+        ports,
+    }
 }
 
 /// The kernel programs' own log messages (aya-log), relayed to stderr when asked for.

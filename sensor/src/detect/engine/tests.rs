@@ -59,6 +59,7 @@ fn hostile(path_len: usize, deep: bool, pid: u32, exe: usize, port: u16, ts: i12
         host_name: "h".repeat(64),
         attribution: None,
         unix_ns: ts,
+        protocol: None,
     }
 }
 

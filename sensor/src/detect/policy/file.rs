@@ -33,6 +33,8 @@ struct PolicyFile {
     unmanaged: Option<Spanned<UnmanagedFile>>,
     /// When connects become a scan (`[scan]`).
     scan: Option<super::scan::ScanFile>,
+    /// First bytes expected on standard ports, JA4 blocklist (`[protocol]`).
+    protocol: Option<super::protocol::ProtocolFile>,
     /// Same lists, added to (not replacing) the defaults or the replaced lists above.
     extend: Option<ExtendFile>,
     #[serde(default)]
@@ -232,6 +234,9 @@ pub(super) fn parse(text: &str) -> Result<Policy> {
 
     if let Some(f) = &file.scan {
         p.scan = super::scan::parse(&src, f)?;
+    }
+    if let Some(f) = &file.protocol {
+        p.protocol = super::protocol::parse(&src, f)?;
     }
     if let Some(u) = &file.unmanaged {
         let u = u.get_ref();

@@ -15,10 +15,12 @@ use serde::Serialize;
 pub mod allow;
 mod file;
 pub mod glob;
+pub mod protocol;
 pub mod scan;
 pub mod schedule;
 
 pub use allow::{AllowRule, PortRange};
+pub use protocol::ProtocolPolicy;
 pub use scan::ScanPolicy;
 pub use schedule::Schedule;
 
@@ -100,6 +102,8 @@ pub struct Policy {
     pub unmanaged: Unmanaged,
     /// When connects become a scan (`[scan]`).
     pub scan: ScanPolicy,
+    /// What first bytes are expected on standard ports (`[protocol]`).
+    pub protocol: ProtocolPolicy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<AllowRule>,
 }
@@ -193,6 +197,7 @@ impl Default for Policy {
                 .collect(),
             unmanaged: Unmanaged::default(),
             scan: ScanPolicy::default(),
+            protocol: ProtocolPolicy::default(),
             allow: Vec::new(),
         }
     }

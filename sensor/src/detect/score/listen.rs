@@ -48,6 +48,7 @@ pub(super) fn score_listen(policy: &Policy, subject: &Subject) -> Verdict {
         service_away,
         loopback_only,
         unmanaged,
+        protocol: None,
     }
 }
 

@@ -48,7 +48,7 @@ pub(super) fn line_json(e: &Enriched, cx: &Context) -> Value {
 }
 
 /// A connection of `flow` between `local` and `peer` by `exe`.
-pub(super) fn flow_conn(flow: Flow, exe: &str, local: (&str, u16), peer: (&str, u16)) -> Enriched {
+pub(crate) fn flow_conn(flow: Flow, exe: &str, local: (&str, u16), peer: (&str, u16)) -> Enriched {
     let octets = |ip: &str| match ip.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => {
             let mut o = [0u8; 16];
@@ -74,6 +74,7 @@ pub(super) fn flow_conn(flow: Flow, exe: &str, local: (&str, u16), peer: (&str, 
         host_name: "h".into(),
         attribution: None,
         unix_ns: 1_800_000_000_000_000_123,
+        protocol: None,
     }
 }
 
@@ -91,6 +92,7 @@ fn record_json(proc: &ProcessInfo, port: u16) -> Value {
         host_name: "h".into(),
         attribution: None,
         unix_ns: 0,
+        protocol: None,
     };
     line_json(&e, &Context::named("h"))
 }
@@ -223,6 +225,7 @@ fn ipv4_mapped_destination_prints_as_ipv4() {
         host_name: "h".into(),
         attribution: None,
         unix_ns: 0,
+        protocol: None,
     };
     let j = line_json(&e, &Context::named("h"));
     assert_eq!(j["destination"]["ip"], "203.0.113.7");
@@ -310,6 +313,7 @@ fn live_record_and_its_line_read_the_same() {
         host_name: "h".into(),
         attribution: None,
         unix_ns: 1_800_000_000_000_000_123,
+        protocol: None,
     };
     let obs = Subject::from_enriched(&e);
     let back = replayed(&e).subject().unwrap();

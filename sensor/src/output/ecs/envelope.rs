@@ -5,7 +5,13 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Extra, Kind, Strs, fields::*, is_empty, sensor::SensorFields};
+use super::{
+    Action, Extra, Kind, Strs,
+    fields::*,
+    is_empty,
+    protocol::{Http, Tls, Url, UserAgent},
+    sensor::SensorFields,
+};
 
 /// One line: the sections a kind does not have are `None` and left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -28,6 +34,8 @@ pub struct EcsLine<'a, S> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Host<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orchestrator: Option<Orchestrator<'a>>,
@@ -46,7 +54,13 @@ pub struct EcsLine<'a, S> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threat: Option<Cow<'a, Threat<'static>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Url<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User<'a>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<UserAgent<'a>>,
     /// Top-level fields this type does not know (replay keeps them).
     #[serde(flatten)]
     pub extra: Extra,
@@ -184,6 +198,7 @@ impl<'a, S> EcsLine<'a, S> {
             event,
             group: None,
             host: None,
+            http: None,
             network: None,
             orchestrator: None,
             process: None,
@@ -192,7 +207,10 @@ impl<'a, S> EcsLine<'a, S> {
             sensor: SensorFields::new(sensor),
             source: None,
             threat: None,
+            tls: None,
+            url: None,
             user: None,
+            user_agent: None,
             extra: Extra::new(),
         }
     }

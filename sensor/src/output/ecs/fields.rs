@@ -96,6 +96,9 @@ pub struct Network<'a> {
     /// "6" (TCP) or "17" (UDP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iana_number: Option<Cow<'a, str>>,
+    /// What the first bytes speak: `tls`, `http`, `ssh` or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Cow<'a, str>>,
     /// `tcp` or `udp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Cow<'a, str>>,

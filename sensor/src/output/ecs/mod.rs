@@ -11,6 +11,7 @@
 pub mod action;
 pub mod envelope;
 pub mod fields;
+pub mod protocol;
 pub mod sensor;
 pub mod sysmon;
 
@@ -23,6 +24,7 @@ pub use fields::{
     Container, Endpoint, Group, Network, Orchestrator, Parent, Process, Related, Resource, Rule,
     Tactic, Thread, Threat, User,
 };
+pub use protocol::{Http, HttpRequest, SensorProtocol, Tls, TlsClient, Url, UserAgent};
 pub use sensor::{
     BeaconSensor, BeaconStats, ConnectionSensor, ContainerTrust, Matched, Original, Rollup,
     RollupSensor, Scan, ScanSensor, ScanTarget, SensorFields, SensorProcess, ServiceAway,

@@ -55,6 +55,9 @@ pub struct ConnectionSensor<'a> {
     pub probe: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<SensorProcess<'a>>,
+    /// What the flow's first bytes said that ECS has no field for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<super::SensorProtocol<'a>>,
     /// The redaction patterns that fired on the command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted: Option<Vec<Cow<'a, str>>>,
@@ -115,6 +118,10 @@ pub struct Matched<'a> {
     pub loopback_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_standard_port: Option<bool>,
+    /// What the first bytes added: `protocol_mismatch`, `protocol_non_standard_port`,
+    /// `bare_ip_name`, `ja4_blocklisted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Vec<Cow<'a, str>>>,
     /// Listens: a known service away from its standard ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_away: Option<ServiceAway<'a>>,

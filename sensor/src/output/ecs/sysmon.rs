@@ -36,6 +36,10 @@ pub struct SysmonLine<'a> {
     pub destination_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// The name the client asked for in its first bytes (TLS SNI, HTTP Host without port),
+    /// not a DNS lookup as Sysmon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_hostname: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_image: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,10 +65,19 @@ pub struct SysmonSensor<'a> {
     pub content_match: Option<Cow<'a, str>>,
     /// The line's `event.id` in the ECS form.
     pub event_id: Cow<'a, str>,
+    /// The JA4 of the flow's TLS ClientHello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ja4: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Cow<'a, str>>,
+    /// What the first bytes added (`sensor.matched.protocol` of the ECS line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_protocol: Option<Vec<Cow<'a, str>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_destination_ip: Option<IpAddr>,
+    /// What the first bytes speak (`network.protocol` of the ECS line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted: Option<Vec<Cow<'a, str>>>,
     pub risk_score: u8,

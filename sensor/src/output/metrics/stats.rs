@@ -147,6 +147,34 @@ pub struct Kernel {
     pub counter_read_errors: u64,
     pub filter_pushes: u64,
     pub filter_generation: u32,
+    /// Protocol on the port (the egress hook's first payloads).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The egress hook's counters, and the records userspace received from it.
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default)]
+pub struct Protocol {
+    /// First payloads the kernel looked at.
+    pub seen: u64,
+    /// The expected protocol on its port, connect kept in the kernel: stayed there.
+    pub expected_in_kernel: u64,
+    /// A protocol the port does not expect.
+    pub mismatch: u64,
+    /// Records the kernel sent up, and of them those cut at the capture bound.
+    pub sent: u64,
+    pub truncated: u64,
+    /// Records the kernel could not send (ring full).
+    pub dropped: u64,
+    /// No expectation on the port and the connect kept in the kernel: nothing sent.
+    pub unexpected_in_kernel: u64,
+    /// Connects whose flow the kernel could not remember.
+    pub untracked: u64,
+    /// Records userspace received.
+    pub received: u64,
 }
 
 /// The event loop.
