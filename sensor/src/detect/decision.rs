@@ -114,6 +114,8 @@ pub struct EngineSummary {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct StatsReport {
     pub connections: u64,
+    /// First-bytes observations of connections (protocol on the port), not in `connections`.
+    pub protocol_observations: u64,
     pub alerts: u64,
     pub suppressed_total: u64,
     pub suppressed_by_rule: BTreeMap<String, u64>,

@@ -58,6 +58,8 @@ pub fn beacon_risk(base: u8) -> u8 {
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub connections: u64,
+    /// First-bytes observations of connections (not counted in `connections`).
+    pub protocol_observations: u64,
     pub alerts: u64,
     pub suppressed: BTreeMap<String, u64>,
     pub beaconing_connections: u64,
@@ -155,8 +157,16 @@ impl<C: Clone + HeapBytes> Engine<C> {
     ) -> Outcome<C> {
         let verdict = score::score(&self.policy, subject);
         let mut lines = self.tick(subject.ts_ns);
-        self.stats.connections += n;
-        self.window_connections += n;
+        // A flow's first bytes (protocol on the port) come after its connect: an
+        // observation of that connection, not a second one. Not counted, not fed to beacon,
+        // scan or rollup; folded only with observations like it, never into the connect.
+        let observation = subject.protocol.as_ref().map(|p| p.protocol);
+        if observation.is_some() {
+            self.stats.protocol_observations += n;
+        } else {
+            self.stats.connections += n;
+            self.window_connections += n;
+        }
         if self.summary_start.is_none() {
             self.summary_start = Some(subject.ts_ns);
         }
@@ -165,6 +175,7 @@ impl<C: Clone + HeapBytes> Engine<C> {
         // are not excluded, traffic no allow rule vouches for.
         // Listens and inbound connections are not the process's own beaconing.
         let beacon = if n == 1
+            && observation.is_none()
             && verdict.excluded_by.is_none()
             && matches!(subject.flow, Flow::Connect | Flow::Udp)
             && allow_name.is_none()
@@ -225,13 +236,15 @@ impl<C: Clone + HeapBytes> Engine<C> {
         };
         let dst = subject.dst.to_string();
         // Scan counting needs the key before the rollup takes it.
-        let print = self.scan(subject, &key, &decision, n, &mut lines);
-        lines.extend(
-            self.rollup
-                .add_n(key, &dst, subject.port, final_risk, subject.ts_ns, n)
-                .into_iter()
-                .map(|s| Line::Rollup(Box::new(s))),
-        );
+        let print = observation.is_some() || self.scan(subject, &key, &decision, n, &mut lines);
+        if observation.is_none() {
+            lines.extend(
+                self.rollup
+                    .add_n(key, &dst, subject.port, final_risk, subject.ts_ns, n)
+                    .into_iter()
+                    .map(|s| Line::Rollup(Box::new(s))),
+            );
+        }
         if !print {
             return Outcome { lines, alert };
         }
@@ -248,7 +261,12 @@ impl<C: Clone + HeapBytes> Engine<C> {
                 risk: final_risk,
             }))
         });
-        let fold_key = (subject.pid, subject.who(), subject.dst, subject.port);
+        // NUL never occurs in a path or a comm: an observation's key is never a connect's.
+        let who = match observation {
+            Some(p) => format!("{}\0{}", subject.who(), p.as_str()),
+            None => subject.who(),
+        };
+        let fold_key = (subject.pid, who, subject.dst, subject.port);
         let folded = self.fold.offer_n(fold_key, decided, subject.ts_ns, n);
         lines.extend(folded.into_iter().map(folded_line));
         lines.extend(beacon_alert);
@@ -358,6 +376,7 @@ impl<C: Clone + HeapBytes> Engine<C> {
     pub fn report(&self) -> StatsReport {
         StatsReport {
             connections: self.stats.connections,
+            protocol_observations: self.stats.protocol_observations,
             alerts: self.stats.alerts,
             suppressed_total: self.stats.suppressed.values().sum::<u64>(),
             suppressed_by_rule: self.stats.suppressed.clone(),

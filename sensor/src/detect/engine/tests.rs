@@ -152,3 +152,59 @@ fn memory_stays_in_budget_and_every_connection_is_counted(
     assert_eq!(no.groups_full + no.memory_budget, no_group);
     assert_eq!(no.memory_budget > 0, exe_per_key && hostile_sizes, "{no:?}");
 }
+
+/// A flow's first bytes, decided after its connect: their own line (not folded into the
+/// connect's), not a second connection, not rolled up; repeats fold among themselves.
+#[test]
+fn first_bytes_are_an_observation_not_a_second_connection() {
+    use crate::{detect::score::protocol::tests::facts, enrich::protocol::Protocol};
+    let mut e: Engine<Enriched> = Engine::new(Arc::new(Policy::default()), Config::default());
+    let t0 = 1_800_000_000_000 * MS;
+    let conn = hostile(40, false, 1000, 0, 8088, t0);
+    let mut seen = conn.clone();
+    seen.unix_ns = t0 + MS;
+    seen.protocol = Some(Arc::new(facts(Protocol::Http)));
+    let mut again = seen.clone();
+    again.unix_ns = t0 + 2 * MS;
+    let mut lines = Vec::new();
+    for c in [&conn, &seen, &again] {
+        let out = e.decide(&Subject::from_enriched(c), || c.clone());
+        assert!(out.alert);
+        lines.extend(out.lines);
+    }
+    let printed: Vec<bool> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Connection(d) => Some(d.conn.protocol.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        printed,
+        [false, true],
+        "the connect and the first observation print"
+    );
+    let report = e.report();
+    assert_eq!((report.connections, report.protocol_observations), (1, 2));
+    let end = e.finish(t0 + 60_000 * MS);
+    let folded: Vec<u64> = end
+        .iter()
+        .filter_map(|l| match l {
+            Line::Connection(d) if d.conn.protocol.is_some() => d.decision.fold.map(|f| f.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        folded,
+        [1],
+        "the repeat folds with the observation: {folded:?}"
+    );
+    let rolled: u64 = end
+        .iter()
+        .filter_map(|l| match l {
+            Line::Rollup(s) => Some(s.group.connections),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(rolled, 1, "only the connect is rolled up");
+}

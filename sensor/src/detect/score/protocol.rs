@@ -188,7 +188,7 @@ fn host_part(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use rstest::rstest;
