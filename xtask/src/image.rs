@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
+use crate::toolchain::run;
+
 pub const IMAGE: &str = "localhost/t1571-sensor";
 
 fn ok(cmd: &mut Command) -> bool {
@@ -21,44 +23,57 @@ fn ok(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
 /// The static binary: `target/x86_64-unknown-linux-musl/<profile>/t1571-sensor`. Releases ship
 /// the release profile; the tests build the image from the dev profile, which compiles in
 /// half the time and runs the same code.
 pub fn build_static(root: &Path, release: bool) -> Result<PathBuf> {
+    // mimalloc, the static build's allocator, is C: built with musl-gcc (.cargo/config.toml).
+    if !crate::toolchain::have("musl-gcc") {
+        crate::siem::apt_install(&["musl-tools"])?;
+    }
+    cargo_static(root, TARGET, release, &[], Vec::new())
+}
+
+/// rustup's standard library for `target`, added when missing.
+pub fn ensure_rust_target(target: &str) -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .context("running rustup")?;
     if !String::from_utf8_lossy(&installed.stdout)
         .lines()
-        .any(|l| l == TARGET)
+        .any(|l| l == target)
     {
-        run(Command::new("rustup").args(["target", "add", TARGET]))?;
+        run(Command::new("rustup").args(["target", "add", target]))?;
     }
-    // mimalloc, the static build's allocator, is C: built with musl-gcc (.cargo/config.toml).
-    if !crate::toolchain::have("musl-gcc") {
-        crate::siem::apt_install(&["musl-tools"])?;
-    }
+    Ok(())
+}
+
+/// `cargo build -p sensor --target TARGET` (the Rust target added first), with `features`
+/// and `env`; the binary's path.
+pub fn cargo_static(
+    root: &Path,
+    target: &str,
+    release: bool,
+    features: &[&str],
+    env: Vec<(String, String)>,
+) -> Result<PathBuf> {
+    ensure_rust_target(target)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "sensor", "--target", TARGET])
+    cmd.args(["build", "-p", "sensor", "--target", target])
+        .envs(env)
         .current_dir(root);
     if release {
         cmd.arg("--release");
     }
+    for f in features {
+        cmd.args(["--features", f]);
+    }
     run(&mut cmd)?;
     Ok(root
         .join("target")
-        .join(TARGET)
+        .join(target)
         .join(if release { "release" } else { "debug" })
         .join("t1571-sensor"))
 }

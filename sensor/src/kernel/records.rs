@@ -236,8 +236,25 @@ fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
         header: h,
         data: ev,
     } = read_record(bytes, "connect event")?;
-    let (dst, src) = addresses(ev.family, &ev.daddr, &ev.saddr)?;
+    let ends = addresses(ev.family, &ev.daddr, &ev.saddr)?;
     Ok(Connection {
+        probe: Probe::from_u8(ev.probe),
+        image: (ev.exe_ino != 0).then(|| (user_dev(ev.exe_dev), ev.exe_ino)),
+        netns: ev.netns,
+        ..connection(flow, &h, ends, ev.dport, ev.sport)
+    })
+}
+
+/// A connection from a record's header and its ends (destination, source); no probe,
+/// image or namespace (the connect record's own fields, where it has them).
+fn connection(
+    flow: Flow,
+    h: &Header,
+    (dst, src): (IpAddr, IpAddr),
+    dport: u16,
+    sport: u16,
+) -> Connection {
+    Connection {
         flow,
         tgid: h.tgid,
         tid: h.tid,
@@ -249,14 +266,14 @@ fn decode_connect(bytes: &[u8], flow: Flow) -> Result<Connection> {
         parent_start_time_ns: h.parent_start_time_ns,
         cgroup_id: h.cgroup_id,
         dst,
-        dport: ev.dport,
+        dport,
         src,
-        sport: ev.sport,
-        probe: Probe::from_u8(ev.probe),
+        sport,
+        probe: None,
         comm: c_string(&h.comm),
-        image: (ev.exe_ino != 0).then(|| (user_dev(ev.exe_dev), ev.exe_ino)),
-        netns: ev.netns,
-    })
+        image: None,
+        netns: 0,
+    }
 }
 
 #[cfg(test)]

@@ -26,20 +26,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::toolchain::run;
+
 pub const TARGET: &str = "aarch64-unknown-linux-musl";
 /// Downloads and unpacked packages: outside the repository, kept across runs.
 const CACHE: &str = "/var/cache/t1571-sensor/arm64";
 /// The arm64 musl headers mimalloc is compiled against.
 const MUSL_DEV: &str = "musl-dev";
-
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
 
 /// apt with arm64 as its only architecture and its own lists under [`CACHE`].
 fn apt(tool: &str) -> Command {
@@ -106,16 +99,7 @@ fn unpacked(package: &str, dir: &str) -> Result<PathBuf> {
 /// Everything the cross build needs: the Rust target, the cross C compiler, musl headers.
 /// Returns the environment cargo needs for mimalloc's C.
 pub fn ensure_toolchain() -> Result<Vec<(String, String)>> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .context("running rustup")?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l == TARGET)
-    {
-        run(Command::new("rustup").args(["target", "add", TARGET]))?;
-    }
+    crate::image::ensure_rust_target(TARGET)?;
     if !crate::toolchain::have("aarch64-linux-gnu-gcc") {
         crate::siem::apt_install(&["gcc-aarch64-linux-gnu"])?;
     }
@@ -137,26 +121,11 @@ pub fn ensure_toolchain() -> Result<Vec<(String, String)>> {
     ])
 }
 
-/// The static arm64 sensor: `target/aarch64-unknown-linux-musl/<profile>/sensor`.
+/// The static arm64 sensor: `target/aarch64-unknown-linux-musl/<profile>/t1571-sensor`.
 pub fn build_static(root: &Path, release: bool, test_hooks: bool) -> Result<PathBuf> {
     let env = ensure_toolchain()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "sensor", "--target", TARGET])
-        .envs(env)
-        .current_dir(root);
-    if release {
-        cmd.arg("--release");
-    }
-    if test_hooks {
-        cmd.args(["--features", "test-hooks"]);
-    }
-    run(&mut cmd)?;
-    let bin = root
-        .join("target")
-        .join(TARGET)
-        .join(if release { "release" } else { "debug" })
-        .join("t1571-sensor");
+    let features: &[&str] = if test_hooks { &["test-hooks"] } else { &[] };
+    let bin = crate::image::cargo_static(root, TARGET, release, features, env)?;
     check_elf(&bin)?;
     Ok(bin)
 }

@@ -7,7 +7,7 @@ use sensor_common::{
 };
 use zerocopy::FromBytes;
 
-use super::{Connection, Flow, addresses, c_string};
+use super::{Connection, Flow, addresses, connection};
 
 /// The first bytes a client sent on an outbound TCP flow, with the flow's connect
 /// identity (`conn.flow` is `Connect`; addresses and ports from the packet).
@@ -57,26 +57,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Payload> {
         .filter(|c| d.expected & c.bit() != 0)
         .collect();
     Ok(Payload {
-        conn: Connection {
-            flow: Flow::Connect,
-            tgid: h.tgid,
-            tid: h.tid,
-            ppid: h.ppid,
-            uid: h.uid,
-            gid: h.gid,
-            boot_ns: h.ktime_ns,
-            start_time_ns: h.start_time_ns,
-            parent_start_time_ns: h.parent_start_time_ns,
-            cgroup_id: h.cgroup_id,
-            dst,
-            dport: d.dport,
-            src,
-            sport: d.sport,
-            probe: None,
-            comm: c_string(&h.comm),
-            image: None,
-            netns: 0,
-        },
+        conn: connection(Flow::Connect, h, (dst, src), d.dport, d.sport),
         class,
         expected,
         reported: d.flags & PAYLOAD_REPORTED != 0,
