@@ -21,6 +21,7 @@ mod mounts;
 mod net;
 mod process;
 mod sensor;
+mod sshd;
 mod unit_cgroup;
 pub mod wait;
 
@@ -35,6 +36,7 @@ pub use process::{
     status_kib,
 };
 pub use sensor::{ATTACH_LOCK, Sensor, auto_hook, check_hook, forced_probe, is_connection, replay};
+pub use sshd::sshd_config;
 pub use unit_cgroup::{UnitCgroup, native_datagram};
 pub use wait::{poll_until, wait_for_value, wait_until};
 

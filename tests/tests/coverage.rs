@@ -7,7 +7,8 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use sensor_tests::{
-    Net, Running, Scratch, Sensor, assert_alert, is_action, root_or_skip, wait_for_value,
+    Net, Running, Scratch, Sensor, assert_alert, is_action, root_or_skip, sshd_config,
+    wait_for_value,
 };
 use serde_json::Value;
 
@@ -146,24 +147,7 @@ fn real_sshd_moved_to_2222_is_medium() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new("sshd")?;
-    let key = scratch.dir.join("host_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .context("ssh-keygen")?;
-    assert!(st.success(), "ssh-keygen failed");
-    let cfg = scratch.dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "HostKey {}\nPidFile none\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
-            key.display()
-        ),
-    )?;
-    // sshd refuses to start without its privilege separation directory; the package's
-    // service would make it, and that service is never run.
-    std::fs::create_dir_all("/run/sshd")?;
+    let cfg = sshd_config(&scratch.dir)?;
     let net = public_net()?;
     let mut sensor = Sensor::start(&[])?;
     let mut cmd = net.server_command(sshd);

@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use sensor_tests::{
-    Net, Running, Scratch, Sensor, counter, is_action, public_net, root_or_skip, wait_until,
+    Net, Running, Scratch, Sensor, counter, is_action, public_net, root_or_skip, sshd_config,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -77,6 +78,19 @@ fn listening(net: &Net, port: u16) -> Result<()> {
 }
 
 /// The protocol line (a connection line carrying `network.protocol`) of `pid` to `port`.
+/// python3's http.server on `port` in the server namespace, and the pid of a curl that
+/// fetched `/` from it.
+fn curl_to_http_server(net: &Net, scratch: &Scratch, port: u16) -> Result<(Running, u32)> {
+    let mut cmd = net.server_command("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", SERVER])
+        .current_dir(&scratch.dir);
+    let server = Running::spawn(cmd, &format!("python3 http.server on {port}"))?;
+    listening(net, port)?;
+    let url = format!("http://{SERVER}:{port}/");
+    let pid = net.run("curl", &["-s", "-m", "5", "-o", "/dev/null", &url])?;
+    Ok((server, pid))
+}
+
 fn protocol_line(sensor: &mut Sensor, pid: u32, port: u16) -> Result<Value> {
     sensor
         .wait_for(WAIT, |v| {
@@ -248,22 +262,7 @@ fn ssh_to_sshd_on_443_is_ssh_on_a_tls_port_and_alerts() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new("sshd443")?;
-    let key = scratch.dir.join("host_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .context("ssh-keygen")?;
-    assert!(st.success(), "ssh-keygen failed");
-    let cfg = scratch.dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "HostKey {}\nPidFile none\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
-            key.display()
-        ),
-    )?;
-    std::fs::create_dir_all("/run/sshd")?;
+    let cfg = sshd_config(&scratch.dir)?;
     let net = public_net(&[SERVER])?;
     let mut sensor = Sensor::start(&[])?;
     if !hook_attached(&mut sensor, test)? {
@@ -339,22 +338,7 @@ fn curl_http_to_80_is_an_expected_pair_kept_in_the_kernel() -> Result<()> {
     if !hook_attached(&mut sensor, test)? {
         return Ok(());
     }
-    let mut cmd = net.server_command("python3");
-    cmd.args(["-m", "http.server", "80", "--bind", SERVER])
-        .current_dir(&scratch.dir);
-    let _server = Running::spawn(cmd, "python3 http.server on 80")?;
-    listening(&net, 80)?;
-    let pid = net.run(
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            &format!("http://{SERVER}:80/"),
-        ],
-    )?;
+    let (_server, pid) = curl_to_http_server(&net, &scratch, 80)?;
     // Once the barrier's line is out, every earlier record has been handled.
     sensor.barrier(&net, SERVER)?;
     let stats = sensor.wait_for(WAIT, |v| {
@@ -390,22 +374,7 @@ fn curl_to_python_http_server_on_8088_is_http_on_a_non_standard_port() -> Result
     if !hook_attached(&mut sensor, test)? {
         return Ok(());
     }
-    let mut cmd = net.server_command("python3");
-    cmd.args(["-m", "http.server", "8088", "--bind", SERVER])
-        .current_dir(&scratch.dir);
-    let _server = Running::spawn(cmd, "python3 http.server on 8088")?;
-    listening(&net, 8088)?;
-    let pid = net.run(
-        "curl",
-        &[
-            "-s",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            &format!("http://{SERVER}:8088/"),
-        ],
-    )?;
+    let (_server, pid) = curl_to_http_server(&net, &scratch, 8088)?;
     let v = protocol_line(&mut sensor, pid, 8088)?;
     assert_eq!(v["network"]["protocol"], "http", "{v:#}");
     assert_eq!(v["http"]["request"]["method"], "GET", "{v:#}");

@@ -11,13 +11,11 @@
 //! (the only hook given a BTF-typed socket; attached for listens where fentry or kprobe
 //! reports connects), so the feature needs that hook.
 
-use std::fs::File;
-
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    programs::{CgroupSkb, CgroupSkbAttachType},
 };
 use sensor_common::{
     PROTO_EXPECTED, PROTO_LOST, PROTO_MISMATCH, PROTO_SEEN, PROTO_SENT, PROTO_TRUNCATED,
@@ -26,7 +24,11 @@ use sensor_common::{
 };
 use serde::Serialize;
 
-use crate::kernel::{attach::LifecycleAttach, probe::Probe, sockets::cgroup2_root};
+use crate::kernel::{
+    attach::LifecycleAttach,
+    probe::Probe,
+    sockets::{cgroup_attach_mode, open_cgroup2_root},
+};
 
 /// The hook name users see.
 pub const PROTOCOL_HOOK: &str = "cgroup_skb/egress";
@@ -62,15 +64,8 @@ pub fn attach(ebpf: &mut Ebpf, enabled: bool, state_hook: Option<&str>) -> Lifec
                 state_hook.unwrap_or("no state hook")
             );
         }
-        let root = cgroup2_root().context("finding the cgroup2 root")?;
-        let dir = File::open(&root).with_context(|| format!("opening {}", root.display()))?;
-        use aya::util::KernelVersion;
-        let links_used = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-        let mode = if links_used {
-            CgroupAttachMode::Single
-        } else {
-            CgroupAttachMode::AllowMultiple
-        };
+        let (root, dir) = open_cgroup2_root()?;
+        let mode = cgroup_attach_mode();
         let p: &mut CgroupSkb = ebpf
             .program_mut(PROGRAM)
             .with_context(|| format!("program {PROGRAM} missing from the eBPF object"))?

@@ -83,6 +83,25 @@ const UDP_PROGRAMS: [&str; 4] = [
     "udp_sendmsg6",
 ];
 
+/// The cgroup2 root the sensor's cgroup programs attach to, and an open descriptor of it.
+pub fn open_cgroup2_root() -> Result<(PathBuf, File)> {
+    let root = cgroup2_root().context("finding the cgroup2 root")?;
+    let dir = File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    Ok((root, dir))
+}
+
+/// How a cgroup program attaches: a cgroup bpf link (aya uses one from 5.7) always
+/// attaches as BPF_F_ALLOW_MULTI and the kernel refuses any flag on it (EINVAL); the older
+/// prog_attach path needs the flag said.
+pub fn cgroup_attach_mode() -> CgroupAttachMode {
+    use aya::util::KernelVersion;
+    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    }
+}
+
 /// The hook name users see for the UDP programs.
 pub const UDP_HOOK: &str = Probe::CgroupSockAddr.hook();
 
@@ -94,18 +113,8 @@ pub fn attach_udp(ebpf: &mut Ebpf) -> LifecycleAttach {
         passed_over: Vec::new(),
     };
     let r = (|| -> Result<()> {
-        let root = cgroup2_root().context("finding the cgroup2 root")?;
-        let dir = File::open(&root).with_context(|| format!("opening {}", root.display()))?;
-        // A cgroup bpf link (aya uses one from 5.7) always attaches as BPF_F_ALLOW_MULTI
-        // and the kernel refuses any flag on it (EINVAL); the older prog_attach path needs
-        // the flag said.
-        use aya::util::KernelVersion;
-        let links_used = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-        let mode = if links_used {
-            CgroupAttachMode::Single
-        } else {
-            CgroupAttachMode::AllowMultiple
-        };
+        let (root, dir) = open_cgroup2_root()?;
+        let mode = cgroup_attach_mode();
         let mut links = Vec::new();
         for name in UDP_PROGRAMS {
             let p: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;

@@ -17,7 +17,7 @@ use crate::{
     kernel::records::Flow,
 };
 
-type SVec<T> = Spanned<Vec<Spanned<T>>>;
+pub(super) type SVec<T> = Spanned<Vec<Spanned<T>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::file::Source;
+use super::file::{SVec, Source};
 use crate::enrich::protocol::Protocol;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,8 +65,6 @@ impl ProtocolPolicy {
         all
     }
 }
-
-type SVec<T> = Spanned<Vec<Spanned<T>>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
