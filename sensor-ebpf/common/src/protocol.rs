@@ -167,7 +167,15 @@ pub fn classify(b: &[u8; 8], n: u32) -> PayloadClass {
     if n >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 {
         return PayloadClass::Tls;
     }
-    if n >= 4 && b[0] == b'S' && b[1] == b'S' && b[2] == b'H' && b[3] == b'-' {
+    // `SSH-` and a protocol version digit, as userspace's parser requires: a looser rule
+    // here would keep in the kernel, as expected on 22, first bytes userspace calls other.
+    if n >= 5
+        && b[0] == b'S'
+        && b[1] == b'S'
+        && b[2] == b'H'
+        && b[3] == b'-'
+        && b[4].is_ascii_digit()
+    {
         return PayloadClass::Ssh;
     }
     let word = u64::from_ne_bytes(*b);
@@ -232,6 +240,8 @@ mod tests {
             "get / HTTP/1.1",
             "uid=0(root)",
             "OPTIONSX",
+            "SSH-x",
+            "SSH-",
             "",
             "P",
         ] {
